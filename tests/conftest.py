@@ -1,0 +1,60 @@
+"""Shared fixtures: the real Docker engine and the debootstrapped base image.
+
+Integration tests are marked `docker`. Where no engine can be had they skip
+with the reason, except when NDGEN_REQUIRE_DOCKER=1 (set by scripts/test.sh in
+CI), where a missing engine fails the run instead of silently skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_IMAGE = os.environ.get("NDGEN_TEST_BASE", "debian:bookworm")
+
+
+def _no_engine(reason: str) -> None:
+    if os.environ.get("NDGEN_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"Docker engine required (NDGEN_REQUIRE_DOCKER=1) but: {reason}")
+    pytest.skip(f"no Docker engine: {reason}")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A connected Docker SDK client for the local engine."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # any failure means: no usable engine here
+        _no_engine(f"{type(exc).__name__}: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client) -> str:
+    """The Debian bookworm base image (built with debootstrap when missing)."""
+    try:
+        docker_client.images.get(BASE_IMAGE)
+    except Exception:
+        proc = subprocess.run(
+            [sys.executable, "-m", "neurodocker_nd.cli", "base", BASE_IMAGE],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            _no_engine(f"cannot build base image {BASE_IMAGE}: {proc.stderr.strip()}")
+    return BASE_IMAGE
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every docker-marked test gets the engine fixture, so it skips/fails uniformly.
+    for item in items:
+        if item.get_closest_marker("docker") and "docker_client" not in item.fixturenames:
+            item.fixturenames.append("docker_client")
