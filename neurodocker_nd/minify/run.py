@@ -1,0 +1,164 @@
+"""Run step: one workload command in a bubblewrap sandbox on the image's rootfs.
+
+The sandbox gives the process what ``docker run --network none`` would: the
+image's ENV (plus HOME, PATH and HOSTNAME the way Docker fills them in), its
+WORKDIR and USER, the user's bind mounts, /proc, /dev, a fresh /tmp, and no
+network.  Both tracers wrap the same :class:`SandboxCommand`, so the traced
+process is the same whichever tracer watches it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.minify.record import CommandResult
+from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
+
+HOSTNAME = "ndgen-minify"  # verify uses the same name, so `hostname` output compares equal
+SHELL = "/bin/sh"
+
+
+@attrs.frozen
+class Mount:
+    """A bind mount, as given with ``-v HOST:CTR[:ro]``."""
+
+    host: Path
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Mount:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise NdgenError(f"bad -v {spec!r}: expected HOST:CONTAINER[:ro|rw]")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise NdgenError(f"bad -v {spec!r}: mode must be ro or rw, not {mode!r}")
+        host = Path(parts[0]).expanduser()
+        if not host.exists():
+            raise NdgenError(f"-v {spec}: host path {host} does not exist")
+        if not parts[1].startswith("/"):
+            raise NdgenError(f"-v {spec}: container path {parts[1]!r} must be absolute")
+        return cls(host=host.resolve(), target=os.path.normpath(parts[1]), read_only=mode == "ro")
+
+    def with_host(self, host: Path) -> Mount:
+        return attrs.evolve(self, host=host)
+
+    def docker_spec(self) -> str:
+        return f"{self.host}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+@attrs.frozen
+class SandboxCommand:
+    """argv + environment to exec; a tracer may prefix argv with its own launcher."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+
+
+@attrs.frozen
+class UserIds:
+    uid: int
+    gid: int
+    home: str
+
+
+def _read_table(rootfs: Path, name: str) -> list[list[str]]:
+    try:
+        text = (rootfs / "etc" / name).read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(rootfs: Path, user: str) -> UserIds:
+    """Resolve Docker's USER ("name", "uid", "name:group", "uid:gid") against the image's files."""
+    name, _, group = (user or "0").partition(":")
+    passwd = _read_table(rootfs, "passwd")
+    entry = next((e for e in passwd if len(e) >= 7 and (e[0] == name or e[2] == name)), None)
+    if entry is not None:
+        uid, gid, home = int(entry[2]), int(entry[3]), entry[5] or "/"
+    elif name.isdigit():
+        uid, gid, home = int(name), int(name) if not group else 0, "/"
+    else:
+        raise NdgenError(f"image USER {user!r}: no such user in the image's /etc/passwd")
+    if group:
+        groups = _read_table(rootfs, "group")
+        match = next((g for g in groups if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
+        if match is not None:
+            gid = int(match[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise NdgenError(f"image USER {user!r}: no such group in the image's /etc/group")
+    return UserIds(uid=uid, gid=gid, home=home)
+
+
+def sandbox_env(rootfs: Path, config: ImageConfig) -> dict[str, str]:
+    """The environment `docker run` gives a container of this image."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": HOSTNAME}
+    env["HOME"] = resolve_user(rootfs, config.user).home
+    env.update(config.env_dict)  # the image's own ENV wins, as with Docker
+    return env
+
+
+def sandbox_command(
+    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = ()
+) -> SandboxCommand:
+    """Build the bwrap argv running ``/bin/sh -c COMMAND`` like ``docker run`` would."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise NdgenError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+    ids = resolve_user(rootfs, config.user)
+    argv = [
+        bwrap,
+        "--bind", str(rootfs), "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--unshare-net", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
+        "--hostname", HOSTNAME,
+        "--die-with-parent",
+    ]  # fmt: skip
+    if ids.uid != 0 or ids.gid != 0:
+        # bwrap switches ids only inside a user namespace; outside it stays root.
+        argv += ["--unshare-user", "--uid", str(ids.uid), "--gid", str(ids.gid)]
+    for mount in mounts:
+        argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.target]
+    argv += ["--chdir", config.workdir or "/", "--", SHELL, "-c", command]
+    return SandboxCommand(argv=tuple(argv), env=sandbox_env(rootfs, config))
+
+
+def run_plain(
+    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = ()
+) -> CommandResult:
+    """Run one command untraced (timing baseline, and the runner every tracer wraps)."""
+    return run_sandboxed(sandbox_command(rootfs, config, command, mounts), command)
+
+
+def run_sandboxed(
+    sandbox: SandboxCommand, command: str, prefix: Sequence[str] = ()
+) -> CommandResult:
+    """Exec `prefix + sandbox.argv`, capturing output; `command` is what the user wrote."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*prefix, *sandbox.argv],
+        env=sandbox.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    return CommandResult(
+        command=command,
+        exit_code=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,226 @@
+"""Source step: the image's config and a read-only view of its filesystem.
+
+The view is an overlay mount whose lower layers are the image's own overlay2
+layer directories (``docker image inspect`` → GraphDriver.Data): no copy of a
+multi-GB image is made, and writes of the traced workload land in a scratch
+upper directory, so the source image is never modified.  When the engine does
+not use overlay2 (or its directories are not reachable) the image is exported
+through a throwaway container instead.  Everything created lives in one
+scratch directory that :func:`open_source` removes on exit, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from neurodocker_nd.errors import EngineError, NdgenError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@attrs.frozen
+class ImageConfig:
+    """The parts of a Docker image config that a run needs and a new image copies."""
+
+    image_id: str
+    name: str  # as the user wrote it
+    repo_digests: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()  # "KEY=VALUE", in image order
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    workdir: str = ""
+    user: str = ""
+    exposed_ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    size: int = 0
+
+    @classmethod
+    def from_inspect(cls, name: str, attrs_: dict[str, Any]) -> ImageConfig:
+        """Build from the Docker SDK's ``Image.attrs`` (the ``docker image inspect`` JSON)."""
+        config = attrs_.get("Config") or {}
+        return cls(
+            image_id=attrs_["Id"],
+            name=name,
+            repo_digests=tuple(attrs_.get("RepoDigests") or ()),
+            env=tuple(config.get("Env") or ()),
+            entrypoint=tuple(config["Entrypoint"]) if config.get("Entrypoint") else None,
+            cmd=tuple(config["Cmd"]) if config.get("Cmd") else None,
+            workdir=config.get("WorkingDir") or "",
+            user=config.get("User") or "",
+            exposed_ports=tuple(sorted(config.get("ExposedPorts") or {})),
+            volumes=tuple(sorted(config.get("Volumes") or {})),
+            labels=tuple(sorted((config.get("Labels") or {}).items())),
+            size=int(attrs_.get("Size") or 0),
+        )
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in self.env)
+
+    @property
+    def digest(self) -> str:
+        """The most specific identity available: a repo digest, else the image ID."""
+        return self.repo_digests[0] if self.repo_digests else self.image_id
+
+
+@attrs.frozen
+class Source:
+    """An opened source image: its config and the directory holding its filesystem."""
+
+    config: ImageConfig
+    rootfs: Path  # an overlay mount (or an exported tree) of the image
+    scratch: Path  # everything ndgen created for this run lives under here
+    method: str  # "overlay" | "export"
+
+
+def get_client() -> Any:
+    """A Docker SDK client; one line naming the problem when there is no engine."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # any failure here means: no usable engine
+        raise EngineError(f"cannot reach the Docker engine: {type(exc).__name__}: {exc}") from exc
+    return client
+
+
+def inspect_image(client: Any, name: str) -> tuple[Any, ImageConfig]:
+    import docker.errors
+
+    try:
+        image = client.images.get(name)
+    except docker.errors.ImageNotFound:
+        raise NdgenError(f"image not found: {name} (no pull is attempted; build or load it first)") from None
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot inspect image {name}: {exc.explanation or exc}") from exc
+    return image, ImageConfig.from_inspect(name, image.attrs)
+
+
+def _overlay_lowers(image_attrs: dict[str, Any]) -> list[str] | None:
+    """The image's layer directories, topmost first, or None when overlay2 is not usable."""
+    driver = image_attrs.get("GraphDriver") or {}
+    if driver.get("Name") != "overlay2":
+        return None
+    data = driver.get("Data") or {}
+    lowers = [data["UpperDir"]] if data.get("UpperDir") else []
+    lowers += [d for d in (data.get("LowerDir") or "").split(":") if d]
+    if not lowers or not all(os.path.isdir(d) for d in lowers):
+        return None
+    return lowers
+
+
+def _mount_overlay(lowers: list[str], scratch: Path) -> Path:
+    upper, work, merged = scratch / "upper", scratch / "work", scratch / "rootfs"
+    for d in (upper, work, merged):
+        d.mkdir()
+    # The image's layers are read-only lowers: the kernel never writes to them.
+    options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+    proc = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise OSError(proc.stderr.strip() or "mount -t overlay failed")
+    return merged
+
+
+def _umount(path: Path) -> None:
+    # Lazy unmount: a stray process still holding a file must not keep the scratch alive.
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _export(client: Any, config: ImageConfig, scratch: Path) -> Path:
+    """Fallback: stream `docker export` of a never-started container into scratch."""
+    rootfs = scratch / "rootfs"
+    rootfs.mkdir(exist_ok=True)
+    container = client.containers.create(config.image_id, entrypoint=["/"], network_mode="none")
+    try:
+        reader = _ChunkReader(container.export(chunk_size=1 << 20))
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
+    finally:
+        container.remove(force=True)
+    return rootfs
+
+
+class _ChunkReader:
+    """A file-like view over an iterator of bytes chunks (for streaming tarfile)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so `with` blocks clean up on every exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def make_scratch(prefix: str = "ndgen-minify-") -> Path:
+    base = os.environ.get("NDGEN_SCRATCH") or None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+@contextlib.contextmanager
+def open_source(client: Any, name: str, *, prefer_overlay: bool = True) -> Iterator[Source]:
+    """Yield the image's config and a scratch view of its filesystem; always clean up."""
+    image, config = inspect_image(client, name)
+    with contextlib.ExitStack() as stack:
+        scratch = make_scratch()
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        lowers = _overlay_lowers(image.attrs) if prefer_overlay else None
+        rootfs: Path | None = None
+        method = "overlay"
+        if lowers is not None:
+            try:
+                rootfs = _mount_overlay(lowers, scratch)
+                stack.callback(_umount, rootfs)
+            except OSError:
+                rootfs = None  # e.g. no CAP_SYS_ADMIN: fall back to a copy
+        if rootfs is None:
+            method = "export"
+            try:
+                rootfs = _export(client, config, scratch)
+            except OSError as exc:
+                raise NdgenError(f"cannot export {name} into {scratch}: {exc.strerror or exc}") from exc
+        yield Source(config=config, rootfs=rootfs, scratch=scratch, method=method)
