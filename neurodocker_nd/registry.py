@@ -1,0 +1,449 @@
+"""The template registry: upstream neurodocker's templates plus ndgen's `registry/`.
+
+Data flows one way: YAML files -> validated, immutable `Entry` objects.  Nothing
+here touches neurodocker's class-level `_TemplateRegistry`; upstream templates
+are read as plain YAML from the installed package's `templates/` directory.
+Only the entries a command asks for are read and validated (rendering one
+package must stay fast); `list`/`matrix`/`validate` load them all.
+
+Errors name the file, the YAML path and the line (from yaml's node marks).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+import attrs
+import yaml
+
+from neurodocker_nd import paths
+from neurodocker_nd.errors import NdgenError
+
+try:  # libyaml is several times faster; fall back for pure-Python builds.
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+Source = Literal["upstream", "registry", "both"]
+TEMPLATE_METHODS = ("binaries", "source")
+# Version names that are moving targets: never the default unless alone.
+_MOVING = frozenset({"latest", "master", "main", "nightly", "dev", "*"})
+_PRERELEASE = frozenset({"a", "alpha", "b", "beta", "rc", "pre", "dev"})
+
+
+class RegistryError(NdgenError):
+    """A registry file is malformed or violates its schema."""
+
+
+# ---------------------------------------------------------------- data
+
+
+@attrs.frozen
+class SystemInstall:
+    """`meta.system`: install from the OS package manager (method=system)."""
+
+    apt: tuple[str, ...] = ()
+    yum: tuple[str, ...] = ()
+    neurodebian: bool = False
+    epel: bool = False
+    test: str | None = None
+
+    def packages(self, pkg_manager: str) -> tuple[str, ...]:
+        return self.apt if pkg_manager == "apt" else self.yum
+
+
+@attrs.frozen
+class Meta:
+    """ndgen's additions to a template (`registry/<name>/meta.yaml`)."""
+
+    name: str
+    description: str
+    homepage: str
+    commands: tuple[str, ...]
+    test: str
+    categories: tuple[str, ...] = ()
+    system: SystemInstall | None = None
+    upstream_status: str = "ndgen-only"
+    upstream_notes: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Meta:
+        sysd = d.get("system")
+        system = None
+        if sysd is not None:
+            system = SystemInstall(
+                apt=tuple(sysd.get("apt") or ()),
+                yum=tuple(sysd.get("yum") or ()),
+                neurodebian=bool(sysd.get("neurodebian", False)),
+                epel=bool(sysd.get("epel", False)),
+                test=sysd.get("test"),
+            )
+        up = d.get("upstream") or {}
+        return cls(
+            name=d["name"],
+            description=d.get("description", ""),
+            homepage=d.get("homepage", ""),
+            commands=tuple(d.get("commands") or ()),
+            test=d.get("test", ""),
+            categories=tuple(d.get("categories") or ()),
+            system=system,
+            upstream_status=up.get("status", "ndgen-only"),
+            upstream_notes=up.get("notes"),
+        )
+
+
+def version_key(version: str) -> tuple:
+    """Sort key for version names: numeric runs compare as numbers.
+
+    `v1.0.20250506` > `v1.0.20241211`, `2.10` > `2.9`, `12.9_R2023b` >
+    `r2166_R2017b`, `1.2.0` > `1.2.0-rc1`; dates written as digits sort by date.
+    """
+    v = version[1:] if re.match(r"v\d", version) else version
+    key = []
+    for tok in re.findall(r"\d+|[A-Za-z]+", v):
+        if tok.isdigit():
+            key.append((2, int(tok), ""))
+        elif tok.lower() in _PRERELEASE:
+            key.append((0, 0, tok.lower()))
+        else:
+            key.append((1, 0, tok.lower()))
+    key.append((1, 0, ""))  # end of version: after pre-release tags, before more numbers
+    return tuple(key)
+
+
+def sort_versions(versions: Iterable[str]) -> tuple[str, ...]:
+    """Newest first; moving names (latest, master, …) last."""
+    vs = list(versions)
+    fixed = sorted((v for v in vs if v.lower() not in _MOVING), key=version_key, reverse=True)
+    moving = sorted(v for v in vs if v.lower() in _MOVING)
+    return tuple(fixed + moving)
+
+
+@attrs.frozen
+class Entry:
+    """One installable software: an upstream and/or registry template plus meta."""
+
+    name: str
+    source: Source
+    template: Mapping[str, Any] | None = attrs.field(eq=False, default=None)
+    template_path: Path | None = None
+    meta: Meta | None = None
+    meta_path: Path | None = None
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        ms = tuple(m for m in TEMPLATE_METHODS if self.template and m in self.template)
+        if self.meta is not None and self.meta.system is not None:
+            ms += ("system",)
+        return ms
+
+    @property
+    def default_method(self) -> str:
+        return self.methods[0]
+
+    def method_template(self, method: str) -> Mapping[str, Any]:
+        assert self.template is not None and method in TEMPLATE_METHODS
+        return self.template[method]
+
+    def arguments(self, method: str) -> tuple[tuple[str, ...], Mapping[str, str]]:
+        """(required names, optional name -> default) of a template method."""
+        if method == "system":
+            return (), {}
+        args = self.method_template(method).get("arguments") or {}
+        return tuple(args.get("required") or ()), dict(args.get("optional") or {})
+
+    def versions(self, method: str | None = None) -> tuple[str, ...]:
+        """Known versions, newest first (binaries URLs; source builds take any)."""
+        if not self.template or "binaries" not in self.template:
+            return ()
+        if method not in (None, "binaries", "source"):
+            return ()
+        return sort_versions(str(v) for v in (self.template["binaries"].get("urls") or {}))
+
+    def default_version(self, method: str) -> str | None:
+        """The newest fixed version (see docs/render.md); None if there is none."""
+        if method == "system":
+            return None
+        required, optional = self.arguments(method)
+        vs = [v for v in self.versions(method) if v != "*"]
+        if vs:
+            return vs[0]
+        default = optional.get("version")
+        return str(default) if default is not None else None
+
+    def pkg_managers(self, method: str) -> frozenset[str]:
+        """Package managers a method supports (from its dependencies or instructions)."""
+        if method == "system":
+            assert self.meta and self.meta.system
+            sysm = self.meta.system
+            return frozenset(pm for pm in ("apt", "yum") if sysm.packages(pm))
+        mt = self.method_template(method)
+        declared = frozenset(mt.get("dependencies") or {}) & {"apt", "yum"}
+        if declared:
+            return declared
+        text = mt.get("instructions", "")
+        uses_apt, uses_yum = "apt-get" in text, re.search(r"\b(yum|dnf)\b", text) is not None
+        if uses_apt and not uses_yum:
+            return frozenset({"apt"})
+        if uses_yum and not uses_apt:
+            return frozenset({"yum"})
+        return frozenset({"apt", "yum"})
+
+
+# ---------------------------------------------------------------- YAML + schemas
+
+
+def _yaml_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _node_at(node: yaml.Node, parts: Iterable[Any]) -> yaml.Node:
+    """The deepest YAML node along a JSON path (for its line number)."""
+    for p in parts:
+        if isinstance(node, yaml.MappingNode):
+            for knode, vnode in node.value:
+                if str(knode.value) == str(p):
+                    node = vnode
+                    break
+            else:
+                return node
+        elif isinstance(node, yaml.SequenceNode) and isinstance(p, int) and p < len(node.value):
+            node = node.value[p]
+        else:
+            return node
+    return node
+
+
+def _key_line(node: yaml.Node, parts: list[Any], text: str) -> int:
+    """1-based line of the value at `parts` in the YAML `text`."""
+    return _node_at(node, parts).start_mark.line + 1
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; malformed YAML becomes one RegistryError line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RegistryError(f"{path}{where}: malformed YAML: {problem}") from None
+
+
+def _schema_validator(schema_path: Path):
+    import jsonschema  # neurodocker already imports it; kept local for `list` speed
+
+    with schema_path.open() as f:
+        schema = json.load(f)
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def check_schema(data: Any, path: Path, validator, what: str) -> None:
+    """Raise RegistryError naming file:line, YAML path and the first (best) violation."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    parts = list(error.absolute_path)
+    text = path.read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=_Loader)
+    line = _key_line(node, parts, text) if node is not None else 1
+    raise RegistryError(
+        f"{path}:{line}: {_yaml_path(parts)}: {error.message} ({what} schema)"
+    )
+
+
+def upstream_templates_dir() -> Path:
+    """The installed neurodocker's own `templates/` directory."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("neurodocker")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "templates"
+
+
+def upstream_template_schema_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("neurodocker")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "reproenv" / "schemas" / "template.json"
+
+
+# ---------------------------------------------------------------- registry
+
+
+@attrs.frozen
+class Registry:
+    """Upstream templates + registry entries, read lazily, validated on read.
+
+    Immutable from the outside; the private memo only caches pure reads of
+    files so each one is parsed and validated once per command.
+    """
+
+    registry_dir: Path = attrs.field(factory=paths.registry_dir, converter=Path)
+    upstream_dir: Path = attrs.field(factory=upstream_templates_dir, converter=Path)
+    meta_schema_path: Path = attrs.field(
+        factory=lambda: paths.schemas_dir() / "meta.schema.json", converter=Path
+    )
+    _memo: dict = attrs.field(factory=dict, eq=False, repr=False, init=False)
+
+    # ---- names
+    @cached_property
+    def _upstream_names(self) -> frozenset[str]:
+        return frozenset(p.stem for p in self.upstream_dir.glob("*.yaml"))
+
+    @cached_property
+    def _registry_names(self) -> frozenset[str]:
+        if not self.registry_dir.is_dir():
+            return frozenset()
+        return frozenset(
+            p.name
+            for p in self.registry_dir.iterdir()
+            if p.is_dir() and ((p / "meta.yaml").exists() or (p / "template.yaml").exists())
+        )
+
+    def names(self) -> tuple[str, ...]:
+        """Public entry names (templates starting with `_` are internal)."""
+        return tuple(sorted(n for n in self._upstream_names | self._registry_names if not n.startswith("_")))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._upstream_names or name in self._registry_names
+
+    # ---- validators (built on first use)
+    @cached_property
+    def _template_validator(self):
+        return _schema_validator(upstream_template_schema_path())
+
+    @cached_property
+    def _meta_validator(self):
+        if not self.meta_schema_path.is_file():
+            raise RegistryError(f"{self.meta_schema_path}: meta schema not found")
+        return _schema_validator(self.meta_schema_path)
+
+    # ---- loading
+    def load_template(self, path: Path, expect_name: str | None = None) -> Mapping[str, Any]:
+        """Read and validate a neurodocker template file."""
+        data = read_yaml(path)
+        check_schema(data, path, self._template_validator, "neurodocker template")
+        if expect_name is not None and data["name"] != expect_name:
+            raise RegistryError(
+                f"{path}:{_line_of(path, ['name'])}: name: {data['name']!r} must be {expect_name!r} (the directory name)"
+            )
+        return MappingProxyType(data)
+
+    def load_meta(self, path: Path, expect_name: str | None = None) -> Meta:
+        """Read and validate an ndgen meta.yaml file."""
+        data = read_yaml(path)
+        check_schema(data, path, self._meta_validator, "ndgen meta")
+        if expect_name is not None and data["name"] != expect_name:
+            raise RegistryError(
+                f"{path}:{_line_of(path, ['name'])}: name: {data['name']!r} must be {expect_name!r} (the directory name)"
+            )
+        return Meta.from_dict(data)
+
+    def get(self, name: str) -> Entry:
+        """The entry `name`, validated; NdgenError with suggestions if unknown."""
+        if name in self._memo:
+            return self._memo[name]
+        if name not in self:
+            raise NdgenError(unknown_name_message("package", name, self.names()))
+        up = self.upstream_dir / f"{name}.yaml"
+        reg = self.registry_dir / name
+        in_up, in_reg = name in self._upstream_names, name in self._registry_names
+        template = template_path = meta = meta_path = None
+        if in_reg and (reg / "template.yaml").exists():
+            template_path = reg / "template.yaml"
+        elif in_up:
+            template_path = up
+        if template_path is not None:
+            template = self.load_template(template_path, expect_name=name)
+        if in_reg:
+            meta_path = reg / "meta.yaml"
+            if not meta_path.exists():
+                raise RegistryError(f"{reg}: registry entry has no meta.yaml")
+            meta = self.load_meta(meta_path, expect_name=name)
+        source: Source = "both" if in_up and in_reg else ("registry" if in_reg else "upstream")
+        entry = Entry(
+            name=name,
+            source=source,
+            template=template,
+            template_path=template_path,
+            meta=meta,
+            meta_path=meta_path,
+        )
+        if not entry.methods:
+            raise RegistryError(f"{meta_path}: {name} has no template and no `system` install: nothing to install")
+        self._memo[name] = entry
+        return entry
+
+    def entries(self) -> Iterator[Entry]:
+        for name in self.names():
+            yield self.get(name)
+
+    def internal(self, name: str) -> Mapping[str, Any]:
+        """An upstream internal template (e.g. `_default`), validated."""
+        key = ("internal", name)
+        if key not in self._memo:
+            self._memo[key] = self.load_template(self.upstream_dir / f"{name}.yaml", expect_name=name)
+        return self._memo[key]
+
+
+def _line_of(path: Path, parts: list[Any]) -> int:
+    text = path.read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=_Loader)
+    return _key_line(node, parts, text) if node is not None else 1
+
+
+def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
+    """`unknown package 'antz'; did you mean: ants?` (difflib close matches)."""
+    import difflib
+
+    known = list(known)
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see `ndgen list`"
+    return f"unknown {kind} {name!r}{hint}"
+
+
+def validate_paths(paths_: Iterable[Path], registry: Registry) -> list[str]:
+    """Validate template.yaml / meta.yaml files or entry directories; return what was checked."""
+    checked: list[str] = []
+    for p in paths_:
+        p = Path(p)
+        if p.is_dir():
+            files = [f for f in (p / "template.yaml", p / "meta.yaml") if f.exists()]
+            if not files:
+                raise RegistryError(f"{p}: no template.yaml or meta.yaml here")
+            if not (p / "meta.yaml").exists():
+                raise RegistryError(f"{p}: registry entry has no meta.yaml")
+        elif p.is_file():
+            files = [p]
+        else:
+            raise RegistryError(f"{p}: no such file or directory")
+        for f in files:
+            expect = f.parent.name if f.name in ("template.yaml", "meta.yaml") else None
+            if f.name == "meta.yaml" or _looks_like_meta(f):
+                registry.load_meta(f, expect_name=expect)
+            else:
+                registry.load_template(f, expect_name=expect)
+            checked.append(str(f))
+    return checked
+
+
+def _looks_like_meta(path: Path) -> bool:
+    data = read_yaml(path)
+    return isinstance(data, dict) and "commands" in data and "binaries" not in data and "source" not in data

@@ -1,0 +1,314 @@
+"""Render a RecipeSpec with neurodocker's reproenv renderers.
+
+A thin layer over `DockerRenderer` / `SingularityRenderer`:
+
+* templates are added with `renderer.add_template(Template(...), method)` from
+  our own immutable registry — never through neurodocker's global registry;
+* a template's rendered instructions depend only on (template, method,
+  arguments, package manager), so a `RecipeRenderer` renders each such block
+  once into a scratch renderer and replays its instruction list (the same
+  list `Renderer.from_dict` consumes) into every recipe that needs it.  This
+  is what makes `ndgen matrix` fast: neurodocker recompiles every Jinja
+  template on every call;
+* `method=system` uses the renderer's own `install()` (apt/yum) after the
+  NeuroDebian template or EPEL when the entry asks for them;
+* two subclasses fix shellcheck SC2016 (single-quoted `$` in the JSON-saving
+  printf) and complete the Singularity file with `%help`; the `_default`
+  template's entrypoint snippet is rewritten to double quotes (SC2016).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Literal, Mapping
+
+import attrs
+
+from neurodocker_nd import __version__
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.registry import Registry
+from neurodocker_nd.spec import PackageSpec, RecipeSpec, resolve
+
+Format = Literal["docker", "singularity"]
+FORMATS: tuple[Format, ...] = ("docker", "singularity")
+ENTRYPOINT = "/neurodocker/startup.sh"
+# The NeuroDebian mirror used when an entry asks for NeuroDebian (the main
+# server; the `neurodebian` template calls mirrors "versions").
+NEURODEBIAN_MIRROR = "usa-nh"
+
+# hadolint rules a rendered Dockerfile may still trigger, each caused by
+# upstream template text we render unchanged (see docs/render.md).
+HADOLINT_IGNORE: tuple[str, ...] = (
+    "DL3003",  # `cd` inside RUN (source builds in upstream templates)
+    "DL3008",  # apt packages not pinned: recipes track the distribution
+    "DL3015",  # afni/spm12 `apt-get install` of .deb files without --no-install-recommends
+    "DL3033",  # yum packages not pinned: same reason as DL3008
+    "DL3044",  # ENV referring to itself in the same statement (mrtrix3 template)
+    "DL4006",  # pipes without `set -o pipefail` (curl | tar in upstream templates)
+    "SC2006",  # backticks in the bids_validator template
+    "SC2086",  # unquoted variables in the afni template
+    "SC2155",  # `export X=$(…)` in the matlabmcr/spm12 templates
+)
+
+# neurodocker's `_default` template writes the entrypoint script with
+# single-quoted `$` (shellcheck SC2016).  Same script, double quotes.
+_ENTRYPOINT_FIX = {
+    """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""":
+        """echo "export USER=\\"\\${USER:=\\$(whoami)}\\"" >> "$ND_ENTRYPOINT\"""",
+    """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""":
+        """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",
+}
+
+
+@attrs.frozen
+class RenderedPackage:
+    """What a recipe installs, for `ndgen build` to test."""
+
+    name: str
+    version: str | None
+    method: str
+    test: str | None
+    commands: tuple[str, ...]
+
+
+@attrs.frozen
+class Recipe:
+    """A rendered Dockerfile or Singularity definition and what it contains."""
+
+    text: str
+    fmt: Format
+    base_image: str
+    pkg_manager: str
+    os_name: str
+    packages: tuple[RenderedPackage, ...]
+
+
+# ---------------------------------------------------------------- renderer subclasses
+
+
+def _printf_without_dollars(cmd: str) -> str:
+    # neurodocker writes the spec with printf '…' where `$` and backticks sit in
+    # single quotes (SC2016).  printf's own octal escapes print the same bytes.
+    # Backslashes are already doubled by neurodocker, so `\044` cannot merge
+    # with a preceding escape.
+    return cmd.replace("$", "\\044").replace("`", "\\140")
+
+
+def _renderer_classes():
+    """Imported lazily: neurodocker (and jsonschema, jinja2) only when rendering."""
+    from neurodocker.reproenv.renderers import DockerRenderer, SingularityRenderer
+
+    class NdgenDockerRenderer(DockerRenderer):
+        def _get_instructions(self) -> str:
+            return _printf_without_dollars(super()._get_instructions())
+
+    class NdgenSingularityRenderer(SingularityRenderer):
+        help_text: str = ""
+
+        def _get_instructions(self) -> str:
+            return _printf_without_dollars(super()._get_instructions())
+
+        def render(self) -> str:
+            s = super().render()
+            if self.help_text:
+                s += "\n\n%help\n" + self.help_text
+            return s
+
+    return NdgenDockerRenderer, NdgenSingularityRenderer
+
+
+# ---------------------------------------------------------------- the session
+
+
+class RecipeRenderer:
+    """Renders specs; memoises template blocks for the lifetime of this object.
+
+    Not shared globally: `render_recipe` makes one per call, `ndgen matrix`
+    one per run.
+    """
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry if registry is not None else Registry()
+        self._blocks: dict[tuple, tuple[tuple[str, Mapping[str, Any]], ...]] = {}
+        self._docker_cls, self._singularity_cls = _renderer_classes()
+
+    # ---- template blocks
+    def _block(
+        self, key: str, template: Mapping[str, Any], method: str, kwds: tuple[tuple[str, str], ...], pkg_manager: str
+    ) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+        memo_key = (key, method, kwds, pkg_manager)
+        block = self._blocks.get(memo_key)
+        if block is None:
+            block = self._render_block(key, template, method, kwds, pkg_manager)
+            self._blocks[memo_key] = block
+        return block
+
+    def _render_block(self, key, template, method, kwds, pkg_manager):
+        from neurodocker.reproenv.exceptions import RendererError, TemplateError
+        from neurodocker.reproenv.template import Template
+
+        import jinja2
+
+        args = dict(kwds)
+        scratch = self._docker_cls(pkg_manager=pkg_manager)
+        try:
+            tmpl = Template(
+                dict(template),
+                binaries_kwds=args if method == "binaries" else None,
+                source_kwds=args if method == "source" else None,
+            )
+            scratch.add_template(tmpl, method)
+        except (TemplateError, RendererError, jinja2.TemplateError, KeyError) as exc:
+            raise NdgenError(f"{key}: template error: {exc}") from None
+        return tuple((i["name"], i["kwds"]) for i in json.loads(scratch.to_json())["instructions"])
+
+    def _default_template(self) -> Mapping[str, Any]:
+        upstream = self.registry.internal("_default")
+        source = dict(upstream["source"])
+        text = source["instructions"]
+        for old, new in _ENTRYPOINT_FIX.items():
+            if old not in text:
+                # Upstream changed the snippet: fail loudly rather than render SC2016.
+                raise NdgenError(f"neurodocker's _default template changed; update ndgen's entrypoint fix ({old!r})")
+            text = text.replace(old, new)
+        source["instructions"] = text
+        return {**upstream, "source": source}
+
+    # ---- rendering
+    def render(self, spec: RecipeSpec, fmt: Format = "docker") -> Recipe:
+        if fmt not in FORMATS:
+            raise NdgenError(f"unknown format {fmt!r}; choose docker or singularity")
+        target = spec.target
+        pm = target.pkg_manager
+        r = (self._docker_cls if fmt == "docker" else self._singularity_cls)(pkg_manager=pm)
+        r.from_(target.base_image)
+        if "default" not in self.__dict__.setdefault("_default_cache", {}):
+            self.__dict__["_default_cache"]["default"] = self._default_template()
+        self._replay(r, self._block("_default", self.__dict__["_default_cache"]["default"], "source", (), pm))
+        for pkg in spec.packages:
+            if pkg.method == "system":
+                self._add_system(r, pkg, spec)
+            else:
+                assert pkg.entry.template is not None
+                self._replay(r, self._block(str(pkg.entry.template_path), pkg.entry.template, pkg.method, pkg.kwds, pm))
+        r.labels(_labels(spec))
+        if fmt == "docker":
+            r.entrypoint([ENTRYPOINT])
+        else:
+            # Singularity passes `run` arguments only when the runscript forwards them.
+            r.entrypoint([ENTRYPOINT, '"$@"'])
+            r.help_text = _help_text(spec)
+        text = f"{_masthead(spec, fmt)}\n{r.render()}\n"
+        return Recipe(
+            text=text,
+            fmt=fmt,
+            base_image=target.base_image,
+            pkg_manager=pm,
+            os_name=target.os_name,
+            packages=tuple(
+                RenderedPackage(name=p.name, version=p.version, method=p.method, test=p.test, commands=p.commands)
+                for p in spec.packages
+            ),
+        )
+
+    @staticmethod
+    def _replay(r, block: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        for name, kwds in block:
+            getattr(r, name)(**kwds)
+
+    def _add_system(self, r, pkg: PackageSpec, spec: RecipeSpec) -> None:
+        system = pkg.entry.meta.system if pkg.entry.meta else None
+        assert system is not None
+        target = spec.target
+        if target.pkg_manager == "apt" and system.neurodebian:
+            if target.codename is None:
+                raise NdgenError(f"{pkg.name}: NeuroDebian needs a known release; use --os instead of --base-image")
+            nd = self.registry.get("neurodebian")
+            assert nd.template is not None
+            kwds = (("os_codename", target.codename), ("version", NEURODEBIAN_MIRROR))
+            self._replay(r, self._block(str(nd.template_path), nd.template, "binaries", kwds, "apt"))
+        if target.pkg_manager == "yum" and system.epel:
+            r.install(["epel-release"])
+        r.install(list(system.packages(target.pkg_manager)))
+
+
+# ---------------------------------------------------------------- text pieces
+
+
+def _pkg_arg(p: PackageSpec) -> str:
+    s = p.name + (f"=={p.version}" if p.version else "")
+    extra = [f"{k}={v}" for k, v in p.kwds if k != "version"]
+    if p.method != p.entry.default_method:
+        extra.insert(0, f"method={p.method}")
+    return ",".join([s, *extra])
+
+
+def reproduce_command(spec: RecipeSpec, fmt: Format) -> str:
+    """The ndgen command line that renders this recipe again."""
+    from neurodocker_nd.oses import PRESETS
+
+    t = spec.target
+    preset = PRESETS.get(t.os_name)
+    if preset is None:
+        where = f"--base-image {t.base_image} --pkg-manager {t.pkg_manager}"
+    else:
+        where = f"--os {t.os_name}"
+        if preset.base_image != t.base_image:
+            where += f" --base-image {t.base_image}"
+    pkgs = " ".join(f"--pkg {_pkg_arg(p)}" for p in spec.packages)
+    fmt_opt = " --format singularity" if fmt == "singularity" else ""
+    return f"ndgen {pkgs} {where}{fmt_opt}"
+
+
+def _masthead(spec: RecipeSpec, fmt: Format) -> str:
+    from neurodocker import __version__ as nd_version
+
+    return (
+        f"# Generated by ndgen {__version__} with neurodocker {nd_version}.\n"
+        f"# Reproduce: {reproduce_command(spec, fmt)}\n"
+    )
+
+
+def _describe(p: PackageSpec) -> str:
+    return f"{p.name} {p.version or ''} ({p.method})".replace("  ", " ")
+
+
+def _labels(spec: RecipeSpec) -> dict[str, str]:
+    names = [p.name for p in spec.packages]
+    return {
+        "org.opencontainers.image.title": "-".join(names),
+        "org.opencontainers.image.description": "; ".join(_describe(p) for p in spec.packages)
+        + f" on {spec.target.os_name}",
+        "org.opencontainers.image.base.name": spec.target.base_image,
+        "org.opencontainers.image.vendor": "ndgen",
+        "org.ndgen.version": __version__,
+        "org.ndgen.packages": " ".join(f"{p.name}={p.version or p.method}" for p in spec.packages),
+    }
+
+
+def _help_text(spec: RecipeSpec) -> str:
+    lines = [f"Container rendered by ndgen {__version__} on {spec.target.os_name} ({spec.target.base_image})."]
+    lines.append("Packages:")
+    for p in spec.packages:
+        lines.append(f"    {_describe(p)}")
+        if p.commands:
+            lines.append(f"        commands: {' '.join(p.commands)}")
+    lines.append("Usage: apptainer run IMAGE COMMAND [ARGS...]")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def render_recipe(
+    pkgs: Iterable[str],
+    os_name: str | None = None,
+    base_image: str | None = None,
+    pkg_manager: str | None = None,
+    fmt: Format = "docker",
+    registry: Registry | None = None,
+) -> Recipe:
+    """Render `--pkg …` strings for an OS into a Recipe (stable API for `ndgen build`)."""
+    registry = registry if registry is not None else Registry()
+    spec = resolve(pkgs, os_name, base_image, pkg_manager, registry)
+    return RecipeRenderer(registry).render(spec, fmt)
