@@ -1,0 +1,140 @@
+"""The Docker engine edge shared by `ndgen base` and `ndgen build`.
+
+Everything here imports the Docker SDK lazily, inside the functions, so that
+`ndgen --pkg …` (rendering) never loads it.  Engine problems become one-line
+:class:`EngineError` messages; a missing image becomes an :class:`NdgenError`
+that says how to get it (no pull is ever attempted: there is no registry here).
+
+It also owns the saved step log (:class:`StepLog`): every engine step writes its
+full output to a file and shows only a one-line live status on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from neurodocker_nd.errors import EngineError, NdgenError
+
+# Builds and tests can take long (apt installs); the SDK's default 60 s read
+# timeout would abort a quiet RUN step, so the client waits up to an hour.
+_CLIENT_TIMEOUT_S = 3600
+
+
+def connect() -> Any:
+    """A connected `docker.DockerClient`, or EngineError naming the problem."""
+    try:
+        import docker
+    except ImportError as exc:  # the package depends on it, but be explicit
+        raise EngineError("the Docker SDK is not installed: pip install docker") from exc
+    try:
+        client = docker.from_env(timeout=_CLIENT_TIMEOUT_S)
+        client.ping()
+    except Exception as exc:  # any failure here means: no usable engine
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineError(
+            f"no Docker engine answers at {where} ({_first_line(exc)}); "
+            "start one, e.g. dockerd --bridge=none --iptables=false --ip-masq=false"
+        ) from exc
+    return client
+
+
+def find_image(client: Any, ref: str) -> Any | None:
+    """The local image `ref` (name:tag or id), or None when the engine lacks it."""
+    import docker.errors
+
+    try:
+        return client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot inspect image {ref}: {_first_line(exc)}") from exc
+
+
+def require_image(client: Any, ref: str) -> Any:
+    """The local image `ref`, or an NdgenError saying how to make it (never pulls)."""
+    image = find_image(client, ref)
+    if image is None:
+        hint = f"ndgen base {ref}" if _is_debootstrappable(ref) else f"docker load -i {_slug(ref)}.tar"
+        raise NdgenError(f"base image {ref} is not on this engine (no registry is used); create it with: {hint}")
+    return image
+
+
+def _is_debootstrappable(ref: str) -> bool:
+    return ref.split("/")[-1].split(":")[0] in {"debian", "ubuntu"}
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """`repo[:tag]` → (repo, tag); the tag defaults to `latest` as docker's does."""
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = ref.rsplit(":", 1)
+        return repo, tag
+    return ref, "latest"
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe rendering of an image reference."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+def logs_dir() -> Path:
+    """Where build logs go by default: $XDG_CACHE_HOME/ndgen/logs (~/.cache/ndgen/logs)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "ndgen" / "logs"
+
+
+def new_log_path(kind: str, ref: str) -> Path:
+    """A fresh log file name for one step on one image, e.g. build-dcm2niix_sys-20261125T083000Z.log."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return logs_dir() / f"{kind}-{_slug(ref)}-{stamp}.log"
+
+
+class StepLog:
+    """The full output of one step in a file, plus a one-line live status on stderr.
+
+    Users see a spinner with the current step; the file keeps every line so a
+    failure can be read in full (its path goes into every error message).
+    """
+
+    def __init__(self, path: Path, handle: IO[str], status: Any) -> None:
+        self.path = path
+        self._handle = handle
+        self._status = status
+        self.lines_written = 0
+
+    def write(self, text: str) -> None:
+        """Append raw output (may hold several lines) to the log file."""
+        self._handle.write(text)
+        self._handle.flush()
+        self.lines_written += text.count("\n")
+
+    def status(self, text: str) -> None:
+        """Replace the live status line (and record it in the log)."""
+        self._status.update(text[:160])
+
+    def note(self, text: str) -> None:
+        """A line kept on screen (above the live status) and in the log."""
+        self._status.console.print(text, markup=False, highlight=False)
+        self.write(text.rstrip("\n") + "\n")
+
+
+@contextmanager
+def step_log(path: Path, title: str) -> Iterator[StepLog]:
+    """Open `path` (creating its directory) and show a live status titled `title`."""
+    from rich.console import Console
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    with path.open("w", encoding="utf-8") as handle, console.status(title) as status:
+        yield StepLog(path, handle, status)
