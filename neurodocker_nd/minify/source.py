@@ -76,14 +76,57 @@ class ImageConfig:
         return self.repo_digests[0] if self.repo_digests else self.image_id
 
 
-@attrs.frozen
 class Source:
-    """An opened source image: its config and the directory holding its filesystem."""
+    """An opened source image: its config, a pristine read-only view and fresh writable views.
 
-    config: ImageConfig
-    rootfs: Path  # an overlay mount (or an exported tree) of the image
-    scratch: Path  # everything ndgen created for this run lives under here
-    method: str  # "overlay" | "export"
+    `pristine` is what the closure reads and the new image is written from:
+    whatever a workload writes lands in the upper directory of its own view and
+    never leaks into the result or into another run.
+    """
+
+    def __init__(
+        self,
+        config: ImageConfig,
+        lowers: list[str],
+        scratch: Path,
+        method: str,
+        stack: contextlib.ExitStack,
+        *,
+        mount: bool = True,
+    ) -> None:
+        self.config = config
+        self.scratch = scratch  # everything ndgen created for this run lives under here
+        self.method = method  # "overlay" (image layers used in place) | "export" (a copy)
+        self._lowers = lowers
+        self._stack = stack
+        self._can_mount = mount
+        # Without overlay mounts the exported copy is the only view (runs write into it).
+        self.pristine = self._mount("pristine", writable=False) if mount else Path(lowers[0])
+
+    def view(self, name: str) -> Path:
+        """A fresh writable overlay of the image; unmounted when the source closes."""
+        if not self._can_mount:
+            return self.pristine
+        return self._mount(name, writable=True)
+
+    def _mount(self, name: str, *, writable: bool) -> Path:
+        base = self.scratch / name
+        merged = base / "rootfs"
+        merged.mkdir(parents=True, exist_ok=True)
+        # The image's layer directories are only ever read-only lowers.  An empty
+        # bottom layer: overlayfs wants two lowers when there is no upper.
+        empty = self.scratch / "empty-layer"
+        empty.mkdir(exist_ok=True)
+        options = ["lowerdir=" + ":".join([*self._lowers, str(empty)])]
+        if writable:
+            (base / "upper").mkdir()
+            (base / "work").mkdir()
+            options.append(f"upperdir={base / 'upper'},workdir={base / 'work'}")
+        else:
+            options.append("ro")
+        _mount_overlay(",".join(options), merged)
+        self._stack.callback(_umount, merged)
+        return merged
 
 
 def get_client() -> Any:
@@ -123,20 +166,18 @@ def _overlay_lowers(image_attrs: dict[str, Any]) -> list[str] | None:
     return lowers
 
 
-def _mount_overlay(lowers: list[str], scratch: Path) -> Path:
-    upper, work, merged = scratch / "upper", scratch / "work", scratch / "rootfs"
-    for d in (upper, work, merged):
-        d.mkdir()
-    # The image's layers are read-only lowers: the kernel never writes to them.
-    options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+def _mount_overlay(options: str, target: Path) -> None:
     proc = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", options, str(merged)],
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        raise OSError(proc.stderr.strip() or "mount -t overlay failed")
-    return merged
+        raise _MountRefused(proc.stderr.strip() or "mount -t overlay failed")
+
+
+class _MountRefused(Exception):
+    """The kernel or our privileges refused an overlay mount."""
 
 
 def _umount(path: Path) -> None:
@@ -146,8 +187,8 @@ def _umount(path: Path) -> None:
 
 def _export(client: Any, config: ImageConfig, scratch: Path) -> Path:
     """Fallback: stream `docker export` of a never-started container into scratch."""
-    rootfs = scratch / "rootfs"
-    rootfs.mkdir(exist_ok=True)
+    rootfs = scratch / "exported"
+    rootfs.mkdir()
     container = client.containers.create(config.image_id, entrypoint=["/"], network_mode="none")
     try:
         reader = _ChunkReader(container.export(chunk_size=1 << 20))
@@ -203,24 +244,33 @@ def make_scratch(prefix: str = "ndgen-minify-") -> Path:
 
 @contextlib.contextmanager
 def open_source(client: Any, name: str, *, prefer_overlay: bool = True) -> Iterator[Source]:
-    """Yield the image's config and a scratch view of its filesystem; always clean up."""
+    """Yield the opened source; scratch and mounts go away on exit, error or Ctrl-C."""
     image, config = inspect_image(client, name)
     with contextlib.ExitStack() as stack:
         scratch = make_scratch()
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        stack.callback(_remove_scratch, scratch)
+        source = None
         lowers = _overlay_lowers(image.attrs) if prefer_overlay else None
-        rootfs: Path | None = None
-        method = "overlay"
         if lowers is not None:
             try:
-                rootfs = _mount_overlay(lowers, scratch)
-                stack.callback(_umount, rootfs)
-            except OSError:
-                rootfs = None  # e.g. no CAP_SYS_ADMIN: fall back to a copy
-        if rootfs is None:
-            method = "export"
+                source = Source(config, lowers, scratch, "overlay", stack)
+            except _MountRefused:
+                source = None  # e.g. no CAP_SYS_ADMIN: fall back to a copy
+        if source is None:
             try:
-                rootfs = _export(client, config, scratch)
+                exported = _export(client, config, scratch)
             except OSError as exc:
                 raise NdgenError(f"cannot export {name} into {scratch}: {exc.strerror or exc}") from exc
-        yield Source(config=config, rootfs=rootfs, scratch=scratch, method=method)
+            try:
+                source = Source(config, [str(exported)], scratch, "export", stack)
+            except _MountRefused:
+                source = Source(config, [str(exported)], scratch, "export-copy", stack, mount=False)
+        yield source
+
+
+def _remove_scratch(scratch: Path) -> None:
+    # Never delete through a mount that is still attached (it would write whiteouts, or worse).
+    for path in sorted(scratch.glob("*/rootfs"), reverse=True):
+        if os.path.ismount(path):
+            return
+    shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""Image step: write the keep-set as a one-layer image (and/or a SquashFS for Singularity).
+
+The layer is a tar stream built with :mod:`tarfile` straight from the pristine
+rootfs and piped into ``docker import`` through the Docker SDK — nothing is
+staged on disk.  PAX format keeps what a layer needs: hard links (same inode →
+LNKTYPE), setuid/setgid/sticky bits, owners, sub-second mtimes, and extended
+attributes such as file capabilities (``SCHILY.xattr.*`` records, which the
+engine applies when unpacking).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from neurodocker_nd import __version__
+from neurodocker_nd.errors import EngineError, NdgenError
+from neurodocker_nd.minify.keep import KeepSet
+from neurodocker_nd.minify.source import ImageConfig
+
+LABEL_PREFIX = "org.ndgen.minify"
+# xattrs worth carrying: capabilities and user data; overlay/selinux internals are not ours.
+_XATTR_PREFIXES = ("security.capability", "user.")
+_CHUNK = 1 << 20
+
+
+@attrs.frozen
+class Written:
+    """What the write step produced."""
+
+    tag: str | None
+    image_id: str | None
+    size: int  # bytes per the engine (docker) or of the SquashFS file
+    entries: int
+    file_bytes: int  # sum of kept regular files (hard links counted once)
+    squashfs: Path | None = None
+
+
+def _tarinfo(tar: tarfile.TarFile, root: str, path: str) -> tarfile.TarInfo:
+    info = tar.gettarinfo(root + path, arcname=path.lstrip("/"))
+    try:
+        names = os.listxattr(root + path, follow_symlinks=False)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith(_XATTR_PREFIXES):
+            value = os.getxattr(root + path, name, follow_symlinks=False)
+            # tarfile writes non-UTF-8 PAX values as-is (hdrcharset=BINARY) via surrogateescape.
+            info.pax_headers[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
+    return info
+
+
+def write_tar(root: Path, keep: KeepSet, out: IO[bytes]) -> tuple[int, int]:
+    """Stream the kept entries of `root` as a PAX tar into `out`; returns (entries, file bytes)."""
+    entries = file_bytes = 0
+    # Sorted: parents precede children, so the engine creates directories with their own modes.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_CHUNK) as tar:
+        for path in sorted(keep.paths):
+            try:
+                info = _tarinfo(tar, str(root), path)
+            except FileNotFoundError:
+                continue
+            entries += 1
+            if info.isreg():
+                file_bytes += info.size
+                with open(str(root) + path, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+    return entries, file_bytes
+
+
+class _TarPipe:
+    """Runs write_tar in a thread feeding an OS pipe; iterating yields the stream's chunks."""
+
+    def __init__(self, root: Path, keep: KeepSet) -> None:
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self._writer = os.fdopen(write_fd, "wb", buffering=_CHUNK)
+        self.error: BaseException | None = None
+        self.counts = (0, 0)
+        self._thread = threading.Thread(target=self._run, args=(root, keep), daemon=True)
+        self._thread.start()
+
+    def _run(self, root: Path, keep: KeepSet) -> None:
+        try:
+            self.counts = write_tar(root, keep, self._writer)
+        except BaseException as exc:  # re-raised in the caller's thread by finish()
+            self.error = exc
+        finally:
+            try:
+                self._writer.close()
+            except OSError as exc:  # broken pipe: the engine stopped reading; it says why
+                self.error = self.error or exc
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self._reader.read(_CHUNK):
+            yield chunk
+
+    def finish(self) -> tuple[int, int]:
+        self._reader.close()
+        self._thread.join()
+        if self.error is not None and not isinstance(self.error, BrokenPipeError):
+            raise self.error
+        return self.counts
+
+
+def _quote(value: str) -> str:
+    # Dockerfile-style double-quoted word; `$` must not be expanded by the engine.
+    return json.dumps(value).replace("$", "\\$")
+
+
+def import_changes(config: ImageConfig, commands: list[str]) -> list[str]:
+    """Dockerfile instructions recreating the source's config on the imported layer."""
+    changes = [f"ENV {item.split('=', 1)[0]}={_quote(item.split('=', 1)[1] if '=' in item else '')}" for item in config.env]
+    if config.entrypoint:
+        changes.append(f"ENTRYPOINT {json.dumps(list(config.entrypoint))}")
+    if config.cmd:
+        changes.append(f"CMD {json.dumps(list(config.cmd))}")
+    if config.workdir:
+        changes.append(f"WORKDIR {config.workdir}")
+    if config.user:
+        changes.append(f"USER {config.user}")
+    changes += [f"EXPOSE {port}" for port in config.exposed_ports]
+    if config.volumes:
+        changes.append(f"VOLUME {json.dumps(list(config.volumes))}")
+    labels = dict(config.labels)
+    labels.update(minified_labels(config, commands))
+    changes += [f"LABEL {_quote(k)}={_quote(v)}" for k, v in labels.items()]
+    return changes
+
+
+def minified_labels(config: ImageConfig, commands: list[str]) -> dict[str, str]:
+    return {
+        f"{LABEL_PREFIX}.tool": f"ndgen {__version__}",
+        f"{LABEL_PREFIX}.source-image": config.name,
+        f"{LABEL_PREFIX}.source-digest": config.digest,
+        f"{LABEL_PREFIX}.commands": json.dumps(commands),
+    }
+
+
+def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, tag: str, commands: list[str]) -> Written:
+    """`docker import` the keep-set as one layer tagged `tag`."""
+    import docker.errors
+
+    repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
+    pipe = _TarPipe(root, keep)
+    try:
+        response = client.api.import_image_from_stream(
+            pipe, repository=repository, tag=version, changes=import_changes(config, commands)
+        )
+    except docker.errors.APIError as exc:
+        pipe.finish()
+        raise EngineError(f"docker import of {tag} failed: {exc.explanation or exc}") from exc
+    except BaseException:
+        pipe.finish()
+        raise
+    entries, file_bytes = pipe.finish()
+    status = _last_status(response)
+    if "error" in status:
+        raise EngineError(f"docker import of {tag} failed: {status['error']}")
+    image = client.images.get(tag)
+    return Written(tag=tag, image_id=image.id, size=int(image.attrs.get("Size") or 0), entries=entries, file_bytes=file_bytes)
+
+
+def _last_status(response: Any) -> dict[str, Any]:
+    text = response if isinstance(response, str) else response.decode() if isinstance(response, bytes) else ""
+    last: dict[str, Any] = {}
+    for line in text.splitlines():
+        try:
+            last = json.loads(line)
+        except ValueError:
+            continue
+        if "error" in last:
+            return last
+    return last
+
+
+def remove_tag(client: Any, tag: str) -> None:
+    """Untag (and drop, when nothing else references it) an image this run created."""
+    import docker.errors
+
+    try:
+        client.images.remove(tag, noprune=False)
+    except docker.errors.APIError:
+        pass
+
+
+# -- Singularity ------------------------------------------------------------------------------
+
+
+def singularity_env(config: ImageConfig) -> str:
+    lines = ["#!/bin/sh", "# written by ndgen minify from the source image's ENV"]
+    for item in config.env:
+        key, _, value = item.partition("=")
+        lines.append(f"export {key}={_sh_quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def singularity_runscript(config: ImageConfig) -> str:
+    argv = [*(config.entrypoint or ()), *(config.cmd or ())] if config.entrypoint else list(config.cmd or ())
+    body = " ".join(_sh_quote(a) for a in argv) if argv else "/bin/sh"
+    return f'#!/bin/sh\nif [ $# -gt 0 ]; then exec {" ".join(_sh_quote(a) for a in (config.entrypoint or ()))} "$@"; fi\nexec {body}\n' if config.entrypoint else f'#!/bin/sh\nif [ $# -gt 0 ]; then exec "$@"; fi\nexec {body}\n'
+
+
+def _sh_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: list[str], out: Path, scratch: Path) -> Written:
+    """A SquashFS with the Singularity layout (/.singularity.d env, runscript, labels)."""
+    if shutil.which("mksquashfs") is None:
+        raise NdgenError("mksquashfs not found: apt-get install squashfs-tools")
+    tree = scratch / "squashfs-tree"
+    tree.mkdir()
+    with open(scratch / "layer.tar", "wb") as fh:
+        entries, file_bytes = write_tar(root, keep, fh)
+    with tarfile.open(scratch / "layer.tar") as tar:
+        tar.extractall(tree, numeric_owner=True, filter="fully_trusted")
+    (scratch / "layer.tar").unlink()
+    meta = tree / ".singularity.d"
+    (meta / "env").mkdir(parents=True)
+    (meta / "actions").mkdir()
+    (meta / "libs").mkdir()
+    (meta / "env" / "90-environment.sh").write_text(singularity_env(config))
+    (meta / "runscript").write_text(singularity_runscript(config))
+    labels = dict(config.labels)
+    labels.update(minified_labels(config, commands))
+    (meta / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    for script in (meta / "env" / "90-environment.sh", meta / "runscript"):
+        script.chmod(0o755)
+    for name in ("singularity", "environment"):
+        link = tree / name
+        if not os.path.lexists(link):
+            link.symlink_to(posixpath.join(".singularity.d", "runscript" if name == "singularity" else "env/90-environment.sh"))
+    partial = out.with_name(out.name + ".partial")
+    proc = subprocess.run(
+        ["mksquashfs", str(tree), str(partial), "-noappend", "-comp", "gzip", "-no-progress", "-quiet"],
+        capture_output=True,
+        text=True,
+    )
+    shutil.rmtree(tree, ignore_errors=True)
+    if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise NdgenError(f"mksquashfs failed writing {out}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    partial.replace(out)  # never a half-written image under the final name
+    return Written(tag=None, image_id=None, size=out.stat().st_size, entries=entries, file_bytes=file_bytes, squashfs=out)

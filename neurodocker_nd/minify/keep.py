@@ -1,0 +1,433 @@
+"""Keep step: from the traced paths to the closed set of entries the new image needs.
+
+Everything is resolved *inside* the image (a symlink `/lib64 -> usr/lib64` is
+followed against the rootfs, never the host) and every entry on the way is
+kept: each directory component, each symlink hop, the final file.  On top of
+the trace come the rules for what a trace cannot show:
+
+- the ELF program interpreter and the DT_NEEDED closure (RPATH/RUNPATH with
+  $ORIGIN, LD_LIBRARY_PATH from the image's ENV, ld.so.conf directories),
+  for files that were only mmap'ed or are loaded after the traced run;
+- essentials: passwd/group/nsswitch, ld.so.conf*, ld.so.cache, /bin/sh, the
+  image's ENTRYPOINT/CMD programs, /tmp, the user's HOME and WORKDIR;
+- fanotify's blind spots: CPython stats ``lib/pythonX.Y/os.py`` (and
+  ``lib-dynload``) to find its prefix without opening them, and uses a
+  ``__pycache__/*.pyc`` only while its ``.py`` source exists;
+- ``--keep`` paths/globs and the profile's keep rules (directories whole).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+
+from neurodocker_nd.minify.record import TraceRecord
+from neurodocker_nd.minify.run import SHELL, Mount, resolve_user
+from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
+
+# Never part of an image's content: the runtime provides them, or they are the workload's scratch.
+RUNTIME_DIRS = ("/proc", "/sys", "/dev", "/tmp", "/run")
+ESSENTIALS = (
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d/*",
+    "/etc/ld.so.cache",
+    "/etc/hosts",
+    "/etc/host.conf",
+    SHELL,
+)
+_DEFAULT_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib")
+_PYC = re.compile(r"^(?P<dir>.*)/__pycache__/(?P<name>[^/.]+)\.[^/]+\.pyc$")
+_PYTHON_EXE = re.compile(r"^(?P<prefix>.*)/bin/python(?P<ver>\d+\.\d+)$")
+_PYTHON_LIB = re.compile(r"^(?P<prefix>.*)/lib/python(?P<ver>\d+\.\d+)/")
+_MAX_SYMLINK_HOPS = 40
+
+
+@attrs.frozen
+class KeepSet:
+    """Entries (files, symlinks, directories) to write, as in-image absolute paths."""
+
+    paths: frozenset[str]  # every entry, parents included
+    trees: frozenset[str]  # directories kept with everything below them (--keep / profile)
+    traced: int  # how many traced paths existed in the image
+    reasons: dict[str, int]  # entries added per rule, for the report
+
+
+class _Image:
+    """Path resolution against the rootfs, with lstat/readlink caches."""
+
+    def __init__(self, rootfs: Path) -> None:
+        self.root = str(rootfs)
+        self._lstat: dict[str, os.stat_result | None] = {}
+
+    def host(self, path: str) -> str:
+        return self.root + path
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        if path not in self._lstat:
+            try:
+                self._lstat[path] = os.lstat(self.host(path))
+            except OSError:
+                self._lstat[path] = None
+        return self._lstat[path]
+
+    def resolve(self, path: str, chain: set[str]) -> str | None:
+        """Resolve `path` in the image; add every component and symlink hop to `chain`.
+
+        Returns the final symlink-free path, or None when some component is absent.
+        """
+        parts = [p for p in path.split("/") if p and p != "."]
+        current, hops = "/", 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                current = posixpath.dirname(current)
+                continue
+            candidate = posixpath.join(current, part)
+            st = self.lstat(candidate)
+            if st is None:
+                return None
+            chain.add(candidate)
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    return None
+                target = os.readlink(self.host(candidate))
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                if target.startswith("/"):
+                    current = "/"
+                continue
+            current = candidate
+        return current
+
+    def is_dir(self, path: str) -> bool:
+        st = self.lstat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _outside_image(path: str, excluded: Sequence[str]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in excluded)
+
+
+class _Closure:
+    def __init__(self, image: _Image, config: ImageConfig, excluded: Sequence[str]) -> None:
+        self.image = image
+        self.config = config
+        self.excluded = excluded
+        self.kept: set[str] = set()
+        self.trees: set[str] = set()
+        self.reasons: dict[str, int] = {}
+        self._elf_done: set[str] = set()
+        self._lib_dirs = self._library_dirs()
+
+    # -- adding -------------------------------------------------------------------------------
+
+    def add(self, path: str, reason: str) -> str | None:
+        """Keep `path` and everything on the way to it; returns the resolved path."""
+        if not path.startswith("/"):
+            return None
+        path = posixpath.normpath(path)
+        if _outside_image(path, self.excluded) and not self.image.is_dir(path):
+            return None
+        chain: set[str] = set()
+        resolved = self.image.resolve(path, chain)
+        chain = {p for p in chain if not _outside_image(p, self.excluded) or self.image.is_dir(p)}
+        new = chain - self.kept
+        if new:
+            self.kept |= new
+            self.reasons[reason] = self.reasons.get(reason, 0) + len(new)
+        return resolved
+
+    def add_tree(self, path: str, reason: str) -> None:
+        resolved = self.add(path, reason)
+        if resolved is None or not self.image.is_dir(resolved):
+            return
+        self.trees.add(resolved)
+        for dirpath, dirnames, filenames in os.walk(self.image.host(resolved)):
+            rel = dirpath[len(self.image.root):] or "/"
+            for name in dirnames + filenames:
+                entry = posixpath.join(rel, name)
+                if entry not in self.kept:
+                    self.kept.add(entry)
+                    self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def add_pattern(self, pattern: str, reason: str) -> None:
+        """A path or glob, in-image; a directory keeps its whole tree."""
+        if not glob.has_magic(pattern):
+            self.add_tree(pattern, reason)
+            return
+        # Resolve the literal prefix in the image, then glob below it on the host view.
+        head, _, _ = pattern.partition("*")
+        literal = posixpath.dirname(head.split("?")[0].split("[")[0]) or "/"
+        resolved = self.add(literal, reason)
+        if resolved is None:
+            return
+        rest = posixpath.relpath(pattern, literal)
+        for match in glob.glob(posixpath.join(self.image.host(resolved), rest), recursive=True):
+            self.add_tree(posixpath.join(resolved, posixpath.relpath(match, self.image.host(resolved))), reason)
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def essentials(self, mounts: Sequence[Mount]) -> None:
+        for pattern in ESSENTIALS:
+            if glob.has_magic(pattern):
+                self.add_pattern(pattern, "essential")
+            else:
+                self.add(pattern, "essential")
+        for program in self._config_programs():
+            self.add(program, "entrypoint")
+        for directory in RUNTIME_DIRS:
+            self.add(directory, "essential")
+        self.add(self.config.workdir or "/", "essential")
+        home = resolve_user(Path(self.image.root), self.config.user).home
+        self.add(home, "essential")
+        for mount in mounts:
+            # Docker creates a missing mount point, but keeping existing parents keeps modes.
+            self.add(posixpath.dirname(mount.target), "essential")
+
+    def _config_programs(self) -> Iterable[str]:
+        env_path = self.config.env_dict.get("PATH", DEFAULT_PATH)
+        for argv in (self.config.entrypoint, self.config.cmd):
+            if not argv:
+                continue
+            program = argv[0]
+            if program.startswith("/"):
+                yield program
+                continue
+            for directory in env_path.split(":"):
+                candidate = posixpath.join(directory or "/", program)
+                st = self.image.lstat(candidate)
+                if st is not None:
+                    yield candidate
+                    break
+
+    def python_rules(self) -> None:
+        """CPython's stat-only lookups: prefix landmarks and sources of cached bytecode."""
+        prefixes: set[tuple[str, str]] = set()
+        for path in list(self.kept):
+            if m := _PYC.match(path):
+                source = f"{m['dir']}/{m['name']}.py"
+                if self.image.lstat(source) is not None:
+                    self.add(source, "python-source")
+            for pattern in (_PYTHON_EXE, _PYTHON_LIB):
+                if (m := pattern.match(path)) is not None:
+                    prefixes.add((m["prefix"], m["ver"]))
+        for prefix, ver in prefixes:
+            lib = f"{prefix}/lib/python{ver}"
+            if self.image.lstat(f"{lib}/os.py") is not None:
+                self.add(f"{lib}/os.py", "python-landmark")
+                self.add(f"{lib}/lib-dynload", "python-landmark")
+
+    # -- ELF ----------------------------------------------------------------------------------
+
+    def _library_dirs(self) -> list[str]:
+        """ld.so's search list after RPATH/LD_LIBRARY_PATH/RUNPATH: ld.so.conf, then defaults."""
+        dirs: list[str] = []
+        self._read_ld_conf("/etc/ld.so.conf", dirs, depth=0)
+        for d in _DEFAULT_LIB_DIRS:
+            if d not in dirs:
+                dirs.append(d)
+        return dirs
+
+    def _read_ld_conf(self, path: str, dirs: list[str], depth: int) -> None:
+        chain: set[str] = set()
+        resolved = self.image.resolve(path, chain)
+        if resolved is None or depth > 8:
+            return
+        try:
+            lines = Path(self.image.host(resolved)).read_text(errors="replace").splitlines()
+        except OSError:
+            return
+        for line in lines:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if line.startswith("include"):
+                pattern = line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else ""
+                if not pattern.startswith("/"):
+                    pattern = posixpath.join(posixpath.dirname(path), pattern)
+                parent = posixpath.dirname(pattern)
+                rparent = self.image.resolve(parent, set())
+                if rparent is None:
+                    continue
+                for name in sorted(os.listdir(self.image.host(rparent))):
+                    if fnmatch.fnmatch(name, posixpath.basename(pattern)):
+                        self._read_ld_conf(posixpath.join(rparent, name), dirs, depth + 1)
+            elif line.startswith("/") and line not in dirs:
+                dirs.append(line)
+
+    def elf_closure(self) -> None:
+        """Keep PT_INTERP and DT_NEEDED of every kept ELF file, transitively."""
+        ld_library_path = [d for d in self.config.env_dict.get("LD_LIBRARY_PATH", "").split(":") if d]
+        queue = [p for p in self.kept if p not in self._elf_done]
+        while queue:
+            path = queue.pop()
+            if path in self._elf_done:
+                continue
+            self._elf_done.add(path)
+            info = _read_elf(self.image, path)
+            if info is None:
+                continue
+            interp, needed, rpath, runpath, ident = info
+            new: list[str | None] = []
+            if interp:
+                new.append(self.add(interp, "elf-interp"))
+            origin = posixpath.dirname(path)
+            for name in needed:
+                found = self._find_library(name, origin, rpath, runpath, ld_library_path, ident)
+                if found is not None:
+                    new.append(self.add(found, "elf-needed"))
+            queue += [p for p in new if p is not None and p not in self._elf_done]
+
+    def _find_library(
+        self,
+        name: str,
+        origin: str,
+        rpath: list[str],
+        runpath: list[str],
+        ld_library_path: list[str],
+        ident: tuple[int, int],
+    ) -> str | None:
+        if "/" in name:
+            return name if self.image.lstat(name) is not None else None
+
+        def expand(dirs: list[str]) -> list[str]:
+            return [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for d in dirs]
+
+        search = (expand(rpath) if not runpath else []) + ld_library_path + expand(runpath) + self._lib_dirs
+        for directory in search:
+            candidate = posixpath.join(directory, name)
+            chain: set[str] = set()
+            resolved = self.image.resolve(candidate, chain)
+            if resolved is not None and _elf_ident(self.image, resolved) == ident:
+                return candidate
+        return None
+
+    def symlinks_to_kept(self) -> None:
+        """Keep every symlink in the image that resolves to a kept entry.
+
+        fanotify reports the file finally opened, never the links on the way
+        (`/bin/sh` → dash, `/lib64` → usr/lib64, alternatives): a program
+        named through any of them must still find it.
+        """
+        root = self.image.root
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel = dirpath[len(root):] or "/"
+            if _outside_image(rel, self.excluded):
+                dirnames[:] = []
+                continue
+            for name in dirnames + filenames:
+                entry = posixpath.join(rel, name)
+                st = self.image.lstat(entry)
+                if st is None or not stat.S_ISLNK(st.st_mode) or entry in self.kept:
+                    continue
+                chain: set[str] = set()
+                target = self.image.resolve(entry, chain)
+                if target is not None and target in self.kept and target != "/":
+                    self.kept |= chain
+                    self.reasons["symlink"] = self.reasons.get("symlink", 0) + 1
+
+    # -- result -------------------------------------------------------------------------------
+
+    def parents(self) -> None:
+        """Every kept entry's directories, so modes and owners are written too."""
+        for path in list(self.kept):
+            parent = posixpath.dirname(path)
+            while parent not in self.kept and parent != "/":
+                self.kept.add(parent)
+                parent = posixpath.dirname(parent)
+
+
+def _elf_ident(image: _Image, path: str) -> tuple[int, int] | None:
+    """(EI_CLASS, e_machine) of an ELF file, None for anything else: a cheap 20-byte read."""
+    try:
+        with open(image.host(path), "rb") as fh:
+            head = fh.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    order = "little" if head[5] == 1 else "big"
+    return head[4], int.from_bytes(head[18:20], order)
+
+
+def _read_elf(
+    image: _Image, path: str
+) -> tuple[str | None, list[str], list[str], list[str], tuple[int, int]] | None:
+    st = image.lstat(path)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return None
+    ident = _elf_ident(image, path)
+    if ident is None:
+        return None
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    interp: str | None = None
+    needed: list[str] = []
+    rpath: list[str] = []
+    runpath: list[str] = []
+    try:
+        with open(image.host(path), "rb") as fh:
+            elf = ELFFile(fh)
+            for segment in elf.iter_segments():
+                if segment["p_type"] == "PT_INTERP":
+                    interp = segment.get_interp_name()
+            for section in elf.iter_sections():
+                if not isinstance(section, DynamicSection):
+                    continue
+                for tag in section.iter_tags():
+                    if tag.entry.d_tag == "DT_NEEDED":
+                        needed.append(tag.needed)
+                    elif tag.entry.d_tag == "DT_RPATH":
+                        rpath += tag.rpath.split(":")
+                    elif tag.entry.d_tag == "DT_RUNPATH":
+                        runpath += tag.runpath.split(":")
+    except (ELFError, OSError, ValueError, KeyError):
+        return None  # a damaged or exotic ELF: the traced run already showed what it opened
+    return interp, needed, rpath, runpath, ident
+
+
+def closure(
+    rootfs: Path,
+    config: ImageConfig,
+    record: TraceRecord,
+    mounts: Sequence[Mount] = (),
+    keep: Sequence[str] = (),
+    profile_keep: Sequence[str] = (),
+    extra_paths: Iterable[str] = (),
+) -> KeepSet:
+    """The keep-set for `record` on the pristine `rootfs` (see module doc for the rules)."""
+    image = _Image(rootfs)
+    excluded = (*RUNTIME_DIRS, *(m.target for m in mounts))
+    c = _Closure(image, config, excluded)
+    traced = 0
+    for path in sorted(record.paths):
+        before = len(c.kept)
+        if c.add(path, "traced") is not None or len(c.kept) > before:
+            traced += 1
+    for path in extra_paths:  # verify's repairs: paths a rerun looked for in vain
+        c.add(path, "repair")
+    c.essentials(mounts)
+    for pattern in keep:
+        c.add_pattern(pattern, "--keep")
+    for pattern in profile_keep:
+        c.add_pattern(pattern, "profile")
+    c.python_rules()
+    c.elf_closure()
+    c.python_rules()  # libraries found by the ELF pass may sit in a Python tree
+    c.parents()
+    c.symlinks_to_kept()
+    c.kept.discard("/")
+    return KeepSet(paths=frozenset(c.kept), trees=frozenset(c.trees), traced=traced, reasons=c.reasons)
