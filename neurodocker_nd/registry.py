@@ -12,6 +12,7 @@ Errors name the file, the YAML path and the line (from yaml's node marks).
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -287,6 +288,12 @@ def upstream_template_schema_path() -> Path:
 # ---------------------------------------------------------------- registry
 
 
+def default_registry_dir() -> Path:
+    """$NDGEN_REGISTRY (a user's own registry) or the bundled `registry/`."""
+    env = os.environ.get("NDGEN_REGISTRY")
+    return Path(env) if env else paths.registry_dir()
+
+
 @attrs.frozen
 class Registry:
     """Upstream templates + registry entries, read lazily, validated on read.
@@ -295,7 +302,7 @@ class Registry:
     files so each one is parsed and validated once per command.
     """
 
-    registry_dir: Path = attrs.field(factory=paths.registry_dir, converter=Path)
+    registry_dir: Path = attrs.field(factory=lambda: default_registry_dir(), converter=Path)
     upstream_dir: Path = attrs.field(factory=upstream_templates_dir, converter=Path)
     meta_schema_path: Path = attrs.field(
         factory=lambda: paths.schemas_dir() / "meta.schema.json", converter=Path

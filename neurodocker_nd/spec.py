@@ -25,6 +25,14 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 _UNSAFE_RE = re.compile(r"[;&|$`<>(){}\\'\"!#*?\[\]\x00-\x1f\x7f]")
 
 
+class MissingArgument(NdgenError):
+    """A template needs an argument that has no default (e.g. vnc's passwd)."""
+
+
+class UnsupportedTarget(NdgenError):
+    """The package cannot be installed with the target's package manager."""
+
+
 @attrs.frozen
 class PkgRequest:
     """One parsed --pkg string, not yet checked against the registry."""
@@ -131,7 +139,7 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
             raise NdgenError(f"--pkg {entry.name}: version {version!r} is not a version name")
 
     if target.pkg_manager not in entry.pkg_managers(method):
-        raise NdgenError(
+        raise UnsupportedTarget(
             f"{entry.name} (method={method}) cannot install with {target.pkg_manager} "
             f"(supports: {', '.join(sorted(entry.pkg_managers(method))) or 'none'}); choose another --os"
         )
@@ -158,7 +166,7 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
         if version is None:
             version = entry.default_version(method)
             if version is None and "version" in required:
-                raise NdgenError(f"{entry.name}: method={method} needs a version: --pkg {entry.name}==VERSION")
+                raise MissingArgument(f"{entry.name}: method={method} needs a version: --pkg {entry.name}==VERSION")
         elif method == "binaries" and "*" not in versions and version not in versions:
             raise NdgenError(
                 f"{entry.name}: unknown version {version!r}; available: {', '.join(versions)}"
@@ -170,11 +178,11 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
     if "os_codename" in required and "os_codename" not in args:
         # An OS-derived argument: fill it from the preset rather than asking.
         if target.codename is None:
-            raise NdgenError(f"{entry.name}: needs os_codename=…, unknown for {target.os_name}")
+            raise MissingArgument(f"{entry.name}: needs os_codename=…, unknown for {target.os_name}")
         args["os_codename"] = target.codename
     missing = [k for k in required if k not in args]
     if missing:
-        raise NdgenError(
+        raise MissingArgument(
             f"{entry.name}: missing required argument {missing[0]!r}: --pkg {entry.name},{missing[0]}=…"
         )
     return PackageSpec(

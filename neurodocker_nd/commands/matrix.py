@@ -1,0 +1,63 @@
+"""`ndgen matrix --out DIR`: every template × OS preset × format, one file each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.oses import PRESETS, preset_names
+
+
+@click.command("matrix")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option(
+    "--os",
+    "os_names",
+    multiple=True,
+    type=click.Choice(preset_names()),
+    help="OS presets (repeat); default: every preset.",
+)
+@click.option(
+    "--format",
+    "fmts",
+    multiple=True,
+    type=click.Choice(["docker", "singularity"]),
+    help="Formats (repeat); default: both.",
+)
+@click.option("--pkg", "names", multiple=True, metavar="NAME", help="Only these entries (repeat); default: all.")
+def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """Render every entry (default version and method, plus method=system where
+    offered) for every OS preset in both formats into --out, and print the count.
+
+    Everything is rendered before the first file is written: on error nothing is.
+    """
+    from neurodocker_nd.commands.render import write_atomic
+    from neurodocker_nd.registry import Registry
+    from neurodocker_nd.render import render_matrix
+
+    registry = Registry()
+    for name in names:
+        registry.get(name)  # unknown names fail with suggestions before any work
+    items, skipped = render_matrix(
+        registry,
+        os_names or tuple(PRESETS),
+        fmts or ("docker", "singularity"),  # type: ignore[arg-type]
+        names or None,
+    )
+    outdir = Path(out)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NdgenError(f"cannot create {outdir}: {exc.strerror}") from None
+    for item in items:
+        write_atomic(outdir / item.filename, item.recipe.text)
+    # One note per (entry, method, reason), naming the OSes it applies to.
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for s in skipped:
+        grouped.setdefault((s.name, s.method, s.reason), []).append(s.os_name)
+    for (name, method, reason), oses in grouped.items():
+        where = "every OS" if len(oses) == len(os_names or PRESETS) else ", ".join(oses)
+        click.echo(f"ndgen: note: skipped {name} (method={method}) on {where}: {reason}", err=True)
+    click.echo(f"{len(items)} recipes written to {outdir}")
