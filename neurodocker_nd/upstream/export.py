@@ -1,0 +1,435 @@
+"""`ndgen upstream export`: registry templates upstream lacks or has stale → patch series.
+
+For every registry entry with a ``template.yaml`` whose meta is not
+``upstream.status: ndgen-only``, compare with the upstream tree's
+``neurodocker/templates/<name>.yaml``. When upstream lacks it (new) or it
+differs in content (update), make commits on top of the upstream tree:
+
+* the template, formatted the way upstream's pre-commit ``yamlfmt`` hook
+  formats templates (ruamel round trip, ``--mapping 4 --sequence 4 --offset 0``,
+  explicit document start), so upstream's linting leaves it alone;
+* for a new template on a full checkout (docs/ and .github/ present): the
+  software list in ``docs/user_guide/examples.rst`` and, when it has binaries,
+  the docker-build CI matrix in ``.github/workflows/create_workflows.py`` — what
+  upstream's template PRs touch besides the template.
+
+Only the template file crosses over: ``meta.yaml`` and ``method=system`` are
+ndgen's and never appear in a patch. Each series is proven (:mod:`.proof`)
+before anything is written; the output directory is replaced atomically.
+Commits use a fixed identity and date and ``format-patch --zero-commit
+--full-index --no-signature`` so re-running gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import attrs
+import yaml
+
+from neurodocker_nd import __version__
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.upstream.gitcmd import git
+from neurodocker_nd.upstream.proof import Proof, prove
+from neurodocker_nd.upstream.tree import UpstreamTree, prepare
+
+TEMPLATES = "neurodocker/templates"
+EXAMPLES_RST = "docs/user_guide/examples.rst"
+CI_MATRIX = ".github/workflows/create_workflows.py"
+PR_FILE = "PR.md"
+HASH_MARKER = "ndgen-series"
+
+
+@attrs.frozen
+class Candidate:
+    """A registry template to upstream, before it is turned into commits."""
+
+    name: str
+    text: str  # formatted for upstream
+    data: Mapping[str, Any]
+    upstream_data: Mapping[str, Any] | None  # None: upstream lacks it
+    description: str
+    homepage: str
+    notes: str | None
+
+
+@attrs.frozen
+class Series:
+    """One exported patch series, proven."""
+
+    name: str
+    kind: str  # "new" | "update"
+    patches: tuple[tuple[str, bytes], ...]  # (file name, content)
+    title: str
+    body: str
+    content_hash: str
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_for_upstream(text: str) -> str:
+    """Format a template as upstream's yamlfmt pre-commit hook does."""
+    from ruamel.yaml import YAML  # only export needs it
+
+    rt = YAML()
+    rt.indent(mapping=4, sequence=4, offset=0)
+    rt.explicit_start = True
+    rt.width = 4096  # upstream keeps long URLs on one line
+    out = io.StringIO()
+    rt.dump_all(list(rt.load_all(text)), out)
+    return out.getvalue()
+
+
+def series_hash(patches: Iterable[tuple[str, bytes]]) -> str:
+    """Content hash of a series: names the bot's branch (`ndgen/<name>-<hash>`)."""
+    h = hashlib.sha256()
+    for fname, content in sorted(patches):
+        h.update(fname.encode() + b"\0" + content + b"\0")
+    return h.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
+    """Registry templates that differ from (or are missing in) the upstream tree."""
+    from neurodocker_nd.registry import Registry
+
+    registry = Registry(registry_dir=registry_dir)
+    root = registry_dir.resolve()
+    found = []
+    for entry in registry.entries():
+        path = entry.template_path
+        if entry.meta is None or path is None or path.resolve().parent.parent != root:
+            continue  # upstream-only, or system-only (ndgen-only by definition)
+        if entry.meta.upstream_status == "ndgen-only":
+            continue
+        text = format_for_upstream(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
+        theirs_path = base.path / TEMPLATES / f"{entry.name}.yaml"
+        theirs = yaml.safe_load(theirs_path.read_text(encoding="utf-8")) if theirs_path.is_file() else None
+        if theirs == data:
+            continue  # same content (formatting aside): nothing to contribute
+        found.append(
+            Candidate(
+                name=entry.name,
+                text=text,
+                data=data,
+                upstream_data=theirs,
+                description=entry.meta.description,
+                homepage=entry.meta.homepage,
+                notes=entry.meta.upstream_notes,
+            )
+        )
+    return found
+
+
+# ---------------------------------------------------------------- what changed
+
+
+def _urls(data: Mapping[str, Any] | None) -> dict[str, str]:
+    if not data:
+        return {}
+    return {str(k): str(v) for k, v in ((data.get("binaries") or {}).get("urls") or {}).items()}
+
+
+def _sorted_versions(versions: Iterable[str]) -> list[str]:
+    from neurodocker_nd.registry import sort_versions
+
+    return list(sort_versions(versions))
+
+
+def version_changes(c: Candidate) -> tuple[list[str], list[str], list[str]]:
+    """(added, removed, changed URL) versions of the binaries method."""
+    ours, theirs = _urls(c.data), _urls(c.upstream_data)
+    added = _sorted_versions(v for v in ours if v not in theirs)
+    removed = _sorted_versions(v for v in theirs if v not in ours)
+    changed = _sorted_versions(v for v in ours if v in theirs and ours[v] != theirs[v])
+    return added, removed, changed
+
+
+def other_changes(c: Candidate) -> list[str]:
+    """Dotted keys (besides binaries.urls) whose content differs from upstream's."""
+    theirs = c.upstream_data or {}
+    keys = []
+    for key in sorted(set(c.data) | set(theirs)):
+        a, b = c.data.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if (key, sub) != ("binaries", "urls") and a.get(sub) != b.get(sub):
+                    keys.append(f"{key}.{sub}")
+        elif a != b:
+            keys.append(key)
+    return keys
+
+
+def title_for(c: Candidate) -> str:
+    if c.upstream_data is None:
+        return f"Add {c.name} template"
+    added, removed, changed = version_changes(c)
+    if added and not (removed or changed or other_changes(c)):
+        return f"Add {c.name} {', '.join(added)} to {c.name} template"
+    return f"Update {c.name} template"
+
+
+def _methods(data: Mapping[str, Any]) -> list[str]:
+    return [m for m in ("binaries", "source") if m in data]
+
+
+def commit_message(c: Candidate) -> str:
+    lines = [title_for(c), ""]
+    if c.upstream_data is None:
+        lines.append(f"{c.name} ({c.homepage}): {c.description}".rstrip())
+        lines.append(f"Installation methods: {', '.join(_methods(c.data))}.")
+        versions = _sorted_versions(_urls(c.data))
+        if versions:
+            lines.append(f"Versions: {', '.join(versions)}.")
+    else:
+        added, removed, changed = version_changes(c)
+        for label, vs in (("New versions", added), ("Removed versions", removed), ("Changed URLs", changed)):
+            if vs:
+                lines.append(f"{label}: {', '.join(vs)}.")
+        other = other_changes(c)
+        if other:
+            lines.append(f"Also changed: {', '.join(other)}.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- docs / CI registration
+
+
+def _register_in_docs(tree: Path, c: Candidate) -> bool:
+    """Add the software list line upstream's docs keep (list_softwares.py format)."""
+    path = tree / EXAMPLES_RST
+    if not path.is_file():
+        return False
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith(".. INSERT LIST START"))
+        end = next(i for i, line in enumerate(lines) if line.startswith(".. INSERT LIST END"))
+    except StopIteration:
+        return False
+    item = re.compile(r"^- `(\S+) <")
+    new = f"- `{c.name} <{c.data.get('url', c.homepage)}>`_\n"
+    pos = None
+    for i in range(start, end):
+        m = item.match(lines[i])
+        if m and m.group(1) > c.name:
+            pos = i
+            break
+        if m:
+            pos = i + 1
+    if pos is None:
+        return False
+    lines.insert(pos, new)
+    path.write_text("".join(lines), encoding="utf-8")
+    return True
+
+
+def _register_in_ci(tree: Path, c: Candidate) -> bool:
+    """Add the template to upstream's docker-build CI matrix (software() dict)."""
+    path = tree / CI_MATRIX
+    # create_workflows.py reads versions from binaries.urls: only binaries templates fit.
+    if not path.is_file() or not _urls(c.data):
+        return False
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("def software()"))
+    except StopIteration:
+        return False
+    key = re.compile(r'^        "(\w+)": ')
+    pos = None
+    for i in range(start + 1, len(lines)):
+        if lines[i].startswith("    }"):
+            pos = pos if pos is not None else i
+            break
+        m = key.match(lines[i])
+        if m and m.group(1) == "miniconda":
+            continue  # upstream keeps miniconda last, outside the alphabetical run
+        if m and m.group(1) > c.name and pos is None:
+            pos = i
+    if pos is None:
+        return False
+    methods = ", ".join(f'"{m}"' for m in _methods(c.data))
+    lines.insert(pos, f'        "{c.name}": {{"methods": [{methods}]}},\n')
+    path.write_text("".join(lines), encoding="utf-8")
+    return True
+
+
+# ---------------------------------------------------------------- commits → patches
+
+
+def _commit_series(base: UpstreamTree, c: Candidate, out: Path) -> tuple[list[Path], str]:
+    """Commit the series on a branch of the base repo; format-patch into `out`."""
+    repo = base.path
+    git("checkout", "-q", "-B", f"ndgen/{c.name}", base.commit, cwd=repo)
+    (repo / TEMPLATES / f"{c.name}.yaml").write_text(c.text, encoding="utf-8")
+    git("add", f"{TEMPLATES}/{c.name}.yaml", cwd=repo)
+    git("commit", "-q", "-F", "-", cwd=repo, input_bytes=commit_message(c).encode())
+    if c.upstream_data is None and base.has_docs:
+        touched = []
+        if _register_in_docs(repo, c):
+            touched.append(EXAMPLES_RST)
+        if _register_in_ci(repo, c):
+            touched.append(CI_MATRIX)
+        if touched:
+            git("add", *touched, cwd=repo)
+            msg = f"Register {c.name} in the docs software list and CI build matrix\n"
+            git("commit", "-q", "-F", "-", cwd=repo, input_bytes=msg.encode())
+    tree = git("rev-parse", "HEAD^{tree}", cwd=repo).strip()
+    out.mkdir(parents=True)
+    names = git(
+        "format-patch", "--zero-commit", "--full-index", "--no-signature", "--numbered",
+        "-o", str(out), f"{base.commit}..HEAD", cwd=repo,
+    ).split()
+    git("checkout", "-q", "--detach", base.commit, cwd=repo)
+    return [Path(n) if os.path.isabs(n) else repo / n for n in names], tree
+
+
+def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path], digest: str) -> str:
+    added, removed, changed = version_changes(c)
+    what = []
+    if c.upstream_data is None:
+        what.append(f"Adds a template for **{c.name}** ({c.data.get('url', c.homepage)}): {c.description}")
+        what.append(f"Methods: {', '.join(proof.methods)}.")
+    else:
+        what.append(f"Updates the **{c.name}** template.")
+        for label, vs in (("New versions", added), ("Removed versions", removed), ("Changed download URLs", changed)):
+            if vs:
+                what.append(f"{label}: {', '.join(vs)}.")
+        other = other_changes(c)
+        if other:
+            what.append(f"Also changed: {', '.join('`' + k + '`' for k in other)}.")
+    why = c.notes or (
+        f"neurodocker does not ship {c.name} yet." if c.upstream_data is None
+        else f"neurodocker's {c.name} template lags the upstream releases."
+    )
+    versions = _sorted_versions(proof.versions) or ["(source build; any version)"]
+    fmts = sorted({r.split(":")[0] for r in proof.renders})
+    pms = sorted({r.split(":")[1] for r in proof.renders})
+    files = [p.name for p in patches]
+    lines = [
+        "## What", "", *what, "",
+        "## Why", "", why.strip(), "",
+        "## Versions", "", ", ".join(versions), "",
+        "## How it was tested", "",
+        f"- the series ({', '.join(files)}) applies with `git am` to {base.description};",
+        f"- neurodocker {proof.neurodocker_version}'s own `import neurodocker` registers it among"
+        f" {proof.n_templates} templates, and `register_template` validates it against"
+        " `reproenv/schemas/template.json`;",
+        f"- neurodocker's renderers render it: {len(proof.renders)} recipes"
+        f" ({' and '.join(fmts)} x {' and '.join(pms)} bases debian:bookworm-slim / rockylinux:9"
+        f" x every method and version);",
+        *[f"- `{cmd}` succeeds;" for cmd in proof.cli],
+        *[f"- upstream's CI matrix generator reads it: {line};" for line in proof.ci_matrix],
+        "", "---", "",
+        f"Generated by ndgen {__version__}"
+        f" (`ndgen upstream export`) from its registry entry `registry/{c.name}/template.yaml`.",
+        f"<!-- {HASH_MARKER}: {c.name} {digest} -->",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_series(base: UpstreamTree, c: Candidate, workdir: Path) -> Series:
+    patch_dir = workdir / "patches" / c.name
+    patches, tree = _commit_series(base, c, patch_dir)
+    proof = prove(base, patches, c.name, tree, workdir)
+    contents = tuple((p.name, p.read_bytes()) for p in patches)
+    digest = series_hash(contents)
+    return Series(
+        name=c.name,
+        kind="new" if c.upstream_data is None else "update",
+        patches=contents,
+        title=title_for(c),
+        body=_pr_body(c, base, proof, patches, digest),
+        content_hash=digest,
+    )
+
+
+# ---------------------------------------------------------------- the step
+
+
+def export(registry_dir: Path, upstream: Path | None, out: Path) -> list[Series]:
+    """Write every proven series under `out` (replacing it whole); return them."""
+    with tempfile.TemporaryDirectory(prefix="ndgen-export-") as tmp:
+        work = Path(tmp)
+        base = prepare(upstream, work)
+        series = [build_series(base, c, work) for c in candidates(registry_dir, base)]
+        _write_atomically(series, out)
+    return series
+
+
+def render_pr_md(s: Series) -> str:
+    return f"# {s.title}\n\n{s.body}"
+
+
+def _write_atomically(series: list[Series], out: Path) -> None:
+    """Build the whole directory next to `out`, then swap it in."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        index = ["# Patches for upstream neurodocker", "",
+                 "Generated by `ndgen upstream export`; do not edit (CI fails when stale).", ""]
+        for s in series:
+            d = staging / s.name
+            d.mkdir()
+            for fname, content in s.patches:
+                (d / fname).write_bytes(content)
+            (d / PR_FILE).write_text(render_pr_md(s), encoding="utf-8")
+            index.append(f"- `{s.name}/` ({s.kind}, {len(s.patches)} patch(es)): {s.title}")
+        if not series:
+            index.append("Nothing to contribute: every registry template matches upstream.")
+        (staging / "README.md").write_text("\n".join(index) + "\n", encoding="utf-8")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "d")
+        os.rename(staging, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@attrs.frozen
+class ExportedSeries:
+    """A series as committed under upstream-patches/<name>/ (what the bot reads)."""
+
+    name: str
+    patches: tuple[Path, ...]
+    title: str
+    body: str
+    content_hash: str
+
+    @property
+    def branch(self) -> str:
+        return f"ndgen/{self.name}-{self.content_hash}"
+
+
+def read_series_dir(out: Path) -> list[ExportedSeries]:
+    """Read exported series back, sorted by name."""
+    if not out.is_dir():
+        raise NdgenError(f"{out}: no exported patches (run `ndgen upstream export` first)")
+    found = []
+    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+        pr = d / PR_FILE
+        patches = sorted(d.glob("*.patch"))
+        if not pr.is_file() or not patches:
+            raise NdgenError(f"{d}: not an exported series (needs {PR_FILE} and *.patch)")
+        text = pr.read_text(encoding="utf-8")
+        first, _, body = text.partition("\n")
+        if not first.startswith("# "):
+            raise NdgenError(f"{pr}:1: first line must be '# <title>'")
+        digest = series_hash((p.name, p.read_bytes()) for p in patches)
+        found.append(ExportedSeries(d.name, tuple(patches), first[2:].strip(), body.lstrip("\n"), digest))
+    return found

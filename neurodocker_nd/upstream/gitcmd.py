@@ -1,0 +1,101 @@
+"""git through subprocess: deterministic identity/clock, token kept off disk and argv.
+
+Every call runs with the user's and the system's git configuration ignored, so
+that `format-patch` output (abbreviations, prefixes, signatures) and commit
+hashes depend only on the content. The token, when one is needed for a push,
+travels as an environment-only config entry (``GIT_CONFIG_COUNT``/
+``GIT_CONFIG_KEY_0``/``GIT_CONFIG_VALUE_0``, git >= 2.31): never in a remote URL,
+never in ``.git/config``, never on the command line where ``ps`` shows it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from pathlib import Path
+
+from neurodocker_nd.errors import NdgenError
+
+# A fixed identity and clock make commits (and so format-patch output) reproducible.
+AUTHOR_NAME = "ndgen"
+AUTHOR_EMAIL = "ndgen@users.noreply.github.com"
+FIXED_DATE = "2024-01-01T00:00:00+0000"
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove `secret` (and its Basic-auth encoding) from `text`."""
+    if not secret:
+        return text
+    for needle in (secret, _basic(secret)):
+        text = text.replace(needle, "***")
+    return text
+
+
+def _basic(token: str) -> str:
+    return base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+
+def base_env(token: str | None = None) -> dict[str, str]:
+    """Environment for a git call: no user/system config, fixed identity and dates."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        # Inherited GIT_* (GIT_DIR, GIT_CONFIG_*, …) would change what git does.
+        if not k.startswith("GIT_")
+    }
+    env.update(
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_AUTHOR_NAME=AUTHOR_NAME,
+        GIT_AUTHOR_EMAIL=AUTHOR_EMAIL,
+        GIT_COMMITTER_NAME=AUTHOR_NAME,
+        GIT_COMMITTER_EMAIL=AUTHOR_EMAIL,
+        GIT_AUTHOR_DATE=FIXED_DATE,
+        GIT_COMMITTER_DATE=FIXED_DATE,
+        GIT_TERMINAL_PROMPT="0",
+        LC_ALL="C",
+        TZ="UTC",
+    )
+    if token:
+        # GitHub accepts the token as Basic auth with any user name over HTTPS.
+        env.update(
+            GIT_CONFIG_COUNT="1",
+            GIT_CONFIG_KEY_0="http.extraHeader",
+            GIT_CONFIG_VALUE_0=f"Authorization: Basic {_basic(token)}",
+        )
+    return env
+
+
+def git(
+    *args: str,
+    cwd: Path | None = None,
+    token: str | None = None,
+    input_bytes: bytes | None = None,
+    what: str = "",
+) -> str:
+    """Run `git ARGS` and return stdout; raise NdgenError with git's own last line."""
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=base_env(token),
+            input=input_bytes,
+            capture_output=True,
+            timeout=600,
+        )
+    except FileNotFoundError as exc:
+        raise NdgenError("git is not installed (needed for upstream patches)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise NdgenError(f"git {args[0]} timed out after 600 s") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        last = next((line for line in reversed(err) if line.strip()), "no message")
+        label = what or f"git {args[0]}"
+        raise NdgenError(redact(f"{label} failed: {last}", token))
+    return proc.stdout.decode(errors="replace")
+
+
+def init_repo(path: Path) -> None:
+    """A fresh repository whose only branch is `master` (upstream's default)."""
+    git("init", "-q", "--initial-branch=master", str(path))
