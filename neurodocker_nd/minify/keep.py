@@ -61,6 +61,7 @@ class KeepSet:
     trees: frozenset[str]  # directories kept with everything below them (--keep / profile)
     traced: int  # how many traced paths existed in the image
     reasons: dict[str, int]  # entries added per rule, for the report
+    image_entries: int  # entries in the whole image (outside runtime dirs), for the report
 
 
 class _Image:
@@ -128,6 +129,7 @@ class _Closure:
         self.trees: set[str] = set()
         self.reasons: dict[str, int] = {}
         self._elf_done: set[str] = set()
+        self.image_entries = 0
         self._lib_dirs = self._library_dirs()
 
     # -- adding -------------------------------------------------------------------------------
@@ -321,21 +323,28 @@ class _Closure:
         named through any of them must still find it.
         """
         root = self.image.root
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel = dirpath[len(root):] or "/"
-            if _outside_image(rel, self.excluded):
-                dirnames[:] = []
+        stack = ["/"]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(root + directory))
+            except OSError:
                 continue
-            for name in dirnames + filenames:
-                entry = posixpath.join(rel, name)
-                st = self.image.lstat(entry)
-                if st is None or not stat.S_ISLNK(st.st_mode) or entry in self.kept:
-                    continue
-                chain: set[str] = set()
-                target = self.image.resolve(entry, chain)
-                if target is not None and target in self.kept and target != "/":
-                    self.kept |= chain
-                    self.reasons["symlink"] = self.reasons.get("symlink", 0) + 1
+            self.image_entries += len(entries)
+            for entry in entries:
+                path = posixpath.join(directory, entry.name)
+                if entry.is_symlink():
+                    if path not in self.kept:
+                        self._keep_link_if_target_kept(path)
+                elif entry.is_dir() and not _outside_image(path, self.excluded):
+                    stack.append(path)
+
+    def _keep_link_if_target_kept(self, path: str) -> None:
+        chain: set[str] = set()
+        target = self.image.resolve(path, chain)
+        if target is not None and target != "/" and target in self.kept:
+            self.kept |= chain
+            self.reasons["symlink"] = self.reasons.get("symlink", 0) + 1
 
     # -- result -------------------------------------------------------------------------------
 
@@ -430,4 +439,10 @@ def closure(
     c.parents()
     c.symlinks_to_kept()
     c.kept.discard("/")
-    return KeepSet(paths=frozenset(c.kept), trees=frozenset(c.trees), traced=traced, reasons=c.reasons)
+    return KeepSet(
+        paths=frozenset(c.kept),
+        trees=frozenset(c.trees),
+        traced=traced,
+        reasons=c.reasons,
+        image_entries=c.image_entries,
+    )

@@ -1,0 +1,93 @@
+"""`ndgen minify`: trace commands in an image from the host and write a verified minimal image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from neurodocker_nd.errors import NdgenError
+
+
+def _load_profile(name_or_path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(setup + workload commands, keep rules) of a minify profile (minify/<name>.yaml)."""
+    try:
+        from neurodocker_nd.minify.profile import load_profile
+    except ImportError as exc:  # the profile loader ships separately (see docs/minify.md)
+        raise NdgenError(f"--profile {name_or_path}: profile support is not installed ({exc})") from exc
+    profile = load_profile(name_or_path)
+    return tuple(profile.setup) + tuple(profile.commands), tuple(profile.keep)
+
+
+@click.command("minify", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("image")
+@click.option("-t", "--tag", required=True, help="Tag of the new, minified image.")
+@click.option("-c", "--command", "commands", multiple=True, metavar="CMD", help="Workload command (/bin/sh -c); repeat.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount; repeat.")
+@click.option("--profile", metavar="NAME|FILE", help="A minify profile: its setup and commands run first.")
+@click.option("--keep", "keep", multiple=True, metavar="PATH_OR_GLOB", help="Keep this in-image path (directories whole).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["docker", "singularity", "both"]), default="docker", show_default=True
+)
+@click.option("--squashfs", "squashfs_out", type=click.Path(dir_okay=False, path_type=Path), help="SquashFS output file (singularity format); default TAG.sqfs.")
+@click.option("--tracer", type=click.Choice(["fanotify", "ptrace"]), help="Default: fanotify, else ptrace.")
+@click.option("--no-verify", is_flag=True, help="Do not rerun the commands in the new image.")
+@click.option("--no-repair", is_flag=True, help="On a verify mismatch, do not add the paths a re-trace finds missing.")
+@click.option("--keep-failed", is_flag=True, help="Keep the new tag when verification fails.")
+@click.option("--allow-fail", is_flag=True, help="Accept commands that exit non-zero during the trace.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+def minify_cmd(
+    image: str,
+    tag: str,
+    commands: tuple[str, ...],
+    volumes: tuple[str, ...],
+    profile: str | None,
+    keep: tuple[str, ...],
+    fmt: str,
+    squashfs_out: Path | None,
+    tracer: str | None,
+    no_verify: bool,
+    no_repair: bool,
+    keep_failed: bool,
+    allow_fail: bool,
+    report_path: Path | None,
+) -> None:
+    """Trace CMDs in IMAGE from the host and write a minimal, verified image as TAG.
+
+    The source image is never modified; nothing is installed in it.
+    """
+    from rich.console import Console
+
+    from neurodocker_nd.minify import pipeline, report
+    from neurodocker_nd.minify.run import Mount
+
+    mounts = tuple(Mount.parse(spec) for spec in volumes)
+    profile_commands, profile_keep = _load_profile(profile) if profile else ((), ())
+    if report_path is not None and not report_path.parent.is_dir():
+        raise NdgenError(f"--report {report_path}: directory {report_path.parent} does not exist")
+    options = pipeline.MinifyOptions(
+        image=image,
+        tag=tag,
+        commands=profile_commands + commands,
+        mounts=mounts,
+        keep=keep,
+        profile_keep=profile_keep,
+        formats=frozenset({"docker", "singularity"} if fmt == "both" else {fmt}),
+        tracer=tracer,
+        verify=not no_verify,
+        repair=not no_repair,
+        keep_failed=keep_failed,
+        allow_fail=allow_fail,
+        squashfs_out=squashfs_out,
+    )
+    console = Console(stderr=True, highlight=False)
+    with console.status("minify: open → trace → closure → write → verify", spinner="dots"):
+        result = pipeline.minify(options, lambda step, seconds: console.print(f"[green]✓[/] {step} {seconds:.1f} s"))
+    if result.tracer_note:
+        console.print(f"[yellow]note:[/] {result.tracer_note}")
+    for line in report.summary_lines(result):
+        console.print(line)
+    if report_path is not None:
+        report.write_json(result, report_path)
+    if result.verified is False:
+        raise pipeline.VerifyError(result.verify_message)

@@ -1,0 +1,283 @@
+"""The minify pipeline: source → run/trace → keep → image → verify → report, in that order.
+
+This module only sequences the steps and owns the cleanup: one ExitStack holds
+the scratch directory, the overlay mounts, and — until the result is verified —
+the new tag, so an error, a failed verification or Ctrl-C leaves nothing
+behind.  The source image is only ever read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import tarfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from neurodocker_nd.errors import NdgenError, TraceError
+from neurodocker_nd.minify import image as image_step
+from neurodocker_nd.minify import keep as keep_step
+from neurodocker_nd.minify import report as report_step
+from neurodocker_nd.minify import verify as verify_step
+from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
+from neurodocker_nd.minify.run import Mount, run_plain
+from neurodocker_nd.minify.source import Source, get_client, interrupts_as_exceptions, open_source
+
+MAX_REPAIRS = 3
+
+
+class VerifyError(NdgenError):
+    """The minified image does not reproduce the traced run."""
+
+
+@attrs.frozen
+class MinifyOptions:
+    image: str
+    tag: str
+    commands: tuple[str, ...]  # setup commands first (a profile's), then the workload
+    mounts: tuple[Mount, ...] = ()
+    keep: tuple[str, ...] = ()
+    profile_keep: tuple[str, ...] = ()
+    formats: frozenset[str] = frozenset({"docker"})
+    tracer: str | None = None  # None: the default (fanotify, else ptrace)
+    verify: bool = True
+    repair: bool = True
+    keep_failed: bool = False
+    allow_fail: bool = False
+    squashfs_out: Path | None = None
+    baseline: bool = True  # run untraced once to report the tracer's overhead
+
+
+Progress = Callable[[str, float], None]  # (step name, seconds) when a step ends
+
+
+def choose_tracer(requested: str | None) -> tuple[Tracer, str]:
+    """The tracer to use and a note saying why (non-empty when falling back)."""
+    from neurodocker_nd.minify.trace import FanotifyTracer, fanotify_available
+
+    if requested == "ptrace":
+        return _ptrace(), ""
+    problem = fanotify_available()
+    if problem is None:
+        return FanotifyTracer(), ""
+    return _ptrace(), f"{problem}: falling back to the ptrace tracer"
+
+
+def _ptrace() -> Tracer:
+    from neurodocker_nd.minify.ptrace import PtraceTracer
+
+    return PtraceTracer()
+
+
+@contextlib.contextmanager
+def _step(name: str, progress: Progress, steps: list[tuple[str, float]]) -> Iterator[None]:
+    """Time a step; turn a full disk (or another OS error) into one line naming the step."""
+    start = time.perf_counter()
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NdgenError(f"no space left on device during {name} ({exc.filename or 'scratch'})") from exc
+        raise NdgenError(f"{name} failed: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}") from exc
+    seconds = time.perf_counter() - start
+    steps.append((name, seconds))
+    progress(name, seconds)
+
+
+def _check_results(results: Sequence[CommandResult], allow_fail: bool, where: str) -> None:
+    failed = next((r for r in results if not r.ok), None)
+    if failed is not None and not allow_fail:
+        last = (failed.stderr or failed.stdout).decode(errors="replace").strip().splitlines()[-1:]
+        raise TraceError(
+            f"command {failed.command!r} exited {failed.exit_code} {where}"
+            f"{': ' + last[0][:200] if last else ''} (use --allow-fail to accept it)"
+        )
+
+
+def _materialize(root: Path, keep: keep_step.KeepSet, target: Path) -> Path:
+    """The minified tree on disk (for re-tracing it): the same tar the image gets, unpacked."""
+    target.mkdir(parents=True)
+    archive = target.with_suffix(".tar")
+    with open(archive, "wb") as fh:
+        image_step.write_tar(root, keep, fh)
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, numeric_owner=True, filter="fully_trusted")
+    archive.unlink()
+    return target
+
+
+def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: None) -> report_step.Report:
+    if options.tag == options.image:
+        raise NdgenError(f"-t {options.tag} would retag the source image: pick a new tag")
+    if not options.commands:
+        raise NdgenError("nothing to trace: give at least one -c CMD (or a --profile)")
+    tracer, tracer_note = choose_tracer(options.tracer)
+    client = get_client()
+    steps: list[tuple[str, float]] = []
+    with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
+        with _step("open", progress, steps):
+            source = stack.enter_context(open_source(client, options.image))
+            mount_set = verify_step.MountSet.snapshot(options.mounts, source.scratch)
+        untraced = None
+        if options.baseline:
+            with _step("untraced run", progress, steps):
+                untraced = _run_untraced(source, options, mount_set)
+        with _step("trace", progress, steps):
+            trace_mounts = mount_set.fresh(source.scratch, "trace")
+            record = tracer.trace(
+                source.view("trace"),
+                source.config,
+                options.commands,
+                trace_mounts,
+                stop_on_failure=not options.allow_fail,
+            )
+            _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
+        with _step("closure", progress, steps):
+            keep = _closure(source, options, record, ())
+        verify_tag = options.tag if "docker" in options.formats else f"ndgen-minify-verify:{uuid.uuid4().hex[:12]}"
+        written = None
+        guard = _TagGuard(client, verify_tag)
+        stack.callback(guard)
+        if "docker" in options.formats or options.verify:
+            with _step("write", progress, steps):
+                guard.armed = True  # set first: an interrupted import may still have tagged
+                written = image_step.write_docker(
+                    client, source.pristine, keep, source.config, verify_tag, list(options.commands)
+                )
+        verified, message, repaired = None, "", ()
+        if options.verify:
+            with _step("verify", progress, steps):
+                keep, written, verified, message, repaired = _verify_and_repair(
+                    client, source, options, record, keep, written, verify_tag, mount_set, trace_mounts, guard
+                )
+        squashfs = None
+        if "singularity" in options.formats and verified is not False:
+            with _step("squashfs", progress, steps):
+                out = options.squashfs_out or Path(_squashfs_name(options.tag))
+                squashfs = image_step.write_squashfs(
+                    source.pristine, keep, source.config, list(options.commands), out, source.scratch
+                )
+        report = report_step.Report(
+            source_image=options.image,
+            source_id=source.config.image_id,
+            tag=options.tag if "docker" in options.formats and (verified is not False or options.keep_failed) else None,
+            image_id=written.image_id if written and "docker" in options.formats else None,
+            tracer=record.tracer,
+            tracer_note=tracer_note,
+            size_before=source.config.size,
+            size_after=(written.size if written else squashfs.size if squashfs else 0),
+            entries_kept=len(keep.paths),
+            entries_in_image=keep.image_entries,
+            kept_file_bytes=written.file_bytes if written else 0,
+            biggest_dirs=report_step.biggest_dirs(source.pristine, keep),
+            traced_seconds=record.seconds,
+            untraced_seconds=untraced,
+            steps=tuple(steps),
+            commands=tuple(
+                report_step.CommandReport(r.command, r.exit_code, r.seconds, None) for r in record.results
+            ),
+            verified=verified,
+            verify_message=message,
+            repaired=repaired,
+            squashfs=str(squashfs.squashfs) if squashfs else None,
+            keep_reasons=dict(keep.reasons),
+        )
+        if verified is not False and "docker" in options.formats:
+            guard.armed = False  # accepted: the new tag stays
+        return report
+
+
+def _squashfs_name(tag: str) -> str:
+    return tag.replace("/", "_").replace(":", "_") + ".sqfs"
+
+
+def _run_untraced(source: Source, options: MinifyOptions, mount_set: verify_step.MountSet) -> float:
+    root = source.view("untraced")
+    mounts = mount_set.fresh(source.scratch, "untraced")
+    start = time.perf_counter()
+    results = []
+    for command in options.commands:
+        results.append(run_plain(root, source.config, command, mounts))
+        if not results[-1].ok and not options.allow_fail:
+            break
+    seconds = time.perf_counter() - start
+    _check_results(results, options.allow_fail, "in the source image")
+    return seconds
+
+
+def _closure(source: Source, options: MinifyOptions, record: TraceRecord, extra: Sequence[str]) -> keep_step.KeepSet:
+    return keep_step.closure(
+        source.pristine,
+        source.config,
+        record,
+        mounts=options.mounts,
+        keep=options.keep,
+        profile_keep=options.profile_keep,
+        extra_paths=extra,
+    )
+
+
+class _TagGuard:
+    """Removes the new tag when the stack closes, unless the result was accepted."""
+
+    def __init__(self, client: Any, tag: str) -> None:
+        self.client, self.tag, self.armed = client, tag, False
+
+    def __call__(self) -> None:
+        if self.armed:
+            image_step.remove_tag(self.client, self.tag)
+
+
+def _verify_and_repair(
+    client: Any,
+    source: Source,
+    options: MinifyOptions,
+    record: TraceRecord,
+    keep: keep_step.KeepSet,
+    written: image_step.Written | None,
+    tag: str,
+    mount_set: verify_step.MountSet,
+    trace_mounts: Sequence[Mount],
+    guard: _TagGuard,
+) -> tuple[keep_step.KeepSet, image_step.Written | None, bool, str, tuple[str, ...]]:
+    """Rerun in the new image; on a mismatch add what a re-trace found missing and retry."""
+    repaired: list[str] = []
+    commands = [r.command for r in record.results]
+    for attempt in range(MAX_REPAIRS + 1):
+        mounts = mount_set.fresh(source.scratch, f"verify{attempt}")
+        rerun = verify_step.rerun(client, tag, commands, mounts)
+        mismatch = verify_step.compare_results(record.results, rerun) or verify_step.compare_outputs(
+            trace_mounts, mounts
+        )
+        if mismatch is None:
+            return keep, written, True, "", tuple(repaired)
+        missing = _diagnose(source, keep, commands, mount_set, attempt)
+        new = [p for p in missing if p not in keep.paths]
+        if not new or not options.repair or attempt == MAX_REPAIRS:
+            mismatch = attrs.evolve(mismatch, missing=tuple(new or missing))
+            break
+        repaired += new
+        keep = _closure(source, options, record, repaired)
+        written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
+    message = mismatch.message()
+    if options.keep_failed and "docker" in options.formats:
+        guard.armed = False
+        message += f" (kept {tag} for inspection: --keep-failed)"
+    return keep, written, False, message, tuple(repaired)
+
+
+def _diagnose(
+    source: Source, keep: keep_step.KeepSet, commands: Sequence[str], mount_set: verify_step.MountSet, attempt: int
+) -> tuple[str, ...]:
+    try:
+        root = _materialize(source.pristine, keep, source.scratch / f"minified{attempt}")
+        return verify_step.likely_missing(
+            root, source.pristine, source.config, commands, mount_set.fresh(source.scratch, f"diagnose{attempt}")
+        )
+    except TraceError:
+        return ()  # no ptrace here: the mismatch is still reported, without a hint

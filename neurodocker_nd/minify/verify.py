@@ -1,0 +1,207 @@
+"""Verify step: rerun every command in the new image and compare with the traced run.
+
+Each command runs with ``docker run --network none`` as ``/bin/sh -c CMD``
+with the same mounts as in the trace; a writable mount gets its own fresh copy
+of the directory's initial content (as did the traced run), so output files
+can be compared byte for byte afterwards.  On a mismatch, the failing commands
+are re-traced with the ptrace tracer in the *minified* tree: paths it looked
+up in vain (ENOENT) that exist in the source image are the likely culprits.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from neurodocker_nd.errors import EngineError
+from neurodocker_nd.minify.keep import RUNTIME_DIRS
+from neurodocker_nd.minify.record import CommandResult
+from neurodocker_nd.minify.run import HOSTNAME, SHELL, Mount
+from neurodocker_nd.minify.source import ImageConfig
+
+
+@attrs.frozen
+class Mismatch:
+    """The first difference between the traced run and the rerun in the new image."""
+
+    command: str  # the first command whose result differs ("" when only files differ)
+    what: str  # "exit code 0 → 127", "stderr", "output file /data/x"
+    detail: str = ""  # first differing line, when there is one
+    missing: tuple[str, ...] = ()  # likely missing paths (ENOENT in the minified tree)
+
+    def message(self) -> str:
+        where = f"command {self.command!r}" if self.command else "the outputs"
+        text = f"verify failed: {where} differs in the minified image ({self.what})"
+        if self.missing:
+            text += f"; likely missing: {', '.join(self.missing[:5])}"
+        elif self.detail:
+            text += f": {self.detail}"
+        return text
+
+
+# -- writable mounts get fresh copies -------------------------------------------------------
+
+
+@attrs.frozen
+class MountSet:
+    """The user's mounts plus a pristine snapshot of each writable one."""
+
+    mounts: tuple[Mount, ...]
+    snapshots: tuple[Path | None, ...]  # None for read-only mounts (shared, never written)
+
+    @classmethod
+    def snapshot(cls, mounts: Sequence[Mount], scratch: Path) -> MountSet:
+        snaps: list[Path | None] = []
+        for index, mount in enumerate(mounts):
+            if mount.read_only:
+                snaps.append(None)
+                continue
+            target = scratch / "mounts" / "initial" / str(index)
+            _copy(mount.host, target)
+            snaps.append(target)
+        return cls(mounts=tuple(mounts), snapshots=tuple(snaps))
+
+    def fresh(self, scratch: Path, label: str) -> tuple[Mount, ...]:
+        """Mounts for one run: writable ones point at a new copy of their initial content."""
+        result = []
+        for index, (mount, snap) in enumerate(zip(self.mounts, self.snapshots)):
+            if snap is None:
+                result.append(mount)
+                continue
+            copy = scratch / "mounts" / label / str(index)
+            _copy(snap, copy)
+            result.append(mount.with_host(copy))
+        return tuple(result)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target)
+    # The workload may run as the image's USER: let it write where the user's dir allowed.
+    shutil.copystat(source, target, follow_symlinks=False)
+
+
+# -- rerun in the new image ------------------------------------------------------------------
+
+
+def run_in_image(client: Any, tag: str, command: str, mounts: Sequence[Mount]) -> CommandResult:
+    """`docker run --network none --entrypoint /bin/sh TAG -c CMD`, output captured exactly."""
+    import docker.errors
+
+    volumes = {str(m.host): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts}
+    start = time.perf_counter()
+    try:
+        container = client.containers.create(
+            tag,
+            command=["-c", command],
+            entrypoint=[SHELL],
+            network_mode="none",
+            hostname=HOSTNAME,
+            volumes=volumes,
+            stdin_open=False,
+            tty=False,
+        )
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot create a container of {tag}: {exc.explanation or exc}") from exc
+    try:
+        # Attach before start: the raw multiplexed stream keeps bytes exact (log drivers do not).
+        stream = client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            # e.g. the entrypoint shell is missing: Docker's own exit code for that is 127.
+            return CommandResult(command, 127, b"", str(exc.explanation or exc).encode(), time.perf_counter() - start)
+        out, err = bytearray(), bytearray()
+        for stdout, stderr in stream:
+            out += stdout or b""
+            err += stderr or b""
+        exit_code = int(container.wait().get("StatusCode", -1))
+    finally:
+        container.remove(force=True)
+    return CommandResult(command, exit_code, bytes(out), bytes(err), time.perf_counter() - start)
+
+
+def rerun(client: Any, tag: str, commands: Sequence[str], mounts: Sequence[Mount]) -> tuple[CommandResult, ...]:
+    return tuple(run_in_image(client, tag, command, mounts) for command in commands)
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+def _first_line_diff(a: bytes, b: bytes) -> str:
+    for left, right in zip(a.splitlines(), b.splitlines()):
+        if left != right:
+            return right.decode(errors="replace").strip()[:200]
+    longer = b if len(b.splitlines()) > len(a.splitlines()) else a
+    tail = longer.splitlines()[min(len(a.splitlines()), len(b.splitlines())) :]
+    return tail[0].decode(errors="replace").strip()[:200] if tail else ""
+
+
+def compare_results(traced: Sequence[CommandResult], rerun_: Sequence[CommandResult]) -> Mismatch | None:
+    for before, after in zip(traced, rerun_):
+        if before.exit_code != after.exit_code:
+            detail = _first_line_diff(before.stderr, after.stderr) or _first_line_diff(before.stdout, after.stdout)
+            return Mismatch(before.command, f"exit code {before.exit_code} → {after.exit_code}", detail)
+        if before.stdout != after.stdout:
+            return Mismatch(before.command, "stdout", _first_line_diff(before.stdout, after.stdout))
+        if before.stderr != after.stderr:
+            return Mismatch(before.command, "stderr", _first_line_diff(before.stderr, after.stderr))
+    return None
+
+
+def compare_outputs(traced: Sequence[Mount], rerun_: Sequence[Mount]) -> Mismatch | None:
+    """Byte-compare the writable mounts' contents after both runs."""
+    for before, after in zip(traced, rerun_):
+        if before.read_only:
+            continue
+        diff = _tree_diff(before.host, after.host)
+        if diff is not None:
+            return Mismatch("", f"output file {os.path.join(before.target, diff)}")
+    return None
+
+
+def _tree_diff(left: Path, right: Path) -> str | None:
+    if left.is_file() or right.is_file():
+        return None if filecmp.cmp(left, right, shallow=False) else "."
+    names = set()
+    for base in (left, right):
+        for dirpath, _dirs, files in os.walk(base):
+            names |= {os.path.relpath(os.path.join(dirpath, f), base) for f in files}
+    for name in sorted(names):
+        a, b = left / name, right / name
+        if not (a.is_file() and b.is_file()) or not filecmp.cmp(a, b, shallow=False):
+            return name
+    return None
+
+
+# -- diagnose --------------------------------------------------------------------------------
+
+
+def likely_missing(
+    minified_root: Path,
+    pristine: Path,
+    config: ImageConfig,
+    commands: Sequence[str],
+    mounts: Sequence[Mount],
+) -> tuple[str, ...]:
+    """Re-trace `commands` with ptrace in the minified tree; ENOENTs present in the source."""
+    from neurodocker_nd.minify.ptrace import PtraceTracer
+
+    again = PtraceTracer().trace(minified_root, config, commands, mounts, stop_on_failure=False)
+    targets = tuple(m.target for m in mounts)
+    return tuple(
+        path
+        for path in sorted(again.missing)
+        if os.path.lexists(str(pristine) + path)
+        and not any(path == t or path.startswith(t + "/") for t in (*RUNTIME_DIRS, *targets))
+    )
