@@ -70,6 +70,7 @@ class Series:
     title: str
     body: str
     content_hash: str
+    template_text: str  # neurodocker/templates/<name>.yaml once the series is applied
 
 
 # ---------------------------------------------------------------- formatting
@@ -351,6 +352,7 @@ def build_series(base: UpstreamTree, c: Candidate, workdir: Path) -> Series:
         title=title_for(c),
         body=_pr_body(c, base, proof, patches, digest),
         content_hash=digest,
+        template_text=c.text,
     )
 
 
@@ -385,6 +387,8 @@ def _write_atomically(series: list[Series], out: Path) -> None:
             for fname, content in s.patches:
                 (d / fname).write_bytes(content)
             (d / PR_FILE).write_text(render_pr_md(s), encoding="utf-8")
+            # The bot compares this with upstream's file to tell when the template landed.
+            (d / f"{s.name}.yaml").write_text(s.template_text, encoding="utf-8")
             index.append(f"- `{s.name}/` ({s.kind}, {len(s.patches)} patch(es)): {s.title}")
         if not series:
             index.append("Nothing to contribute: every registry template matches upstream.")
@@ -410,6 +414,7 @@ class ExportedSeries:
     title: str
     body: str
     content_hash: str
+    template_text: str
 
     @property
     def branch(self) -> str:
@@ -422,14 +427,17 @@ def read_series_dir(out: Path) -> list[ExportedSeries]:
         raise NdgenError(f"{out}: no exported patches (run `ndgen upstream export` first)")
     found = []
     for d in sorted(p for p in out.iterdir() if p.is_dir()):
-        pr = d / PR_FILE
+        pr, template = d / PR_FILE, d / f"{d.name}.yaml"
         patches = sorted(d.glob("*.patch"))
-        if not pr.is_file() or not patches:
-            raise NdgenError(f"{d}: not an exported series (needs {PR_FILE} and *.patch)")
+        if not pr.is_file() or not template.is_file() or not patches:
+            raise NdgenError(f"{d}: not an exported series (needs {PR_FILE}, {d.name}.yaml and *.patch)")
         text = pr.read_text(encoding="utf-8")
         first, _, body = text.partition("\n")
         if not first.startswith("# "):
             raise NdgenError(f"{pr}:1: first line must be '# <title>'")
         digest = series_hash((p.name, p.read_bytes()) for p in patches)
-        found.append(ExportedSeries(d.name, tuple(patches), first[2:].strip(), body.lstrip("\n"), digest))
+        found.append(
+            ExportedSeries(d.name, tuple(patches), first[2:].strip(), body.lstrip("\n"), digest,
+                           template.read_text(encoding="utf-8"))
+        )
     return found

@@ -1,0 +1,257 @@
+"""Fakes for the upstream tests: a GitHub REST server and git repositories.
+
+GitHub cannot be reached here, so a local HTTP server (127.0.0.1 only, started
+and stopped by the test) speaks the documented shapes of the endpoints the bot
+uses, and records every request. Git is real: bare repositories over file://.
+(No tests in this module; it is imported by test_upstream_*.py.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+
+
+@attrs.define
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    authorization: str | None
+    body: Any
+
+
+@attrs.define
+class FakeRepo:
+    default_branch: str = "master"
+    pulls: dict[int, dict] = attrs.Factory(dict)
+    files: dict[str, str] = attrs.Factory(dict)  # path on the default branch -> text
+    comments: dict[int, list[str]] = attrs.Factory(dict)
+
+
+class FakeGitHub:
+    """State + request log; `git_root/<owner>/<name>.git` are the bare repositories."""
+
+    def __init__(self, git_root: Path) -> None:
+        self.git_root = git_root
+        self.repos: dict[str, FakeRepo] = {}
+        self.requests: list[Request] = []
+        self.next_number = 1
+        self.fail_with: tuple[int, dict[str, str], dict] | None = None  # (status, headers, body)
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "FakeGitHub":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def writes(self) -> list[Request]:
+        return [r for r in self.requests if r.method != "GET"]
+
+    def branch_exists(self, repo: str, branch: str) -> bool:
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_root / f"{repo}.git"), "rev-parse", "--verify", "-q", f"refs/heads/{branch}"],
+            capture_output=True,
+        )
+        return proc.returncode == 0
+
+    # ---- HTTP
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                with fake.lock:
+                    fake.requests.append(
+                        Request(self.command, parts.path, parse_qs(parts.query), self.headers.get("Authorization"), body)
+                    )
+                    if fake.fail_with is not None:
+                        status, headers, payload = fake.fail_with
+                        return self._reply(status, payload, headers)
+                    status, payload = fake.route(self.command, parts.path, parse_qs(parts.query), body)
+                self._reply(status, payload)
+
+            def _reply(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+        return Handler
+
+    def route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
+        seg = path.strip("/").split("/")
+        if len(seg) < 3 or seg[0] != "repos":
+            return 404, {"message": "Not Found"}
+        full = f"{seg[1]}/{seg[2]}"
+        repo = self.repos.get(full)
+        if repo is None:
+            return 404, {"message": "Not Found"}
+        rest = seg[3:]
+        if not rest and method == "GET":
+            return 200, {"full_name": full, "default_branch": repo.default_branch}
+        if rest == ["pulls"] and method == "GET":
+            state = query.get("state", ["open"])[0]
+            per_page, page = int(query.get("per_page", ["30"])[0]), int(query.get("page", ["1"])[0])
+            pulls = [p for _, p in sorted(repo.pulls.items()) if state == "all" or p["state"] == state]
+            return 200, pulls[(page - 1) * per_page: page * per_page]
+        if rest == ["pulls"] and method == "POST":
+            owner, _, branch = body["head"].partition(":")
+            head_repo = f"{owner}/{seg[2]}"
+            if not self.branch_exists(head_repo, branch):
+                return 422, {"message": "Validation Failed", "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}]}
+            number = self.next_number
+            self.next_number += 1
+            repo.pulls[number] = {
+                "number": number, "state": "open", "title": body["title"], "body": body.get("body", ""),
+                "html_url": f"https://github.com/{full}/pull/{number}",
+                "head": {"ref": branch, "label": body["head"], "repo": {"full_name": head_repo}},
+                "base": {"ref": body["base"]},
+            }
+            return 201, repo.pulls[number]
+        if len(rest) == 2 and rest[0] == "pulls" and method == "PATCH":
+            pr = repo.pulls.get(int(rest[1]))
+            if pr is None:
+                return 404, {"message": "Not Found"}
+            for key in ("title", "body", "state"):
+                if key in body:
+                    pr[key] = body[key]
+            return 200, pr
+        if len(rest) == 3 and rest[0] == "issues" and rest[2] == "comments" and method == "POST":
+            repo.comments.setdefault(int(rest[1]), []).append(body["body"])
+            return 201, {"id": 1, "body": body["body"]}
+        if rest and rest[0] == "contents" and method == "GET":
+            fpath = "/".join(rest[1:])
+            ref = query.get("ref", [repo.default_branch])[0]
+            text = repo.files.get(fpath) if ref == repo.default_branch else None
+            if text is None:
+                return 404, {"message": "Not Found"}
+            return 200, {"type": "file", "encoding": "base64", "path": fpath,
+                         "content": base64.b64encode(text.encode()).decode()}
+        return 404, {"message": "Not Found"}
+
+
+def make_upstream_and_fork(root: Path, upstream: str, fork: str) -> None:
+    """Bare repos: `upstream` seeded with the installed neurodocker tree, `fork` a clone of it."""
+    from neurodocker_nd.upstream.tree import prepare
+
+    work = root / "_seed"
+    base = prepare(None, work)
+    up, fk = root / f"{upstream}.git", root / f"{fork}.git"
+    up.parent.mkdir(parents=True, exist_ok=True)
+    fk.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(base.path), str(up)], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(up), str(fk)], check=True)
+    shutil.rmtree(work)
+
+
+# ---------------------------------------------------------------- registry fixtures
+
+# Strings that exist only in ndgen's meta.yaml: none may reach an exported file.
+META_SENTINELS = ("ndgen-sentinel-test-cmd", "ndgen-sentinel-apt-pkg", "ndgen-sentinel-command")
+
+TINYTOOL = """\
+---
+# A tiny tool for tests.
+name: tinytool
+url: https://example.org/tinytool
+binaries:
+    arguments:
+        required:
+        -   version
+        optional:
+            install_path: /opt/tinytool-{{ self.version }}
+    urls:
+        {versions}
+    dependencies:
+        apt:
+        -   ca-certificates
+        -   curl
+        yum:
+        -   curl
+    env:
+        PATH: '{{ self.install_path }}:$PATH'
+    instructions: |
+        {{ self.install_dependencies() }}
+        mkdir -p {{ self.install_path }}
+        curl -fsSL -o {{ self.install_path }}/tinytool {{ self.urls[self.version] }}
+        chmod +x {{ self.install_path }}/tinytool
+"""
+
+
+def _meta(name: str, status: str, system: bool = False) -> str:
+    lines = [
+        f"name: {name}",
+        f'description: "{name} for the upstream tests"',
+        f"homepage: https://example.org/{name}",
+        "commands: [ndgen-sentinel-command]",
+        'test: "ndgen-sentinel-test-cmd --help"',
+    ]
+    if system:
+        lines += ["system:", "  apt: [ndgen-sentinel-apt-pkg]"]
+    lines += ["upstream:", f"  status: {status}"]
+    return "\n".join(lines) + "\n"
+
+
+def tinytool_template(versions: list[str]) -> str:
+    urls = "\n        ".join(f"'{v}': https://example.org/tinytool/{v}/tinytool" for v in versions)
+    return TINYTOOL.replace("{versions}", urls)
+
+
+def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"]) -> Path:
+    """A registry: jq (update: one more version), tinytool (new), two ndgen-only entries."""
+    from neurodocker_nd.upstream.tree import installed_package_dir
+
+    reg = root / "registry"
+    shutil.rmtree(reg, ignore_errors=True)
+    jq = (installed_package_dir() / "templates" / "jq.yaml").read_text()
+    jq = jq.replace(
+        "    urls:\n",
+        "    urls:\n        1.8.0: https://github.com/jqlang/jq/releases/download/jq-1.8.0/jq-linux-amd64\n",
+        1,
+    )
+    entries = {
+        "jq": (jq, _meta("jq", "update")),
+        "tinytool": (tinytool_template(tiny_versions), _meta("tinytool", "new")),
+        "privatetool": (tinytool_template(["9.9"]).replace("tinytool", "privatetool"), _meta("privatetool", "ndgen-only")),
+        "sysonly": (None, _meta("sysonly", "ndgen-only", system=True)),
+    }
+    for name, (template, meta) in entries.items():
+        (reg / name).mkdir(parents=True)
+        if template is not None:
+            (reg / name / "template.yaml").write_text(template)
+        (reg / name / "meta.yaml").write_text(meta)
+    return reg
