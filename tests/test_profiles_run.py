@@ -1,0 +1,57 @@
+"""Every shipped profile, run for real: its reference image, setup, and the traced workload.
+
+Each profile runs twice from scratch; the workload must succeed and be
+deterministic (same stdout, same output files), because minify's verify step
+compares a rerun in the minified image against the traced run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from neurodocker_nd.minify.profile import ensure_reference_image, list_profiles, load_profile, run_setup, scratch_mounts
+from neurodocker_nd.minify.ptrace import PtraceTracer
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture()
+def reference_image(docker_client, request):
+    profile = load_profile(request.param)
+    tag = f"ndgen-test-profile-{profile.name.replace('_', '-')}"
+    built = ensure_reference_image(docker_client, tag, profile.apt)
+    yield profile, tag
+    if built:  # images that were already there (a developer's cache) stay
+        docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.parametrize("reference_image", list_profiles(), indirect=True)
+def test_profile_runs_and_is_deterministic(reference_image, docker_client, tmp_path):
+    from neurodocker_nd.minify.source import open_source
+
+    profile, tag = reference_image
+    runs = []
+    with open_source(docker_client, tag) as src:
+        for attempt in range(2):
+            rootfs = src.view(f"run{attempt}")
+            mounts = scratch_mounts(profile, tmp_path / f"run{attempt}")
+            run_setup(profile, rootfs, src.config, mounts)
+            record = PtraceTracer().trace(rootfs, src.config, profile.commands, mounts)
+            failed = record.failed
+            assert failed is None, f"{failed.command!r} exited {failed.exit_code}: {failed.stderr.decode()[-500:]}"
+            assert len(record.results) == len(profile.commands)
+            # The programs the workload names were traced in the image, not on the host.
+            assert any(p.startswith(("/usr/bin/", "/bin/")) for p in record.paths - {"/bin/sh", "/usr/bin/sh"})
+            runs.append(([(r.stdout, r.stderr) for r in record.results], [tree_digest(m.host) for m in mounts]))
+    assert runs[0] == runs[1], "the workload is not deterministic: verify could never pass"
