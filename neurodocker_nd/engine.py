@@ -11,13 +11,17 @@ full output to a file and shows only a one-line live status on stderr.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+import attrs
 
 from neurodocker_nd.errors import EngineError, NdgenError
 
@@ -101,40 +105,95 @@ def new_log_path(kind: str, ref: str) -> Path:
 
 
 class StepLog:
-    """The full output of one step in a file, plus a one-line live status on stderr.
+    """The full output of one step in a file, plus one live progress line on stderr.
 
-    Users see a spinner with the current step; the file keeps every line so a
-    failure can be read in full (its path goes into every error message).
+    Users see a spinner (and a bar once the number of steps is known) with the
+    current step; the file keeps every line so a failure can be read in full
+    (its path goes into every error message).
     """
 
-    def __init__(self, path: Path, handle: IO[str], status: Any) -> None:
+    def __init__(self, path: Path, handle: IO[str], progress: Any) -> None:
         self.path = path
         self._handle = handle
-        self._status = status
-        self.lines_written = 0
+        self._progress = progress
+        self._task = progress.add_task("", total=None)
 
     def write(self, text: str) -> None:
         """Append raw output (may hold several lines) to the log file."""
         self._handle.write(text)
         self._handle.flush()
-        self.lines_written += text.count("\n")
 
-    def status(self, text: str) -> None:
-        """Replace the live status line (and record it in the log)."""
-        self._status.update(text[:160])
+    def status(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        """Replace the live line; `done`/`total` drive the bar when given."""
+        self._progress.update(self._task, description=text[:100], completed=done or 0, total=total)
 
     def note(self, text: str) -> None:
-        """A line kept on screen (above the live status) and in the log."""
-        self._status.console.print(text, markup=False, highlight=False)
+        """A line kept on screen (above the live line) and in the log."""
+        self._progress.console.print(text, markup=False, highlight=False)
         self.write(text.rstrip("\n") + "\n")
 
 
 @contextmanager
 def step_log(path: Path, title: str) -> Iterator[StepLog]:
-    """Open `path` (creating its directory) and show a live status titled `title`."""
+    """Open `path` (creating its directory) and show a live progress line titled `title`."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     path.parent.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
-    with path.open("w", encoding="utf-8") as handle, console.status(title) as status:
-        yield StepLog(path, handle, status)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,  # CI logs get the notes, not spinner frames
+    )
+    with path.open("w", encoding="utf-8") as handle, progress:
+        log = StepLog(path, handle, progress)
+        log.status(title)
+        yield log
+
+
+# --------------------------------------------------------------------------- build contexts
+
+
+@attrs.frozen
+class ContextFile:
+    """One file of a build context: literal `data`, or a host path `source` (file or tree)."""
+
+    arcname: str
+    data: str | bytes | None
+    source: Path | None = None
+    mode: int = 0o644
+
+
+@attrs.frozen
+class BuildContext:
+    """A Dockerfile plus the files it copies; sent to the engine as an in-memory tar."""
+
+    dockerfile: str
+    files: tuple[ContextFile, ...] = ()
+
+    def tar(self) -> io.BytesIO:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            _add_bytes(archive, "Dockerfile", self.dockerfile.encode(), 0o644)
+            for item in self.files:
+                if item.source is not None:
+                    archive.add(str(item.source), arcname=item.arcname)
+                else:
+                    data = item.data.encode() if isinstance(item.data, str) else (item.data or b"")
+                    _add_bytes(archive, item.arcname, data, item.mode)
+        buffer.seek(0)
+        return buffer
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 0  # fixed: identical inputs give an identical context (and build cache hits)
+    archive.addfile(info, io.BytesIO(data))

@@ -1,0 +1,331 @@
+"""Build a rendered recipe on the Docker engine and test every package in the image.
+
+Flow: recipe (from `render`) → build context (the Dockerfile itself, or the
+Apptainer stand-in's translation of a `.def`, see `defbuild`) → streamed
+build on the engine with `network_mode="host"` (never a bridge) → each
+package's meta.yaml `test` run in the new image with `network_mode="none"`.
+
+A build is skipped when an image with the same `org.ndgen.recipe-hash` label
+exists: the hash covers the whole build context and the base image id, so an
+unchanged recipe on an unchanged base is never built twice (CI relies on it).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import attrs
+
+from neurodocker_nd import defbuild, engine
+from neurodocker_nd.engine import BuildContext
+from neurodocker_nd.errors import EngineError, NdgenError
+
+HASH_LABEL = "org.ndgen.recipe-hash"
+TEST_TIMEOUT_S = 600
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+# The classic builder colours stderr (ESC[91m … ESC[0m) and splits output at arbitrary bytes.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# docker's reference grammar, without a registry host (there is no registry here).
+_TAG = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$")
+
+
+class PackageLike(Protocol):
+    name: str
+    version: str | None
+    method: str
+    test: str | None
+
+
+class RecipeLike(Protocol):
+    """What `render.render_recipe` returns (only the fields a build needs)."""
+
+    text: str
+    fmt: str
+    base_image: str
+    packages: Sequence[PackageLike]
+
+
+@attrs.frozen
+class TestOutcome:
+    """One test command run in the built image."""
+
+    name: str  # package name, or "%test" for a definition's own test section
+    command: str
+    exit_code: int | None  # None: timed out (and killed)
+    seconds: float
+    output: str  # stdout+stderr, as the container printed it
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def reason(self) -> str:
+        if self.exit_code is None:
+            return f"timed out after {self.seconds:.0f} s"
+        last = next((ln.strip() for ln in reversed(self.output.splitlines()) if ln.strip()), "")
+        return f"exit {self.exit_code}" + (f": {last[:120]}" if last else "")
+
+
+@attrs.frozen
+class BuildOutcome:
+    tag: str
+    image_id: str
+    fmt: str
+    reused: bool  # an identical build (same recipe-hash label) existed
+    build_seconds: float
+    log_path: Path
+    recipe_path: Path
+    tests: tuple[TestOutcome, ...]
+    packages: tuple[PackageLike, ...]
+
+    @property
+    def failures(self) -> tuple[TestOutcome, ...]:
+        return tuple(t for t in self.tests if not t.passed)
+
+    @property
+    def apptainer_command(self) -> str | None:
+        return defbuild.apptainer_command(self.tag, self.recipe_path) if self.fmt == "singularity" else None
+
+
+@attrs.frozen
+class _Plan:
+    context: BuildContext
+    labels: dict[str, str]
+    entrypoint: list[str] | None  # for test commands; None keeps the image's own
+    has_def_test: bool
+
+
+# --------------------------------------------------------------------------- public
+
+
+def build_recipe(
+    recipe: RecipeLike,
+    tag: str,
+    *,
+    run_tests: bool = True,
+    no_cache: bool = False,
+    log_path: Path | None = None,
+) -> BuildOutcome:
+    """Build `recipe` as `tag`, then (unless `run_tests` is False) run its tests."""
+    check_tag(tag)
+    log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
+    recipe_path = log_path.with_suffix(".def" if recipe.fmt == "singularity" else ".Dockerfile")
+    _write_atomic(recipe_path, recipe.text)
+    plan = _plan(recipe, recipe_path)
+
+    client = engine.connect()
+    base = engine.require_image(client, recipe.base_image)
+    context_tar = plan.context.tar()
+    digest = hashlib.sha256(context_tar.getvalue() + base.id.encode()).hexdigest()
+    labels = {**plan.labels, HASH_LABEL: digest, "org.ndgen.format": recipe.fmt}
+
+    started = time.monotonic()
+    with engine.step_log(log_path, f"building {tag}") as log:
+        log.write(f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n")
+        image_id = None if no_cache else _reusable(client, digest)
+        reused = image_id is not None
+        if image_id is not None:
+            repo, name_tag = engine.split_ref(tag)
+            client.api.tag(image_id, repo, name_tag, force=True)
+            log.note(f"ndgen: {tag}: reusing {image_id[:19]} (same recipe-hash {digest[:12]})")
+        else:
+            image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt)
+        build_seconds = time.monotonic() - started
+        tests: list[TestOutcome] = []
+        if run_tests:
+            tests = _run_tests(client, image_id, recipe, plan, log)
+    return BuildOutcome(
+        tag=tag,
+        image_id=image_id,
+        fmt=recipe.fmt,
+        reused=reused,
+        build_seconds=build_seconds,
+        log_path=log_path,
+        recipe_path=recipe_path,
+        tests=tuple(tests),
+        packages=tuple(recipe.packages),
+    )
+
+
+def check_tag(tag: str) -> None:
+    if not _TAG.match(tag or ""):
+        raise NdgenError(f"bad image tag {tag!r}: expected name[:tag] in lower case, e.g. dcm2niix:sys")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _plan(recipe: RecipeLike, recipe_path: Path) -> _Plan:
+    if recipe.fmt == "docker":
+        return _Plan(BuildContext(recipe.text), {}, None, has_def_test=False)
+    if recipe.fmt == "singularity":
+        definition = defbuild.parse_definition(recipe.text, source=str(recipe_path))
+        standin = defbuild.translate(definition, source=str(recipe_path))
+        return _Plan(standin.context, dict(standin.labels), [defbuild.EXEC_ENTRYPOINT], standin.has_test)
+    raise NdgenError(f"unknown format {recipe.fmt!r}; choose docker or singularity")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _reusable(client: Any, digest: str) -> str | None:
+    images = client.images.list(filters={"label": f"{HASH_LABEL}={digest}"})
+    return images[0].id if images else None
+
+
+# --------------------------------------------------------------------------- build
+
+
+@attrs.define
+class _StepTracker:
+    """Follows the classic builder's stream: which step runs, and its last output lines."""
+
+    number: int = 0
+    total: int = 0
+    instruction: str = ""
+    tail: collections.deque = attrs.field(factory=lambda: collections.deque(maxlen=40))
+    partial: str = ""
+
+    def lines(self, chunk: str) -> list[str]:
+        """Whole lines from a stream chunk, colour codes and carriage returns removed."""
+        text = self.partial + _ANSI.sub("", chunk).replace("\r", "")
+        *complete, self.partial = text.split("\n")
+        return complete
+
+    def feed(self, line: str) -> bool:
+        """Record one output line; True when it starts a new step."""
+        match = _STEP.match(line)
+        if match:
+            self.number, self.total, self.instruction = int(match[1]), int(match[2]), match[3]
+            self.tail.clear()
+            return True
+        if line.strip():
+            self.tail.append(line.rstrip())
+        return False
+
+
+def _stream_build(
+    client: Any, context_tar: Any, tag: str, labels: dict[str, str], no_cache: bool, log: engine.StepLog, fmt: str
+) -> str:
+    import docker.errors
+
+    step = _StepTracker()
+    image_id = ""
+    try:
+        stream = client.api.build(
+            fileobj=context_tar,
+            custom_context=True,
+            tag=tag,
+            labels=labels,
+            network_mode="host",  # never a bridge network: apt reaches the mirror through the host
+            rm=True,
+            forcerm=True,
+            pull=False,
+            nocache=no_cache,
+            decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                for line in step.lines(chunk["stream"]):
+                    log.write(line + "\n")
+                    if step.feed(line):
+                        log.status(f"{tag}: step {step.number}/{step.total} {step.instruction}", step.number - 1, step.total)
+            elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            elif "error" in chunk:
+                for line in step.lines("\n"):  # flush a last line without newline
+                    log.write(line + "\n")
+                    step.feed(line)
+                detail = chunk.get("errorDetail") or {}
+                log.write(f"ERROR: {chunk['error']}\n")
+                raise NdgenError(_build_failure(tag, step, detail.get("code"), chunk["error"], fmt, log.path))
+    except docker.errors.APIError as exc:
+        log.write(f"ERROR: {exc}\n")
+        raise EngineError(f"build of {tag} refused by the engine: {engine._first_line(exc)}; log: {log.path}") from exc
+    if not image_id:
+        image = engine.find_image(client, tag)
+        if image is None:
+            raise EngineError(f"build of {tag} finished without an image; log: {log.path}")
+        image_id = image.id
+    log.status(f"{tag}: built", step.total, step.total)
+    return image_id
+
+
+def _build_failure(tag: str, step: _StepTracker, code: Any, error: str, fmt: str, log_path: Path) -> str:
+    """One line naming the failing step (and, for %post, the failing command)."""
+    reason = _reason(step.tail) or error
+    exit_part = f"exit {code}" if code else error.strip().splitlines()[0][:120]
+    if fmt == "singularity" and "/.post.script" in step.instruction:
+        traced = [ln[2:] for ln in step.tail if ln.startswith("+ ")]
+        where = f"%post command `{_short(traced[-1])}`" if traced else "%post"
+    else:
+        where = f"step {step.number}/{step.total} `{_short(step.instruction)}`" if step.number else "the Dockerfile"
+    return f"build of {tag} failed at {where} ({exit_part}): {reason}; log: {log_path}"
+
+
+def _reason(tail: Sequence[str]) -> str:
+    """The most telling output line: apt's `E:` line, else the last non-trace line."""
+    lines = [ln.strip() for ln in tail if ln.strip() and not ln.startswith("+ ")]
+    lines = [ln for ln in lines if not ln.startswith("The command ") and not ln.startswith("Removing intermediate")]
+    for line in reversed(lines):
+        if line.startswith("E: "):
+            return line
+    return lines[-1] if lines else ""
+
+
+def _short(text: str, width: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _run_tests(client: Any, image_id: str, recipe: RecipeLike, plan: _Plan, log: engine.StepLog) -> list[TestOutcome]:
+    todo = [(p.name, p.test) for p in recipe.packages if p.test]
+    outcomes = []
+    for index, (name, command) in enumerate(todo, start=1):
+        log.status(f"testing {name}: {command}", index - 1, len(todo) + plan.has_def_test)
+        outcomes.append(_run_one(client, image_id, name, command, plan.entrypoint, log))
+    if plan.has_def_test:
+        log.status("running the definition's %test", len(todo), len(todo) + 1)
+        outcomes.append(_run_one(client, image_id, "%test", "", [defbuild.TEST_ENTRYPOINT], log))
+    return outcomes
+
+
+def _run_one(
+    client: Any, image_id: str, name: str, command: str, entrypoint: list[str] | None, log: engine.StepLog
+) -> TestOutcome:
+    """`command` under /bin/sh -c in a fresh container of the image, with no network at all."""
+    argv = ["/bin/sh", "-c", command] if command else []
+    started = time.monotonic()
+    container = client.containers.create(
+        image_id,
+        command=argv or None,
+        entrypoint=entrypoint,
+        network_mode="none",
+        labels={"org.ndgen.test": name},
+    )
+    try:
+        container.start()
+        try:
+            exit_code: int | None = container.wait(timeout=TEST_TIMEOUT_S)["StatusCode"]
+        except Exception:  # the SDK raises requests' ReadTimeout: treat it as a hung test
+            container.kill()
+            exit_code = None
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    seconds = time.monotonic() - started
+    log.write(f"\n# test {name}: {command or '/.singularity.d/test'} → {exit_code}\n{output}")
+    return TestOutcome(name=name, command=command or "%test section", exit_code=exit_code, seconds=seconds, output=output)
