@@ -179,3 +179,34 @@ def test_branch_names_parse():
     assert series_name("ndgen/connectome_workbench-0123456789ab") == "connectome_workbench"
     assert series_name("ndgen/a-b-0123456789ab") == "a-b"
     assert series_name("feature/x") is None and series_name("ndgen/x") is None
+
+
+def test_push_over_http_carries_the_token_only_in_a_header(world):
+    """Smart-HTTP git server (git http-backend) that, like GitHub, refuses pushes without it."""
+    from test_upstream_fakes import GitHttpServer
+
+    tmp, gh, patches = world
+    with GitHttpServer(tmp / "git", TOKEN) as git_http:
+        env = {k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}
+        base = ["upstream", "pr", "--upstream-repo", UPSTREAM, "--fork", FORK, "--patches", str(patches),
+                "--api-url", gh.url, "--git-url-template", git_http.url_template, "--apply"]
+        # A wrong token: the push is refused, and the error shows neither token.
+        (tmp / "wrong").write_text("ghp_wrongTOKEN999\n")
+        bad = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *base, "--token-file", str(tmp / "wrong")],
+                             capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+        assert bad.returncode == 2 and bad.stderr.startswith("ndgen: error: pushing to me/neurodocker failed")
+        assert "ghp_wrongTOKEN999" not in bad.stderr + bad.stdout and len(bad.stderr.splitlines()) == 1
+        assert not gh.repos[UPSTREAM].pulls
+        # The right token: pushed over HTTP, then the PRs are opened.
+        proc = _pr_http(tmp, base, env)
+        assert proc.returncode == 0, proc.stderr
+        assert git_http.pushes == 2 and len(gh.repos[UPSTREAM].pulls) == 2
+        assert git_http.expected in git_http.auth_seen
+    _assert_token_nowhere(tmp, bad, proc)
+    for series in read_series_dir(patches):
+        assert series.branch in _branches(gh, FORK)
+
+
+def _pr_http(tmp: Path, base: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *base],
+                          capture_output=True, text=True, env={**env, "GITHUB_TOKEN": TOKEN}, cwd=tmp, timeout=300)

@@ -255,3 +255,94 @@ def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"]) -> Pat
             (reg / name / "template.yaml").write_text(template)
         (reg / name / "meta.yaml").write_text(meta)
     return reg
+
+
+# ---------------------------------------------------------------- git smart HTTP
+
+
+class GitHttpServer:
+    """`git http-backend` behind a local HTTP server that demands the token for pushes.
+
+    Like GitHub over HTTPS: fetches are anonymous, pushes need
+    `Authorization: Basic base64(x-access-token:TOKEN)`; anything else gets 401.
+    Records every Authorization header it sees.
+    """
+
+    def __init__(self, git_root: Path, token: str) -> None:
+        self.git_root = git_root
+        self.expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        self.auth_seen: list[str | None] = []
+        self.pushes = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url_template(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/{{repo}}.git"
+
+    def __enter__(self) -> "GitHttpServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def _handler(self):
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                auth = self.headers.get("Authorization")
+                srv.auth_seen.append(auth)
+                push = "git-receive-pack" in parts.path or "service=git-receive-pack" in parts.query
+                if push and auth != srv.expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="fake"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                env = {
+                    "PATH": "/usr/bin:/bin",
+                    "GIT_PROJECT_ROOT": str(srv.git_root),
+                    "GIT_HTTP_EXPORT_ALL": "1",
+                    "REQUEST_METHOD": self.command,
+                    "PATH_INFO": parts.path,
+                    "QUERY_STRING": parts.query,
+                    "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                    "CONTENT_LENGTH": str(len(body)),
+                    "GIT_CONFIG_NOSYSTEM": "1",
+                    "HOME": str(srv.git_root),
+                }
+                if push:
+                    env["REMOTE_USER"] = "x-access-token"  # http-backend allows receive-pack then
+                    if self.command == "POST":
+                        srv.pushes += 1
+                proc = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True)
+                head, _, payload = proc.stdout.partition(b"\r\n\r\n")
+                status = 200
+                headers = []
+                for line in head.decode().split("\r\n"):
+                    key, _, value = line.partition(":")
+                    if key.lower() == "status":
+                        status = int(value.split()[0])
+                    elif key:
+                        headers.append((key, value.strip()))
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _serve
+
+        return Handler
