@@ -206,26 +206,21 @@ def _yaml_path(parts: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
-def _node_at(node: yaml.Node, parts: Iterable[Any]) -> yaml.Node:
-    """The deepest YAML node along a JSON path (for its line number)."""
-    for p in parts:
+def _key_line(node: yaml.Node, parts: list[Any], text: str) -> int:
+    """1-based line of the entry at `parts` (its key line for mapping entries)."""
+    for i, p in enumerate(parts):
         if isinstance(node, yaml.MappingNode):
-            for knode, vnode in node.value:
-                if str(knode.value) == str(p):
-                    node = vnode
-                    break
-            else:
-                return node
+            match = next(((k, v) for k, v in node.value if str(k.value) == str(p)), None)
+            if match is None:
+                break
+            if i == len(parts) - 1:
+                return match[0].start_mark.line + 1
+            node = match[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(p, int) and p < len(node.value):
             node = node.value[p]
         else:
-            return node
-    return node
-
-
-def _key_line(node: yaml.Node, parts: list[Any], text: str) -> int:
-    """1-based line of the value at `parts` in the YAML `text`."""
-    return _node_at(node, parts).start_mark.line + 1
+            break
+    return node.start_mark.line + 1
 
 
 def read_yaml(path: Path) -> Any:

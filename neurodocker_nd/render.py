@@ -12,8 +12,8 @@ A thin layer over `DockerRenderer` / `SingularityRenderer`:
   template on every call;
 * `method=system` uses the renderer's own `install()` (apt/yum) after the
   NeuroDebian template or EPEL when the entry asks for them;
-* two subclasses fix shellcheck SC2016 (single-quoted `$` in the JSON-saving
-  printf) and complete the Singularity file with `%help`; the `_default`
+* two subclasses fix the JSON-saving printf (shellcheck SC2016, and invalid
+  JSON from escaped parentheses) and complete the Singularity file with `%help`; the `_default`
   template's entrypoint snippet is rewritten to double quotes (SC2016).
 """
 
@@ -54,7 +54,7 @@ HADOLINT_IGNORE: tuple[str, ...] = (
 # single-quoted `$` (shellcheck SC2016).  Same script, double quotes.
 _ENTRYPOINT_FIX = {
     """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""":
-        """echo "export USER=\\"\\${USER:=\\$(whoami)}\\"" >> "$ND_ENTRYPOINT\"""",
+        """echo "export USER=\\"\\${USER:=\\`whoami\\`}\\"" >> "$ND_ENTRYPOINT\"""",
     """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""":
         """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",
 }
@@ -86,11 +86,19 @@ class Recipe:
 # ---------------------------------------------------------------- renderer subclasses
 
 
-def _printf_without_dollars(cmd: str) -> str:
-    # neurodocker writes the spec with printf '…' where `$` and backticks sit in
-    # single quotes (SC2016).  printf's own octal escapes print the same bytes.
-    # Backslashes are already doubled by neurodocker, so `\044` cannot merge
-    # with a preceding escape.
+def _printf_spec(cmd: str) -> str:
+    """Fix the printf command neurodocker writes /.reproenv.json with.
+
+    * `$` and backticks sit in single quotes (shellcheck SC2016): printf's own
+      octal escapes (`\\044`, `\\140`) print the same bytes;
+    * neurodocker escapes parentheses as `\\(`, which printf prints verbatim,
+      so the saved file is invalid JSON whenever a command contains `(`:
+      inside single quotes parentheses need no escaping at all.
+
+    Backslashes are already doubled by neurodocker, so an escape we insert
+    cannot merge with a preceding one.
+    """
+    cmd = cmd.replace("\\(", "(").replace("\\)", ")")
     return cmd.replace("$", "\\044").replace("`", "\\140")
 
 
@@ -100,13 +108,13 @@ def _renderer_classes():
 
     class NdgenDockerRenderer(DockerRenderer):
         def _get_instructions(self) -> str:
-            return _printf_without_dollars(super()._get_instructions())
+            return _printf_spec(super()._get_instructions())
 
     class NdgenSingularityRenderer(SingularityRenderer):
         help_text: str = ""
 
         def _get_instructions(self) -> str:
-            return _printf_without_dollars(super()._get_instructions())
+            return _printf_spec(super()._get_instructions())
 
         def render(self) -> str:
             s = super().render()
@@ -130,6 +138,8 @@ class RecipeRenderer:
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else Registry()
         self._blocks: dict[tuple, tuple[tuple[str, Mapping[str, Any]], ...]] = {}
+        self._templates: dict[tuple, Any] = {}
+        self._default: Mapping[str, Any] | None = None
         self._docker_cls, self._singularity_cls = _renderer_classes()
 
     # ---- template blocks
@@ -145,22 +155,40 @@ class RecipeRenderer:
 
     def _render_block(self, key, template, method, kwds, pkg_manager):
         from neurodocker.reproenv.exceptions import RendererError, TemplateError
-        from neurodocker.reproenv.template import Template
 
         import jinja2
 
-        args = dict(kwds)
         scratch = self._docker_cls(pkg_manager=pkg_manager)
         try:
-            tmpl = Template(
-                dict(template),
-                binaries_kwds=args if method == "binaries" else None,
-                source_kwds=args if method == "source" else None,
-            )
-            scratch.add_template(tmpl, method)
+            scratch.add_template(self._template(key, template, method, kwds), method)
         except (TemplateError, RendererError, jinja2.TemplateError, KeyError) as exc:
             raise NdgenError(f"{key}: template error: {exc}") from None
         return tuple((i["name"], i["kwds"]) for i in json.loads(scratch.to_json())["instructions"])
+
+    def _template(self, key, template, method, kwds):
+        """One neurodocker Template per (template, arguments), shared by apt and yum.
+
+        `Template()` re-validates against the JSON schema (including checking
+        the schema itself) on every construction; `add_template` re-binds the
+        package manager each time it is called, so sharing is safe.
+        """
+        from neurodocker.reproenv.exceptions import TemplateError
+        from neurodocker.reproenv.template import Template
+
+        memo_key = (key, method, kwds)
+        tmpl = self._templates.get(memo_key)
+        if tmpl is None:
+            args = dict(kwds)
+            try:
+                tmpl = Template(
+                    dict(template),
+                    binaries_kwds=args if method == "binaries" else None,
+                    source_kwds=args if method == "source" else None,
+                )
+            except TemplateError as exc:
+                raise NdgenError(f"{key}: template error: {exc}") from None
+            self._templates[memo_key] = tmpl
+        return tmpl
 
     def _default_template(self) -> Mapping[str, Any]:
         upstream = self.registry.internal("_default")
@@ -182,9 +210,9 @@ class RecipeRenderer:
         pm = target.pkg_manager
         r = (self._docker_cls if fmt == "docker" else self._singularity_cls)(pkg_manager=pm)
         r.from_(target.base_image)
-        if "default" not in self.__dict__.setdefault("_default_cache", {}):
-            self.__dict__["_default_cache"]["default"] = self._default_template()
-        self._replay(r, self._block("_default", self.__dict__["_default_cache"]["default"], "source", (), pm))
+        if self._default is None:
+            self._default = self._default_template()
+        self._replay(r, self._block("_default", self._default, "source", (), pm))
         for pkg in spec.packages:
             if pkg.method == "system":
                 self._add_system(r, pkg, spec)

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Render speed of ndgen vs neurodocker, measured in one run on this machine.
+
+(a) cold single render: `ndgen --pkg ants --os ubuntu` vs
+    `neurodocker generate docker --pkg-manager apt --base-image ubuntu:24.04 --ants version=2.6.2`
+    (fresh processes; best and median of --runs).
+(b) `ndgen matrix` per recipe (a fresh `ndgen matrix` process, startup and file
+    writes included) vs neurodocker's in-process API (`Renderer.from_dict` +
+    `str()`, import excluded) rendering the same recipes, and vs neurodocker's
+    CLI called once per recipe (a sample of --cli-sample recipes).
+
+Targets (issue 2): (a) ndgen ≤ 0.3 s and faster than neurodocker's CLI;
+(b) ≥ 4x faster than in-process, ≥ 100x faster than the CLI loop.
+Usage: python bench/render.py [--runs 7] [--cli-sample 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NDGEN = [sys.executable, "-m", "neurodocker_nd.cli"]
+
+
+def _tool(name: str) -> list[str]:
+    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
+    return [exe]
+
+
+def timed_run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    return time.perf_counter() - t0
+
+
+def cold(cmd: list[str], runs: int) -> tuple[float, float]:
+    timed_run(cmd)  # warm the page cache and .pyc files: "cold" = new process, not cold disk
+    times = [timed_run(cmd) for _ in range(runs)]
+    return min(times), statistics.median(times)
+
+
+def neurodocker_dict(item) -> dict:
+    """The neurodocker renderer dict for one matrix recipe (same template and arguments)."""
+    from neurodocker_nd.spec import resolve
+
+    spec = resolve([_pkg_text(item)], item.os_name)
+    (pkg,) = spec.packages
+    instr = [{"name": "from_", "kwds": {"base_image": spec.target.base_image}}, {"name": "_default", "kwds": {}}]
+    if pkg.method == "system":
+        sysm = pkg.entry.meta.system
+        instr.append({"name": "install", "kwds": {"pkgs": list(sysm.packages(spec.target.pkg_manager))}})
+    else:
+        instr.append({"name": pkg.name, "kwds": {"method": pkg.method, **dict(pkg.kwds)}})
+    instr.append({"name": "entrypoint", "kwds": {"args": ["/neurodocker/startup.sh"]}})
+    return {"pkg_manager": spec.target.pkg_manager, "instructions": instr}
+
+
+def _pkg_text(item) -> str:
+    return f"{item.name},method={item.method}"
+
+
+def neurodocker_cli_args(item, template_path: str) -> list[str]:
+    d = neurodocker_dict(item)
+    args = ["generate", "--template-path", template_path, item.fmt, "--pkg-manager", d["pkg_manager"], "--base-image", d["instructions"][0]["kwds"]["base_image"]]
+    step = d["instructions"][2]
+    if step["name"] == "install":
+        args += ["--install", *step["kwds"]["pkgs"]]
+    else:
+        args += [f"--{step['name']}", *(f"{k}={v}" for k, v in step["kwds"].items())]
+    return args + ["--yes"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--cli-sample", type=int, default=10)
+    opts = ap.parse_args()
+    nd = _tool("neurodocker")
+
+    # (a) cold single render
+    nd_min, nd_med = cold(nd + ["generate", "docker", "--pkg-manager", "apt", "--base-image", "ubuntu:24.04", "--ants", "version=2.6.2"], opts.runs)
+    ng_min, ng_med = cold(NDGEN + ["--pkg", "ants", "--os", "ubuntu"], opts.runs)
+    print("(a) cold single render, ants on ubuntu:24.04 (best / median of %d)" % opts.runs)
+    print(f"    ndgen                 {ng_min:.3f} s / {ng_med:.3f} s   target <= 0.300 s: {'OK' if ng_min <= 0.3 else 'MISSED'}")
+    print(f"    neurodocker generate  {nd_min:.3f} s / {nd_med:.3f} s")
+    print(f"    ratio neurodocker/ndgen: {nd_min / ng_min:.2f}x (best), {nd_med / ng_med:.2f}x (median)")
+
+    # (b) matrix
+    with tempfile.TemporaryDirectory(prefix="ndgen-bench-") as tmp:
+        out = Path(tmp) / "m"
+        t0 = time.perf_counter()
+        proc = subprocess.run(NDGEN + ["matrix", "--out", str(out)], check=True, capture_output=True, text=True, cwd=REPO)
+        t_matrix = time.perf_counter() - t0
+        n = int(proc.stdout.split()[0])
+        assert n == len(list(out.iterdir())), "matrix count does not match the files written"
+    per_ndgen = t_matrix / n
+
+    sys.path.insert(0, str(REPO))
+    from neurodocker_nd.oses import PRESETS
+    from neurodocker_nd.registry import Registry
+    from neurodocker_nd.render import render_matrix
+
+    registry = Registry()
+    items, _ = render_matrix(registry, PRESETS, ("docker", "singularity"))
+    dicts = [(it, neurodocker_dict(it)) for it in items]
+
+    t0 = time.perf_counter()
+    import neurodocker  # registers upstream templates (its import side effect)
+    from neurodocker.reproenv import DockerRenderer, SingularityRenderer, register_template
+
+    t_import = time.perf_counter() - t0
+    # ndgen's registry templates, registered the neurodocker way for the baseline only.
+    for entry in registry.entries():
+        if entry.source != "upstream" and entry.template is not None:
+            register_template(entry.template_path)
+    t0 = time.perf_counter()
+    for it, d in dicts:
+        cls = DockerRenderer if it.fmt == "docker" else SingularityRenderer
+        str(cls.from_dict(d))
+    per_inproc = (time.perf_counter() - t0) / len(dicts)
+
+    step = max(1, len(items) // opts.cli_sample)
+    sample = items[::step][: opts.cli_sample]
+    with tempfile.TemporaryDirectory(prefix="ndgen-bench-tpl-") as tpl:
+        # neurodocker's CLI sees ndgen's registry templates through --template-path.
+        for entry in registry.entries():
+            if entry.source != "upstream" and entry.template is not None:
+                shutil.copy(entry.template_path, Path(tpl) / f"{entry.name}.yaml")
+        cli_times = [timed_run(nd + neurodocker_cli_args(it, tpl)) for it in sample]
+    per_cli = statistics.mean(cli_times)
+
+    print(f"(b) matrix: {n} recipes ({len(PRESETS)} OS presets x 2 formats)")
+    print(f"    ndgen matrix (fresh process, files written) {t_matrix:.2f} s = {per_ndgen * 1000:.2f} ms/recipe")
+    print(f"    neurodocker in-process from_dict+str        {per_inproc * 1000:.2f} ms/recipe (import {t_import:.2f} s excluded)")
+    print(f"    neurodocker CLI, one process per recipe     {per_cli * 1000:.0f} ms/recipe (mean of {len(cli_times)})")
+    r_in, r_cli = per_inproc / per_ndgen, per_cli / per_ndgen
+    print(f"    ratio in-process/ndgen: {r_in:.1f}x (target >= 4x: {'OK' if r_in >= 4 else 'MISSED'})")
+    print(f"    ratio CLI/ndgen:        {r_cli:.0f}x (target >= 100x: {'OK' if r_cli >= 100 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
