@@ -8,6 +8,7 @@ compares a rerun in the minified image against the traced run.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,14 @@ def test_profile_runs_and_is_deterministic(reference_image, docker_client, tmp_p
     profile, tag = reference_image
     runs = []
     with open_source(docker_client, tag) as src:
+        # Setup runs once; each run gets a fresh copy of its inputs, as verify does.
+        inputs = scratch_mounts(profile, tmp_path / "inputs")
+        run_setup(profile, src.view("setup"), src.config, inputs)
         for attempt in range(2):
             rootfs = src.view(f"run{attempt}")
-            mounts = scratch_mounts(profile, tmp_path / f"run{attempt}")
-            run_setup(profile, rootfs, src.config, mounts)
+            mounts = [m.with_host(tmp_path / f"run{attempt}" / m.host.name) for m in inputs]
+            for mount, source in zip(mounts, inputs):
+                shutil.copytree(source.host, mount.host, symlinks=True)
             record = PtraceTracer().trace(rootfs, src.config, profile.commands, mounts)
             failed = record.failed
             assert failed is None, f"{failed.command!r} exited {failed.exit_code}: {failed.stderr.decode()[-500:]}"
