@@ -81,13 +81,19 @@ def minify_cmd(
         squashfs_out=squashfs_out,
     )
     console = Console(stderr=True, highlight=False)
+
+    def progress(step: str, seconds: float) -> None:
+        # Live progress only on a terminal; logs and pipes get the summary (and errors) alone.
+        if console.is_terminal:
+            console.print(f"[green]✓[/] {step} {seconds:.1f} s")
+
     with console.status("minify: open → trace → closure → write → verify", spinner="dots"):
-        result = pipeline.minify(options, lambda step, seconds: console.print(f"[green]✓[/] {step} {seconds:.1f} s"))
+        result = pipeline.minify(options, progress)
+    if report_path is not None:
+        report.write_json(result, report_path)
+    if result.verified is False:  # one line, naming the command and the likely missing path
+        raise pipeline.VerifyError(result.verify_message)
     if result.tracer_note:
         console.print(f"[yellow]note:[/] {result.tracer_note}")
     for line in report.summary_lines(result):
         console.print(line)
-    if report_path is not None:
-        report.write_json(result, report_path)
-    if result.verified is False:
-        raise pipeline.VerifyError(result.verify_message)

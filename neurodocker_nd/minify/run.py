@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 
-from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.errors import NdgenError, TraceError
 from neurodocker_nd.minify.record import CommandResult
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
 
@@ -102,6 +102,18 @@ def resolve_user(rootfs: Path, user: str) -> UserIds:
     return UserIds(uid=uid, gid=gid, home=home)
 
 
+def has_cap_sys_admin() -> bool:
+    """Whether this process may mount and create namespaces directly (CAP_SYS_ADMIN = bit 21)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return os.geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 21))
+    return False
+
+
 def sandbox_env(rootfs: Path, config: ImageConfig) -> dict[str, str]:
     """The environment `docker run` gives a container of this image."""
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": HOSTNAME}
@@ -128,8 +140,9 @@ def sandbox_command(
         "--hostname", HOSTNAME,
         "--die-with-parent",
     ]  # fmt: skip
-    if ids.uid != 0 or ids.gid != 0:
-        # bwrap switches ids only inside a user namespace; outside it stays root.
+    if ids.uid != 0 or ids.gid != 0 or not has_cap_sys_admin():
+        # bwrap switches ids only inside a user namespace, and without CAP_SYS_ADMIN
+        # a user namespace is the only way it may create the others.
         argv += ["--unshare-user", "--uid", str(ids.uid), "--gid", str(ids.gid)]
     for mount in mounts:
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.target]
@@ -155,6 +168,10 @@ def run_sandboxed(
         stdin=subprocess.DEVNULL,
         capture_output=True,
     )
+    if proc.returncode == 1 and proc.stderr.startswith(b"bwrap: "):
+        # The sandbox itself failed (namespaces, mounts): not the user's command.
+        line = proc.stderr.decode(errors="replace").splitlines()[0]
+        raise TraceError(f"cannot start the sandbox for {command!r}: {line}")
     return CommandResult(
         command=command,
         exit_code=proc.returncode,

@@ -10,6 +10,7 @@ up in vain (ENOENT) that exist in the source image are the likely culprits.
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import os
 import shutil
@@ -84,7 +85,12 @@ class MountSet:
 def _copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
-        shutil.copytree(source, target, symlinks=True)
+        try:
+            shutil.copytree(source, target, symlinks=True)
+        except shutil.Error as exc:  # one OSError per file, as text: keep the first, as an OSError
+            src, dst, why = exc.args[0][0]
+            code = errno.ENOSPC if f"[Errno {errno.ENOSPC}]" in why else errno.EIO
+            raise OSError(code, os.strerror(code), dst) from exc
     else:
         shutil.copy2(source, target)
     # The workload may run as the image's USER: let it write where the user's dir allowed.
