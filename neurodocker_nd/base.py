@@ -83,6 +83,12 @@ class BaseSpec:
     distro: Distro
     suite: str  # debootstrap suite (codename), e.g. bookworm, noble
     mirror: str  # apt mirror URL, no trailing slash
+    keyring: Path | None = None  # archive keyring; None: the distro's usual one
+
+    @property
+    def archive_keyring(self) -> Path | None:
+        """The keyring debootstrap verifies the mirror with (None: its built-in Debian default)."""
+        return self.keyring or (UBUNTU_KEYRING if self.distro == "ubuntu" else None)
 
 
 @attrs.frozen
@@ -97,7 +103,9 @@ class BaseResult:
 # --------------------------------------------------------------------------- plan
 
 
-def plan_base(image: str, mirror: str | None = None, suite: str | None = None) -> BaseSpec:
+def plan_base(
+    image: str, mirror: str | None = None, suite: str | None = None, keyring: Path | None = None
+) -> BaseSpec:
     """Work out distro, suite and mirror for `image` (pure: no engine, no network)."""
     if not image or any(c.isspace() for c in image):
         raise NdgenError(f"bad image reference {image!r}: expected NAME[:TAG], e.g. debian:bookworm")
@@ -114,16 +122,23 @@ def plan_base(image: str, mirror: str | None = None, suite: str | None = None) -
         distro=distro,
         suite=chosen,
         mirror=(mirror or DEFAULT_MIRRORS[distro]).rstrip("/"),
+        keyring=Path(keyring) if keyring else None,
     )
 
 
 def _guess_distro(name: str, mirror: str | None, tag_or_suite: str) -> Distro:
-    """Ubuntu when the image, the mirror or the suite says so; Debian otherwise."""
+    """Ubuntu when the image, the mirror or the tag/suite says so; Debian otherwise."""
     if name == "ubuntu" or (mirror and "ubuntu" in mirror.lower()):
         return "ubuntu"
-    if name != "debian" and _strip_variant(tag_or_suite) in _series("ubuntu"):
+    if name != "debian" and _strip_variant(tag_or_suite) in _names("ubuntu"):
         return "ubuntu"
     return "debian"
+
+
+def _names(distro: Distro) -> set[str]:
+    """Every series and version number distro-info-data knows for `distro`."""
+    rows = _distro_info(distro)
+    return {r["series"] for r in rows} | {r["version"].replace(" LTS", "") for r in rows if r["version"]}
 
 
 def _strip_variant(tag: str) -> str:
@@ -146,8 +161,18 @@ def _suite_from_tag(distro: Distro, tag: str) -> str | None:
     return tag if (DEBOOTSTRAP_SCRIPTS / tag).exists() and not tag[:1].isdigit() else None
 
 
-def _series(distro: Distro) -> set[str]:
-    return {row["series"] for row in _distro_info(distro)}
+def debootstrap_script(spec: BaseSpec) -> Path | None:
+    """The script for suites newer than the host's debootstrap (None: it has its own).
+
+    debootstrap itself links every Ubuntu release since gutsy to one script and
+    every Debian release since squeeze to debian-common (via sid); a suite it
+    does not know yet is bootstrapped the same way.  The mirror check has
+    already proven the suite exists.
+    """
+    if (DEBOOTSTRAP_SCRIPTS / spec.suite).exists():
+        return None
+    fallback = DEBOOTSTRAP_SCRIPTS / ("gutsy" if spec.distro == "ubuntu" else "sid")
+    return fallback if fallback.exists() else None
 
 
 def _distro_info(distro: Distro) -> list[dict[str, str]]:
@@ -168,16 +193,16 @@ def _released(row: dict[str, str]) -> bool:
 
 
 def check_host(spec: BaseSpec) -> None:
-    """Root, debootstrap, a script for the suite, the keyring, a reachable mirror."""
+    """Root, debootstrap and the archive keyring: what the host needs before anything runs."""
     if os.geteuid() != 0:
         raise NdgenError("ndgen base must run as root (debootstrap creates device nodes and owns files as root)")
     if shutil.which("debootstrap") is None:
         raise NdgenError("debootstrap is not installed (apt-get install debootstrap)")
-    if DEBOOTSTRAP_SCRIPTS.is_dir() and not (DEBOOTSTRAP_SCRIPTS / spec.suite).exists():
-        raise NdgenError(f"debootstrap has no script for suite {spec.suite!r} (unknown suite, or debootstrap too old)")
-    if spec.distro == "ubuntu" and not UBUNTU_KEYRING.is_file():
-        raise NdgenError(f"Ubuntu archive keyring missing ({UBUNTU_KEYRING}); apt-get install ubuntu-keyring")
-    check_mirror(spec.mirror, spec.suite)
+    keyring = spec.archive_keyring
+    if keyring is not None and not keyring.is_file():
+        raise NdgenError(
+            f"archive keyring {keyring} not found; install the {spec.distro} archive keyring or pass --keyring FILE"
+        )
 
 
 def check_mirror(mirror: str, suite: str, timeout: float = 15.0) -> None:
@@ -199,11 +224,12 @@ def check_mirror(mirror: str, suite: str, timeout: float = 15.0) -> None:
 
 def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
     """Create the image `spec.ref` unless it exists (or `force`); never touch other tags."""
+    check_host(spec)
     client = engine.connect()
     existing = engine.find_image(client, spec.ref)
     if existing is not None and not force:
         return BaseResult(spec.ref, existing.id, created=False, seconds=0.0, log_path=None)
-    check_host(spec)
+    check_mirror(spec.mirror, spec.suite)
     started = time.monotonic()
     log_path = engine.new_log_path("base", spec.ref)
     with engine.step_log(log_path, f"debootstrap {spec.suite} from {spec.mirror}") as log:
@@ -218,9 +244,10 @@ def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
 
 def debootstrap_argv(spec: BaseSpec, target: Path) -> list[str]:
     argv = ["debootstrap", "--variant=minbase", "--components=main"]
-    if spec.distro == "ubuntu":
-        argv.append(f"--keyring={UBUNTU_KEYRING}")
-    return [*argv, spec.suite, str(target), spec.mirror]
+    if spec.archive_keyring is not None:
+        argv.append(f"--keyring={spec.archive_keyring}")
+    script = debootstrap_script(spec)
+    return [*argv, spec.suite, str(target), spec.mirror, *([str(script)] if script else [])]
 
 
 def _debootstrap(spec: BaseSpec, rootfs: Path, log: engine.StepLog) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -9,8 +11,13 @@ import click
 @click.argument("image", metavar="IMAGE[:TAG]")
 @click.option("--mirror", metavar="URL", help="Apt mirror (default: deb.debian.org, or archive.ubuntu.com for Ubuntu).")
 @click.option("--suite", metavar="CODENAME", help="Release to bootstrap (default: inferred from the tag).")
+@click.option(
+    "--keyring",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Archive keyring to verify the mirror with (default: the distribution's installed keyring).",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when the tag already exists.")
-def base_cmd(image: str, mirror: str | None, suite: str | None, force: bool) -> None:
+def base_cmd(image: str, mirror: str | None, suite: str | None, keyring: Path | None, force: bool) -> None:
     """Build IMAGE with debootstrap --variant=minbase and docker import.
 
     The image gets the official image's ENV and CMD, e.g. `ndgen base
@@ -19,7 +26,7 @@ def base_cmd(image: str, mirror: str | None, suite: str | None, force: bool) -> 
     """
     from neurodocker_nd.base import build_base, plan_base
 
-    spec = plan_base(image, mirror=mirror, suite=suite)
+    spec = plan_base(image, mirror=mirror, suite=suite, keyring=keyring)
     result = build_base(spec, force=force)
     if not result.created:
         click.echo(f"{result.ref} exists ({result.image_id[:19]}); nothing to do (--force rebuilds it)")
