@@ -9,22 +9,12 @@ import click
 from neurodocker_nd.errors import NdgenError
 
 
-def _load_profile(name_or_path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(setup + workload commands, keep rules) of a minify profile (minify/<name>.yaml)."""
-    try:
-        from neurodocker_nd.minify.profile import load_profile
-    except ImportError as exc:  # the profile loader ships separately (see docs/minify.md)
-        raise NdgenError(f"--profile {name_or_path}: profile support is not installed ({exc})") from exc
-    profile = load_profile(name_or_path)
-    return tuple(profile.setup) + tuple(profile.commands), tuple(profile.keep)
-
-
 @click.command("minify", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image")
 @click.option("-t", "--tag", required=True, help="Tag of the new, minified image.")
 @click.option("-c", "--command", "commands", multiple=True, metavar="CMD", help="Workload command (/bin/sh -c); repeat.")
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount; repeat.")
-@click.option("--profile", metavar="NAME|FILE", help="A minify profile: its setup and commands run first.")
+@click.option("--profile", metavar="NAME|FILE", help="A minify profile (minify/NAME.yaml): input setup, commands, keep rules.")
 @click.option("--keep", "keep", multiple=True, metavar="PATH_OR_GLOB", help="Keep this in-image path (directories whole).")
 @click.option(
     "--format", "fmt", type=click.Choice(["docker", "singularity", "both"]), default="docker", show_default=True
@@ -61,17 +51,20 @@ def minify_cmd(
     from neurodocker_nd.minify import pipeline, report
     from neurodocker_nd.minify.run import Mount
 
+    from neurodocker_nd.minify.profile import load_profile
+
     mounts = tuple(Mount.parse(spec) for spec in volumes)
-    profile_commands, profile_keep = _load_profile(profile) if profile else ((), ())
+    loaded = load_profile(profile) if profile else None
     if report_path is not None and not report_path.parent.is_dir():
         raise NdgenError(f"--report {report_path}: directory {report_path.parent} does not exist")
     options = pipeline.MinifyOptions(
         image=image,
         tag=tag,
-        commands=profile_commands + commands,
+        commands=(loaded.commands if loaded else ()) + commands,
         mounts=mounts,
+        profile=loaded,
         keep=keep,
-        profile_keep=profile_keep,
+        profile_keep=loaded.keep if loaded else (),
         formats=frozenset({"docker", "singularity"} if fmt == "both" else {fmt}),
         tracer=tracer,
         verify=not no_verify,

@@ -25,6 +25,7 @@ from neurodocker_nd.minify import keep as keep_step
 from neurodocker_nd.minify import report as report_step
 from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
+from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import Source, get_client, interrupts_as_exceptions, open_source
 
@@ -39,8 +40,9 @@ class VerifyError(NdgenError):
 class MinifyOptions:
     image: str
     tag: str
-    commands: tuple[str, ...]  # setup commands first (a profile's), then the workload
+    commands: tuple[str, ...]  # the workload: a profile's commands, then each -c
     mounts: tuple[Mount, ...] = ()
+    profile: Profile | None = None  # its setup makes the input data, untraced, before the trace
     keep: tuple[str, ...] = ()
     profile_keep: tuple[str, ...] = ()
     formats: frozenset[str] = frozenset({"docker"})
@@ -122,11 +124,14 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
     with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
         with _step("open", progress, steps):
             source = stack.enter_context(open_source(client, options.image))
-            mount_set = verify_step.MountSet.snapshot(options.mounts, source.scratch)
-        untraced = None
-        if options.baseline:
-            with _step("untraced run", progress, steps):
-                untraced = _run_untraced(source, options, mount_set)
+            mounts = options.mounts
+            if options.profile is not None:
+                mounts += scratch_mounts(options.profile, source.scratch / "profile")
+            mount_set = verify_step.MountSet.snapshot(mounts, source.scratch)
+        if options.profile is not None and options.profile.setup:
+            with _step("setup", progress, steps):
+                # Its output becomes the initial content every later run gets a fresh copy of.
+                run_setup(options.profile, source.view("setup"), source.config, mount_set.initial())
         with _step("trace", progress, steps):
             trace_mounts = mount_set.fresh(source.scratch, "trace")
             record = tracer.trace(
@@ -137,8 +142,14 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 stop_on_failure=not options.allow_fail,
             )
             _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
+        # Measured after the trace: a cold page cache slows the traced run, so the reported
+        # overhead errs high, never low.
+        untraced = None
+        if options.baseline:
+            with _step("untraced run", progress, steps):
+                untraced = _run_untraced(source, options, mount_set)
         with _step("closure", progress, steps):
-            keep = _closure(source, options, record, ())
+            keep = _closure(source, options, record, mount_set.mounts, ())
         verify_tag = options.tag if "docker" in options.formats else f"ndgen-minify-verify:{uuid.uuid4().hex[:12]}"
         written = None
         guard = _TagGuard(client, verify_tag)
@@ -210,12 +221,14 @@ def _run_untraced(source: Source, options: MinifyOptions, mount_set: verify_step
     return seconds
 
 
-def _closure(source: Source, options: MinifyOptions, record: TraceRecord, extra: Sequence[str]) -> keep_step.KeepSet:
+def _closure(
+    source: Source, options: MinifyOptions, record: TraceRecord, mounts: Sequence[Mount], extra: Sequence[str]
+) -> keep_step.KeepSet:
     return keep_step.closure(
         source.pristine,
         source.config,
         record,
-        mounts=options.mounts,
+        mounts=mounts,
         keep=options.keep,
         profile_keep=options.profile_keep,
         extra_paths=extra,
@@ -262,7 +275,7 @@ def _verify_and_repair(
             mismatch = attrs.evolve(mismatch, missing=tuple(new or missing))
             break
         repaired += new
-        keep = _closure(source, options, record, repaired)
+        keep = _closure(source, options, record, mount_set.mounts, repaired)
         written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
     message = mismatch.message()
     if options.keep_failed and "docker" in options.formats:

@@ -69,6 +69,10 @@ class MountSet:
             snaps.append(target)
         return cls(mounts=tuple(mounts), snapshots=tuple(snaps))
 
+    def initial(self) -> tuple[Mount, ...]:
+        """Mounts on the snapshots themselves: for setup, whose output every run then starts from."""
+        return tuple(m if snap is None else m.with_host(snap) for m, snap in zip(self.mounts, self.snapshots))
+
     def fresh(self, scratch: Path, label: str) -> tuple[Mount, ...]:
         """Mounts for one run: writable ones point at a new copy of their initial content."""
         result = []
