@@ -338,10 +338,16 @@ class Registry:
         return _schema_validator(self.meta_schema_path)
 
     # ---- loading
-    def load_template(self, path: Path, expect_name: str | None = None) -> Mapping[str, Any]:
-        """Read and validate a neurodocker template file."""
+    def load_template(self, path: Path, expect_name: str | None = None, check: bool = True) -> Mapping[str, Any]:
+        """Read and validate a neurodocker template file.
+
+        `check=False` is for neurodocker's own templates: neurodocker validates
+        them when it is imported and again in `Template()`, so a third pass
+        would only slow down every render.
+        """
         data = read_yaml(path)
-        check_schema(data, path, self._template_validator, "neurodocker template")
+        if check:
+            check_schema(data, path, self._template_validator, "neurodocker template")
         if expect_name is not None and data["name"] != expect_name:
             raise RegistryError(
                 f"{path}:{_line_of(path, ['name'])}: name: {data['name']!r} must be {expect_name!r} (the directory name)"
@@ -373,7 +379,7 @@ class Registry:
         elif in_up:
             template_path = up
         if template_path is not None:
-            template = self.load_template(template_path, expect_name=name)
+            template = self.load_template(template_path, expect_name=name, check=template_path != up)
         if in_reg:
             meta_path = reg / "meta.yaml"
             if not meta_path.exists():
@@ -401,7 +407,7 @@ class Registry:
         """An upstream internal template (e.g. `_default`), validated."""
         key = ("internal", name)
         if key not in self._memo:
-            self._memo[key] = self.load_template(self.upstream_dir / f"{name}.yaml", expect_name=name)
+            self._memo[key] = self.load_template(self.upstream_dir / f"{name}.yaml", expect_name=name, check=False)
         return self._memo[key]
 
 
