@@ -1,0 +1,205 @@
+"""Unit tests for the minify steps that need no engine: real files, real ELF binaries, real tar."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.minify import image, keep, verify
+from neurodocker_nd.minify.record import CommandResult, TraceRecord, in_image_path
+from neurodocker_nd.minify.run import Mount, resolve_user, sandbox_command, sandbox_env
+from neurodocker_nd.minify.source import ImageConfig
+
+MULTIARCH = "/usr/lib/x86_64-linux-gnu"
+
+
+def _config(**kwargs) -> ImageConfig:
+    return ImageConfig(image_id="sha256:abc", name="src:1", **kwargs)
+
+
+def _record(*paths: str) -> TraceRecord:
+    return TraceRecord(paths=frozenset(paths), missing=frozenset(), results=(), tracer="test", seconds=0.0)
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    """A Debian-shaped merged-/usr tree holding the host's real `true` and its libraries."""
+    root = tmp_path / "rootfs"
+    for d in ("usr/bin", MULTIARCH[1:], "usr/lib64", "etc/ld.so.conf.d", "tmp", "proc", "root"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/usr/bin/true", root / "usr/bin/true")
+    for lib in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        shutil.copy2(f"{MULTIARCH}/{lib}", root / MULTIARCH[1:] / lib)
+    (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    for name, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+        (root / name).symlink_to(target)
+    (root / "usr/bin/dash").write_text("not really dash")
+    (root / "usr/bin/sh").symlink_to("dash")
+    (root / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
+    (root / "etc/ld.so.conf.d/x86_64-linux-gnu.conf").write_text("# multiarch\n/lib/x86_64-linux-gnu\n")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nneuro:x:1000:1000::/home/neuro:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\nneuro:x:1000:\nusers:x:100:\n")
+    (root / "etc/unrelated.conf").write_text("x")
+    return root
+
+
+def test_closure_keeps_elf_closure_symlink_chains_and_essentials(rootfs):
+    kept = keep.closure(rootfs, _config(), _record("/bin/true", "/proc/self/maps", "/tmp/scratch")).paths
+    # the traced name's own symlink, its target, DT_NEEDED, and the PT_INTERP chain /lib64 → …
+    assert {"/bin", "/usr/bin/true", f"{MULTIARCH}/libc.so.6", "/lib64", "/usr/lib64/ld-linux-x86-64.so.2",
+            f"{MULTIARCH}/ld-linux-x86-64.so.2"} <= kept  # fmt: skip
+    assert {"/bin/sh", "/usr/bin/sh", "/usr/bin/dash", "/etc/passwd", "/etc/group", "/etc/ld.so.conf"} & kept >= {
+        "/usr/bin/sh", "/usr/bin/dash", "/etc/passwd", "/etc/group", "/etc/ld.so.conf"
+    }
+    assert "/etc/ld.so.conf.d/x86_64-linux-gnu.conf" in kept
+    assert {"/tmp", "/proc", "/root"} <= kept  # runtime dirs and HOME exist, empty
+    assert "/proc/self/maps" not in kept and "/tmp/scratch" not in kept
+    assert "/etc/unrelated.conf" not in kept
+
+
+def test_library_resolved_through_runpath_origin(rootfs, tmp_path):
+    # A library only reachable through RUNPATH=$ORIGIN/../lib, as relocatable installs ship them.
+    closure = keep._Closure(keep._Image(rootfs), _config(), keep.RUNTIME_DIRS)
+    (rootfs / "opt/app/lib").mkdir(parents=True)
+    (rootfs / "opt/app/bin").mkdir()
+    shutil.copy2(f"{MULTIARCH}/libc.so.6", rootfs / "opt/app/lib/libfoo.so.1")
+    ident = keep._elf_ident(closure.image, "/usr/bin/true")
+    found = closure._find_library("libfoo.so.1", "/opt/app/bin", [], ["$ORIGIN/../lib"], [], ident)
+    assert found == "/opt/app/bin/../lib/libfoo.so.1"
+    assert closure._find_library("libfoo.so.1", "/opt/app/bin", [], [], [], ident) is None
+    # a 32-bit (or other-machine) file of the right name is skipped
+    (rootfs / "opt/app/lib/libbar.so").write_bytes(b"\x7fELF\x01\x01" + bytes(14))
+    assert closure._find_library("libbar.so", "/x", ["/opt/app/lib"], [], [], ident) is None
+
+
+def test_python_rules_landmark_and_sources_of_bytecode(rootfs):
+    lib = rootfs / "usr/lib/python3.11"
+    (lib / "__pycache__").mkdir(parents=True)
+    (lib / "lib-dynload").mkdir()
+    (lib / "os.py").write_text("")
+    (lib / "json.py").write_text("")
+    (lib / "__pycache__/json.cpython-311.pyc").write_bytes(b"")
+    (lib / "__pycache__/gone.cpython-311.pyc").write_bytes(b"")
+    shutil.copy2("/usr/bin/true", rootfs / "usr/bin/python3.11")
+    kept = keep.closure(rootfs, _config(), _record("/usr/bin/python3.11", "/usr/lib/python3.11/__pycache__/json.cpython-311.pyc")).paths
+    assert {"/usr/lib/python3.11/os.py", "/usr/lib/python3.11/lib-dynload", "/usr/lib/python3.11/json.py"} <= kept
+    assert "/usr/lib/python3.11/gone.py" not in kept
+
+
+def test_keep_globs_and_directories_keep_whole_trees(rootfs):
+    (rootfs / "opt/data/sub").mkdir(parents=True)
+    (rootfs / "opt/data/sub/a.txt").write_text("a")
+    (rootfs / "opt/other.txt").write_text("b")
+    (rootfs / "etc/extra.conf").write_text("c")
+    result = keep.closure(rootfs, _config(), _record(), keep=["/opt/data"], profile_keep=["/etc/*.conf"])
+    assert {"/opt/data", "/opt/data/sub", "/opt/data/sub/a.txt", "/etc/extra.conf", "/etc/unrelated.conf"} <= result.paths
+    assert "/opt/other.txt" not in result.paths
+    assert result.reasons["--keep"] >= 3 and result.reasons["profile"] >= 2
+
+
+def test_mount_targets_are_not_image_content(rootfs):
+    (rootfs / "data").mkdir()
+    (rootfs / "data/input.nii").write_text("x")
+    mounts = [Mount(host=rootfs, target="/data")]
+    kept = keep.closure(rootfs, _config(), _record("/data/input.nii"), mounts=mounts).paths
+    assert "/data/input.nii" not in kept
+
+
+def test_write_tar_preserves_hardlinks_setuid_xattrs_and_mtimes(rootfs):
+    target = rootfs / "usr/bin/suid"
+    shutil.copy2("/usr/bin/true", target)
+    target.chmod(0o4755)
+    os.link(target, rootfs / "usr/bin/suid-link")
+    os.utime(target, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.setxattr(target, "user.ndgen", b"\xff\x00binary")
+    keep_set = keep.KeepSet(
+        paths=frozenset({"/usr", "/usr/bin", "/usr/bin/suid", "/usr/bin/suid-link"}),
+        trees=frozenset(), traced=0, reasons={}, image_entries=0,
+    )  # fmt: skip
+    buffer = io.BytesIO()
+    entries, size = image.write_tar(rootfs, keep_set, buffer)
+    assert entries == 4 and size == target.stat().st_size  # the hard link's bytes count once
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["usr/bin/suid"].mode == 0o4755
+    assert members["usr/bin/suid-link"].islnk() and members["usr/bin/suid-link"].linkname == "usr/bin/suid"
+    assert members["usr/bin/suid"].pax_headers["SCHILY.xattr.user.ndgen"].encode("utf-8", "surrogateescape") == b"\xff\x00binary"
+    assert members["usr/bin/suid"].mtime == pytest.approx(1_600_000_000.123456789)
+
+
+def test_import_changes_recreate_config_without_expansion():
+    config = _config(
+        env=("PATH=/opt/bin:/usr/bin", 'MSG=cost $5 "now"'),
+        entrypoint=("/bin/tini", "--"),
+        cmd=("mrinfo",),
+        workdir="/work",
+        user="neuro",
+        exposed_ports=("8080/tcp",),
+        volumes=("/data",),
+        labels=(("org.example", "x"),),
+    )
+    changes = image.import_changes(config, ["mrinfo x"])
+    assert 'ENV MSG="cost \\$5 \\"now\\""' in changes
+    assert 'ENTRYPOINT ["/bin/tini", "--"]' in changes and 'CMD ["mrinfo"]' in changes
+    assert {"WORKDIR /work", "USER neuro", "EXPOSE 8080/tcp", 'VOLUME ["/data"]'} <= set(changes)
+    assert 'LABEL "org.example"="x"' in changes
+    assert any(c.startswith('LABEL "org.ndgen.minify.commands"=') for c in changes)
+
+
+def test_mount_parse_errors_name_the_culprit(tmp_path):
+    assert Mount.parse(f"{tmp_path}:/data:ro") == Mount(host=tmp_path, target="/data", read_only=True)
+    for spec, words in (
+        (f"{tmp_path}/missing:/data", "does not exist"),
+        (f"{tmp_path}:data", "must be absolute"),
+        (f"{tmp_path}:/data:rx", "mode must be ro or rw"),
+        ("/only", "expected HOST:CONTAINER"),
+    ):
+        with pytest.raises(NdgenError, match=words):
+            Mount.parse(spec)
+
+
+def test_sandbox_is_docker_like(rootfs, tmp_path):
+    config = _config(env=("PATH=/opt/bin", "FOO=1"), workdir="/work", user="neuro:users")
+    assert resolve_user(rootfs, "neuro:users").gid == 100
+    assert resolve_user(rootfs, "").home == "/root"
+    with pytest.raises(NdgenError, match="no such user"):
+        resolve_user(rootfs, "ghost")
+    env = sandbox_env(rootfs, config)
+    assert env == {"PATH": "/opt/bin", "HOSTNAME": "ndgen-minify", "HOME": "/home/neuro", "FOO": "1"}
+    argv = sandbox_command(rootfs, config, "echo hi", [Mount(host=tmp_path, target="/data", read_only=True)]).argv
+    joined = " ".join(argv)
+    assert "--unshare-net" in argv and "--tmpfs /tmp" in joined and "--proc /proc" in joined
+    assert "--uid 1000 --gid 100" in joined and "--chdir /work" in joined
+    assert f"--ro-bind {tmp_path} /data" in joined and argv[-3:] == ("/bin/sh", "-c", "echo hi")
+
+
+def test_compare_names_first_differing_command_and_outputs(tmp_path):
+    a = [CommandResult("one", 0, b"x\n", b"", 0.1), CommandResult("two", 0, b"y\n", b"", 0.1)]
+    b = [CommandResult("one", 0, b"x\n", b"", 0.2), CommandResult("two", 127, b"", b"sh: 1: two: not found\n", 0.2)]
+    mismatch = verify.compare_results(a, b)
+    assert mismatch is not None and mismatch.command == "two" and "0 → 127" in mismatch.what
+    assert "two: not found" in mismatch.message()
+    assert verify.compare_results(a, a) is None
+    left, right = tmp_path / "l", tmp_path / "r"
+    for d in (left, right):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub/same").write_bytes(b"1")
+    (left / "sub/out").write_bytes(b"1")
+    (right / "sub/out").write_bytes(b"2")
+    found = verify.compare_outputs([Mount(left, "/data")], [Mount(right, "/data")])
+    assert found is not None and found.what == "output file /data/sub/out"
+    hinted = verify.Mismatch("two", "stdout", missing=("/etc/flag",))
+    assert "likely missing: /etc/flag" in hinted.message()
+
+
+def test_in_image_path():
+    assert in_image_path("/tmp/x/rootfs/usr/bin/a", "/tmp/x/rootfs") == "/usr/bin/a"
+    assert in_image_path("/tmp/x/rootfs", "/tmp/x/rootfs/") == "/"
+    assert in_image_path("/tmp/x/rootfs2/a", "/tmp/x/rootfs") is None
