@@ -210,3 +210,26 @@ def test_push_over_http_carries_the_token_only_in_a_header(world):
 def _pr_http(tmp: Path, base: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *base],
                           capture_output=True, text=True, env={**env, "GITHUB_TOKEN": TOKEN}, cwd=tmp, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fork", "justaname"], "ndgen: error: repository 'justaname': expected OWNER/NAME"),
+        (["--patches", "nowhere"], "ndgen: error: nowhere: no exported patches (run `ndgen upstream export` first)"),
+        (["--token-file", "missing.txt"], "ndgen: error: --token-file missing.txt: No such file or directory"),
+        (["--api-url", "http://127.0.0.1:9"], "ndgen: error: GitHub API GET /repos/up/neurodocker: cannot connect: "),
+    ],
+)
+def test_bad_pr_input_is_one_line(world, args, message):
+    tmp, gh, patches = world
+    base = {"--upstream-repo": UPSTREAM, "--fork": FORK, "--patches": str(patches), "--api-url": gh.url}
+    flags = dict(zip(args[::2], args[1::2]))
+    argv = [x for k, v in {**base, **flags}.items() for x in (k, v)]
+    env = {**{k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}, "GITHUB_TOKEN": TOKEN}
+    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "upstream", "pr", *argv],
+                          capture_output=True, text=True, env=env, cwd=tmp, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert TOKEN not in proc.stderr

@@ -29,7 +29,7 @@ import yaml
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import HASH_MARKER, TEMPLATES, ExportedSeries, read_series_dir
-from neurodocker_nd.upstream.github import GitHub, PullRequest
+from neurodocker_nd.upstream.github import GitHub, PullRequest, split_repo
 from neurodocker_nd.upstream.gitcmd import git, init_repo
 
 BRANCH_PREFIX = "ndgen/"
@@ -107,6 +107,10 @@ class _Git:
 
 def run(config: BotConfig, patches_dir: Path, token: str | None) -> list[str]:
     """Bring the PRs in line with the exported series; return one line per action."""
+    for repo_name in (config.upstream_repo, config.fork):
+        split_repo(repo_name)  # fail on a malformed name before any request
+    if "{repo}" not in config.git_url_template:
+        raise NdgenError(f"--git-url-template {config.git_url_template!r} must contain {{repo}}")
     series = read_series_dir(patches_dir)
     gh = GitHub(config.api_url, token)
     base_branch = gh.default_branch(config.upstream_repo)

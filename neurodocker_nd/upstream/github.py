@@ -42,7 +42,7 @@ class PullRequest:
     url: str
 
 
-def _split(repo: str) -> tuple[str, str]:
+def split_repo(repo: str) -> tuple[str, str]:
     owner, _, name = repo.partition("/")
     if not owner or not name or "/" in name:
         raise NdgenError(f"repository {repo!r}: expected OWNER/NAME")
@@ -66,12 +66,12 @@ class GitHub:
 
     # ---- reads
     def default_branch(self, repo: str) -> str:
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         data = self._call(f"GET /repos/{repo}", self._api.repos.get, owner=owner, repo=name)
         return str(data["default_branch"])
 
     def open_pulls(self, repo: str) -> list[PullRequest]:
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         found: list[PullRequest] = []
         page = 1
         while True:
@@ -87,7 +87,7 @@ class GitHub:
 
     def file_text(self, repo: str, path: str, ref: str) -> str | None:
         """The file's text at `ref`, or None when it does not exist there."""
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         data = self._call(
             f"GET /repos/{repo}/contents/{path}",
             self._api.repos.get_content,
@@ -100,7 +100,7 @@ class GitHub:
 
     # ---- writes
     def create_pull(self, repo: str, title: str, body: str, head: str, base: str) -> PullRequest:
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         data = self._call(
             f"POST /repos/{repo}/pulls",
             self._api.pulls.create,
@@ -110,18 +110,19 @@ class GitHub:
         return _pull(data)
 
     def update_pull(self, repo: str, number: int, **fields: str) -> None:
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         self._call(f"PATCH /repos/{repo}/pulls/{number}", self._api.pulls.update,
                    owner=owner, repo=name, pull_number=number, **fields)
 
     def comment(self, repo: str, number: int, body: str) -> None:
-        owner, name = _split(repo)
+        owner, name = split_repo(repo)
         self._call(f"POST /repos/{repo}/issues/{number}/comments", self._api.issues.create_comment,
                    owner=owner, repo=name, issue_number=number, body=body)
 
     # ---- error translation
     def _call(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
         import httpx2  # ghapi's transport
+        from fasttransport.errors import APIError
 
         try:
             return fn(**kwargs)
@@ -132,16 +133,15 @@ class GitHub:
             raise GitHubError(redact(_describe(what, resp.status_code, resp.headers, _message(resp)), self._token)) from None
         except httpx2.HTTPError as exc:
             raise GitHubError(redact(f"GitHub API {what}: cannot connect: {exc}", self._token)) from None
-        except Exception as exc:  # fasttransport's APIError (and the like) carry a status too
-            status = getattr(exc, "status_code", None)
-            if status is None:
-                raise
-            resp = getattr(exc, "response", None)
-            headers = getattr(resp, "headers", {}) or {}
+        except APIError as exc:  # fasttransport's error type (ghapi >= 2)
+            status = exc.status_code
+            if status is None:  # no HTTP response at all
+                cause = exc.raw if exc.raw is not None else exc.message
+                raise GitHubError(redact(f"GitHub API {what}: cannot connect: {cause}", self._token)) from None
             if missing_ok and status == 404:
                 return None
-            msg = getattr(exc, "message", "") or str(exc)
-            raise GitHubError(redact(_describe(what, status, headers, msg), self._token)) from None
+            headers = getattr(exc.response, "headers", None) or {}
+            raise GitHubError(redact(_describe(what, status, headers, exc.message), self._token)) from None
 
 
 def _message(resp: Any) -> str:
