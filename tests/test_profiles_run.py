@@ -8,6 +8,7 @@ compares a rerun in the minified image against the traced run.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def reference_image(docker_client, request):
     tag = f"ndgen-test-profile-{profile.name.replace('_', '-')}"
     built = ensure_reference_image(docker_client, tag, profile.apt)
     yield profile, tag
-    if built:  # images that were already there (a developer's cache) stay
+    # Images that were already there (a developer's cache) stay; so do new ones on request.
+    if built and os.environ.get("NDGEN_KEEP_TEST_IMAGES") != "1":
         docker_client.images.remove(tag, force=True)
 
 

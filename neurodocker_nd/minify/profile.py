@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig
 
 SCHEMA_NAME = "profile.schema.json"
+REFERENCE_LABEL = "org.ndgen.reference.apt"  # the Debian packages a reference image holds
 
 
 @attrs.frozen
@@ -116,22 +117,28 @@ def reference_dockerfile(apt: Sequence[str], base: str = "debian:bookworm") -> s
 
 
 def ensure_reference_image(client: Any, tag: str, apt: Sequence[str], base: str = "debian:bookworm") -> bool:
-    """Build `tag` from `reference_dockerfile` unless it exists; True when it was built now."""
+    """Build `tag` from `reference_dockerfile` unless it exists with the same packages.
+
+    The package list is stored as a label, so editing a profile's `apt` rebuilds
+    its image instead of silently reusing a stale one.  True when built now.
+    """
     import docker.errors
 
+    wanted = " ".join(apt)
     try:
-        client.images.get(tag)
-        return False
+        if client.images.get(tag).labels.get(REFERENCE_LABEL) == wanted:
+            return False
     except docker.errors.ImageNotFound:
         pass
     try:
         client.images.build(
             fileobj=io.BytesIO(reference_dockerfile(apt, base).encode()),
             tag=tag,
+            labels={REFERENCE_LABEL: wanted},
             network_mode="host",  # no bridge network on this engine; apt needs the mirror
             rm=True,
             forcerm=True,
         )
     except (docker.errors.BuildError, docker.errors.APIError) as exc:
-        raise NdgenError(f"cannot build reference image {tag} ({' '.join(apt)}): {exc}") from exc
+        raise NdgenError(f"cannot build reference image {tag} ({wanted}): {exc}") from exc
     return True
