@@ -206,8 +206,16 @@ def _yaml_path(parts: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
-def _key_line(node: yaml.Node, parts: list[Any], text: str) -> int:
-    """1-based line of the entry at `parts` (its key line for mapping entries)."""
+def line_of(path: Path, parts: list[Any]) -> int:
+    """1-based line of the entry at JSON path `parts` in a YAML file.
+
+    Uses yaml's node marks; for a mapping entry it is the key's line, where a
+    reader looks for "binaries: 'instructions' is a required property".  The
+    file is parsed again only on this error path, so valid files parse once.
+    """
+    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    if node is None:
+        return 1
     for i, p in enumerate(parts):
         if isinstance(node, yaml.MappingNode):
             match = next(((k, v) for k, v in node.value if str(k.value) == str(p)), None)
@@ -255,12 +263,15 @@ def check_schema(data: Any, path: Path, validator, what: str) -> None:
     if error is None:
         return
     parts = list(error.absolute_path)
-    text = path.read_text(encoding="utf-8")
-    node = yaml.compose(text, Loader=_Loader)
-    line = _key_line(node, parts, text) if node is not None else 1
-    raise RegistryError(
-        f"{path}:{line}: {_yaml_path(parts)}: {error.message} ({what} schema)"
-    )
+    raise RegistryError(f"{path}:{line_of(path, parts)}: {_yaml_path(parts)}: {error.message} ({what} schema)")
+
+
+def _check_name(data: Mapping[str, Any], path: Path, expect_name: str | None) -> None:
+    """An entry's `name` must be its directory name (= the template name)."""
+    if expect_name is not None and data["name"] != expect_name:
+        raise RegistryError(
+            f"{path}:{line_of(path, ['name'])}: name: {data['name']!r} must be {expect_name!r} (the directory name)"
+        )
 
 
 def upstream_templates_dir() -> Path:
@@ -348,20 +359,14 @@ class Registry:
         data = read_yaml(path)
         if check:
             check_schema(data, path, self._template_validator, "neurodocker template")
-        if expect_name is not None and data["name"] != expect_name:
-            raise RegistryError(
-                f"{path}:{_line_of(path, ['name'])}: name: {data['name']!r} must be {expect_name!r} (the directory name)"
-            )
+        _check_name(data, path, expect_name)
         return MappingProxyType(data)
 
     def load_meta(self, path: Path, expect_name: str | None = None) -> Meta:
         """Read and validate an ndgen meta.yaml file."""
         data = read_yaml(path)
         check_schema(data, path, self._meta_validator, "ndgen meta")
-        if expect_name is not None and data["name"] != expect_name:
-            raise RegistryError(
-                f"{path}:{_line_of(path, ['name'])}: name: {data['name']!r} must be {expect_name!r} (the directory name)"
-            )
+        _check_name(data, path, expect_name)
         return Meta.from_dict(data)
 
     def get(self, name: str) -> Entry:
@@ -409,12 +414,6 @@ class Registry:
         if key not in self._memo:
             self._memo[key] = self.load_template(self.upstream_dir / f"{name}.yaml", expect_name=name, check=False)
         return self._memo[key]
-
-
-def _line_of(path: Path, parts: list[Any]) -> int:
-    text = path.read_text(encoding="utf-8")
-    node = yaml.compose(text, Loader=_Loader)
-    return _key_line(node, parts, text) if node is not None else 1
 
 
 def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
