@@ -274,6 +274,17 @@ def _check_name(data: Mapping[str, Any], path: Path, expect_name: str | None) ->
         )
 
 
+def _check_version_keys(data: Mapping[str, Any], path: Path) -> None:
+    """Version keys must be strings: YAML reads an unquoted `3.0:` as the float 3.0."""
+    urls = (data.get("binaries") or {}).get("urls") or {}
+    for key in urls:
+        if not isinstance(key, str):
+            raise RegistryError(
+                f"{path}:{line_of(path, ['binaries', 'urls', key])}: binaries.urls.{key}: "
+                f"version {key!r} is not a string; quote it (\"{key}\")"
+            )
+
+
 def upstream_templates_dir() -> Path:
     """The installed neurodocker's own `templates/` directory."""
     import importlib.util
@@ -359,6 +370,7 @@ class Registry:
         data = read_yaml(path)
         if check:
             check_schema(data, path, self._template_validator, "neurodocker template")
+            _check_version_keys(data, path)
         _check_name(data, path, expect_name)
         return MappingProxyType(data)
 

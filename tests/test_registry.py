@@ -176,3 +176,19 @@ def test_project_registry_is_valid():
 def test_unknown_name_is_ndgen_error(tmp_path):
     with pytest.raises(NdgenError, match="did you mean: fsl"):
         Registry(registry_dir=tmp_path).get("fsll")
+
+
+def test_unquoted_float_version_is_reported(tmp_path):
+    entry = copy_fixture(tmp_path, "hello")
+    tpl = entry / "template.yaml"
+    tpl.write_text(tpl.read_text().replace('"2.9":', "2.9:"))
+    line = tpl.read_text().splitlines().index("    2.9: https://ftp.gnu.org/gnu/hello/hello-2.9.tar.gz") + 1
+    with pytest.raises(RegistryError, match=rf"{tpl}:{line}: binaries\.urls\.2\.9: version 2\.9 is not a string; quote it"):
+        Registry(registry_dir=tmp_path / "registry").get("hello")
+
+
+def test_non_mapping_yaml_is_a_schema_error(tmp_path):
+    entry = copy_fixture(tmp_path, "hello")
+    (entry / "meta.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(RegistryError, match=r"meta.yaml:1: \(top level\): \[.*\] is not of type 'object'"):
+        Registry(registry_dir=tmp_path / "registry").get("hello")
