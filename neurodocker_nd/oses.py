@@ -7,6 +7,7 @@ templates with an `os_codename` argument need it).
 
 from __future__ import annotations
 
+import re
 from types import MappingProxyType
 from typing import Literal, Mapping
 
@@ -65,6 +66,19 @@ def preset_names() -> tuple[str, ...]:
     return tuple(ALIASES) + tuple(PRESETS)
 
 
+# A Docker image reference: [registry[:port]/]name[:tag][@digest].  Anything
+# else (spaces, quotes, newlines) would be rendered straight into FROM/LABEL.
+_IMAGE_RE = re.compile(
+    r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[A-Za-z0-9][A-Za-z0-9._/-]*(?::[A-Za-z0-9._-]+)?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+def _check_image(image: str) -> str:
+    if not _IMAGE_RE.match(image) or "//" in image:
+        raise NdgenError(f"--base-image {image!r} is not a Docker image reference (name[:tag][@sha256:…])")
+    return image
+
+
 def resolve_target(
     os_name: str | None, base_image: str | None = None, pkg_manager: str | None = None
 ) -> Target:
@@ -81,7 +95,7 @@ def resolve_target(
             # --base-image narrows the preset to a derived image of the same OS.
             return attrs.evolve(
                 preset,
-                base_image=base_image,
+                base_image=_check_image(base_image),
                 pkg_manager=pkg_manager or preset.pkg_manager,
             )
         if pkg_manager and pkg_manager != preset.pkg_manager:
@@ -93,5 +107,5 @@ def resolve_target(
     if base_image:
         if pkg_manager not in ("apt", "yum"):
             raise NdgenError(f"--base-image {base_image} needs --pkg-manager apt|yum")
-        return Target(base_image=base_image, pkg_manager=pkg_manager, os_name=base_image)  # type: ignore[arg-type]
+        return Target(base_image=_check_image(base_image), pkg_manager=pkg_manager, os_name=base_image)  # type: ignore[arg-type]
     raise NdgenError("no OS given: use --os OS[:VERSION] or --base-image IMAGE --pkg-manager apt|yum")

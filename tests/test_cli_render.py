@@ -42,6 +42,7 @@ BAD = [
     ("subshell", ["--pkg", "ants,install_path=$(id)", "--os", "ubuntu"], None, "value of install_path contains '$'"),
     ("newline", ["--pkg", "ants,install_path=/opt/a\nRUN id", "--os", "ubuntu"], None, "value of install_path contains a newline"),
     ("no-os", ["--pkg", "ants"], None, "no OS given"),
+    ("bad-base-image", ["--pkg", "ants", "--base-image", "ubuntu\nRUN id", "--pkg-manager", "apt"], None, "is not a Docker image reference"),
     ("unknown-method", ["--pkg", "hello,method=source", "--os", "ubuntu"], None, "unknown method 'source'"),
     ("malformed-yaml", ["--pkg", "hello", "--os", "ubuntu"], "yaml", "hello/meta.yaml:3: malformed YAML"),
     ("schema-violation", ["--pkg", "hello", "--os", "ubuntu"], "schema", "hello/meta.yaml:5: test: [1, 2] is not of type 'string'"),

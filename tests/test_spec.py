@@ -178,3 +178,14 @@ def test_base_image_refines_preset():
 
 def test_every_preset_is_distinct():
     assert len({t.base_image for t in PRESETS.values()}) == len(PRESETS)
+
+
+@pytest.mark.parametrize("image", ["ubuntu:24.04\nRUN id", "my image", "img:tag;id", 'a"b', "-x"])
+def test_bad_base_image_rejected(image):
+    with pytest.raises(NdgenError, match="is not a Docker image reference"):
+        resolve_target(None, image, "apt")
+
+
+@pytest.mark.parametrize("image", ["localhost:5000/org/img:1.0", "ghcr.io/a/b@sha256:" + "0" * 64, "busybox"])
+def test_good_base_image_accepted(image):
+    assert resolve_target(None, image, "apt").base_image == image
