@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.minify import image, keep, verify
+from neurodocker_nd.minify import image, keep, run, verify
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, in_image_path
 from neurodocker_nd.minify.run import Mount, resolve_user, sandbox_command, sandbox_env
 from neurodocker_nd.minify.source import ImageConfig
@@ -167,16 +167,20 @@ def test_mount_parse_errors_name_the_culprit(tmp_path):
 
 def test_sandbox_is_docker_like(rootfs, tmp_path):
     config = _config(env=("PATH=/opt/bin", "FOO=1"), workdir="/work", user="neuro:users")
+    # pytest's tmp_path is 0700: neuro cannot reach it, so bwrap stays root and maps the ids.
+    mapped = " ".join(sandbox_command(rootfs, config, "true").argv)
+    assert "--unshare-user --uid 1000 --gid 100" in mapped
     assert resolve_user(rootfs, "neuro:users").gid == 100
     assert resolve_user(rootfs, "").home == "/root"
     with pytest.raises(NdgenError, match="no such user"):
         resolve_user(rootfs, "ghost")
     env = sandbox_env(rootfs, config)
     assert env == {"PATH": "/opt/bin", "HOSTNAME": "ndgen-minify", "HOME": "/home/neuro", "FOO": "1"}
-    argv = sandbox_command(rootfs, config, "echo hi", [Mount(host=tmp_path, target="/data", read_only=True)]).argv
-    joined = " ".join(argv)
+    sandbox = sandbox_command(rootfs, config, "echo hi", [Mount(host=tmp_path, target="/data", read_only=True)])
+    argv, joined = sandbox.argv, " ".join(sandbox.argv)
     assert "--unshare-net" in argv and "--tmpfs /tmp" in joined and "--proc /proc" in joined
-    assert "--uid 1000 --gid 100" in joined and "--chdir /work" in joined
+    assert "--chdir /work" in joined
+    assert run._reachable(Path("/usr/bin"), 1000, 100) and not run._reachable(tmp_path, 1000, 100)
     assert f"--ro-bind {tmp_path} /data" in joined and argv[-3:] == ("/bin/sh", "-c", "echo hi")
 
 

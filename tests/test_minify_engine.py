@@ -12,9 +12,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import struct
 import sys
+import tempfile
 import tarfile
 import uuid
 from pathlib import Path
@@ -62,6 +64,16 @@ def app_image(docker_client, base_image):
         tar.addfile(info, io.BytesIO(data))
     context.seek(0)
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="host", rm=True)
+    yield tag
+    _remove(docker_client, tag)
+
+
+@pytest.fixture(scope="module")
+def user_image(docker_client, app_image):
+    """The app image with a non-root USER, as many published images have."""
+    tag = f"{PREFIX}-user:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {app_image}\nRUN useradd -m -u 1000 neuro\nUSER neuro\nWORKDIR /home/neuro\n"
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
     yield tag
     _remove(docker_client, tag)
 
@@ -294,3 +306,21 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
     ).stdout
     assert "export PYTHONPATH='/opt/app'" in env
     assert docker_client.images.get(new_tag)
+
+
+def test_non_root_user_runs_with_docker_permissions(docker_client, user_image, new_tag, monkeypatch):
+    # Under a world-traversable directory (pytest's tmp_path is 0700): the image's USER runs
+    # bwrap itself then, so permissions are Docker's; elsewhere it is mapped to root instead.
+    base = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
+    base.chmod(0o755)
+    scratch = base / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("NDGEN_SCRATCH", str(scratch))
+    data = base / "data"
+    data.mkdir()
+    os.chown(data, 1000, 1000)
+    # Writable where the user may write, refused where Docker would refuse it too.
+    command = "id -u; echo $HOME; echo hi > /data/out.txt; touch /etc/nope 2>/dev/null || echo refused"
+    _minify(docker_client, user_image, new_tag, scratch, "-c", command, "-v", f"{data}:/data")
+    assert _run(docker_client, new_tag, "id -u; echo $HOME") == b"1000\n/home/neuro\n"
+    shutil.rmtree(base)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -62,6 +63,11 @@ class SandboxCommand:
 
     argv: tuple[str, ...]
     env: dict[str, str]
+    # Ids to run bwrap itself as: the image's USER when it can reach the rootfs and the
+    # mounts (bwrap then makes an identity-mapped user namespace, and file permissions
+    # act as in Docker); 0 otherwise.
+    uid: int = 0
+    gid: int = 0
 
 
 @attrs.frozen
@@ -140,14 +146,56 @@ def sandbox_command(
         "--hostname", HOSTNAME,
         "--die-with-parent",
     ]  # fmt: skip
-    if ids.uid != 0 or ids.gid != 0 or not has_cap_sys_admin():
-        # bwrap switches ids only inside a user namespace, and without CAP_SYS_ADMIN
-        # a user namespace is the only way it may create the others.
+    as_user = (ids.uid or ids.gid) and all(
+        _reachable(p, ids.uid, ids.gid) for p in (rootfs, *(m.host for m in mounts))
+    )
+    if not as_user and (ids.uid or ids.gid or not has_cap_sys_admin()):
+        # bwrap run by root switches ids only inside a user namespace mapping them to root
+        # (so permissions are looser than Docker's); root without CAP_SYS_ADMIN also needs one.
         argv += ["--unshare-user", "--uid", str(ids.uid), "--gid", str(ids.gid)]
     for mount in mounts:
+        if as_user:
+            _make_mountpoint(rootfs, mount)
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.target]
     argv += ["--chdir", config.workdir or "/", "--", SHELL, "-c", command]
-    return SandboxCommand(argv=tuple(argv), env=sandbox_env(rootfs, config))
+    uid, gid = (ids.uid, ids.gid) if as_user else (0, 0)
+    return SandboxCommand(argv=tuple(argv), env=sandbox_env(rootfs, config), uid=uid, gid=gid)
+
+
+def _make_mountpoint(rootfs: Path, mount: Mount) -> None:
+    """Create a missing mount point in a writable view, as Docker does: bwrap running as the
+    image's USER may not.  Only through real directories: a symlink could lead to the host."""
+    current = Path(rootfs)
+    parts = mount.target.strip("/").split("/")
+    for index, part in enumerate(parts):
+        current = current / part
+        last = index == len(parts) - 1
+        try:
+            if current.is_symlink():
+                return
+            if not current.exists():
+                if last and not mount.host.is_dir():
+                    current.touch()
+                else:
+                    current.mkdir()
+        except OSError:
+            return  # a read-only view: bwrap reports it if it matters
+
+
+def _reachable(path: Path, uid: int, gid: int) -> bool:
+    """Whether `uid:gid` may traverse every directory down to `path` (bwrap resolves it as them)."""
+    current = Path(path).absolute()
+    for directory in (current, *current.parents):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def run_plain(
@@ -162,11 +210,15 @@ def run_sandboxed(
 ) -> CommandResult:
     """Exec `prefix + sandbox.argv`, capturing output; `command` is what the user wrote."""
     start = time.perf_counter()
+    as_user = {}
+    if sandbox.uid or sandbox.gid:
+        as_user = {"user": sandbox.uid, "group": sandbox.gid, "extra_groups": []}
     proc = subprocess.run(
         [*prefix, *sandbox.argv],
         env=sandbox.env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
+        **as_user,
     )
     if proc.returncode == 1 and proc.stderr.startswith(b"bwrap: "):
         # The sandbox itself failed (namespaces, mounts): not the user's command.

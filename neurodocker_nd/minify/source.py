@@ -239,7 +239,9 @@ def interrupts_as_exceptions() -> Iterator[None]:
 
 def make_scratch(prefix: str = "ndgen-minify-") -> Path:
     base = os.environ.get("NDGEN_SCRATCH") or None
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    scratch.chmod(0o711)  # an image's non-root USER must reach its rootfs view below
+    return scratch
 
 
 @contextlib.contextmanager

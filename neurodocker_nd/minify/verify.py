@@ -97,8 +97,20 @@ def _copy(source: Path, target: Path) -> None:
             raise OSError(code, os.strerror(code), dst) from exc
     else:
         shutil.copy2(source, target)
-    # The workload may run as the image's USER: let it write where the user's dir allowed.
+    # The workload may run as the image's USER: owners and modes as in the user's directory.
+    for src, dst in _pairs(source, target):
+        st = os.lstat(src)
+        os.lchown(dst, st.st_uid, st.st_gid)
     shutil.copystat(source, target, follow_symlinks=False)
+
+
+def _pairs(source: Path, target: Path) -> list[tuple[str, str]]:
+    pairs = [(str(source), str(target))]
+    if source.is_dir() and not source.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(source):
+            rel = os.path.relpath(dirpath, source)
+            pairs += [(os.path.join(dirpath, n), os.path.join(target, rel, n)) for n in dirnames + filenames]
+    return pairs
 
 
 # -- rerun in the new image ------------------------------------------------------------------
