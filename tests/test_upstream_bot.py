@@ -130,7 +130,16 @@ def test_open_then_idempotent_then_update_then_close_when_landed(world):
     assert [(r.method, r.body) for r in gh.writes() if r.method == "PATCH"] == [("PATCH", {"state": "closed"})]
     assert not [r for r in gh.writes() if r.path.endswith("/pulls") and r.method == "POST"]
 
-    _assert_token_nowhere(tmp, first, second, third, fourth)
+    # 5th run: maintainers close the tinytool PR unmerged -> the same series is not proposed again.
+    pulls[tiny_pr]["state"] = "closed"
+    gh.requests.clear()
+    fifth = _pr(tmp, gh, patches, "--apply")
+    assert fifth.returncode == 0, fifth.stderr
+    assert not gh.writes() and len(pulls) == 2
+    assert f"#{tiny_pr} with this series was closed upstream; not reopening" in fifth.stdout
+    assert any(r.query.get("state") == ["closed"] for r in gh.requests)
+
+    _assert_token_nowhere(tmp, first, second, third, fourth, fifth)
     for repo in (UPSTREAM, FORK):
         config = (gh.git_root / f"{repo}.git" / "config").read_text()
         assert TOKEN not in config and "extraheader" not in config.lower()

@@ -127,6 +127,8 @@ class FakeGitHub:
             state = query.get("state", ["open"])[0]
             per_page, page = int(query.get("per_page", ["30"])[0]), int(query.get("page", ["1"])[0])
             pulls = [p for _, p in sorted(repo.pulls.items()) if state == "all" or p["state"] == state]
+            if "head" in query:  # documented: exact `user:ref-name`
+                pulls = [p for p in pulls if p["head"]["label"] == query["head"][0]]
             return 200, pulls[(page - 1) * per_page: page * per_page]
         if rest == ["pulls"] and method == "POST":
             owner, _, branch = body["head"].partition(":")

@@ -11,7 +11,8 @@ State comes from GitHub, never from a local file:
 Per series: landed → close our PR with a comment; no PR → push the branch
 ``ndgen/<name>-<hash>`` to the fork and open one; a PR showing another hash →
 push the new branch, force-update the PR's head branch to the same commit and
-PATCH its title/body (one PR per template, never a second); same hash → nothing.
+PATCH its title/body (one PR per template, never a second); same hash → nothing;
+a closed PR of ours that showed this hash (maintainers declined it) → nothing either.
 Our open PRs for templates no longer exported are closed with a comment.
 
 The series is always applied (``git am -3``) onto upstream's current default
@@ -114,17 +115,14 @@ def run(config: BotConfig, patches_dir: Path, token: str | None) -> list[str]:
     series = read_series_dir(patches_dir)
     gh = GitHub(config.api_url, token)
     base_branch = gh.default_branch(config.upstream_repo)
-    ours: dict[str, list[PullRequest]] = {}
-    for pr in gh.open_pulls(config.upstream_repo):
-        name = series_name(pr.head_ref)
-        if name and pr.head_repo.lower() == config.fork.lower():
-            ours.setdefault(name, []).append(pr)
+    ours = _ours(gh.pulls(config.upstream_repo, "open"), config.fork)
+    declined = _Declined(gh, config)
     prefix = "" if config.apply else "[dry-run] would "
     report: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ndgen-pr-") as tmp:
         repo = _Git(Path(tmp), config, token, base_branch)
         for s in series:
-            report += _sync(gh, repo, config, s, ours.pop(s.name, []), base_branch, prefix)
+            report += _sync(gh, repo, config, s, ours.pop(s.name, []), declined, base_branch, prefix)
     for name, prs in sorted(ours.items()):
         for pr in prs:
             report.append(f"{name}: {prefix}close #{pr.number} (no longer exported)")
@@ -135,8 +133,32 @@ def run(config: BotConfig, patches_dir: Path, token: str | None) -> list[str]:
     return report
 
 
+def _ours(pulls: list[PullRequest], fork: str) -> dict[str, list[PullRequest]]:
+    """Pull requests from the fork's `ndgen/<name>-<hash>` branches, by template name."""
+    found: dict[str, list[PullRequest]] = {}
+    for pr in pulls:
+        name = series_name(pr.head_ref)
+        if name and pr.head_repo.lower() == fork.lower():
+            found.setdefault(name, []).append(pr)
+    return found
+
+
+class _Declined:
+    """Our closed PRs, listed once and only if a series has no open PR."""
+
+    def __init__(self, gh: GitHub, config: BotConfig) -> None:
+        self._gh, self._config = gh, config
+        self._closed: dict[str, list[PullRequest]] | None = None
+
+    def find(self, s: ExportedSeries) -> PullRequest | None:
+        """A closed PR of ours that showed exactly this series."""
+        if self._closed is None:
+            self._closed = _ours(self._gh.pulls(self._config.upstream_repo, "closed"), self._config.fork)
+        return next((pr for pr in self._closed.get(s.name, []) if shown_hash(pr) == s.content_hash), None)
+
+
 def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: list[PullRequest],
-          base_branch: str, prefix: str) -> list[str]:
+          declined: _Declined, base_branch: str, prefix: str) -> list[str]:
     upstream_file = gh.file_text(config.upstream_repo, f"{TEMPLATES}/{s.name}.yaml", base_branch)
     if _same_template(upstream_file, s.template_text):
         if not prs:
@@ -150,6 +172,11 @@ def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: lis
     commit = repo.apply(s)  # proves the series still applies, in dry runs too
     head = f"{config.fork.split('/')[0]}:{s.branch}"
     if not prs:
+        closed = declined.find(s)
+        if closed is not None:
+            # Maintainers closed this exact series: proposing it again would be spam.
+            return [f"{s.name}: #{closed.number} with this series was closed upstream; not reopening"
+                    " (a changed template gets a new branch and a new PR)"]
         if config.apply:
             repo.push(commit, [s.branch])
             pr = gh.create_pull(config.upstream_repo, s.title, s.body, head, base_branch)

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from neurodocker_nd.errors import NdgenError
 
+# Git ignores a global config file that does not exist: that is how the user's
+# ~/.gitconfig is kept out (not /dev/null, which a broken host may turn into a file).
+NO_GLOBAL_CONFIG = "/nonexistent/ndgen/gitconfig"
 # A fixed identity and clock make commits (and so format-patch output) reproducible.
 AUTHOR_NAME = "ndgen"
 AUTHOR_EMAIL = "ndgen@users.noreply.github.com"
@@ -46,7 +49,7 @@ def base_env(token: str | None = None) -> dict[str, str]:
     }
     env.update(
         GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_GLOBAL=NO_GLOBAL_CONFIG,
         GIT_AUTHOR_NAME=AUTHOR_NAME,
         GIT_AUTHOR_EMAIL=AUTHOR_EMAIL,
         GIT_COMMITTER_NAME=AUTHOR_NAME,

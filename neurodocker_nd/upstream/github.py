@@ -3,7 +3,7 @@
 Endpoints (documented at docs.github.com/rest):
 
     GET   /repos/{owner}/{repo}                         default branch
-    GET   /repos/{owner}/{repo}/pulls?state=open        our open PRs (paginated)
+    GET   /repos/{owner}/{repo}/pulls?state=open|closed our PRs (paginated)
     POST  /repos/{owner}/{repo}/pulls                   open a PR
     PATCH /repos/{owner}/{repo}/pulls/{number}          update / close a PR
     POST  /repos/{owner}/{repo}/issues/{number}/comments
@@ -70,15 +70,15 @@ class GitHub:
         data = self._call(f"GET /repos/{repo}", self._api.repos.get, owner=owner, repo=name)
         return str(data["default_branch"])
 
-    def open_pulls(self, repo: str) -> list[PullRequest]:
+    def pulls(self, repo: str, state: str = "open") -> list[PullRequest]:
         owner, name = split_repo(repo)
         found: list[PullRequest] = []
         page = 1
         while True:
             batch = self._call(
-                f"GET /repos/{repo}/pulls",
+                f"GET /repos/{repo}/pulls?state={state}",
                 self._api.pulls.list,
-                owner=owner, repo=name, state="open", per_page=PER_PAGE, page=page,
+                owner=owner, repo=name, state=state, per_page=PER_PAGE, page=page,
             )
             found.extend(_pull(p) for p in batch)
             if len(batch) < PER_PAGE:
