@@ -87,10 +87,15 @@ def main() -> None:
     # (a) cold single render
     nd_min, nd_med = cold(nd + ["generate", "docker", "--pkg-manager", "apt", "--base-image", "ubuntu:24.04", "--ants", "version=2.6.2"], opts.runs)
     ng_min, ng_med = cold(NDGEN + ["--pkg", "ants", "--os", "ubuntu"], opts.runs)
+    # Floors: what any tool built on neurodocker.reproenv pays before doing anything.
+    py_min, py_med = cold([sys.executable, "-c", "pass"], opts.runs)
+    imp_min, imp_med = cold([sys.executable, "-c", "import neurodocker.reproenv.renderers"], opts.runs)
     print("(a) cold single render, ants on ubuntu:24.04 (best / median of %d)" % opts.runs)
     print(f"    ndgen                 {ng_min:.3f} s / {ng_med:.3f} s   target <= 0.300 s: {'OK' if ng_min <= 0.3 else 'MISSED'}")
     print(f"    neurodocker generate  {nd_min:.3f} s / {nd_med:.3f} s")
     print(f"    ratio neurodocker/ndgen: {nd_min / ng_min:.2f}x (best), {nd_med / ng_med:.2f}x (median)")
+    print(f"    floors: python -c pass {py_min:.3f} s; python -c 'import neurodocker.reproenv.renderers' {imp_min:.3f} s"
+          f" -> ndgen adds {max(0.0, ng_min - imp_min) * 1000:.0f} ms on top of importing neurodocker's renderer")
 
     # (b) matrix
     with tempfile.TemporaryDirectory(prefix="ndgen-bench-") as tmp:

@@ -10,8 +10,9 @@ A thin layer over `DockerRenderer` / `SingularityRenderer`:
   list `Renderer.from_dict` consumes) into every recipe that needs it.  This
   is what makes `ndgen matrix` fast: neurodocker recompiles every Jinja
   template on every call;
-* `method=system` uses the renderer's own `install()` (apt/yum) after the
-  NeuroDebian template or EPEL when the entry asks for them;
+* `method=system` installs the entry's OS packages with the renderer's own
+  apt/yum command, through an in-memory template (`system_template`), after
+  the NeuroDebian template or EPEL when the entry asks for them;
 * two subclasses fix the JSON-saving printf (shellcheck SC2016, and invalid
   JSON from escaped parentheses) and complete the Singularity file with `%help`; the `_default`
   template's entrypoint snippet is rewritten to double quotes (SC2016).
@@ -255,9 +256,31 @@ class RecipeRenderer:
             assert nd.template is not None
             kwds = (("os_codename", target.codename), ("version", NEURODEBIAN_MIRROR))
             self._replay(r, self._block(str(nd.template_path), nd.template, "binaries", kwds, "apt"))
-        if target.pkg_manager == "yum" and system.epel:
-            r.install(["epel-release"])
-        r.install(list(system.packages(target.pkg_manager)))
+        key = f"{pkg.entry.meta_path}#system"
+        self._replay(r, self._block(key, system_template(pkg.entry, target.pkg_manager), "source", (), target.pkg_manager))
+
+
+def system_template(entry, pkg_manager: str) -> dict[str, Any]:
+    """An in-memory neurodocker template installing an entry's OS packages.
+
+    The packages are the template's `dependencies`, so neurodocker's renderer
+    writes its own apt/yum install command (`install_dependencies()`), the
+    same one `Renderer.install()` writes — in a single, singly-indented RUN and
+    logged once in the saved spec (`install()` is logged together with the
+    `run()` it makes, so a replayed spec would install twice).  EPEL comes
+    first on yum when the entry asks for it.
+    """
+    system = entry.meta.system
+    steps = []
+    if pkg_manager == "yum" and system.epel:
+        steps.append("{{ self.install(['epel-release']) }}")
+    steps.append("{{ self.install_dependencies() }}")
+    deps = {pm: list(system.packages(pm)) for pm in ("apt", "yum") if system.packages(pm)}
+    return {
+        "name": entry.name,
+        "url": entry.meta.homepage,
+        "source": {"dependencies": deps, "instructions": "\n".join(steps)},
+    }
 
 
 # ---------------------------------------------------------------- text pieces

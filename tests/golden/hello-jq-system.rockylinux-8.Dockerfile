@@ -36,9 +36,9 @@ RUN yum install -y -q \
     && mkdir -p /opt/hello-2.10 \
     && curl -fsSL https://ftp.gnu.org/gnu/hello/hello-2.10.tar.gz | tar -xz -C /opt/hello-2.10 --strip-components 1
 RUN yum install -y -q \
-                  jq \
-           && yum clean all \
-           && rm -rf /var/cache/yum/*
+           jq \
+    && yum clean all \
+    && rm -rf /var/cache/yum/*
 LABEL org.opencontainers.image.title="hello-jq" \
       org.opencontainers.image.description="hello 2.10 (binaries); jq (system) on rockylinux:8" \
       org.opencontainers.image.base.name="rockylinux:8" \
@@ -87,17 +87,9 @@ RUN printf '{ \
       } \
     }, \
     { \
-      "name": "install", \
-      "kwds": { \
-        "pkgs": [ \
-          "jq" \
-        ] \
-      } \
-    }, \
-    { \
       "name": "run", \
       "kwds": { \
-        "command": "yum install -y -q \\\\\\n           jq \\\\\\n    && yum clean all \\\\\\n    && rm -rf /var/cache/yum/*" \
+        "command": "yum install -y -q \\\\\\n    jq\\nyum clean all\\nrm -rf /var/cache/yum/*" \
       } \
     }, \
     { \

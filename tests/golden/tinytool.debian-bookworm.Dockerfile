@@ -40,9 +40,9 @@ RUN apt-get update -qq \
     && (apt-key adv --refresh-keys --keyserver hkp://pool.sks-keyservers.net:80 0xA5D32F012649A5A9 || true) \
     && apt-get -qq update
 RUN apt-get update -qq \
-           && apt-get install -y -q --no-install-recommends \
-                  dcmtk \
-           && rm -rf /var/lib/apt/lists/*
+    && apt-get install -y -q --no-install-recommends \
+           dcmtk \
+    && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="tinytool" \
       org.opencontainers.image.description="tinytool (system) on debian:bookworm" \
       org.opencontainers.image.base.name="debian:bookworm" \
@@ -85,17 +85,9 @@ RUN printf '{ \
       } \
     }, \
     { \
-      "name": "install", \
-      "kwds": { \
-        "pkgs": [ \
-          "dcmtk" \
-        ] \
-      } \
-    }, \
-    { \
       "name": "run", \
       "kwds": { \
-        "command": "apt-get update -qq \\\\\\n    && apt-get install -y -q --no-install-recommends \\\\\\n           dcmtk \\\\\\n    && rm -rf /var/lib/apt/lists/*" \
+        "command": "apt-get update -qq\\napt-get install -y -q --no-install-recommends \\\\\\n    dcmtk\\nrm -rf /var/lib/apt/lists/*" \
       } \
     }, \
     { \
