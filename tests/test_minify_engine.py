@@ -13,11 +13,13 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import struct
 import sys
 import tempfile
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -324,3 +326,43 @@ def test_non_root_user_runs_with_docker_permissions(docker_client, user_image, n
     _minify(docker_client, user_image, new_tag, scratch, "-c", command, "-v", f"{data}:/data")
     assert _run(docker_client, new_tag, "id -u; echo $HOME") == b"1000\n/home/neuro\n"
     shutil.rmtree(base)
+
+
+def test_profile_file_setup_seeds_mounts_and_keep_rules(docker_client, app_image, new_tag, scratch, tmp_path):
+    profile = tmp_path / "apptest.yaml"
+    profile.write_text(
+        "name: apptest\n"
+        'description: "tool.py on setup-made input"\n'
+        "mounts: [/data]\n"
+        "setup:\n"
+        "  - echo quiet > /data/in.txt\n"
+        "commands:\n"
+        "  - python3 /opt/app/tool.py $(cat /data/in.txt) > /data/out.txt\n"
+        "keep: [/etc/ndgen-flag]\n"
+    )
+    report = tmp_path / "report.json"
+    _minify(docker_client, app_image, new_tag, scratch, "--profile", str(profile), "--report", str(report))
+    data = json.loads(report.read_text())
+    assert data["verified"] is True and data["keep_reasons"]["profile"] >= 1
+    assert [c["command"] for c in data["commands"]] == ["python3 /opt/app/tool.py $(cat /data/in.txt) > /data/out.txt"]
+    assert "etc/ndgen-flag" in _members(docker_client, new_tag)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_nothing_behind(docker_client, app_image, new_tag, scratch, signum):
+    source_id = _image_id(docker_client, app_image)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurodocker_nd.cli", "minify", app_image, "-t", new_tag, "-c", "sleep 60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(scratch.glob("*/trace/rootfs")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the sandboxed `sleep` is running now
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() in ("ndgen: aborted", "ndgen: interrupted")
+    _assert_clean(scratch, docker_client, app_image, source_id)
+    assert not [m for m in Path("/proc/mounts").read_text().splitlines() if str(scratch) in m]
