@@ -257,10 +257,10 @@ class RecipeRenderer:
             kwds = (("os_codename", target.codename), ("version", NEURODEBIAN_MIRROR))
             self._replay(r, self._block(str(nd.template_path), nd.template, "binaries", kwds, "apt"))
         key = f"{pkg.entry.meta_path}#system"
-        self._replay(r, self._block(key, system_template(pkg.entry, target.pkg_manager), "source", (), target.pkg_manager))
+        self._replay(r, self._block(key, system_template(pkg.entry), "source", (), target.pkg_manager))
 
 
-def system_template(entry, pkg_manager: str) -> dict[str, Any]:
+def system_template(entry) -> dict[str, Any]:
     """An in-memory neurodocker template installing an entry's OS packages.
 
     The packages are the template's `dependencies`, so neurodocker's renderer
@@ -271,15 +271,15 @@ def system_template(entry, pkg_manager: str) -> dict[str, Any]:
     first on yum when the entry asks for it.
     """
     system = entry.meta.system
-    steps = []
-    if pkg_manager == "yum" and system.epel:
-        steps.append("{{ self.install(['epel-release']) }}")
-    steps.append("{{ self.install_dependencies() }}")
+    instructions = "{{ self.install_dependencies() }}"
+    if system.epel:
+        # Decided at render time, as upstream templates do: one template serves apt and yum.
+        instructions = "{% if self.pkg_manager == 'yum' %}{{ self.install(['epel-release']) }}\n{% endif %}" + instructions
     deps = {pm: list(system.packages(pm)) for pm in ("apt", "yum") if system.packages(pm)}
     return {
         "name": entry.name,
         "url": entry.meta.homepage,
-        "source": {"dependencies": deps, "instructions": "\n".join(steps)},
+        "source": {"dependencies": deps, "instructions": instructions},
     }
 
 
