@@ -38,7 +38,32 @@ class FakeRepo:
     comments: dict[int, list[str]] = attrs.Factory(dict)
 
 
-class FakeGitHub:
+class _LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (ephemeral port), started/stopped as a context."""
+
+    def _start_server(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+
+class FakeGitHub(_LocalServer):
     """State + request log; `git_root/<owner>/<name>.git` are the bare repositories."""
 
     def __init__(self, git_root: Path) -> None:
@@ -48,22 +73,11 @@ class FakeGitHub:
         self.next_number = 1
         self.fail_with: tuple[int, dict[str, str], dict] | None = None  # (status, headers, body)
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._start_server()
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> "FakeGitHub":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        return self.base_url
 
     def writes(self) -> list[Request]:
         return [r for r in self.requests if r.method != "GET"]
@@ -262,7 +276,7 @@ def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"]) -> Pat
 # ---------------------------------------------------------------- git smart HTTP
 
 
-class GitHttpServer:
+class GitHttpServer(_LocalServer):
     """`git http-backend` behind a local HTTP server that demands the token for pushes.
 
     Like GitHub over HTTPS: fetches are anonymous, pushes need
@@ -275,22 +289,11 @@ class GitHttpServer:
         self.expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
         self.auth_seen: list[str | None] = []
         self.pushes = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._start_server()
 
     @property
     def url_template(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/{{repo}}.git"
-
-    def __enter__(self) -> "GitHttpServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        return self.base_url + "/{repo}.git"
 
     def _handler(self):
         srv = self

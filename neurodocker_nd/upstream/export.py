@@ -185,6 +185,20 @@ def _methods(data: Mapping[str, Any]) -> list[str]:
     return [m for m in ("binaries", "source") if m in data]
 
 
+def change_lines(c: Candidate, code: str = "") -> list[str]:
+    """Sentences saying what an update changes (`code` quotes key names, for Markdown)."""
+    added, removed, changed = version_changes(c)
+    lines = [
+        f"{label}: {', '.join(vs)}."
+        for label, vs in (("New versions", added), ("Removed versions", removed), ("Changed download URLs", changed))
+        if vs
+    ]
+    other = other_changes(c)
+    if other:
+        lines.append(f"Also changed: {', '.join(code + k + code for k in other)}.")
+    return lines
+
+
 def commit_message(c: Candidate) -> str:
     lines = [title_for(c), ""]
     if c.upstream_data is None:
@@ -194,13 +208,7 @@ def commit_message(c: Candidate) -> str:
         if versions:
             lines.append(f"Versions: {', '.join(versions)}.")
     else:
-        added, removed, changed = version_changes(c)
-        for label, vs in (("New versions", added), ("Removed versions", removed), ("Changed URLs", changed)):
-            if vs:
-                lines.append(f"{label}: {', '.join(vs)}.")
-        other = other_changes(c)
-        if other:
-            lines.append(f"Also changed: {', '.join(other)}.")
+        lines += change_lines(c)
     return "\n".join(lines) + "\n"
 
 
@@ -296,19 +304,13 @@ def _commit_series(base: UpstreamTree, c: Candidate, out: Path) -> tuple[list[Pa
 
 
 def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path], digest: str) -> str:
-    added, removed, changed = version_changes(c)
     what = []
     if c.upstream_data is None:
         what.append(f"Adds a template for **{c.name}** ({c.data.get('url', c.homepage)}): {c.description}")
         what.append(f"Methods: {', '.join(proof.methods)}.")
     else:
         what.append(f"Updates the **{c.name}** template.")
-        for label, vs in (("New versions", added), ("Removed versions", removed), ("Changed download URLs", changed)):
-            if vs:
-                what.append(f"{label}: {', '.join(vs)}.")
-        other = other_changes(c)
-        if other:
-            what.append(f"Also changed: {', '.join('`' + k + '`' for k in other)}.")
+        what += change_lines(c, code="`")
     why = c.notes or (
         f"neurodocker does not ship {c.name} yet." if c.upstream_data is None
         else f"neurodocker's {c.name} template lags the upstream releases."
