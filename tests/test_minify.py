@@ -207,3 +207,11 @@ def test_in_image_path():
     assert in_image_path("/tmp/x/rootfs/usr/bin/a", "/tmp/x/rootfs") == "/usr/bin/a"
     assert in_image_path("/tmp/x/rootfs", "/tmp/x/rootfs/") == "/"
     assert in_image_path("/tmp/x/rootfs2/a", "/tmp/x/rootfs") is None
+
+
+def test_singularity_runscript_and_env_follow_docker_semantics():
+    config = _config(env=("A=it's $HOME",), entrypoint=("/bin/tini", "--"), cmd=("mrinfo", "a b"))
+    script = image.singularity_runscript(config)
+    assert "exec '/bin/tini' '--' \"$@\"" in script and script.endswith("exec '/bin/tini' '--' 'mrinfo' 'a b'\n")
+    assert image.singularity_runscript(_config()).endswith("exec /bin/sh\n")
+    assert "export A='it'\"'\"'s $HOME'" in image.singularity_env(config)

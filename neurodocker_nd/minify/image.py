@@ -208,9 +208,12 @@ def singularity_env(config: ImageConfig) -> str:
 
 
 def singularity_runscript(config: ImageConfig) -> str:
-    argv = [*(config.entrypoint or ()), *(config.cmd or ())] if config.entrypoint else list(config.cmd or ())
-    body = " ".join(_sh_quote(a) for a in argv) if argv else "/bin/sh"
-    return f'#!/bin/sh\nif [ $# -gt 0 ]; then exec {" ".join(_sh_quote(a) for a in (config.entrypoint or ()))} "$@"; fi\nexec {body}\n' if config.entrypoint else f'#!/bin/sh\nif [ $# -gt 0 ]; then exec "$@"; fi\nexec {body}\n'
+    """`singularity run` semantics of `docker run`: arguments replace CMD, ENTRYPOINT stays."""
+    entrypoint = " ".join(_sh_quote(a) for a in config.entrypoint or ())
+    cmd = " ".join(_sh_quote(a) for a in config.cmd or ())
+    default = f"{entrypoint} {cmd}".strip() or "/bin/sh"
+    with_args = f'{entrypoint} "$@"' if entrypoint else '"$@"'
+    return f'#!/bin/sh\nif [ $# -gt 0 ]; then\n    exec {with_args}\nfi\nexec {default}\n'
 
 
 def _sh_quote(value: str) -> str:

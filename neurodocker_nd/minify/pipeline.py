@@ -124,6 +124,9 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
     with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
         with _step("open", progress, steps):
             source = stack.enter_context(open_source(client, options.image))
+            if source.method == "export-copy" and tracer.name == "fanotify":
+                # No overlay of our own to mark: fanotify would watch the whole host filesystem.
+                tracer, tracer_note = _ptrace(), "no overlay mount possible: using the ptrace tracer"
             mounts = options.mounts
             if options.profile is not None:
                 mounts += scratch_mounts(options.profile, source.scratch / "profile")
