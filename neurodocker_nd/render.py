@@ -14,12 +14,14 @@ A thin layer over `DockerRenderer` / `SingularityRenderer`:
   apt/yum command, through an in-memory template (`system_template`), after
   the NeuroDebian template or EPEL when the entry asks for them;
 * two subclasses fix the JSON-saving printf (shellcheck SC2016, and invalid
-  JSON from escaped parentheses) and complete the Singularity file with `%help`; the `_default`
-  template's entrypoint snippet is rewritten to double quotes (SC2016).
+  JSON from escaped parentheses) and complete the Singularity file with
+  `%help`; the `_default` template's entrypoint snippet is rewritten to
+  double quotes (SC2016).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Iterable, Literal, Mapping
 
@@ -44,7 +46,7 @@ HADOLINT_IGNORE: tuple[str, ...] = (
     "DL3008",  # apt packages not pinned: recipes track the distribution
     "DL3015",  # afni/spm12 `apt-get install` of .deb files without --no-install-recommends
     "DL3033",  # yum packages not pinned: same reason as DL3008
-    "DL3044",  # ENV referring to itself in the same statement (mrtrix3 template)
+    "DL3044",  # ENV referring to itself in the same statement (upstream mrtrix3 template)
     "DL4006",  # pipes without `set -o pipefail` (curl | tar in upstream templates)
     "SC2006",  # backticks in the bids_validator template
     "SC2086",  # unquoted variables in the afni template
@@ -103,6 +105,7 @@ def _printf_spec(cmd: str) -> str:
     return cmd.replace("$", "\\044").replace("`", "\\140")
 
 
+@functools.cache
 def _renderer_classes():
     """Imported lazily: neurodocker (and jsonschema, jinja2) only when rendering."""
     from neurodocker.reproenv.renderers import DockerRenderer, SingularityRenderer
