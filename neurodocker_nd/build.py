@@ -133,7 +133,7 @@ def build_recipe(
         if image_id is not None:
             repo, name_tag = engine.split_ref(tag)
             client.api.tag(image_id, repo, name_tag, force=True)
-            log.note(f"ndgen: {tag}: reusing {image_id[:19]} (same recipe-hash {digest[:12]})")
+            log.write(f"# reusing {image_id} (same recipe-hash {digest})\n")
         else:
             image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt)
         build_seconds = time.monotonic() - started

@@ -127,11 +127,6 @@ class StepLog:
         """Replace the live line; `done`/`total` drive the bar when given."""
         self._progress.update(self._task, description=text[:100], completed=done or 0, total=total)
 
-    def note(self, text: str) -> None:
-        """A line kept on screen (above the live line) and in the log."""
-        self._progress.console.print(text, markup=False, highlight=False)
-        self.write(text.rstrip("\n") + "\n")
-
 
 @contextmanager
 def step_log(path: Path, title: str) -> Iterator[StepLog]:
