@@ -12,25 +12,47 @@ command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v mksquashfs >/dev/null || need_apt+=(squashfs-tools)
 command -v strace >/dev/null || need_apt+=(strace)
 command -v git >/dev/null || need_apt+=(git)
+command -v xz >/dev/null || need_apt+=(xz-utils)
+[ -f /usr/share/distro-info/debian.csv ] || need_apt+=(distro-info-data)  # `ndgen base` suite names
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i warning || true
+# A virtualenv per checkout, outside the tree: Debian's python3 refuses system-wide
+# pip installs (PEP 668), and an editable install of *this* checkout must not
+# re-point a shared environment's `ndgen` at it. --system-site-packages reuses
+# whatever is installed already; pip only fetches what is missing.
+venv="${NDGEN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ndgen/venv-$(pwd -P | sha256sum | cut -c1-12)}"
+stamp="$venv/.ndgen-installed-$(sha256sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "test.sh: installing the package into $venv"
+  if ! python3 -m venv --system-site-packages "$venv" >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null  # Debian splits venv out
+    python3 -m venv --system-site-packages "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+py="$venv/bin/python"
 
+dockerd_running() { grep -qsx dockerd /proc/[0-9]*/comm; }  # no procps needed
 if ! docker info >/dev/null 2>&1; then
-  echo "test.sh: starting dockerd (no bridge network)"
-  # Never a bridge: private 172.x traffic is not allowed here.
-  nohup dockerd --bridge=none --iptables=false --ip-masq=false >/tmp/ndgen-dockerd.log 2>&1 &
+  if dockerd_running; then
+    echo "test.sh: waiting for the running dockerd"  # never a second engine
+  else
+    echo "test.sh: starting dockerd (no bridge network)"
+    # Never a bridge: private 172.x traffic is not allowed here.
+    nohup dockerd --bridge=none --iptables=false --ip-masq=false >/tmp/ndgen-dockerd.log 2>&1 &
+  fi
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { echo "test.sh: dockerd did not start (see /tmp/ndgen-dockerd.log)" >&2; exit 1; }
+  docker info >/dev/null 2>&1 || { echo "test.sh: no Docker engine answers (see /tmp/ndgen-dockerd.log)" >&2; exit 1; }
 fi
 
 # The base image is cached by tag: `ndgen base` does nothing when it exists.
-python3 -m neurodocker_nd.cli base debian:bookworm
+"$py" -m neurodocker_nd.cli base "${NDGEN_TEST_BASE:-debian:bookworm}"
 
 # In CI an integration test that cannot reach the engine fails instead of skipping.
 export NDGEN_REQUIRE_DOCKER=1
-exec python3 -m pytest "$@"
+exec "$py" -m pytest "$@"
