@@ -366,3 +366,18 @@ def test_interrupt_leaves_nothing_behind(docker_client, app_image, new_tag, scra
     assert stderr.strip() in ("ndgen: aborted", "ndgen: interrupted")
     _assert_clean(scratch, docker_client, app_image, source_id)
     assert not [m for m in Path("/proc/mounts").read_text().splitlines() if str(scratch) in m]
+
+
+def test_export_fallback_without_overlay2_layers(docker_client, app_image, scratch):
+    # Engines with another storage driver: a streamed `docker export`, then the same views.
+    from neurodocker_nd.minify.run import run_plain
+    from neurodocker_nd.minify.source import open_source
+
+    with open_source(docker_client, app_image, prefer_overlay=False) as source:
+        assert source.method == "export"
+        view = source.view("run")
+        result = run_plain(view, source.config, "python3 /opt/app/tool.py hi > /tmp/x && touch /written && cat /etc/ndgen-flag")
+        assert (result.exit_code, result.stdout) == (0, b"flag\n")
+        assert not (source.pristine / "written").exists()  # runs never write into the pristine view
+        assert (source.pristine / "opt/app/suid").stat().st_mode & 0o4000
+    assert list(scratch.iterdir()) == []
