@@ -74,13 +74,17 @@ def minify_cmd(
         squashfs_out=squashfs_out,
     )
     console = Console(stderr=True, highlight=False)
+    with console.status("minify: open", spinner="dots") as status:
 
-    def progress(step: str, seconds: float) -> None:
-        # Live progress only on a terminal; logs and pipes get the summary (and errors) alone.
-        if console.is_terminal:
-            console.print(f"[green]✓[/] {step} {seconds:.1f} s")
+        def progress(step: str, seconds: float | None) -> None:
+            # Live progress only on a terminal; logs and pipes get the summary (and errors) alone.
+            if not console.is_terminal:
+                return
+            if seconds is None:
+                status.update(f"minify: {step} …  (open → trace → closure → write → verify)")
+            else:
+                console.print(f"[green]✓[/] {step} {seconds:.1f} s")
 
-    with console.status("minify: open → trace → closure → write → verify", spinner="dots"):
         result = pipeline.minify(options, progress)
     if report_path is not None:
         report.write_json(result, report_path)

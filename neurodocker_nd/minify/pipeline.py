@@ -55,7 +55,7 @@ class MinifyOptions:
     baseline: bool = True  # run untraced once to report the tracer's overhead
 
 
-Progress = Callable[[str, float], None]  # (step name, seconds) when a step ends
+Progress = Callable[[str, float | None], None]  # (step, None) when it starts, (step, seconds) when done
 
 
 def choose_tracer(requested: str | None) -> tuple[Tracer, str]:
@@ -79,6 +79,7 @@ def _ptrace() -> Tracer:
 @contextlib.contextmanager
 def _step(name: str, progress: Progress, steps: list[tuple[str, float]]) -> Iterator[None]:
     """Time a step; turn a full disk (or another OS error) into one line naming the step."""
+    progress(name, None)
     start = time.perf_counter()
     try:
         yield
