@@ -57,7 +57,6 @@ class Candidate:
     upstream_data: Mapping[str, Any] | None  # None: upstream lacks it
     description: str
     homepage: str
-    notes: str | None
 
 
 @attrs.frozen
@@ -127,7 +126,6 @@ def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
                 upstream_data=theirs,
                 description=entry.meta.description,
                 homepage=entry.meta.homepage,
-                notes=entry.meta.upstream_notes,
             )
         )
     return found
@@ -311,10 +309,7 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
     else:
         what.append(f"Updates the **{c.name}** template.")
         what += change_lines(c, code="`")
-    why = c.notes or (
-        f"neurodocker does not ship {c.name} yet." if c.upstream_data is None
-        else f"neurodocker's {c.name} template lags the upstream releases."
-    )
+    why = _why(c)
     versions = _sorted_versions(proof.versions) or ["(source build; any version)"]
     fmts = sorted({r.split(":")[0] for r in proof.renders})
     pms = sorted({r.split(":")[1] for r in proof.renders})
@@ -339,6 +334,32 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
         f"<!-- {HASH_MARKER}: {c.name} {digest} -->",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _why(c: Candidate) -> str:
+    """Why upstream wants it, from the template data alone.
+
+    meta.yaml's free text (e.g. `upstream.notes`) is not used: it is written for
+    ndgen and may talk about ndgen-only methods.
+    """
+    if c.upstream_data is None:
+        how = " and ".join({"binaries": "official release binaries", "source": "source"}[m] for m in _methods(c.data))
+        return (f"neurodocker has no {c.name} template, so users write its installation by hand;"
+                f" this one installs it from {how}.")
+    added, removed, changed = version_changes(c)
+    reasons = []
+    if added:
+        theirs = _sorted_versions(_urls(c.upstream_data))
+        since = f" since {theirs[0]}" if theirs else ""
+        reasons.append(f"The template lacks the {c.name} releases{since}: {', '.join(added)}.")
+    if removed:
+        reasons.append(f"The downloads of {', '.join(removed)} are gone.")
+    if changed:
+        reasons.append(f"The download URLs of {', '.join(changed)} moved.")
+    other = other_changes(c)
+    if other:
+        reasons.append(f"{', '.join('`' + k + '`' for k in other)} needed fixing (see the diff).")
+    return " ".join(reasons)
 
 
 def build_series(base: UpstreamTree, c: Candidate, workdir: Path) -> Series:

@@ -19,6 +19,7 @@ Prints one JSON object on stdout; exit status 0 either way (the caller reads ``o
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ def _versions(method_spec: Any, binaries_versions: list[str]) -> list[str]:
     # Source methods take a free-form version; upstream's CI builds them with the
     # binaries' versions (create_workflows.py), so do the same.
     return binaries_versions or ["latest"]
+
+
+def _newest(versions: list[str]) -> str:
+    """Newest version by its numbers; moving names (latest, master) only when alone."""
+    fixed = [v for v in versions if v.lower() not in ("latest", "master", "main")] or versions
+    return max(fixed, key=lambda v: [int(n) for n in re.findall(r"\d+", v)])
 
 
 def _kwds(method_spec: Any, name: str, version: str) -> dict[str, str]:
@@ -112,7 +119,7 @@ def _cli_checks(name: str, template: Any, methods: list[str], binaries_versions:
 
     method = methods[0]
     spec = getattr(template, method)
-    version = _versions(spec, binaries_versions)[-1]
+    version = _newest(_versions(spec, binaries_versions))
     args = [f"{k}={v}" for k, v in _kwds(spec, name, version).items()] + [f"method={method}"]
     done = []
     for fmt in FORMATS:
