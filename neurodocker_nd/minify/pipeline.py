@@ -28,6 +28,7 @@ from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import Source, get_client, interrupts_as_exceptions, open_source
+from neurodocker_nd.minify.trace import FanotifyUnavailable
 
 MAX_REPAIRS = 3
 
@@ -138,13 +139,17 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 run_setup(options.profile, source.view("setup"), source.config, mount_set.initial())
         with _step("trace", progress, steps):
             trace_mounts = mount_set.fresh(source.scratch, "trace")
-            record = tracer.trace(
-                source.view("trace"),
-                source.config,
-                options.commands,
-                trace_mounts,
-                stop_on_failure=not options.allow_fail,
-            )
+            try:
+                record = tracer.trace(
+                    source.view("trace"), source.config, options.commands, trace_mounts,
+                    stop_on_failure=not options.allow_fail,
+                )  # fmt: skip
+            except FanotifyUnavailable as exc:  # raised before any command ran
+                tracer, tracer_note = _ptrace(), f"{exc}: falling back to the ptrace tracer"
+                record = tracer.trace(
+                    source.view("trace-ptrace"), source.config, options.commands, trace_mounts,
+                    stop_on_failure=not options.allow_fail,
+                )  # fmt: skip
             _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
         # Measured after the trace: a cold page cache slows the traced run, so the reported
         # overhead errs high, never low.

@@ -71,6 +71,10 @@ def fanotify_available() -> str | None:
     return None
 
 
+class FanotifyUnavailable(TraceError):
+    """fanotify cannot watch this rootfs (kernel, filesystem or privileges): use ptrace."""
+
+
 class _Watcher:
     """Owns the fanotify fd and a reader thread collecting in-image paths."""
 
@@ -80,12 +84,12 @@ class _Watcher:
         flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE
         self._fd = libc.fanotify_init(flags, os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC)
         if self._fd < 0:
-            raise TraceError(f"fanotify_init failed: {os.strerror(ctypes.get_errno())}")
+            raise FanotifyUnavailable(f"fanotify_init failed: {os.strerror(ctypes.get_errno())}")
         mask = FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR | FAN_EVENT_ON_CHILD
         if libc.fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, -1, self._root.encode()) < 0:
             err = ctypes.get_errno()
             os.close(self._fd)
-            raise TraceError(f"fanotify_mark on {self._root} failed: {os.strerror(err)}")
+            raise FanotifyUnavailable(f"fanotify cannot mark {self._root}: {os.strerror(err)}")
         self.paths: set[str] = set()
         self.overflowed = False
         self._own_pid = os.getpid()
