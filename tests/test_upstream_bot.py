@@ -242,3 +242,28 @@ def test_bad_pr_input_is_one_line(world, args, message):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
     assert TOKEN not in proc.stderr
+
+
+def test_git_sees_the_token_only_as_environment_config(tmp_path):
+    """The push credential is an env-only config entry: no file, no argv, no remote URL."""
+    from neurodocker_nd.upstream.gitcmd import base_env
+
+    env = base_env(TOKEN)
+    assert TOKEN not in " ".join(f"{k}={v}" for k, v in env.items() if not k.startswith("GIT_CONFIG_VALUE"))
+    subprocess.run(["git", "init", "-q", str(tmp_path / "r")], check=True, env=env)
+    proc = subprocess.run(["git", "config", "--show-origin", "--get-all", "http.extraheader"],
+                          cwd=tmp_path / "r", env=env, capture_output=True, text=True, check=True)
+    origin, _, value = proc.stdout.strip().partition("\t")
+    assert origin == "command line:" and value.startswith("Authorization: Basic ")
+    assert TOKEN.encode() not in (tmp_path / "r" / ".git" / "config").read_bytes()
+    assert "extraheader" not in (tmp_path / "r" / ".git" / "config").read_text().lower()
+
+
+def test_upstream_group_lists_export_and_pr():
+    from click.testing import CliRunner
+
+    from neurodocker_nd.cli import cli
+
+    result = CliRunner().invoke(cli, ["upstream", "--help"])
+    assert result.exit_code == 0
+    assert "export" in result.output and "pr" in result.output.split("Commands:")[1]
