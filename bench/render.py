@@ -30,8 +30,8 @@ NDGEN = [sys.executable, "-m", "neurodocker_nd.cli"]
 
 
 def _tool(name: str) -> list[str]:
-    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
-    return [exe]
+    beside = Path(sys.executable).with_name(name)  # the same environment's script first
+    return [str(beside) if beside.exists() else (shutil.which(name) or name)]
 
 
 def timed_run(cmd: list[str]) -> float:

@@ -90,7 +90,8 @@ def test_bad_input_subprocess(tmp_path, env, case, args, kind, message):
 
 def test_render_as_typed_with_console_script(tmp_path):
     """`ndgen --pkg ants --os ubuntu` exactly as typed, via the installed script."""
-    ndgen = shutil.which("ndgen")
+    script = Path(sys.executable).with_name("ndgen")  # a venv's bin/ need not be on PATH
+    ndgen = str(script) if script.exists() else shutil.which("ndgen")
     assert ndgen, "the ndgen console script is not installed"
     proc = subprocess.run([ndgen, "--pkg", "ants", "--os", "ubuntu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
