@@ -94,6 +94,26 @@ def test_saved_json_spec_is_exact(tmp_path, reg):
     assert spec["instructions"][6]["kwds"]["org.opencontainers.image.description"].endswith("(system) on ubuntu:24.04")
 
 
+def test_upstream_printf_spec_is_invalid_json_with_parentheses(tmp_path):
+    """Why `_printf_spec` un-escapes parentheses: neurodocker's own spec breaks on them."""
+    from neurodocker.reproenv import DockerRenderer
+
+    from neurodocker_nd.render import _renderer_classes
+
+    specs = []
+    for cls in (DockerRenderer, _renderer_classes()[0]):
+        r = cls(pkg_manager="apt")
+        r.from_("debian:bookworm")
+        r.run("(echo $HOME) || true")
+        out = tmp_path / f"{cls.__name__}.json"
+        cmd = _printf_command("# Save specification to JSON.\n" + r.render().split("# Save specification to JSON.\n")[1])
+        subprocess.run(["sh", "-c", cmd.replace("/.reproenv.json", str(out))], check=True)
+        specs.append(out.read_text())
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(specs[0])
+    assert json.loads(specs[1])["instructions"][1]["kwds"]["command"] == "(echo $HOME) || true"
+
+
 def test_output_is_deterministic_across_processes(reg):
     pkgs = ["ants", "hello==2.9", "tinytool"]
     here = render_recipe(pkgs, "debian", registry=reg).text
