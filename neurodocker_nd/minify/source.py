@@ -117,14 +117,15 @@ class Source:
         # bottom layer: overlayfs wants two lowers when there is no upper.
         empty = self.scratch / "empty-layer"
         empty.mkdir(exist_ok=True)
-        options = ["lowerdir=" + ":".join([*self._lowers, str(empty)])]
+        lowers, cwd = _short_lowers(self._lowers)
+        options = ["lowerdir=" + ":".join([*lowers, str(empty)])]
         if writable:
             (base / "upper").mkdir()
             (base / "work").mkdir()
             options.append(f"upperdir={base / 'upper'},workdir={base / 'work'}")
         else:
             options.append("ro")
-        _mount_overlay(",".join(options), merged)
+        _mount_overlay(",".join(options), merged, cwd)
         self._stack.callback(_umount, merged)
         return merged
 
@@ -166,11 +167,30 @@ def _overlay_lowers(image_attrs: dict[str, Any]) -> list[str] | None:
     return lowers
 
 
-def _mount_overlay(options: str, target: Path) -> None:
+def _short_lowers(lowers: list[str]) -> tuple[list[str], str | None]:
+    """Docker's own trick for deep images: mount options fit in one page, so name each
+    layer by its short link (overlay2/l/ID -> ../LAYER/diff) relative to the driver root."""
+    if sum(len(d) + 1 for d in lowers) < 3000:
+        return lowers, None
+    root = os.path.dirname(os.path.dirname(lowers[0].rstrip("/")))
+    short = []
+    for lower in lowers:
+        try:
+            link = Path(lower).parent.joinpath("link").read_text().strip()
+        except OSError:
+            return lowers, None
+        if not os.path.isdir(os.path.join(root, "l", link)):
+            return lowers, None
+        short.append(f"l/{link}")
+    return short, root
+
+
+def _mount_overlay(options: str, target: Path, cwd: str | None = None) -> None:
     proc = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
         capture_output=True,
         text=True,
+        cwd=cwd,  # relative lowerdirs resolve against the mounting process's cwd
     )
     if proc.returncode != 0:
         raise _MountRefused(proc.stderr.strip() or "mount -t overlay failed")
