@@ -7,7 +7,7 @@ setup (python3 + nibabel write a seeded 64x64x32x7 DWI with bvecs/bvals) followe
 by its seven MRtrix3 commands — all traced, so Python stays in the result.
 
 Everything printed is measured in this run: tracer overhead (untraced vs
-fanotify vs ptrace, and reprozip's raw tracer for reference), end-to-end
+fanotify vs ptrace, each round on a fresh overlay view), end-to-end
 `ndgen minify` time and size for both tracers, and neurodocker's minify with
 reprozip staged from host wheels into /tmp/reprozip-miniconda (the path its
 _trace.sh reuses, so it never downloads Miniforge), followed by
@@ -32,12 +32,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.ptrace import PtraceTracer
-from neurodocker_nd.minify.run import Mount, run_plain, sandbox_command
+from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import get_client, open_source
 from neurodocker_nd.minify.trace import FanotifyTracer
 
@@ -74,7 +74,7 @@ def fresh_dir(base: Path, name: str) -> Path:
 
 def time_tracers(client, scratch: Path, commands: Sequence[str], rounds: int) -> dict[str, list[float]]:
     """Wall time of the whole workload per mode, each round on a fresh view and data dir."""
-    times: dict[str, list[float]] = {"untraced": [], "fanotify": [], "ptrace": [], "reprozip": []}
+    times: dict[str, list[float]] = {"untraced": [], "fanotify": [], "ptrace": []}
     with open_source(client, TAG) as src:
         for r in range(rounds):
             for mode in times:
@@ -89,8 +89,6 @@ def _run_mode(mode: str, rootfs: Path, config, commands: Sequence[str], mounts: 
         results = [run_plain(rootfs, config, c, mounts) for c in commands]
         _check(mode, results)
         return sum(r.seconds for r in results)
-    if mode == "reprozip":
-        return _reprozip_raw(rootfs, config, commands, mounts)
     tracer = FanotifyTracer() if mode == "fanotify" else PtraceTracer()
     record = tracer.trace(rootfs, config, commands, mounts)
     _check(mode, record.results)
@@ -101,29 +99,6 @@ def _check(mode: str, results) -> None:
     failed = next((r for r in results if r.exit_code != 0), None)
     if failed is not None:
         raise SystemExit(f"bench: {mode}: {failed.command!r} exited {failed.exit_code}: {failed.stderr[-300:]!r}")
-
-
-def _reprozip_raw(rootfs: Path, config, commands: Sequence[str], mounts: list[Mount]) -> float:
-    """reprozip's C tracer (what neurodocker uses) on the same sandbox, for comparison only."""
-    from reprozip import _pytracer
-
-    total = 0.0
-    with tempfile.TemporaryDirectory(prefix="ndgen-bench-rz-") as tmp:
-        for index, command in enumerate(commands):
-            sandbox = sandbox_command(rootfs, config, command, mounts)
-            saved = dict(os.environ)
-            os.environ.clear()
-            os.environ.update(sandbox.env)
-            start = time.perf_counter()
-            try:
-                code = _pytracer.execute(sandbox.argv[0], list(sandbox.argv), os.path.join(tmp, f"{index}.sqlite3"))
-            finally:
-                total += time.perf_counter() - start
-                os.environ.clear()
-                os.environ.update(saved)
-            if code != 0:
-                raise SystemExit(f"bench: reprozip: {command!r} exited {code}")
-    return total
 
 
 # ------------------------------------------------------------------ images and outputs
@@ -275,11 +250,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"\n== tracer overhead (median of {args.rounds}; workload of {len(commands)} commands)")
         print(f"  untraced  {base:6.2f} s")
         overhead = {}
-        for mode in ("fanotify", "ptrace", "reprozip"):
+        for mode in ("fanotify", "ptrace"):
             med = statistics.median(times[mode])
             overhead[mode] = med / base
-            target = f"  target <= {TARGET_OVERHEAD}x  {verdict(overhead[mode] <= TARGET_OVERHEAD)}" if mode != "reprozip" else "  (neurodocker's tracer, for reference)"
-            print(f"  {mode:9} {med:6.2f} s  {overhead[mode]:.2f}x{target}")
+            print(f"  {mode:9} {med:6.2f} s  {overhead[mode]:.2f}x  target <= {TARGET_OVERHEAD}x  {verdict(overhead[mode] <= TARGET_OVERHEAD)}")
 
         print("\n== ndgen minify (end to end, verify on)")
         for tracer in ("fanotify", "ptrace"):
