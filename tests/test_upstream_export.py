@@ -142,3 +142,68 @@ def test_committed_upstream_patches_are_fresh(tmp_path):
     })
     assert not stale, f"upstream-patches/ is stale (run `ndgen upstream export`): {stale}"
     assert filecmp.dircmp(committed, tmp_path / "fresh").diff_files == []
+
+
+# A stand-in for a full upstream checkout: the two files upstream's template PRs touch
+# besides the template, with the structure upstream uses (written here, not copied).
+EXAMPLES_RST = """Examples
+========
+
+.. INSERT LIST START (will be updated automatically in ci)
+
+- `afni <https://afni.nimh.nih.gov>`_
+- `jq <https://jqlang.github.io/jq/>`_
+- `vnc <https://www.realvnc.com/>`_
+
+.. INSERT LIST END
+"""
+
+CREATE_WORKFLOWS = '''from pathlib import Path
+
+import yaml
+
+template_folder = Path(__file__).parents[2].joinpath("neurodocker", "templates")
+
+
+def software():
+    return {
+        "afni": {"methods": ["binaries", "source"]},
+        "jq": {
+            "methods": ["binaries", "source"],
+        },
+        "vnc": {"methods": []},
+        "miniconda": {},
+    }
+
+
+def get_versions_from_neurodocker_template(software):
+    with open(template_folder.joinpath(software).with_suffix(".yaml")) as f:
+        return list(yaml.safe_load(f)["binaries"]["urls"].keys())
+'''
+
+
+def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
+    checkout = tmp_path / "neurodocker"
+    base = prepare(None, tmp_path / "seed")
+    subprocess.run(["git", "clone", "-q", str(base.path), str(checkout)], check=True)
+    (checkout / "docs" / "user_guide").mkdir(parents=True)
+    (checkout / "docs" / "user_guide" / "examples.rst").write_text(EXAMPLES_RST)
+    (checkout / ".github" / "workflows").mkdir(parents=True)
+    (checkout / ".github" / "workflows" / "create_workflows.py").write_text(CREATE_WORKFLOWS)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=checkout, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "docs"], cwd=checkout, check=True)
+
+    out = tmp_path / "out"
+    export(write_registry(tmp_path), checkout, out)
+    tiny = sorted((out / "tinytool").glob("*.patch"))
+    assert [p.name for p in tiny] == ["0001-Add-tinytool-template.patch",
+                                      "0002-Register-tinytool-in-the-docs-software-list-and-CI-b.patch"]
+    docs = tiny[1].read_text()
+    assert "+- `tinytool <https://example.org/tinytool>`_\n - `vnc" in docs
+    assert '+        "tinytool": {"methods": ["binaries"]},\n         "vnc"' in docs
+    pr = (out / "tinytool" / "PR.md").read_text()
+    assert "create_workflows.py builds tinytool 1.0, 1.1" in pr
+    assert "applies with `git am` to ReproNim/neurodocker at " in pr
+    # An update touches the template only, as upstream's version-bump PRs do.
+    assert [p.name for p in (out / "jq").glob("*.patch")] == ["0001-Add-jq-1.8.0-to-jq-template.patch"]
