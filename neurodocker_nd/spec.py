@@ -121,9 +121,10 @@ def parse_pkg(text: str) -> PkgRequest:
 
 def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> PackageSpec:
     """Check a request against its registry entry and the target; fill defaults."""
-    if req.name not in registry:
+    name = req.name if req.name in registry else req.name.lower()  # `ANTs` is ants
+    if name not in registry:
         raise NdgenError(unknown_name_message("package", req.name, registry.names()))
-    entry = registry.get(req.name)
+    entry = registry.get(name)
     args = dict(req.args)
     method = args.pop("method", None) or entry.default_method
     if method not in entry.methods:

@@ -197,4 +197,20 @@ def test_validate_reports_file_and_line(tmp_path, env, kind, message):
 
 def test_validate_user_template_ok(tmp_path):
     result = CliRunner().invoke(cli, ["validate", str(FIXTURES / "hello" / "template.yaml"), str(FIXTURES / "tinytool")])
-    assert result.exit_code == 0 and result.stdout == "ok: 2 file(s) valid\n"
+    assert result.exit_code == 0 and result.stdout == "ok: 2 file(s) valid; 2 test renders\n"
+
+
+def test_validate_entry_directory_test_renders_it(tmp_path):
+    entry = tmp_path / "hello"
+    shutil.copytree(FIXTURES / "hello", entry)
+    tpl = entry / "template.yaml"
+    tpl.write_text(tpl.read_text().replace("{{ self.install_path }}/bin", "{{ self.prefix }}/bin"))
+    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "validate", str(entry)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"ndgen: error: {tpl}: template error") and proc.stderr.count("\n") == 1
+
+
+def test_package_names_are_case_insensitive(env):
+    env(None)
+    result = CliRunner().invoke(cli, ["--pkg", "ANTs", "--os", "ubuntu"])
+    assert result.exit_code == 0 and "# Reproduce: ndgen --pkg ants==2.6.2 --os ubuntu:24.04" in result.stdout

@@ -130,12 +130,20 @@ def validate_cmd(paths: tuple[str, ...]) -> None:
 
     from neurodocker_nd.registry import Registry, validate_paths
 
+    from neurodocker_nd.render import check_renders
+
     registry = Registry()
     if paths:
         checked = validate_paths([Path(p) for p in paths], registry)
-        click.echo(f"ok: {len(checked)} file(s) valid")
+        renders = 0
+        for p in map(Path, paths):
+            if p.is_dir():
+                # An entry directory: render it too, as a registry of its own parent.
+                own = Registry(registry_dir=p.resolve().parent)
+                renders += check_renders(own, [own.get(p.resolve().name)])
+        extra = f"; {renders} test renders" if renders else ""
+        click.echo(f"ok: {len(checked)} file(s) valid{extra}")
         return
-    from neurodocker_nd.render import check_renders
 
     entries = list(registry.entries())
     n = check_renders(registry, [e for e in entries if e.source != "upstream"])
