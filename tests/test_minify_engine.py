@@ -182,7 +182,7 @@ def test_stat_only_file_seen_by_ptrace(docker_client, app_image, new_tag, scratc
     assert data["tracer"] == "ptrace" and data["repaired"] == [] and data["verified"] is True
 
 
-def test_verify_failure_names_missing_path_and_removes_tag(docker_client, app_image, new_tag, scratch):
+def test_verify_failure_names_missing_path_and_keeps_no_tag(docker_client, app_image, new_tag, scratch):
     command = "test -e /etc/ndgen-flag && echo present || echo absent"
     proc = _minify(docker_client, app_image, new_tag, scratch, "-c", command, "--no-repair", ok=False)
     assert proc.returncode != 0
@@ -190,6 +190,14 @@ def test_verify_failure_names_missing_path_and_removes_tag(docker_client, app_im
     assert "/etc/ndgen-flag" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     with pytest.raises(Exception):
         docker_client.images.get(new_tag)
+    assert not [t for i in docker_client.images.list() for t in i.tags if t.startswith("ndgen-minify-tmp:")]
+
+
+def test_failed_verify_leaves_an_existing_tag_alone(docker_client, base_image, app_image, new_tag, scratch):
+    docker_client.images.get(base_image).tag(*new_tag.split(":"))
+    command = "test -e /etc/ndgen-flag && echo present || echo absent"
+    _minify(docker_client, app_image, new_tag, scratch, "-c", command, "--no-repair", ok=False)
+    assert _image_id(docker_client, new_tag) == _image_id(docker_client, base_image)
 
 
 def test_keep_failed_keeps_the_tag(docker_client, app_image, new_tag, scratch):

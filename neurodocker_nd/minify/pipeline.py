@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import tarfile
 import time
 import uuid
@@ -116,6 +117,7 @@ def _materialize(root: Path, keep: keep_step.KeepSet, target: Path) -> Path:
 
 
 def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: None) -> report_step.Report:
+    """Run every step; the report says what happened (``verified`` False: the tag was not kept)."""
     if options.tag == options.image:
         raise NdgenError(f"-t {options.tag} would retag the source image: pick a new tag")
     if not options.commands:
@@ -139,42 +141,38 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 run_setup(options.profile, source.view("setup"), source.config, mount_set.initial())
         with _step("trace", progress, steps):
             trace_mounts = mount_set.fresh(source.scratch, "trace")
-            try:
-                record = tracer.trace(
-                    source.view("trace"), source.config, options.commands, trace_mounts,
-                    stop_on_failure=not options.allow_fail,
-                )  # fmt: skip
-            except FanotifyUnavailable as exc:  # raised before any command ran
-                tracer, tracer_note = _ptrace(), f"{exc}: falling back to the ptrace tracer"
-                record = tracer.trace(
-                    source.view("trace-ptrace"), source.config, options.commands, trace_mounts,
-                    stop_on_failure=not options.allow_fail,
-                )  # fmt: skip
-            _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
+            record, note = _trace(tracer, source, options, trace_mounts)
+            tracer_note = note or tracer_note
         # Measured after the trace: a cold page cache slows the traced run, so the reported
         # overhead errs high, never low.
-        untraced = None
+        untraced: tuple[CommandResult, ...] = ()
         if options.baseline:
             with _step("untraced run", progress, steps):
                 untraced = _run_untraced(source, options, mount_set)
         with _step("closure", progress, steps):
             keep = _closure(source, options, record, mount_set.mounts, ())
-        verify_tag = options.tag if "docker" in options.formats else f"ndgen-minify-verify:{uuid.uuid4().hex[:12]}"
+        # The import goes to a temporary tag: a user's existing NEW_TAG is replaced only by
+        # a verified result, and whatever happens the temporary tag is removed on exit.
+        work_tag = f"ndgen-minify-tmp:{uuid.uuid4().hex[:12]}"
+        stack.callback(image_step.remove_tag, client, work_tag)
         written = None
-        guard = _TagGuard(client, verify_tag)
-        stack.callback(guard)
         if "docker" in options.formats or options.verify:
             with _step("write", progress, steps):
-                guard.armed = True  # set first: an interrupted import may still have tagged
                 written = image_step.write_docker(
-                    client, source.pristine, keep, source.config, verify_tag, list(options.commands)
+                    client, source.pristine, keep, source.config, work_tag, list(options.commands)
                 )
         verified, message, repaired = None, "", ()
         if options.verify:
             with _step("verify", progress, steps):
                 keep, written, verified, message, repaired = _verify_and_repair(
-                    client, source, options, record, keep, written, verify_tag, mount_set, trace_mounts, guard
+                    client, source, options, record, keep, written, work_tag, mount_set, trace_mounts
                 )
+        tag = None
+        if "docker" in options.formats and (verified is not False or options.keep_failed):
+            client.images.get(work_tag).tag(*image_step.split_tag(options.tag))
+            tag = options.tag
+            if verified is False:
+                message += f" (kept {tag} for inspection: --keep-failed)"
         squashfs = None
         if "singularity" in options.formats and verified is not False:
             with _step("squashfs", progress, steps):
@@ -182,11 +180,11 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 squashfs = image_step.write_squashfs(
                     source.pristine, keep, source.config, list(options.commands), out, source.scratch
                 )
-        report = report_step.Report(
+        return report_step.Report(
             source_image=options.image,
             source_id=source.config.image_id,
-            tag=options.tag if "docker" in options.formats and (verified is not False or options.keep_failed) else None,
-            image_id=written.image_id if written and "docker" in options.formats else None,
+            tag=tag,
+            image_id=written.image_id if written and tag else None,
             tracer=record.tracer,
             tracer_note=tracer_note,
             size_before=source.config.size,
@@ -196,10 +194,11 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             kept_file_bytes=written.file_bytes if written else 0,
             biggest_dirs=report_step.biggest_dirs(source.pristine, keep),
             traced_seconds=record.seconds,
-            untraced_seconds=untraced,
+            untraced_seconds=sum(r.seconds for r in untraced) if untraced else None,
             steps=tuple(steps),
             commands=tuple(
-                report_step.CommandReport(r.command, r.exit_code, r.seconds, None) for r in record.results
+                report_step.CommandReport(r.command, r.exit_code, r.seconds, u.seconds if u else None)
+                for r, u in itertools.zip_longest(record.results, untraced[: len(record.results)])
             ),
             verified=verified,
             verify_message=message,
@@ -207,27 +206,43 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             squashfs=str(squashfs.squashfs) if squashfs else None,
             keep_reasons=dict(keep.reasons),
         )
-        if verified is not False and "docker" in options.formats:
-            guard.armed = False  # accepted: the new tag stays
-        return report
+
+
+def _trace(
+    tracer: Tracer, source: Source, options: MinifyOptions, mounts: Sequence[Mount]
+) -> tuple[TraceRecord, str]:
+    """Trace the workload; fanotify refusing this rootfs falls back to ptrace (with a note)."""
+    note = ""
+    try:
+        record = tracer.trace(
+            source.view("trace"), source.config, options.commands, mounts, stop_on_failure=not options.allow_fail
+        )
+    except FanotifyUnavailable as exc:  # raised before any command ran
+        note = f"{exc}: falling back to the ptrace tracer"
+        record = _ptrace().trace(
+            source.view("trace-ptrace"), source.config, options.commands, mounts,
+            stop_on_failure=not options.allow_fail,
+        )  # fmt: skip
+    _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
+    return record, note
 
 
 def _squashfs_name(tag: str) -> str:
     return tag.replace("/", "_").replace(":", "_") + ".sqfs"
 
 
-def _run_untraced(source: Source, options: MinifyOptions, mount_set: verify_step.MountSet) -> float:
+def _run_untraced(
+    source: Source, options: MinifyOptions, mount_set: verify_step.MountSet
+) -> tuple[CommandResult, ...]:
     root = source.view("untraced")
     mounts = mount_set.fresh(source.scratch, "untraced")
-    start = time.perf_counter()
     results = []
     for command in options.commands:
         results.append(run_plain(root, source.config, command, mounts))
         if not results[-1].ok and not options.allow_fail:
             break
-    seconds = time.perf_counter() - start
-    _check_results(results, options.allow_fail, "in the source image")
-    return seconds
+    _check_results(results, options.allow_fail, "untraced in the source image")
+    return tuple(results)
 
 
 def _closure(
@@ -244,17 +259,6 @@ def _closure(
     )
 
 
-class _TagGuard:
-    """Removes the new tag when the stack closes, unless the result was accepted."""
-
-    def __init__(self, client: Any, tag: str) -> None:
-        self.client, self.tag, self.armed = client, tag, False
-
-    def __call__(self) -> None:
-        if self.armed:
-            image_step.remove_tag(self.client, self.tag)
-
-
 def _verify_and_repair(
     client: Any,
     source: Source,
@@ -265,7 +269,6 @@ def _verify_and_repair(
     tag: str,
     mount_set: verify_step.MountSet,
     trace_mounts: Sequence[Mount],
-    guard: _TagGuard,
 ) -> tuple[keep_step.KeepSet, image_step.Written | None, bool, str, tuple[str, ...]]:
     """Rerun in the new image; on a mismatch add what a re-trace found missing and retry."""
     repaired: list[str] = []
@@ -286,11 +289,7 @@ def _verify_and_repair(
         repaired += new
         keep = _closure(source, options, record, mount_set.mounts, repaired)
         written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
-    message = mismatch.message()
-    if options.keep_failed and "docker" in options.formats:
-        guard.armed = False
-        message += f" (kept {tag} for inspection: --keep-failed)"
-    return keep, written, False, message, tuple(repaired)
+    return keep, written, False, mismatch.message(), tuple(repaired)
 
 
 def _diagnose(
