@@ -198,8 +198,9 @@ def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
     export(write_registry(tmp_path), checkout, out)
     tiny = sorted((out / "tinytool").glob("*.patch"))
     assert [p.name for p in tiny] == ["0001-Add-tinytool-template.patch",
-                                      "0002-Register-tinytool-in-the-docs-software-list-and-CI-b.patch"]
+                                      "0002-Register-tinytool-in-the-docs-software-list-and-the-.patch"]
     docs = tiny[1].read_text()
+    assert "Subject: [PATCH 2/2] Register tinytool in the docs software list and the CI\n build matrix" in docs
     assert "+- `tinytool <https://example.org/tinytool>`_\n - `vnc" in docs
     assert '+        "tinytool": {"methods": ["binaries"]},\n         "vnc"' in docs
     pr = (out / "tinytool" / "PR.md").read_text()

@@ -282,21 +282,24 @@ def _commit_series(base: UpstreamTree, c: Candidate, out: Path) -> tuple[list[Pa
     git("add", f"{TEMPLATES}/{c.name}.yaml", cwd=repo)
     git("commit", "-q", "-F", "-", cwd=repo, input_bytes=commit_message(c).encode())
     if c.upstream_data is None and base.has_docs:
-        touched = []
-        if _register_in_docs(repo, c):
-            touched.append(EXAMPLES_RST)
-        if _register_in_ci(repo, c):
-            touched.append(CI_MATRIX)
+        touched = {
+            path: what
+            for path, what, register in (
+                (EXAMPLES_RST, "the docs software list", _register_in_docs),
+                (CI_MATRIX, "the CI build matrix", _register_in_ci),
+            )
+            if register(repo, c)
+        }
         if touched:
             git("add", *touched, cwd=repo)
-            msg = f"Register {c.name} in the docs software list and CI build matrix\n"
+            msg = f"Register {c.name} in {' and '.join(touched.values())}\n"
             git("commit", "-q", "-F", "-", cwd=repo, input_bytes=msg.encode())
     tree = git("rev-parse", "HEAD^{tree}", cwd=repo).strip()
     out.mkdir(parents=True)
     names = git(
         "format-patch", "--zero-commit", "--full-index", "--no-signature", "--numbered",
         "-o", str(out), f"{base.commit}..HEAD", cwd=repo,
-    ).split()
+    ).splitlines()
     git("checkout", "-q", "--detach", base.commit, cwd=repo)
     return [Path(n) if os.path.isabs(n) else repo / n for n in names], tree
 
