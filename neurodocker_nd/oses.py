@@ -79,6 +79,14 @@ def _check_image(image: str) -> str:
     return image
 
 
+def _pkg_manager(value: str | None, image: str) -> PkgManager:
+    if value == "apt":
+        return "apt"
+    if value == "yum":
+        return "yum"
+    raise NdgenError(f"--base-image {image} needs --pkg-manager apt|yum")
+
+
 def resolve_target(
     os_name: str | None, base_image: str | None = None, pkg_manager: str | None = None
 ) -> Target:
@@ -96,7 +104,7 @@ def resolve_target(
             return attrs.evolve(
                 preset,
                 base_image=_check_image(base_image),
-                pkg_manager=pkg_manager or preset.pkg_manager,
+                pkg_manager=_pkg_manager(pkg_manager or preset.pkg_manager, base_image),
             )
         if pkg_manager and pkg_manager != preset.pkg_manager:
             raise NdgenError(
@@ -105,7 +113,6 @@ def resolve_target(
             )
         return preset
     if base_image:
-        if pkg_manager not in ("apt", "yum"):
-            raise NdgenError(f"--base-image {base_image} needs --pkg-manager apt|yum")
-        return Target(base_image=_check_image(base_image), pkg_manager=pkg_manager, os_name=base_image)  # type: ignore[arg-type]
+        pm = _pkg_manager(pkg_manager, base_image)
+        return Target(base_image=_check_image(base_image), pkg_manager=pm, os_name=base_image)
     raise NdgenError("no OS given: use --os OS[:VERSION] or --base-image IMAGE --pkg-manager apt|yum")

@@ -393,7 +393,7 @@ class Skipped:
 
 def _variants(entry) -> tuple[str, ...]:
     """The default method, plus `system` when an entry offers it as an alternative."""
-    methods = (entry.default_method,)
+    methods: tuple[str, ...] = (entry.default_method,)
     if "system" in entry.methods and entry.default_method != "system":
         methods += ("system",)
     return methods

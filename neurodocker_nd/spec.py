@@ -95,8 +95,8 @@ def parse_pkg(text: str) -> PkgRequest:
     if sep and not ver:
         raise NdgenError(f"malformed --pkg {text!r}: empty version after '=='")
     if ver is not None and not _VERSION_RE.match(ver):
-        what = _unsafe(ver) or "a character outside [A-Za-z0-9._+~-]"
-        raise NdgenError(f"--pkg {name}: version {ver!r} contains {what}")
+        bad = _unsafe(ver) or "a character outside [A-Za-z0-9._+~-]"
+        raise NdgenError(f"--pkg {name}: version {ver!r} contains {bad}")
     args: list[tuple[str, str]] = []
     seen: set[str] = set()
     for part in parts[1:]:

@@ -145,7 +145,6 @@ def test_golden_dockerfiles_pass_hadolint():
 
 def test_upstream_default_would_fail_hadolint_sc2016(tmp_path):
     """The check above can fail: neurodocker's own output trips SC2016."""
-    from neurodocker.cli.generate import generate  # noqa: F401  (registers templates)
     from neurodocker.reproenv import DockerRenderer
 
     d = {"pkg_manager": "apt", "instructions": [

@@ -15,7 +15,6 @@ import yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry import Registry
 from neurodocker_nd.render import RecipeRenderer, render_recipe
-from neurodocker_nd.spec import resolve
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from neurodocker_nd.errors import NdgenError
 
 
 def entry_summary(entry) -> dict[str, Any]:
