@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
 from neurodocker_nd.errors import NdgenError
 
+# Docker's reference grammar, simplified: [host[:port]/]path-components[:tag]
+_TAG = re.compile(
+    r"^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[\w][\w.-]{0,127})?$"
+)
+
 
 @click.command("minify", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image")
-@click.option("-t", "--tag", required=True, help="Tag of the new, minified image.")
+@click.option("-t", "--tag", required=True, metavar="NEW_TAG", help="Tag of the new, minified image.")
 @click.option("-c", "--command", "commands", multiple=True, metavar="CMD", help="Workload command (/bin/sh -c); repeat.")
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount; repeat.")
 @click.option("--profile", metavar="NAME|FILE", help="A minify profile (minify/NAME.yaml): input setup, commands, keep rules.")
@@ -55,6 +61,10 @@ def minify_cmd(
 
     mounts = tuple(Mount.parse(spec) for spec in volumes)
     loaded = load_profile(profile) if profile else None
+    if not _TAG.match(tag):
+        raise NdgenError(f"-t {tag!r} is not a valid image name (lowercase repo[:tag])")
+    if squashfs_out is not None and fmt == "docker":
+        raise NdgenError("--squashfs needs --format singularity or both")
     if report_path is not None and not report_path.parent.is_dir():
         raise NdgenError(f"--report {report_path}: directory {report_path.parent} does not exist")
     options = pipeline.MinifyOptions(
