@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.oses import PRESETS, preset_names
+from neurodocker_nd.oses import PRESETS, preset_names, resolve_target
 
 
 @click.command("matrix")
@@ -40,11 +40,13 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
     registry = Registry()
     for name in names:
         registry.get(name)  # unknown names fail with suggestions before any work
+    # Aliases name the same preset (`ubuntu` = `ubuntu:24.04`): one file each.
+    oses = tuple(dict.fromkeys(resolve_target(o).os_name for o in os_names or PRESETS))
     items, skipped = render_matrix(
         registry,
-        os_names or tuple(PRESETS),
-        fmts or ("docker", "singularity"),  # type: ignore[arg-type]
-        names or None,
+        oses,
+        tuple(dict.fromkeys(fmts)) or ("docker", "singularity"),  # type: ignore[arg-type]
+        tuple(dict.fromkeys(names)) or None,
     )
     outdir = Path(out)
     try:
@@ -57,7 +59,7 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
     grouped: dict[tuple[str, str, str], list[str]] = {}
     for s in skipped:
         grouped.setdefault((s.name, s.method, s.reason), []).append(s.os_name)
-    for (name, method, reason), oses in grouped.items():
-        where = "every OS" if len(oses) == len(os_names or PRESETS) else ", ".join(oses)
+    for (name, method, reason), skipped_on in grouped.items():
+        where = "every OS" if len(skipped_on) == len(oses) else ", ".join(skipped_on)
         click.echo(f"ndgen: note: skipped {name} (method={method}) on {where}: {reason}", err=True)
     click.echo(f"{len(items)} recipes written to {outdir}")
