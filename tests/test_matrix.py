@@ -109,13 +109,14 @@ def test_fixture_matrix_lints_system_repositories(tmp_path, monkeypatch):
 def test_matrix_subset_and_skip_notes(tmp_path, monkeypatch):
     monkeypatch.setenv("NDGEN_REGISTRY", str(FIXTURES))
     result = CliRunner().invoke(
-        cli, ["matrix", "--out", str(tmp_path), "--os", "ubuntu", "--os", "rockylinux:8", "--format", "docker",
-              "--pkg", "vnc", "--pkg", "neurodebian", "--pkg", "ants"]
+        cli, ["matrix", "--out", str(tmp_path), "--os", "ubuntu", "--os", "rockylinux:8", "--os", "ubuntu:24.04",
+              "--format", "docker", "--pkg", "vnc", "--pkg", "neurodebian", "--pkg", "ants", "--pkg", "ants"]
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ants.rockylinux-8.Dockerfile", "ants.ubuntu-24.04.Dockerfile", "neurodebian.ubuntu-24.04.Dockerfile",
     ]
+    assert result.stdout.startswith("3 recipes written to ")  # aliases and repeats render once
     assert "skipped vnc (method=source) on every OS: vnc: missing required argument 'passwd'" in result.stderr
     assert "skipped neurodebian (method=binaries) on rockylinux:8" in result.stderr
 
