@@ -215,3 +215,14 @@ def test_singularity_runscript_and_env_follow_docker_semantics():
     assert "exec '/bin/tini' '--' \"$@\"" in script and script.endswith("exec '/bin/tini' '--' 'mrinfo' 'a b'\n")
     assert image.singularity_runscript(_config()).endswith("exec /bin/sh\n")
     assert "export A='it'\"'\"'s $HOME'" in image.singularity_env(config)
+
+
+def test_entrypoint_script_keeps_its_interpreter_chain(rootfs):
+    (rootfs / "usr/bin/env").write_text("fake env")
+    shutil.copy2("/usr/bin/true", rootfs / "usr/bin/bash")
+    (rootfs / "opt/entry").mkdir(parents=True)
+    (rootfs / "opt/entry/startup.sh").write_text("#!/usr/bin/env bash\nexec \"$@\"\n")
+    config = _config(entrypoint=("/opt/entry/startup.sh",), cmd=("true",), env=("PATH=/usr/bin",))
+    kept = keep.closure(rootfs, config, _record()).paths
+    assert {"/opt/entry/startup.sh", "/usr/bin/env", "/usr/bin/bash", "/usr/bin/true"} <= kept
+    assert f"{MULTIARCH}/libc.so.6" in kept  # and the ELF closure of what they run

@@ -187,7 +187,7 @@ class _Closure:
             else:
                 self.add(pattern, "essential")
         for program in self._config_programs():
-            self.add(program, "entrypoint")
+            self.add_program(program, "entrypoint")
         for directory in RUNTIME_DIRS:
             self.add(directory, "essential")
         self.add(self.config.workdir or "/", "essential")
@@ -198,20 +198,39 @@ class _Closure:
             self.add(posixpath.dirname(mount.target), "essential")
 
     def _config_programs(self) -> Iterable[str]:
-        env_path = self.config.env_dict.get("PATH", DEFAULT_PATH)
         for argv in (self.config.entrypoint, self.config.cmd):
-            if not argv:
-                continue
-            program = argv[0]
-            if program.startswith("/"):
-                yield program
-                continue
-            for directory in env_path.split(":"):
-                candidate = posixpath.join(directory or "/", program)
-                st = self.image.lstat(candidate)
-                if st is not None:
-                    yield candidate
-                    break
+            if argv and (found := self._which(argv[0])) is not None:
+                yield found
+
+    def _which(self, program: str) -> str | None:
+        """`program` as the image's PATH finds it (Docker execs ENTRYPOINT/CMD that way)."""
+        if "/" in program:
+            return program
+        for directory in self.config.env_dict.get("PATH", DEFAULT_PATH).split(":"):
+            candidate = posixpath.join(directory or "/", program)
+            if self.image.resolve(candidate, set()) is not None:
+                return candidate
+        return None
+
+    def add_program(self, program: str, reason: str, depth: int = 0) -> None:
+        """Keep a program nobody traced (ENTRYPOINT/CMD), with its script interpreter chain.
+
+        `#!/usr/bin/env bash` keeps env and bash, as neurodocker's startup scripts need.
+        """
+        resolved = self.add(program, reason)
+        if resolved is None or depth > 4:
+            return
+        try:
+            with open(self.image.host(resolved), "rb") as fh:
+                first = fh.readline(256)
+        except OSError:
+            return
+        words = first[2:].decode("utf-8", "surrogateescape").split() if first.startswith(b"#!") else []
+        if words:
+            self.add_program(words[0], reason, depth + 1)
+            if posixpath.basename(words[0]) == "env" and len(words) > 1 and not words[1].startswith("-"):
+                if (found := self._which(words[1])) is not None:
+                    self.add_program(found, reason, depth + 1)
 
     def python_rules(self) -> None:
         """CPython's stat-only lookups: prefix landmarks and sources of cached bytecode."""
