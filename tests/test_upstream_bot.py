@@ -267,3 +267,19 @@ def test_upstream_group_lists_export_and_pr():
     result = CliRunner().invoke(cli, ["upstream", "--help"])
     assert result.exit_code == 0
     assert "export" in result.output and "pr" in result.output.split("Commands:")[1]
+
+
+def test_pr_for_a_template_no_longer_exported_is_closed(world):
+    import shutil
+
+    tmp, gh, patches = world
+    assert _pr(tmp, gh, patches, "--apply").returncode == 0
+    pulls = gh.repos[UPSTREAM].pulls
+    tiny_pr = next(n for n, p in pulls.items() if series_name(p["head"]["ref"]) == "tinytool")
+    shutil.rmtree(patches / "tinytool")
+    gh.requests.clear()
+    proc = _pr(tmp, gh, patches, "--apply")
+    assert proc.returncode == 0, proc.stderr
+    assert f"tinytool: close #{tiny_pr} (no longer exported)" in proc.stdout
+    assert pulls[tiny_pr]["state"] == "closed" and "no longer exports" in gh.repos[UPSTREAM].comments[tiny_pr][-1]
+    assert [p["state"] for n, p in pulls.items() if n != tiny_pr] == ["open"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import attrs
 import yaml
@@ -106,8 +107,11 @@ class _Git:
             cwd=self.repo, token=self.token, what=f"pushing to {self.config.fork}")
 
 
-def run(config: BotConfig, patches_dir: Path, token: str | None) -> list[str]:
-    """Bring the PRs in line with the exported series; return one line per action."""
+def run(config: BotConfig, patches_dir: Path, token: str | None) -> Iterator[str]:
+    """Bring the PRs in line with the exported series; yield one line per action.
+
+    Lines are yielded as actions happen, so a failure part-way still shows what was done.
+    """
     for repo_name in (config.upstream_repo, config.fork):
         split_repo(repo_name)  # fail on a malformed name before any request
     if "{repo}" not in config.git_url_template:
@@ -118,19 +122,17 @@ def run(config: BotConfig, patches_dir: Path, token: str | None) -> list[str]:
     ours = _ours(gh.pulls(config.upstream_repo, "open"), config.fork)
     declined = _Declined(gh, config)
     prefix = "" if config.apply else "[dry-run] would "
-    report: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ndgen-pr-") as tmp:
         repo = _Git(Path(tmp), config, token, base_branch)
         for s in series:
-            report += _sync(gh, repo, config, s, ours.pop(s.name, []), declined, base_branch, prefix)
+            yield from _sync(gh, repo, config, s, ours.pop(s.name, []), declined, base_branch, prefix)
     for name, prs in sorted(ours.items()):
         for pr in prs:
-            report.append(f"{name}: {prefix}close #{pr.number} (no longer exported)")
             if config.apply:
                 _close(gh, config, pr, "ndgen no longer exports this template (it landed upstream or left ndgen's registry).")
+            yield f"{name}: {prefix}close #{pr.number} (no longer exported)"
     mode = "applied" if config.apply else "dry run: no request other than GET was sent, nothing pushed"
-    report.append(f"{len(series)} series, {mode}")
-    return report
+    yield f"{len(series)} series, {mode}"
 
 
 def _ours(pulls: list[PullRequest], fork: str) -> dict[str, list[PullRequest]]:
