@@ -320,6 +320,17 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
     ).stdout
     assert "export PYTHONPATH='/opt/app'" in env
     assert docker_client.images.get(new_tag)
+    # Run it the way apptainer does (the image's action scripts), in ndgen's own sandbox.
+    from neurodocker_nd.minify.run import run_plain
+    from neurodocker_nd.minify.source import ImageConfig
+
+    tree = tmp_path / "tree"
+    subprocess.run(["unsquashfs", "-q", "-d", str(tree), str(out)], check=True, capture_output=True)
+    bare = ImageConfig(image_id="", name="sqfs")  # no Docker ENV: the image must bring its own
+    run = run_plain(tree, bare, "/.singularity.d/actions/run python3 /opt/app/tool.py x")
+    assert (run.exit_code, run.stdout) == (0, b"X\n"), run.stderr
+    exec_ = run_plain(tree, bare, "/.singularity.d/actions/exec sh -c 'echo $PYTHONPATH $GREETING'")
+    assert exec_.stdout == b"/opt/app hello $ world\n"
 
 
 def test_non_root_user_runs_with_docker_permissions(docker_client, user_image, new_tag, monkeypatch):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -228,6 +227,47 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
+# Apptainer/Singularity run these from the image: each sources the environment first.
+_SOURCE_ENV = 'for script in /.singularity.d/env/*.sh; do\n    if [ -f "$script" ]; then . "$script"; fi\ndone\n'
+_ACTIONS = {
+    "exec": 'exec "$@"\n',
+    "run": 'exec /.singularity.d/runscript "$@"\n',
+    "shell": 'exec /bin/sh "$@"\n',
+    "test": 'if [ -x /.singularity.d/test ]; then exec /.singularity.d/test "$@"; fi\necho "no test defined" >&2\n',
+    "start": 'if [ -x /.singularity.d/startscript ]; then exec /.singularity.d/startscript "$@"; fi\n',
+}
+# Where the runtime binds host files and directories: they must exist in a read-only image.
+_MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "home", "root", "mnt", "srv", "opt")
+_MOUNT_FILES = ("etc/hosts", "etc/resolv.conf", "etc/localtime")
+
+
+def _singularity_layout(tree: Path, config: ImageConfig, commands: list[str]) -> None:
+    """/.singularity.d (env, runscript, actions, labels) and the runtime's mount points."""
+    meta = tree / ".singularity.d"
+    for sub in ("env", "actions", "libs"):
+        (meta / sub).mkdir(parents=True)
+    scripts = {
+        meta / "env" / "90-environment.sh": singularity_env(config),
+        meta / "runscript": singularity_runscript(config),
+        **{meta / "actions" / name: f"#!/bin/sh\n{_SOURCE_ENV}{body}" for name, body in _ACTIONS.items()},
+    }
+    for path, text in scripts.items():
+        path.write_text(text)
+        path.chmod(0o755)
+    labels = dict(config.labels)
+    labels.update(minified_labels(config, commands))
+    (meta / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    for name in _MOUNT_POINTS:
+        if not os.path.lexists(tree / name):
+            (tree / name).mkdir(mode=0o755)
+    for name in _MOUNT_FILES:
+        if not os.path.lexists(tree / name) and (tree / name).parent.is_dir():
+            (tree / name).touch()
+    for name, target in (("singularity", ".singularity.d/runscript"), ("environment", ".singularity.d/env/90-environment.sh")):
+        if not os.path.lexists(tree / name):
+            (tree / name).symlink_to(target)
+
+
 def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: list[str], out: Path, scratch: Path) -> Written:
     """A SquashFS with the Singularity layout (/.singularity.d env, runscript, labels)."""
     if shutil.which("mksquashfs") is None:
@@ -239,21 +279,7 @@ def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: lis
     with tarfile.open(scratch / "layer.tar") as tar:
         tar.extractall(tree, numeric_owner=True, filter="fully_trusted")
     (scratch / "layer.tar").unlink()
-    meta = tree / ".singularity.d"
-    (meta / "env").mkdir(parents=True)
-    (meta / "actions").mkdir()
-    (meta / "libs").mkdir()
-    (meta / "env" / "90-environment.sh").write_text(singularity_env(config))
-    (meta / "runscript").write_text(singularity_runscript(config))
-    labels = dict(config.labels)
-    labels.update(minified_labels(config, commands))
-    (meta / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
-    for script in (meta / "env" / "90-environment.sh", meta / "runscript"):
-        script.chmod(0o755)
-    for name in ("singularity", "environment"):
-        link = tree / name
-        if not os.path.lexists(link):
-            link.symlink_to(posixpath.join(".singularity.d", "runscript" if name == "singularity" else "env/90-environment.sh"))
+    _singularity_layout(tree, config, commands)
     partial = out.with_name(out.name + ".partial")
     proc = subprocess.run(
         ["mksquashfs", str(tree), str(partial), "-noappend", "-comp", "gzip", "-no-progress", "-quiet"],
