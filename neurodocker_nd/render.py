@@ -72,6 +72,7 @@ class RenderedPackage:
     method: str
     test: str | None
     commands: tuple[str, ...]
+    alert: str | None = None  # e.g. a licence notice from the template
 
 
 @attrs.frozen
@@ -238,7 +239,9 @@ class RecipeRenderer:
             pkg_manager=pm,
             os_name=target.os_name,
             packages=tuple(
-                RenderedPackage(name=p.name, version=p.version, method=p.method, test=p.test, commands=p.commands)
+                RenderedPackage(
+                    name=p.name, version=p.version, method=p.method, test=p.test, commands=p.commands, alert=p.alert
+                )
                 for p in spec.packages
             ),
         )
@@ -347,6 +350,8 @@ def _help_text(spec: RecipeSpec) -> str:
         lines.append(f"    {_describe(p)}")
         if p.commands:
             lines.append(f"        commands: {' '.join(p.commands)}")
+        if p.alert:
+            lines.append(f"        note: {' '.join(p.alert.split())}")
     lines.append("Usage: apptainer run IMAGE COMMAND [ARGS...]")
     return "\n".join(lines)
 

@@ -66,6 +66,13 @@ class PackageSpec:
     def commands(self) -> tuple[str, ...]:
         return self.entry.meta.commands if self.entry.meta is not None else ()
 
+    @property
+    def alert(self) -> str | None:
+        """The template's `alert` (e.g. FSL's licence), which neurodocker asks to confirm."""
+        if self.method == "system" or self.entry.template is None:
+            return None
+        return self.entry.template.get("alert") or None
+
 
 @attrs.frozen
 class RecipeSpec:

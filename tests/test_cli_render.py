@@ -109,6 +109,16 @@ def test_output_file_equals_stdout(tmp_path, env):
     assert [p.name for p in tmp_path.iterdir()] == ["ants.def"]  # no temp files left
 
 
+def test_template_alert_is_a_note_not_a_prompt(tmp_path):
+    """neurodocker prompts to confirm FSL's licence alert; ndgen renders and tells on stderr."""
+    out = tmp_path / "Dockerfile"
+    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "--pkg", "fsl", "--os", "ubuntu", "-o", str(out)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("ndgen: note: fsl: FSL is non-free.") and proc.stderr.count("\n") == 1
+    assert "FROM ubuntu:24.04" in out.read_text()
+
+
 def test_existing_output_untouched_on_error(tmp_path, env):
     env(None)
     out = tmp_path / "Dockerfile"

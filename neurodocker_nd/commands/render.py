@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import click
+
 from neurodocker_nd.errors import NdgenError
 
 
@@ -53,3 +55,8 @@ def render_default(
     else:
         sys.stdout.write(recipe.text)
         sys.stdout.flush()
+    # neurodocker asks to confirm a template's alert (FSL's licence, …); a
+    # renderer in a pipeline should not prompt, so it only tells.
+    for pkg in recipe.packages:
+        if pkg.alert:
+            click.echo(f"ndgen: note: {pkg.name}: {' '.join(pkg.alert.split())}", err=True)
