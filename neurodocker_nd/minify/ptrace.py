@@ -233,11 +233,15 @@ class _Collector:
         return pid not in self._outside
 
 
-def _resolve_in_root(root: Path, path: str, mounts: Sequence[Mount]) -> Path | None:
-    """The host file behind in-image `path`, following symlinks inside the image (never out)."""
+def resolve_in_image(root: Path, path: str, mounts: Sequence[Mount] = ()) -> tuple[Path | None, str | None]:
+    """Follow symlinks of in-image `path` inside the image (never out to the host).
+
+    Returns the host file to read and the resolved in-image path; a path under a
+    bind mount resolves to the host side and has no in-image path (None).
+    """
     for mount in sorted(mounts, key=lambda m: len(m.target), reverse=True):
         if path == mount.target or path.startswith(mount.target.rstrip("/") + "/"):
-            return mount.host / path[len(mount.target):].lstrip("/")
+            return mount.host / path[len(mount.target):].lstrip("/"), None
     parts = [p for p in path.split("/") if p]
     resolved: list[str] = []
     hops = 0
@@ -252,14 +256,14 @@ def _resolve_in_root(root: Path, path: str, mounts: Sequence[Mount]) -> Path | N
         if candidate.is_symlink():
             hops += 1
             if hops > 40:
-                return None  # ELOOP
+                return None, None  # ELOOP
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
             parts = [p for p in target.split("/") if p] + parts
             continue
         resolved.append(part)
-    return root.joinpath(*resolved)
+    return root.joinpath(*resolved), "/" + "/".join(resolved)
 
 
 def shebang_interpreters(root: Path, executed: Iterable[str], mounts: Sequence[Mount] = ()) -> set[str]:
@@ -269,7 +273,7 @@ def shebang_interpreters(root: Path, executed: Iterable[str], mounts: Sequence[M
     for _ in range(_MAX_SHEBANG_DEPTH):
         next_round: list[str] = []
         for path in todo:
-            host = _resolve_in_root(root, path, mounts)
+            host, _ = resolve_in_image(root, path, mounts)
             if host is None:
                 continue
             try:
@@ -347,7 +351,11 @@ class PtraceTracer:
                 results.append(result)
                 if stop_on_failure and not result.ok:
                     break
-        paths |= shebang_interpreters(rootfs, executed, mounts)
+        # The kernel opens a script's interpreter and follows the exec'ed path's
+        # symlinks without a syscall we see: add both, resolved in the image.
+        executed |= shebang_interpreters(rootfs, executed, mounts)
+        paths |= executed
+        paths |= {resolved for p in executed if (resolved := resolve_in_image(rootfs, p, mounts)[1])}
         return TraceRecord(
             paths=frozenset(paths),
             missing=frozenset(missing - paths),
