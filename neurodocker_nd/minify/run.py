@@ -23,6 +23,14 @@ from neurodocker_nd.errors import NdgenError, TraceError
 from neurodocker_nd.minify.record import CommandResult
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
 
+# moby's default capability set (oci/caps/defaults.go) for containers run as root.
+DOCKER_CAPS = tuple(
+    f"CAP_{name}"
+    for name in (
+        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+        "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    )
+)  # fmt: skip
 HOSTNAME = "ndgen-minify"  # verify uses the same name, so `hostname` output compares equal
 SHELL = "/bin/sh"
 
@@ -153,6 +161,9 @@ def sandbox_command(
         # bwrap run by root switches ids only inside a user namespace mapping them to root
         # (so permissions are looser than Docker's); root without CAP_SYS_ADMIN also needs one.
         argv += ["--unshare-user", "--uid", str(ids.uid), "--gid", str(ids.gid)]
+    if not as_user and ids.uid == 0:
+        # Root in Docker is not all-powerful: only the engine's default capabilities.
+        argv += ["--cap-drop", "ALL", *(arg for cap in DOCKER_CAPS for arg in ("--cap-add", cap))]
     for mount in mounts:
         if as_user:
             _make_mountpoint(rootfs, mount)
