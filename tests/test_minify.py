@@ -226,3 +226,9 @@ def test_entrypoint_script_keeps_its_interpreter_chain(rootfs):
     kept = keep.closure(rootfs, config, _record()).paths
     assert {"/opt/entry/startup.sh", "/usr/bin/env", "/usr/bin/bash", "/usr/bin/true"} <= kept
     assert f"{MULTIARCH}/libc.so.6" in kept  # and the ELF closure of what they run
+
+
+def test_first_line_diff_says_which_side():
+    assert verify._first_line_diff(b"a\nb\n", b"a\nB\n") == "B"
+    assert verify._first_line_diff(b"a\nb\n", b"a\n") == "line 2 missing: b"
+    assert verify._first_line_diff(b"a\n", b"a\nextra\n") == "extra"

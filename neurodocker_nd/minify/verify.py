@@ -160,13 +160,17 @@ def rerun(client: Any, tag: str, commands: Sequence[str], mounts: Sequence[Mount
 # -- compare ---------------------------------------------------------------------------------
 
 
-def _first_line_diff(a: bytes, b: bytes) -> str:
-    for left, right in zip(a.splitlines(), b.splitlines()):
-        if left != right:
-            return right.decode(errors="replace").strip()[:200]
-    longer = b if len(b.splitlines()) > len(a.splitlines()) else a
-    tail = longer.splitlines()[min(len(a.splitlines()), len(b.splitlines())) :]
-    return tail[0].decode(errors="replace").strip()[:200] if tail else ""
+def _first_line_diff(traced: bytes, rerun: bytes) -> str:
+    """The first line where the minified rerun departs from the traced run, said as such."""
+    before, after = traced.splitlines(), rerun.splitlines()
+    for index in range(max(len(before), len(after))):
+        old = before[index] if index < len(before) else None
+        new = after[index] if index < len(after) else None
+        if old != new:
+            if new is None:
+                return f"line {index + 1} missing: {old.decode(errors='replace').strip()[:200]}"
+            return new.decode(errors="replace").strip()[:200]
+    return ""
 
 
 def compare_results(traced: Sequence[CommandResult], rerun_: Sequence[CommandResult]) -> Mismatch | None:
