@@ -96,10 +96,13 @@ def test_keep_globs_and_directories_keep_whole_trees(rootfs):
     (rootfs / "opt/data/sub").mkdir(parents=True)
     (rootfs / "opt/data/sub/a.txt").write_text("a")
     (rootfs / "opt/other.txt").write_text("b")
+    (rootfs / "opt/unrelated").write_text("u")
     (rootfs / "etc/extra.conf").write_text("c")
+    (rootfs / "opt/data/sub/link").symlink_to("../../other.txt")
     result = keep.closure(rootfs, _config(), _record(), keep=["/opt/data"], profile_keep=["/etc/*.conf"])
     assert {"/opt/data", "/opt/data/sub", "/opt/data/sub/a.txt", "/etc/extra.conf", "/etc/unrelated.conf"} <= result.paths
-    assert "/opt/other.txt" not in result.paths
+    assert "/opt/data/sub/link" in result.paths and "/opt/other.txt" in result.paths  # links out keep targets
+    assert "/opt/unrelated" not in result.paths
     assert result.reasons["--keep"] >= 3 and result.reasons["profile"] >= 2
 
 

@@ -159,9 +159,12 @@ class _Closure:
             rel = dirpath[len(self.image.root):] or "/"
             for name in dirnames + filenames:
                 entry = posixpath.join(rel, name)
-                if entry not in self.kept:
-                    self.kept.add(entry)
-                    self.reasons[reason] = self.reasons.get(reason, 0) + 1
+                if entry in self.kept:
+                    continue
+                self.kept.add(entry)
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1
+                if os.path.islink(os.path.join(dirpath, name)):
+                    self.add(entry, reason)  # a link out of the tree keeps its target too
 
     def add_pattern(self, pattern: str, reason: str) -> None:
         """A path or glob, in-image; a directory keeps its whole tree."""
