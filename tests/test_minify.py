@@ -235,3 +235,14 @@ def test_first_line_diff_says_which_side():
     assert verify._first_line_diff(b"a\nb\n", b"a\nB\n") == "B"
     assert verify._first_line_diff(b"a\nb\n", b"a\n") == "line 2 missing: b"
     assert verify._first_line_diff(b"a\n", b"a\nextra\n") == "extra"
+
+
+def test_write_tar_skips_sockets(tmp_path):
+    import socket
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    (tmp_path / "f").write_text("x")
+    keep_set = keep.KeepSet(paths=frozenset({"/sock", "/f"}), trees=frozenset(), traced=0, reasons={}, image_entries=0)
+    assert image.write_tar(tmp_path, keep_set, io.BytesIO()) == (1, 1)
+    server.close()

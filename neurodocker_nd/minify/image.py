@@ -45,8 +45,10 @@ class Written:
     squashfs: Path | None = None
 
 
-def _tarinfo(tar: tarfile.TarFile, root: str, path: str) -> tarfile.TarInfo:
+def _tarinfo(tar: tarfile.TarFile, root: str, path: str) -> tarfile.TarInfo | None:
     info = tar.gettarinfo(root + path, arcname=path.lstrip("/"))
+    if info is None:  # a socket: tar has no type for it, and a container recreates its own
+        return None
     try:
         names = os.listxattr(root + path, follow_symlinks=False)
     except OSError:
@@ -68,6 +70,8 @@ def write_tar(root: Path, keep: KeepSet, out: IO[bytes]) -> tuple[int, int]:
             try:
                 info = _tarinfo(tar, str(root), path)
             except FileNotFoundError:
+                continue
+            if info is None:
                 continue
             entries += 1
             if info.isreg():
