@@ -404,3 +404,21 @@ def test_export_fallback_without_overlay2_layers(docker_client, app_image, scrat
         assert not (source.pristine / "written").exists()  # runs never write into the pristine view
         assert (source.pristine / "opt/app/suid").stat().st_mode & 0o4000
     assert list(scratch.iterdir()) == []
+
+
+def test_entrypoint_script_still_runs(docker_client, base_image, new_tag, scratch):
+    # neurodocker's images start through `#!/usr/bin/env bash` scripts that no -c ever runs.
+    tag = f"{PREFIX}-entry:{uuid.uuid4().hex[:8]}"
+    dockerfile = (
+        f"FROM {base_image}\n"
+        "RUN mkdir /neurodocker && printf '#!/usr/bin/env bash\\nexport STARTED=yes\\nexec \"$@\"\\n'"
+        " > /neurodocker/startup.sh && chmod +x /neurodocker/startup.sh\n"
+        'ENTRYPOINT ["/neurodocker/startup.sh"]\nCMD ["bash", "-c", "echo $STARTED"]\n'
+    )
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
+    try:
+        _minify(docker_client, tag, new_tag, scratch, "-c", "cat /etc/hostname >/dev/null || true")
+        out = docker_client.containers.run(new_tag, network_mode="none", remove=True)
+        assert out == b"yes\n"
+    finally:
+        _remove(docker_client, tag)
