@@ -3,9 +3,13 @@
 Why strace and not reprozip's ``_pytracer`` (both measured on the mrtrix3
 reference workload through the same bwrap sandbox, see bench/minify.py):
 
-* strace with ``--seccomp-bpf`` stops only on the file syscalls we ask for,
-  ≈1.4x the untraced wall time; reprozip stops on every syscall, ≈2x here
-  (≈4x inside a Docker container).
+* strace with ``--seccomp-bpf`` stops only on the file syscalls we ask for:
+  ≈1.1-1.4x the untraced wall time on the reference workload (more on
+  import-heavy Python); reprozip stops on every syscall (≈2x here, ≈4x inside
+  a Docker container).
+* reprozip resolves paths on the *host*: through bwrap's pivot_root it stats
+  "/newroot/…" and "/usr/bin/mrstats" outside the sandbox ("couldn't open
+  executed file"), so its record mixes host paths and misses image ones.
 * strace reports failed lookups (ENOENT) too; reprozip records successes only,
   so it cannot fill :attr:`TraceRecord.missing`.
 * ``-y`` prints the path behind every dirfd and AT_FDCWD as the *tracee* sees
