@@ -53,11 +53,14 @@ def _tarinfo(tar: tarfile.TarFile, root: str, path: str) -> tarfile.TarInfo | No
         names = os.listxattr(root + path, follow_symlinks=False)
     except OSError:
         names = []
-    for name in names:
-        if name.startswith(_XATTR_PREFIXES):
-            value = os.getxattr(root + path, name, follow_symlinks=False)
-            # tarfile writes non-UTF-8 PAX values as-is (hdrcharset=BINARY) via surrogateescape.
-            info.pax_headers[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
+    xattrs = {
+        # tarfile writes non-UTF-8 PAX values as-is (hdrcharset=BINARY) via surrogateescape.
+        f"SCHILY.xattr.{name}": os.getxattr(root + path, name, follow_symlinks=False).decode("utf-8", "surrogateescape")
+        for name in names
+        if name.startswith(_XATTR_PREFIXES)
+    }
+    if xattrs:
+        info.pax_headers = {**info.pax_headers, **xattrs}
     return info
 
 

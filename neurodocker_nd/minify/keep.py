@@ -388,8 +388,8 @@ def _elf_ident(image: _Image, path: str) -> tuple[int, int] | None:
         return None
     if len(head) < 20 or head[:4] != b"\x7fELF":
         return None
-    order = "little" if head[5] == 1 else "big"
-    return head[4], int.from_bytes(head[18:20], order)
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return head[4], machine
 
 
 def _read_elf(
@@ -414,17 +414,17 @@ def _read_elf(
             elf = ELFFile(fh)
             for segment in elf.iter_segments():
                 if segment["p_type"] == "PT_INTERP":
-                    interp = segment.get_interp_name()
+                    interp = segment.get_interp_name()  # type: ignore[attr-defined]
             for section in elf.iter_sections():
                 if not isinstance(section, DynamicSection):
                     continue
                 for tag in section.iter_tags():
                     if tag.entry.d_tag == "DT_NEEDED":
-                        needed.append(tag.needed)
+                        needed.append(tag.needed)  # type: ignore[attr-defined]
                     elif tag.entry.d_tag == "DT_RPATH":
-                        rpath += tag.rpath.split(":")
+                        rpath += tag.rpath.split(":")  # type: ignore[attr-defined]
                     elif tag.entry.d_tag == "DT_RUNPATH":
-                        runpath += tag.runpath.split(":")
+                        runpath += tag.runpath.split(":")  # type: ignore[attr-defined]
     except (ELFError, OSError, ValueError, KeyError):
         return None  # a damaged or exotic ELF: the traced run already showed what it opened
     return interp, needed, rpath, runpath, ident

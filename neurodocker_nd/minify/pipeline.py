@@ -131,7 +131,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             if source.method == "export-copy" and tracer.name == "fanotify":
                 # No overlay of our own to mark: fanotify would watch the whole host filesystem.
                 tracer, tracer_note = _ptrace(), "no overlay mount possible: using the ptrace tracer"
-            mounts = options.mounts
+            mounts: tuple[Mount, ...] = options.mounts
             if options.profile is not None:
                 mounts += scratch_mounts(options.profile, source.scratch / "profile")
             mount_set = verify_step.MountSet.snapshot(mounts, source.scratch)
@@ -161,7 +161,9 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 written = image_step.write_docker(
                     client, source.pristine, keep, source.config, work_tag, list(options.commands)
                 )
-        verified, message, repaired = None, "", ()
+        verified: bool | None = None
+        message = ""
+        repaired: tuple[str, ...] = ()
         if options.verify:
             with _step("verify", progress, steps):
                 keep, written, verified, message, repaired = _verify_and_repair(
@@ -273,7 +275,8 @@ def _verify_and_repair(
     """Rerun in the new image; on a mismatch add what a re-trace found missing and retry."""
     repaired: list[str] = []
     commands = [r.command for r in record.results]
-    for attempt in range(MAX_REPAIRS + 1):
+    attempt = 0
+    while True:
         mounts = mount_set.fresh(source.scratch, f"verify{attempt}")
         rerun = verify_step.rerun(client, tag, commands, mounts)
         mismatch = verify_step.compare_results(record.results, rerun) or verify_step.compare_outputs(
@@ -285,11 +288,11 @@ def _verify_and_repair(
         new = [p for p in missing if p not in keep.paths]
         if not new or not options.repair or attempt == MAX_REPAIRS:
             mismatch = attrs.evolve(mismatch, missing=tuple(new or missing))
-            break
+            return keep, written, False, mismatch.message(), tuple(repaired)
         repaired += new
+        attempt += 1
         keep = _closure(source, options, record, mount_set.mounts, repaired)
         written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
-    return keep, written, False, mismatch.message(), tuple(repaired)
 
 
 def _diagnose(

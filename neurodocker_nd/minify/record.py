@@ -66,7 +66,8 @@ class Tracer(Protocol):
     cannot work (no permission, no kernel support).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def trace(
         self,

@@ -221,15 +221,15 @@ def run_sandboxed(
 ) -> CommandResult:
     """Exec `prefix + sandbox.argv`, capturing output; `command` is what the user wrote."""
     start = time.perf_counter()
-    as_user = {}
-    if sandbox.uid or sandbox.gid:
-        as_user = {"user": sandbox.uid, "group": sandbox.gid, "extra_groups": []}
+    as_user = bool(sandbox.uid or sandbox.gid)
     proc = subprocess.run(
         [*prefix, *sandbox.argv],
         env=sandbox.env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
-        **as_user,
+        user=sandbox.uid if as_user else None,
+        group=sandbox.gid if as_user else None,
+        extra_groups=[] if as_user else None,
     )
     if proc.returncode == 1 and proc.stderr.startswith(b"bwrap: "):
         # The sandbox itself failed (namespaces, mounts): not the user's command.

@@ -12,6 +12,7 @@ scratch directory that :func:`open_source` removes on exit, error or Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -68,7 +69,7 @@ class ImageConfig:
 
     @property
     def env_dict(self) -> dict[str, str]:
-        return dict(item.split("=", 1) if "=" in item else (item, "") for item in self.env)
+        return {key: value for key, _, value in (item.partition("=") for item in self.env)}
 
     @property
     def digest(self) -> str:
@@ -211,7 +212,7 @@ def _export(client: Any, config: ImageConfig, scratch: Path) -> Path:
     rootfs.mkdir()
     container = client.containers.create(config.image_id, entrypoint=["/"], network_mode="none")
     try:
-        reader = _ChunkReader(container.export(chunk_size=1 << 20))
+        reader = io.BufferedReader(_ChunkReader(container.export(chunk_size=1 << 20)), 1 << 20)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
     finally:
@@ -219,24 +220,25 @@ def _export(client: Any, config: ImageConfig, scratch: Path) -> Path:
     return rootfs
 
 
-class _ChunkReader:
-    """A file-like view over an iterator of bytes chunks (for streaming tarfile)."""
+class _ChunkReader(io.RawIOBase):
+    """A raw stream over the SDK's iterator of export chunks (for streaming tarfile)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._rest = b""
 
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._rest:
             chunk = next(self._chunks, None)
             if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+                return 0
+            self._rest = chunk
+        size = min(len(buffer), len(self._rest))
+        buffer[:size], self._rest = self._rest[:size], self._rest[size:]
+        return size
 
 
 @contextlib.contextmanager

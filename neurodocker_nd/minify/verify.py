@@ -168,7 +168,7 @@ def _first_line_diff(traced: bytes, rerun: bytes) -> str:
         new = after[index] if index < len(after) else None
         if old != new:
             if new is None:
-                return f"line {index + 1} missing: {old.decode(errors='replace').strip()[:200]}"
+                return f"line {index + 1} missing: {(old or b'').decode(errors='replace').strip()[:200]}"
             return new.decode(errors="replace").strip()[:200]
     return ""
 
