@@ -104,6 +104,9 @@ def test_keep_globs_and_directories_keep_whole_trees(rootfs):
     assert "/opt/data/sub/link" in result.paths and "/opt/other.txt" in result.paths  # links out keep targets
     assert "/opt/unrelated" not in result.paths
     assert result.reasons["--keep"] >= 3 and result.reasons["profile"] >= 2
+    assert result.unmatched == ()
+    missing = keep.closure(rootfs, _config(), _record(), keep=["/opt/data", "/opt/nope", "/etc/*.nope"])
+    assert missing.unmatched == ("/opt/nope", "/etc/*.nope")
 
 
 def test_mount_targets_are_not_image_content(rootfs):

@@ -262,6 +262,7 @@ def test_bad_inputs_one_line(docker_client, app_image, new_tag, scratch, tmp_pat
         "nothing to trace": ("minify", app_image, "-t", new_tag),
         "not a valid image name": ("minify", app_image, "-t", "Bad:Tag!", "-c", "true"),
         "unknown profile": ("minify", app_image, "-t", new_tag, "--profile", "no-such-profile"),
+        "--keep /opt/typo: no such path": ("minify", app_image, "-t", new_tag, "-c", "true", "--keep", "/opt/typo"),
     }
     for expected, args in cases.items():
         proc = ndgen(*args)

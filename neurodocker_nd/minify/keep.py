@@ -62,6 +62,7 @@ class KeepSet:
     traced: int  # how many traced paths existed in the image
     reasons: dict[str, int]  # entries added per rule, for the report
     image_entries: int  # entries in the whole image (outside runtime dirs), for the report
+    unmatched: tuple[str, ...] = ()  # --keep patterns that matched nothing in the image
 
 
 class _Image:
@@ -150,10 +151,11 @@ class _Closure:
             self.reasons[reason] = self.reasons.get(reason, 0) + len(new)
         return resolved
 
-    def add_tree(self, path: str, reason: str) -> None:
+    def add_tree(self, path: str, reason: str) -> bool:
+        """Keep `path`, and everything below it when it is a directory; False when absent."""
         resolved = self.add(path, reason)
         if resolved is None or not self.image.is_dir(resolved):
-            return
+            return resolved is not None
         self.trees.add(resolved)
         for dirpath, dirnames, filenames in os.walk(self.image.host(resolved)):
             rel = dirpath[len(self.image.root):] or "/"
@@ -165,21 +167,23 @@ class _Closure:
                 self.reasons[reason] = self.reasons.get(reason, 0) + 1
                 if os.path.islink(os.path.join(dirpath, name)):
                     self.add(entry, reason)  # a link out of the tree keeps its target too
+        return True
 
-    def add_pattern(self, pattern: str, reason: str) -> None:
-        """A path or glob, in-image; a directory keeps its whole tree."""
+    def add_pattern(self, pattern: str, reason: str) -> bool:
+        """A path or glob, in-image; a directory keeps its whole tree.  False: nothing matched."""
         if not glob.has_magic(pattern):
-            self.add_tree(pattern, reason)
-            return
+            return self.add_tree(pattern, reason)
         # Resolve the literal prefix in the image, then glob below it on the host view.
         head, _, _ = pattern.partition("*")
         literal = posixpath.dirname(head.split("?")[0].split("[")[0]) or "/"
-        resolved = self.add(literal, reason)
+        resolved = self.image.resolve(literal, set())
         if resolved is None:
-            return
+            return False
         rest = posixpath.relpath(pattern, literal)
-        for match in glob.glob(posixpath.join(self.image.host(resolved), rest), recursive=True):
+        matches = glob.glob(posixpath.join(self.image.host(resolved), rest), recursive=True)
+        for match in matches:
             self.add_tree(posixpath.join(resolved, posixpath.relpath(match, self.image.host(resolved))), reason)
+        return bool(matches)
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -451,8 +455,7 @@ def closure(
     for path in extra_paths:  # verify's repairs: paths a rerun looked for in vain
         c.add(path, "repair")
     c.essentials(mounts)
-    for pattern in keep:
-        c.add_pattern(pattern, "--keep")
+    unmatched = tuple(pattern for pattern in keep if not c.add_pattern(pattern, "--keep"))
     for pattern in profile_keep:
         c.add_pattern(pattern, "profile")
     c.python_rules()
@@ -467,4 +470,5 @@ def closure(
         traced=traced,
         reasons=c.reasons,
         image_entries=c.image_entries,
+        unmatched=unmatched,
     )

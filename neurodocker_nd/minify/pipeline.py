@@ -151,6 +151,8 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 untraced = _run_untraced(source, options, mount_set)
         with _step("closure", progress, steps):
             keep = _closure(source, options, record, mount_set.mounts, ())
+            if keep.unmatched:  # a typo must not silently drop what the user asked to keep
+                raise NdgenError(f"--keep {keep.unmatched[0]}: no such path in {options.image}")
         # The import goes to a temporary tag: a user's existing NEW_TAG is replaced only by
         # a verified result, and whatever happens the temporary tag is removed on exit.
         work_tag = f"ndgen-minify-tmp:{uuid.uuid4().hex[:12]}"
