@@ -18,6 +18,23 @@ REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = os.environ.get("NDGEN_TEST_BASE", "debian:bookworm")
 
 
+def run_ndgen(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`ndgen ARGS` as users run it: a subprocess, so exit codes and stderr are what users get."""
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def ndgen_cli():
+    """The `run_ndgen` helper, for tests that drive the CLI as a subprocess."""
+    return run_ndgen
+
+
 def _no_engine(reason: str) -> None:
     if os.environ.get("NDGEN_REQUIRE_DOCKER") == "1":
         pytest.fail(f"Docker engine required (NDGEN_REQUIRE_DOCKER=1) but: {reason}")
@@ -43,11 +60,7 @@ def base_image(docker_client) -> str:
     try:
         docker_client.images.get(BASE_IMAGE)
     except Exception:
-        proc = subprocess.run(
-            [sys.executable, "-m", "neurodocker_nd.cli", "base", BASE_IMAGE],
-            capture_output=True,
-            text=True,
-        )
+        proc = run_ndgen("base", BASE_IMAGE)
         if proc.returncode != 0:
             _no_engine(f"cannot build base image {BASE_IMAGE}: {proc.stderr.strip()}")
     return BASE_IMAGE
