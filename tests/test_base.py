@@ -22,16 +22,6 @@ DEBIAN_TAG = "ndgen-test-base-h3:bookworm"
 UBUNTU_TAG = "ndgen-test-base-h3-ubuntu:24.04"
 
 
-def ndgen(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
-
-
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """The process failed with exactly one `ndgen: error:` line naming every needle."""
     assert proc.returncode == 2, proc
@@ -110,8 +100,8 @@ def test_not_root_is_one_clear_line():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the check after the root check needs root")
-def test_missing_debootstrap_is_one_clear_line(tmp_path):
-    proc = ndgen("base", "ndgen-test-base-h3-never:bookworm", env={"PATH": str(tmp_path)})
+def test_missing_debootstrap_is_one_clear_line(ndgen_cli, tmp_path):
+    proc = ndgen_cli("base", "ndgen-test-base-h3-never:bookworm", env={"PATH": str(tmp_path)})
     one_line_error(proc, "debootstrap is not installed")
 
 
@@ -157,19 +147,19 @@ def _free_port() -> int:
 
 
 @pytest.mark.docker
-def test_unreachable_mirror_is_one_clear_line(docker_client):
+def test_unreachable_mirror_is_one_clear_line(ndgen_cli, docker_client):
     port = _free_port()  # nothing listens there
-    proc = ndgen("base", "ndgen-test-base-h3-never:bookworm", "--mirror", f"http://127.0.0.1:{port}/debian")
+    proc = ndgen_cli("base", "ndgen-test-base-h3-never:bookworm", "--mirror", f"http://127.0.0.1:{port}/debian")
     one_line_error(proc, "unreachable", f"127.0.0.1:{port}")
 
 
 @pytest.mark.docker
-def test_a_mirror_without_the_suite_is_one_clear_line(docker_client, tmp_path):
+def test_a_mirror_without_the_suite_is_one_clear_line(ndgen_cli, docker_client, tmp_path):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        proc = ndgen("base", "ndgen-test-base-h3-never:bookworm", "--mirror", f"http://127.0.0.1:{server.server_port}/debian")
+        proc = ndgen_cli("base", "ndgen-test-base-h3-never:bookworm", "--mirror", f"http://127.0.0.1:{server.server_port}/debian")
     finally:
         server.shutdown()
     one_line_error(proc, "has no suite 'bookworm'", "HTTP 404")
@@ -181,17 +171,17 @@ def _run(docker_client, image: str, command: str) -> str:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(docker_client, base_image, cleanup_tags):
+def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(ndgen_cli, docker_client, base_image, cleanup_tags):
     cleanup_tags.append(DEBIAN_TAG)
     # An existing tag (here: another name for the shared base image) is left alone…
     existing = docker_client.images.get(base_image)
     existing.tag(*DEBIAN_TAG.split(":"))
-    again = ndgen("base", DEBIAN_TAG)
+    again = ndgen_cli("base", DEBIAN_TAG)
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
     assert docker_client.images.get(DEBIAN_TAG).id == existing.id
 
     # …and --force bootstraps a fresh one: one debootstrap for both behaviours.
-    forced = ndgen("base", DEBIAN_TAG, "--force")
+    forced = ndgen_cli("base", DEBIAN_TAG, "--force")
     assert forced.returncode == 0, forced.stderr
     assert f"built {DEBIAN_TAG}" in forced.stdout and "log: " in forced.stdout
     image = docker_client.images.get(DEBIAN_TAG)
@@ -235,11 +225,11 @@ def _ubuntu_keyring(tmp_path: Path, mirror: str, suite: str) -> Path:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_ubuntu_base_from_an_ubuntu_mirror(docker_client, cleanup_tags, tmp_path):
+def test_ubuntu_base_from_an_ubuntu_mirror(ndgen_cli, docker_client, cleanup_tags, tmp_path):
     cleanup_tags.append(UBUNTU_TAG)
     mirror = base.DEFAULT_MIRRORS["ubuntu"]
     keyring = base.UBUNTU_KEYRING if base.UBUNTU_KEYRING.is_file() else _ubuntu_keyring(tmp_path, mirror, "noble")
-    proc = ndgen("base", UBUNTU_TAG, "--mirror", mirror, "--keyring", str(keyring), "--force")
+    proc = ndgen_cli("base", UBUNTU_TAG, "--mirror", mirror, "--keyring", str(keyring), "--force")
     assert proc.returncode == 0, proc.stderr
     config = docker_client.images.get(UBUNTU_TAG).attrs["Config"]
     assert config["Cmd"] == ["/bin/bash"] and config["Env"] == [f"PATH={base.OFFICIAL_PATH}"]

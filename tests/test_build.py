@@ -3,7 +3,6 @@ and the stand-in's Apptainer semantics on the real engine (tiny definitions, no 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,16 +47,6 @@ EOF
 %help
     Some help.
 """
-
-
-def ndgen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=1800,
-    )
 
 
 # --------------------------------------------------------------------------- parser
@@ -134,8 +123,8 @@ def test_bad_tags_are_refused_before_anything_runs(tag):
         check_tag(tag)
 
 
-def test_missing_engine_is_one_clear_line(tmp_path):
-    proc = ndgen(
+def test_missing_engine_is_one_clear_line(ndgen_cli, tmp_path):
+    proc = ndgen_cli(
         "build", "--pkg", "dcm2niix,method=system", "--os", "debian:bookworm", "-t", "ndgen-test-build-noengine",
         "--log", str(tmp_path / "b.log"),
         env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"},

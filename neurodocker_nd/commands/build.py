@@ -62,12 +62,14 @@ def _report(outcome: Any) -> None:
     click.echo(f"image {outcome.tag} ({outcome.image_id[:19]}) {verb} [{outcome.fmt}]")
     if outcome.tests:
         table = Table(title=f"tests in {outcome.tag} (--network none)")
+        # Names and verdicts never wrap (scripts grep them); the test command folds instead.
         for column in ("package", "version", "method", "test", "result", "time"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column != "test", overflow="fold" if column == "test" else "ellipsis")
         versions = {p.name: (p.version or "-", p.method) for p in outcome.packages}
         for test in outcome.tests:
             version, method = versions.get(test.name, ("-", "-"))
-            result = Text("PASS", "green") if test.passed else Text("FAIL ", "red") + Text(test.reason)
+            verdict = "timeout" if test.exit_code is None else f"exit {test.exit_code}"
+            result = Text("PASS", "green") if test.passed else Text(f"FAIL ({verdict})", "red")
             cells = (test.name, version, method, test.command)
             table.add_row(*(Text(c) for c in cells), result, f"{test.seconds:.1f} s")
         Console(highlight=False).print(table)
