@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -120,3 +121,23 @@ def test_shebang_interpreters_follow_image_symlinks_not_host(tmp_path):
     (root / "opt/py").write_text("#!/usr/bin/real-interp\n")
     (root / "bin").symlink_to("/usr/bin")
     assert shebang_interpreters(root, ["/bin/tool"]) == {"/opt/py", "/usr/bin/real-interp"}
+
+
+def test_non_root_user_is_traced_through_a_user_namespace(docker_client, base_image, tmp_path):
+    """USER nobody makes bwrap unshare a user namespace: strace must still follow it."""
+    import io
+
+    from neurodocker_nd.minify.source import open_source
+
+    tag = f"ndgen-test-h6-ptrace-user-{os.getpid()}"
+    docker_client.images.build(
+        fileobj=io.BytesIO(f"FROM {base_image}\nUSER nobody\nWORKDIR /tmp\n".encode()), tag=tag, network_mode="host", rm=True
+    )
+    try:
+        with open_source(docker_client, tag) as src:
+            rec = PtraceTracer().trace(src.view("user"), src.config, ["id -u && cat /etc/debian_version >/dev/null && ls"], ())
+    finally:
+        docker_client.images.remove(tag, force=True)
+    assert rec.results[0].exit_code == 0, rec.results[0].stderr
+    assert rec.results[0].stdout.split(b"\n")[0] == b"65534"
+    assert {"/usr/bin/id", "/etc/debian_version", "/tmp"} <= rec.paths

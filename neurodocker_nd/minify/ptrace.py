@@ -313,7 +313,8 @@ def _check_started(log: Path, result: CommandResult) -> None:
         first = ""
     if " execve(" not in first:
         detail = next(
-            (line for line in result.stderr.decode(errors="replace").splitlines() if line.startswith("strace:")),
+            # strace prefixes its own messages with its argv[0] ("/usr/bin/strace: …")
+            (line for line in result.stderr.decode(errors="replace").splitlines() if "strace: " in line),
             f"exit code {result.exit_code}",
         )
         raise TraceError(f"ptrace tracer could not run {result.command!r}: {detail}")
@@ -343,6 +344,9 @@ class PtraceTracer:
             for index, command in enumerate(commands):
                 log = Path(tmp) / f"{index}.log"
                 sandbox = sandbox_command(rootfs, config, command, mounts)
+                if sandbox.uid or sandbox.gid:
+                    # The runner starts strace as the image's USER: it must be able to write its log.
+                    os.chown(tmp, sandbox.uid, sandbox.gid)
                 result = run_sandboxed(sandbox, command, prefix=(strace, *STRACE_FLAGS, "-o", str(log), "--"))
                 _check_started(log, result)
                 collector = _Collector(workdir=config.workdir or "/")
