@@ -46,6 +46,9 @@ def test_profile_runs_and_is_deterministic(reference_image, docker_client, tmp_p
     profile, tag = reference_image
     runs = []
     with open_source(docker_client, tag) as src:
+        # A keep rule that matches nothing in the reference image is a typo.
+        for rule in profile.keep:
+            assert list(src.pristine.glob(rule.lstrip("/"))), f"keep {rule!r} matches nothing in {tag}"
         # Setup runs once; each run gets a fresh copy of its inputs, as verify does.
         inputs = scratch_mounts(profile, tmp_path / "inputs")
         run_setup(profile, src.view("setup"), src.config, inputs)
