@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -302,7 +303,7 @@ def _import_rootfs(client: Any, rootfs: Path, spec: BaseSpec, log: engine.StepLo
     except Exception as exc:
         proc.kill()
         proc.wait()
-        raise EngineError(f"docker import of {spec.ref} failed: {engine._first_line(exc)}") from exc
+        raise EngineError(f"docker import of {spec.ref} failed: {engine.first_line(exc)}") from exc
     tar_err = proc.stderr.read().decode(errors="replace").strip()
     image_id = _imported_id(reply)
     if proc.wait() != 0 or not image_id:
@@ -322,8 +323,6 @@ def _chunks(stream: Any, size: int = 1 << 20) -> Iterator[bytes]:
 
 def _imported_id(reply: Any) -> str:
     """The image id from the engine's import reply (JSON lines ending in {"status": "sha256:…"})."""
-    import json
-
     text = reply.decode() if isinstance(reply, bytes) else str(reply)
     for line in reversed(text.strip().splitlines()):
         try:

@@ -111,6 +111,7 @@ def build_recipe(
     run_tests: bool = True,
     no_cache: bool = False,
     log_path: Path | None = None,
+    test_timeout: float = TEST_TIMEOUT_S,
 ) -> BuildOutcome:
     """Build `recipe` as `tag`, then (unless `run_tests` is False) run its tests."""
     check_tag(tag)
@@ -139,7 +140,7 @@ def build_recipe(
         build_seconds = time.monotonic() - started
         tests: list[TestOutcome] = []
         if run_tests:
-            tests = _run_tests(client, image_id, recipe, plan, log)
+            tests = _run_tests(client, image_id, recipe, plan, log, test_timeout)
     return BuildOutcome(
         tag=tag,
         image_id=image_id,
@@ -251,7 +252,7 @@ def _stream_build(
                 raise NdgenError(_build_failure(tag, step, detail.get("code"), chunk["error"], fmt, log.path))
     except docker.errors.APIError as exc:
         log.write(f"ERROR: {exc}\n")
-        raise EngineError(f"build of {tag} refused by the engine: {engine._first_line(exc)}; log: {log.path}") from exc
+        raise EngineError(f"build of {tag} refused by the engine: {engine.first_line(exc)}; log: {log.path}") from exc
     if not image_id:
         image = engine.find_image(client, tag)
         if image is None:
@@ -291,22 +292,32 @@ def _short(text: str, width: int = 90) -> str:
 # --------------------------------------------------------------------------- tests
 
 
-def _run_tests(client: Any, image_id: str, recipe: RecipeLike, plan: _Plan, log: engine.StepLog) -> list[TestOutcome]:
+def _run_tests(
+    client: Any, image_id: str, recipe: RecipeLike, plan: _Plan, log: engine.StepLog, timeout: float
+) -> list[TestOutcome]:
     todo = [(p.name, p.test) for p in recipe.packages if p.test]
     outcomes = []
     for index, (name, command) in enumerate(todo, start=1):
         log.status(f"testing {name}: {command}", index - 1, len(todo) + plan.has_def_test)
-        outcomes.append(_run_one(client, image_id, name, command, plan.entrypoint, log))
+        outcomes.append(_run_one(client, image_id, name, command, plan.entrypoint, log, timeout))
     if plan.has_def_test:
         log.status("running the definition's %test", len(todo), len(todo) + 1)
-        outcomes.append(_run_one(client, image_id, "%test", "", [defbuild.TEST_ENTRYPOINT], log))
+        outcomes.append(_run_one(client, image_id, "%test", "", [defbuild.TEST_ENTRYPOINT], log, timeout))
     return outcomes
 
 
 def _run_one(
-    client: Any, image_id: str, name: str, command: str, entrypoint: list[str] | None, log: engine.StepLog
+    client: Any,
+    image_id: str,
+    name: str,
+    command: str,
+    entrypoint: list[str] | None,
+    log: engine.StepLog,
+    timeout: float,
 ) -> TestOutcome:
     """`command` under /bin/sh -c in a fresh container of the image, with no network at all."""
+    from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
+
     argv = ["/bin/sh", "-c", command] if command else []
     started = time.monotonic()
     container = client.containers.create(
@@ -319,8 +330,8 @@ def _run_one(
     try:
         container.start()
         try:
-            exit_code: int | None = container.wait(timeout=TEST_TIMEOUT_S)["StatusCode"]
-        except Exception:  # the SDK raises requests' ReadTimeout: treat it as a hung test
+            exit_code: int | None = container.wait(timeout=timeout)["StatusCode"]
+        except RequestException:  # no answer within the timeout: a hung test
             container.kill()
             exit_code = None
         output = container.logs(stdout=True, stderr=True).decode(errors="replace")

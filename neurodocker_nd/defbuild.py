@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from neurodocker_nd.engine import BuildContext, ContextFile
+from neurodocker_nd.engine import BuildContext, ContextFile, slug
 from neurodocker_nd.errors import NdgenError
 
 # Apptainer's section names (pkg/build/types/parser/deffile.go: validSections).
@@ -287,5 +287,5 @@ def parse_labels(body: str) -> dict[str, str]:
 
 def apptainer_command(tag: str, def_path: Path) -> str:
     """The equivalent real build, for sites that have Apptainer."""
-    sif = re.sub(r"[^A-Za-z0-9._-]+", "_", tag).strip("_") + ".sif"
+    sif = slug(tag) + ".sif"
     return f"apptainer build {shlex.quote(sif)} {shlex.quote(str(def_path))}"

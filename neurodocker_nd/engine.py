@@ -42,7 +42,7 @@ def connect() -> Any:
     except Exception as exc:  # any failure here means: no usable engine
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise EngineError(
-            f"no Docker engine answers at {where} ({_first_line(exc)}); "
+            f"no Docker engine answers at {where} ({first_line(exc)}); "
             "start one, e.g. dockerd --bridge=none --iptables=false --ip-masq=false"
         ) from exc
     return client
@@ -57,14 +57,14 @@ def find_image(client: Any, ref: str) -> Any | None:
     except docker.errors.ImageNotFound:
         return None
     except docker.errors.APIError as exc:
-        raise EngineError(f"cannot inspect image {ref}: {_first_line(exc)}") from exc
+        raise EngineError(f"cannot inspect image {ref}: {first_line(exc)}") from exc
 
 
 def require_image(client: Any, ref: str) -> Any:
     """The local image `ref`, or an NdgenError saying how to make it (never pulls)."""
     image = find_image(client, ref)
     if image is None:
-        hint = f"ndgen base {ref}" if _is_debootstrappable(ref) else f"docker load -i {_slug(ref)}.tar"
+        hint = f"ndgen base {ref}" if _is_debootstrappable(ref) else f"docker load -i {slug(ref)}.tar"
         raise NdgenError(f"base image {ref} is not on this engine (no registry is used); create it with: {hint}")
     return image
 
@@ -82,12 +82,13 @@ def split_ref(ref: str) -> tuple[str, str]:
     return ref, "latest"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     """A file-name-safe rendering of an image reference."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (the SDK's `explanation` when it has one)."""
     text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
     return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
 
@@ -101,7 +102,7 @@ def logs_dir() -> Path:
 def new_log_path(kind: str, ref: str) -> Path:
     """A fresh log file name for one step on one image, e.g. build-dcm2niix_sys-20261125T083000Z.log."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return logs_dir() / f"{kind}-{_slug(ref)}-{stamp}.log"
+    return logs_dir() / f"{kind}-{slug(ref)}-{stamp}.log"
 
 
 class StepLog:

@@ -169,12 +169,12 @@ class _Def:
 def standin_image(docker_client, base_image, tmp_path, monkeypatch):
     tags: list[str] = []
 
-    def build(text: str, tag: str, packages=()):
+    def build(text: str, tag: str, packages=(), **options):
         tags.append(tag)
         (tmp_path / "payload.txt").write_text("payload\n")
         monkeypatch.chdir(tmp_path)  # %files sources are relative to the build directory, as in Apptainer
         recipe = _Def(text.replace("debian:bookworm", base_image), base_image, tuple(packages))
-        return build_recipe(recipe, tag, log_path=tmp_path / f"{tag.replace(':', '_')}.log")
+        return build_recipe(recipe, tag, log_path=tmp_path / f"{tag.replace(':', '_')}.log", **options)
 
     yield build
     for tag in tags:
@@ -228,3 +228,12 @@ def test_a_failing_post_names_the_command(docker_client, standin_image):
     message = info.value.message
     assert "failed at %post command `ls /definitely/missing` (exit 2)" in message
     assert "No such file or directory" in message and "log: " in message
+
+
+@pytest.mark.docker
+def test_a_hung_test_times_out_and_fails(docker_client, standin_image):
+    outcome = standin_image(DEF, "ndgen-test-build-standin:hung", [_Pkg("sleeper", "sleep 120")], test_timeout=2)
+    [hung] = outcome.failures
+    assert hung.name == "sleeper" and hung.exit_code is None and hung.reason == f"timed out after {hung.seconds:.0f} s"
+    assert 2 <= hung.seconds < 60
+    assert not docker_client.containers.list(all=True, filters={"label": "org.ndgen.test=sleeper"})

@@ -17,6 +17,14 @@ from neurodocker_nd.errors import NdgenError
 @click.option("--no-test", is_flag=True, help="Build only; do not run the packages' test commands.")
 @click.option("--no-cache", is_flag=True, help="Rebuild even when an identical build exists.")
 @click.option(
+    "--test-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="A package test still running after this long fails.",
+)
+@click.option(
     "--log",
     "log_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -31,6 +39,7 @@ def build_cmd(
     tag: str,
     no_test: bool,
     no_cache: bool,
+    test_timeout: float,
     log_path: Path | None,
 ) -> None:
     """Build an image from --pkg/--os and run each package's test in it (--network none).
@@ -46,7 +55,9 @@ def build_cmd(
 
     check_tag(tag)
     recipe = render_recipe(pkgs, os_name=os_name, base_image=base_image, pkg_manager=pkg_manager, fmt=fmt)
-    outcome = build_recipe(recipe, tag, run_tests=not no_test, no_cache=no_cache, log_path=log_path)
+    outcome = build_recipe(
+        recipe, tag, run_tests=not no_test, no_cache=no_cache, log_path=log_path, test_timeout=test_timeout
+    )
     _report(outcome)
     if outcome.failures:
         names = ", ".join(f"{t.name} ({t.reason})" for t in outcome.failures)
