@@ -423,3 +423,24 @@ def test_entrypoint_script_still_runs(docker_client, base_image, new_tag, scratc
         assert out == b"yes\n"
     finally:
         _remove(docker_client, tag)
+
+
+def test_fanotify_keeps_up_with_a_burst_of_opens_under_a_low_fd_limit(docker_client, base_image, scratch):
+    # Every queued event carries an open fd: reading must not trip over the open-files limit.
+    import resource
+
+    from neurodocker_nd.minify.source import open_source
+    from neurodocker_nd.minify.trace import FanotifyTracer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        with open_source(docker_client, base_image) as source:
+            listing = "find /usr/share -type f | sort | head -3000"
+            record = FanotifyTracer().trace(
+                source.view("burst"), source.config, [f"{listing} | xargs cat > /dev/null; {listing}"], []
+            )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    opened = set(record.results[0].stdout.decode().split())
+    assert len(opened) == 3000 and opened <= record.paths

@@ -29,7 +29,7 @@ from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import Source, get_client, interrupts_as_exceptions, open_source
-from neurodocker_nd.minify.trace import FanotifyUnavailable
+from neurodocker_nd.minify.trace import FanotifyIncomplete, FanotifyUnavailable
 
 MAX_REPAIRS = 3
 
@@ -140,8 +140,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 # Its output becomes the initial content every later run gets a fresh copy of.
                 run_setup(options.profile, source.view("setup"), source.config, mount_set.initial())
         with _step("trace", progress, steps):
-            trace_mounts = mount_set.fresh(source.scratch, "trace")
-            record, note = _trace(tracer, source, options, trace_mounts)
+            record, trace_mounts, note = _trace(tracer, source, options, mount_set)
             tracer_note = note or tracer_note
         # Measured after the trace: a cold page cache slows the traced run, so the reported
         # overhead errs high, never low.
@@ -213,22 +212,28 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
 
 
 def _trace(
-    tracer: Tracer, source: Source, options: MinifyOptions, mounts: Sequence[Mount]
-) -> tuple[TraceRecord, str]:
-    """Trace the workload; fanotify refusing this rootfs falls back to ptrace (with a note)."""
+    tracer: Tracer, source: Source, options: MinifyOptions, mount_set: verify_step.MountSet
+) -> tuple[TraceRecord, tuple[Mount, ...], str]:
+    """Trace the workload, with the mounts it ran on and a note when it fell back.
+
+    fanotify refusing the rootfs, or losing events, means a rerun under ptrace on
+    a fresh view with fresh mounts: a record that misses paths is worse than a slow one.
+    """
     note = ""
+    mounts = mount_set.fresh(source.scratch, "trace")
     try:
         record = tracer.trace(
             source.view("trace"), source.config, options.commands, mounts, stop_on_failure=not options.allow_fail
         )
-    except FanotifyUnavailable as exc:  # raised before any command ran
+    except (FanotifyUnavailable, FanotifyIncomplete) as exc:
         note = f"{exc}: falling back to the ptrace tracer"
+        mounts = mount_set.fresh(source.scratch, "trace-ptrace")
         record = _ptrace().trace(
             source.view("trace-ptrace"), source.config, options.commands, mounts,
             stop_on_failure=not options.allow_fail,
         )  # fmt: skip
     _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
-    return record, note
+    return record, mounts, note
 
 
 def _squashfs_name(tag: str) -> str:

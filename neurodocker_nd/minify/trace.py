@@ -34,6 +34,7 @@ FAN_CLOEXEC = 0x01
 FAN_NONBLOCK = 0x02
 FAN_CLASS_NOTIF = 0x00
 FAN_UNLIMITED_QUEUE = 0x10
+FAN_REPORT_FD_ERROR = 0x2000  # Linux 6.13+: a failed event fd is reported, not silently dropped
 FAN_MARK_ADD = 0x01
 FAN_MARK_FILESYSTEM = 0x100
 FAN_OPEN = 0x20
@@ -44,6 +45,7 @@ FAN_EVENT_ON_CHILD = 0x08000000
 FAN_NOFD = -1
 _METADATA = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
 _O_LARGEFILE = getattr(os, "O_LARGEFILE", 0o100000)
+_READ_SIZE = 8192  # at most ~340 events, hence fds, per read
 
 
 def _libc() -> ctypes.CDLL:
@@ -75,6 +77,10 @@ class FanotifyUnavailable(TraceError):
     """fanotify cannot watch this rootfs (kernel, filesystem or privileges): use ptrace."""
 
 
+class FanotifyIncomplete(TraceError):
+    """Events were lost (queue overflow, no fd for an event): the record cannot be trusted."""
+
+
 class _Watcher:
     """Owns the fanotify fd and a reader thread collecting in-image paths."""
 
@@ -82,7 +88,10 @@ class _Watcher:
         self._root = str(rootfs)
         libc = _libc()
         flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE
-        self._fd = libc.fanotify_init(flags, os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC)
+        event_flags = os.O_RDONLY | _O_LARGEFILE | os.O_CLOEXEC
+        self._fd = libc.fanotify_init(flags | FAN_REPORT_FD_ERROR, event_flags)
+        if self._fd < 0 and ctypes.get_errno() == errno.EINVAL:  # an older kernel
+            self._fd = libc.fanotify_init(flags, event_flags)
         if self._fd < 0:
             raise FanotifyUnavailable(f"fanotify_init failed: {os.strerror(ctypes.get_errno())}")
         mask = FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR | FAN_EVENT_ON_CHILD
@@ -92,6 +101,8 @@ class _Watcher:
             raise FanotifyUnavailable(f"fanotify cannot mark {self._root}: {os.strerror(err)}")
         self.paths: set[str] = set()
         self.overflowed = False
+        self.error: OSError | None = None
+        self.fd_errors: dict[int, int] = {}  # errno -> events whose file the kernel could not open
         self._own_pid = os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fanotify", daemon=True)
@@ -100,15 +111,20 @@ class _Watcher:
     def _loop(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
-        while not self._stop.is_set():
-            if poller.poll(50):
-                self._drain()
-        self._drain()  # events queued before the workload exited are all there now
+        try:
+            while not self._stop.is_set():
+                if poller.poll(50):
+                    self._drain()
+            self._drain()  # events queued before the workload exited are all there now
+        except OSError as exc:  # reported by close(): a trace with lost events is no trace
+            self.error = exc
 
     def _drain(self) -> None:
         while True:
             try:
-                buf = os.read(self._fd, 1 << 16)
+                # Each event in a read arrives with an open fd: a small buffer keeps
+                # that burst far below the open-files limit.
+                buf = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
                 return
             if not buf:
@@ -122,7 +138,10 @@ class _Watcher:
             offset += event_len or _METADATA.size
             if mask & FAN_Q_OVERFLOW:
                 self.overflowed = True
-            if fd == FAN_NOFD or fd < 0:
+            if fd == FAN_NOFD:
+                continue
+            if fd < 0:  # FAN_REPORT_FD_ERROR: -errno, e.g. EMFILE; this path is lost
+                self.fd_errors[-fd] = self.fd_errors.get(-fd, 0) + 1
                 continue
             try:
                 if pid != self._own_pid:
@@ -174,7 +193,12 @@ class FanotifyTracer:
             seconds = time.perf_counter() - start
             watcher.close()
         if watcher.overflowed:
-            raise TraceError("fanotify queue overflowed: events were lost; retry with --tracer ptrace")
+            raise FanotifyIncomplete("fanotify queue overflowed: events were lost")
+        if watcher.fd_errors:
+            code, count = next(iter(watcher.fd_errors.items()))
+            raise FanotifyIncomplete(f"fanotify lost {count} event(s): {os.strerror(code)}")
+        if watcher.error is not None:
+            raise FanotifyIncomplete(f"reading fanotify events failed: {watcher.error}")
         return TraceRecord(
             paths=frozenset(watcher.paths),
             missing=frozenset(),
