@@ -112,12 +112,17 @@ class Syscall:
 
 def _unhex(text: str) -> str:
     """Decode strace's -xx escapes; surrogateescape keeps non-UTF-8 names round-trippable."""
-    raw = bytes(int(h, 16) for h in _HEX.findall(text)) if text else b""
+    try:
+        raw = bytes.fromhex(text.replace("\\x", ""))  # -xx escapes every byte: the fast path
+    except ValueError:
+        raw = bytes(int(h, 16) for h in _HEX.findall(text))
     return raw.decode("utf-8", "surrogateescape")
 
 
 def _split_args(args: str) -> tuple[str, ...]:
     """Split the top-level comma-separated arguments (strings are hex, so no quoted commas)."""
+    if "{" not in args and "[" not in args and "(" not in args:
+        return tuple(part.strip() for part in args.split(","))  # the common case, fast
     parts: list[str] = []
     depth, start = 0, 0
     for i, ch in enumerate(args):
