@@ -230,7 +230,7 @@ def verdict(ok: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the tracer timing (median is printed)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the tracer timing (median is printed)")
     parser.add_argument("--keep-images", action="store_true", help="keep the minified images")
     parser.add_argument("--skip-neurodocker", action="store_true")
     args = parser.parse_args(argv)
