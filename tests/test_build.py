@@ -33,6 +33,7 @@ From: debian:bookworm
     indented line
 EOF
     echo 'export FROM_POST="set in %post"' >> "$SINGULARITY_ENVIRONMENT"
+    ls /sys/class/net > /opt/build-net.txt
 
 %runscript
     echo "runscript args: $*"
@@ -191,9 +192,16 @@ def _run(client, image, argv, entrypoint=None) -> str:
 
 @pytest.mark.docker
 def test_standin_follows_apptainer_semantics(docker_client, standin_image):
-    outcome = standin_image(DEF, "ndgen-test-build-standin:semantics", [_Pkg("payload", "test -s /opt/payload.txt")])
-    assert [(t.name, t.passed) for t in outcome.tests] == [("payload", True), ("%test", True)]
+    packages = [
+        _Pkg("payload", "test -s /opt/payload.txt"),
+        _Pkg("offline", 'test "$(ls /sys/class/net)" = lo'),  # tests run with --network none
+    ]
+    outcome = standin_image(DEF, "ndgen-test-build-standin:semantics", packages)
+    assert [(t.name, t.passed) for t in outcome.tests] == [("payload", True), ("offline", True), ("%test", True)]
     image = outcome.image_id
+    # The build itself ran on the host's network (never a bridge): it saw the host's interfaces.
+    build_net = _run(docker_client, image, ["cat", "/opt/build-net.txt"], entrypoint=[]).split()
+    assert "lo" in build_net and len(build_net) > 1 and "docker0" not in build_net
     # %post ran under /bin/sh from /, without %environment (Apptainer applies it only at run time).
     assert _run(docker_client, image, ["cat", "/opt/post.txt"], entrypoint=["/bin/sh", "-c", 'exec "$@"', "-"]) == (
         "debootstrap from: here\npost saw GREETING=[]\n"

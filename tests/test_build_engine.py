@@ -75,6 +75,11 @@ def failing_registry(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def networks_before(docker_client) -> set[str]:
+    return {n.id for n in docker_client.networks.list()}
+
+
 @pytest.fixture(scope="session")
 def built(docker_client, base_image, tmp_path_factory, ndgen_cli):
     """build(pkgs, fmt, tag, env) → Built, running `ndgen build` once per distinct request."""
@@ -100,6 +105,10 @@ def built(docker_client, base_image, tmp_path_factory, ndgen_cli):
             for tag in image.tags:
                 if tag.startswith("ndgen-test-build-"):
                     docker_client.images.remove(tag, force=True)
+
+
+def test_engine_networks_before_the_builds(networks_before):
+    assert networks_before  # recorded first: the last test compares against it
 
 
 def _tag(name: str, fmt: str) -> str:
@@ -187,3 +196,18 @@ def test_failing_build_step_is_one_line_naming_it(built, failing_registry, docke
     assert re.search(where, error[0]), error[0]
     assert "(exit 100): E: Unable to locate package ndgen-no-such-package; log: " in error[0]
     assert not docker_client.images.list(name=_tag("missing-deb", fmt))  # nothing half-built is tagged
+
+
+def test_a_missing_base_image_is_named_and_never_pulled(ndgen_cli, failing_registry):
+    proc = ndgen_cli("build", "--pkg", "h3-failing-test", "--base-image", "ndgen-test-build-absent:1", "--pkg-manager", "apt",
+                     "-t", "ndgen-test-build-never:1", env={"NDGEN_REGISTRY": str(failing_registry)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "ndgen: error: base image ndgen-test-build-absent:1 is not on this engine (no registry is used); "
+        "create it with: docker load -i ndgen-test-build-absent_1.tar"
+    )
+
+
+def test_no_docker_network_was_created(docker_client, networks_before):
+    # Builds use the host network and tests none: the engine's network list is unchanged.
+    assert {n.id for n in docker_client.networks.list()} == networks_before
