@@ -29,6 +29,7 @@ from pathlib import Path
 
 import attrs
 
+from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.record import TraceRecord
 from neurodocker_nd.minify.run import SHELL, Mount, resolve_user
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
@@ -50,7 +51,6 @@ _DEFAULT_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib")
 _PYC = re.compile(r"^(?P<dir>.*)/__pycache__/(?P<name>[^/.]+)\.[^/]+\.pyc$")
 _PYTHON_EXE = re.compile(r"^(?P<prefix>.*)/bin/python(?P<ver>\d+\.\d+)$")
 _PYTHON_LIB = re.compile(r"^(?P<prefix>.*)/lib/python(?P<ver>\d+\.\d+)/")
-_MAX_SYMLINK_HOPS = 40
 
 
 @attrs.frozen
@@ -88,29 +88,7 @@ class _Image:
 
         Returns the final symlink-free path, or None when some component is absent.
         """
-        parts = [p for p in path.split("/") if p and p != "."]
-        current, hops = "/", 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                current = posixpath.dirname(current)
-                continue
-            candidate = posixpath.join(current, part)
-            st = self.lstat(candidate)
-            if st is None:
-                return None
-            chain.add(candidate)
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > _MAX_SYMLINK_HOPS:
-                    return None
-                target = os.readlink(self.host(candidate))
-                parts = [p for p in target.split("/") if p and p != "."] + parts
-                if target.startswith("/"):
-                    current = "/"
-                continue
-            current = candidate
-        return current
+        return imagefs.resolve(path, self.lstat, lambda p: os.readlink(self.host(p)), chain=chain)
 
     def is_dir(self, path: str) -> bool:
         st = self.lstat(path)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from neurodocker_nd.errors import TraceError
+from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.record import CommandResult, TraceRecord
 from neurodocker_nd.minify.run import Mount, run_sandboxed, sandbox_command
 
@@ -251,28 +252,13 @@ def resolve_in_image(root: Path, path: str, mounts: Sequence[Mount] = ()) -> tup
     for mount in sorted(mounts, key=lambda m: len(m.target), reverse=True):
         if path == mount.target or path.startswith(mount.target.rstrip("/") + "/"):
             return mount.host / path[len(mount.target):].lstrip("/"), None
-    parts = [p for p in path.split("/") if p]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            resolved = resolved[:-1]
-            continue
-        if part == ".":
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                return None, None  # ELOOP
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved), "/" + "/".join(resolved)
+    root_text = str(root)
+    resolved = imagefs.resolve(
+        path, imagefs.rootfs_lstat(root_text), lambda p: os.readlink(root_text + p), strict=False
+    )
+    if resolved is None:
+        return None, None  # ELOOP
+    return root / resolved.lstrip("/"), resolved
 
 
 def shebang_interpreters(root: Path, executed: Iterable[str], mounts: Sequence[Mount] = ()) -> set[str]:
