@@ -11,7 +11,6 @@ Errors name the file, the YAML path and the line (from yaml's node marks).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from functools import cached_property
@@ -20,15 +19,10 @@ from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import attrs
-import yaml
 
 from neurodocker_nd import paths
 from neurodocker_nd.errors import NdgenError
-
-try:  # libyaml is several times faster; fall back for pure-Python builds.
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+from neurodocker_nd.yamlfile import DataFileError, check_schema, line_of, read_yaml, schema_validator
 
 Source = Literal["upstream", "registry", "both"]
 TEMPLATE_METHODS = ("binaries", "source")
@@ -37,8 +31,9 @@ _MOVING = frozenset({"latest", "master", "main", "nightly", "dev", "*"})
 _PRERELEASE = frozenset({"a", "alpha", "b", "beta", "rc", "pre", "dev"})
 
 
-class RegistryError(NdgenError):
-    """A registry file is malformed or violates its schema."""
+# A registry file is malformed or violates its schema: the data-file error, by its
+# registry name (callers catch RegistryError).
+RegistryError = DataFileError
 
 
 # ---------------------------------------------------------------- data
@@ -199,73 +194,6 @@ class Entry:
 # ---------------------------------------------------------------- YAML + schemas
 
 
-def _yaml_path(parts: Iterable[Any]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def line_of(path: Path, parts: list[Any]) -> int:
-    """1-based line of the entry at JSON path `parts` in a YAML file.
-
-    Uses yaml's node marks; for a mapping entry it is the key's line, where a
-    reader looks for "binaries: 'instructions' is a required property".  The
-    file is parsed again only on this error path, so valid files parse once.
-    """
-    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
-    if node is None:
-        return 1
-    for i, p in enumerate(parts):
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if str(k.value) == str(p)), None)
-            if match is None:
-                break
-            if i == len(parts) - 1:
-                return match[0].start_mark.line + 1
-            node = match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(p, int) and p < len(node.value):
-            node = node.value[p]
-        else:
-            break
-    return node.start_mark.line + 1
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; malformed YAML becomes one RegistryError line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RegistryError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RegistryError(f"{path}{where}: malformed YAML: {problem}") from None
-
-
-def _schema_validator(schema_path: Path):
-    import jsonschema  # neurodocker already imports it; kept local for `list` speed
-
-    with schema_path.open() as f:
-        schema = json.load(f)
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
-
-
-def check_schema(data: Any, path: Path, validator, what: str) -> None:
-    """Raise RegistryError naming file:line, YAML path and the first (best) violation."""
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is None:
-        return
-    parts = list(error.absolute_path)
-    raise RegistryError(f"{path}:{line_of(path, parts)}: {_yaml_path(parts)}: {error.message} ({what} schema)")
-
-
 def _check_name(data: Mapping[str, Any], path: Path, expect_name: str | None) -> None:
     """An entry's `name` must be its directory name (= the template name)."""
     if expect_name is not None and data["name"] != expect_name:
@@ -351,13 +279,13 @@ class Registry:
     # ---- validators (built on first use)
     @cached_property
     def _template_validator(self):
-        return _schema_validator(upstream_template_schema_path())
+        return schema_validator(upstream_template_schema_path())
 
     @cached_property
     def _meta_validator(self):
         if not self.meta_schema_path.is_file():
             raise RegistryError(f"{self.meta_schema_path}: meta schema not found")
-        return _schema_validator(self.meta_schema_path)
+        return schema_validator(self.meta_schema_path)
 
     # ---- loading
     def load_template(self, path: Path, expect_name: str | None = None, check: bool = True) -> Mapping[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from neurodocker_nd import paths
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.profile import Profile, list_profiles, load_profile
-from neurodocker_nd.registry import read_yaml
+from neurodocker_nd.yamlfile import read_yaml
 
 SHIPPED = list_profiles()
 

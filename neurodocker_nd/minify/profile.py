@@ -22,7 +22,7 @@ import attrs
 from neurodocker_nd import paths
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.run import Mount, run_plain
-from neurodocker_nd.registry import _schema_validator, check_schema, read_yaml
+from neurodocker_nd.yamlfile import check_schema, read_yaml, schema_validator
 
 if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig
@@ -69,7 +69,7 @@ def load_profile(name_or_path: str | Path, directory: Path | None = None) -> Pro
     """Read, validate and return a profile; errors are one line naming file and YAML path."""
     path = profile_path(name_or_path, directory)
     data = read_yaml(path)
-    check_schema(data, path, _schema_validator(paths.schemas_dir() / SCHEMA_NAME), "profile")
+    check_schema(data, path, schema_validator(paths.schemas_dir() / SCHEMA_NAME), "profile")
     if data["name"] != path.stem:
         raise NdgenError(f"{path}: name: {data['name']!r} must equal the file name {path.stem!r}")
     return Profile(
