@@ -35,10 +35,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from neurodocker_nd import engine
 from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.ptrace import PtraceTracer
 from neurodocker_nd.minify.run import Mount, run_plain
-from neurodocker_nd.minify.source import get_client, open_source
+from neurodocker_nd.minify.source import open_source
 from neurodocker_nd.minify.trace import FanotifyTracer
 
 TAG = "ndgen-bench-mrtrix3"
@@ -235,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-neurodocker", action="store_true")
     args = parser.parse_args(argv)
 
-    client = get_client()
+    client = engine.connect()
     t0 = time.perf_counter()
     built = ensure_reference_image(client, TAG, APT)
     print(f"image {TAG}: {'built' if built else 'reused'} ({time.perf_counter() - t0:.0f} s); apt: {' '.join(APT)}")

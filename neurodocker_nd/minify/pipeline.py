@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from neurodocker_nd import engine
 from neurodocker_nd.errors import NdgenError, TraceError
 from neurodocker_nd.minify import image as image_step
 from neurodocker_nd.minify import keep as keep_step
@@ -28,7 +29,7 @@ from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import Mount, run_plain
-from neurodocker_nd.minify.source import Source, get_client, interrupts_as_exceptions, open_source
+from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source
 from neurodocker_nd.minify.trace import FanotifyIncomplete, FanotifyUnavailable
 
 MAX_REPAIRS = 3
@@ -123,7 +124,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
     if not options.commands:
         raise NdgenError("nothing to trace: give at least one -c CMD (or a --profile)")
     tracer, tracer_note = choose_tracer(options.tracer)
-    client = get_client()
+    client = engine.connect()
     steps: list[tuple[str, float]] = []
     with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
         with _step("open", progress, steps):

@@ -26,7 +26,8 @@ from typing import Any
 
 import attrs
 
-from neurodocker_nd.errors import EngineError, NdgenError
+from neurodocker_nd import engine
+from neurodocker_nd.errors import NdgenError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -131,27 +132,10 @@ class Source:
         return merged
 
 
-def get_client() -> Any:
-    """A Docker SDK client; one line naming the problem when there is no engine."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:  # any failure here means: no usable engine
-        raise EngineError(f"cannot reach the Docker engine: {type(exc).__name__}: {exc}") from exc
-    return client
-
-
 def inspect_image(client: Any, name: str) -> tuple[Any, ImageConfig]:
-    import docker.errors
-
-    try:
-        image = client.images.get(name)
-    except docker.errors.ImageNotFound:
-        raise NdgenError(f"image not found: {name} (no pull is attempted; build or load it first)") from None
-    except docker.errors.APIError as exc:
-        raise EngineError(f"cannot inspect image {name}: {exc.explanation or exc}") from exc
+    image = engine.find_image(client, name)
+    if image is None:
+        raise NdgenError(f"image not found: {name} (no pull is attempted; build or load it first)")
     return image, ImageConfig.from_inspect(name, image.attrs)
 
 
