@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 
 import attrs
 
-from neurodocker_nd import defbuild, engine
+from neurodocker_nd import defbuild, engine, outfile
 from neurodocker_nd.engine import BuildContext
 from neurodocker_nd.errors import EngineError, NdgenError
 
@@ -117,7 +117,7 @@ def build_recipe(
     check_tag(tag)
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     recipe_path = log_path.with_suffix(".def" if recipe.fmt == "singularity" else ".Dockerfile")
-    _write_atomic(recipe_path, recipe.text)
+    outfile.write_text(recipe_path, recipe.text, mkdir=True)
     plan = _plan(recipe, recipe_path)
 
     client = engine.connect()
@@ -170,13 +170,6 @@ def _plan(recipe: RecipeLike, recipe_path: Path) -> _Plan:
         standin = defbuild.translate(definition, source=str(recipe_path))
         return _Plan(standin.context, dict(standin.labels), [defbuild.EXEC_ENTRYPOINT], standin.has_test)
     raise NdgenError(f"unknown format {recipe.fmt!r}; choose docker or singularity")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _reusable(client: Any, digest: str) -> str | None:

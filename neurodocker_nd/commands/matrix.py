@@ -33,7 +33,7 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
 
     Everything is rendered before the first file is written: on error nothing is.
     """
-    from neurodocker_nd.commands.render import write_atomic
+    from neurodocker_nd import outfile
     from neurodocker_nd.registry import Registry
     from neurodocker_nd.render import render_matrix
 
@@ -54,7 +54,7 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
     except OSError as exc:
         raise NdgenError(f"cannot create {outdir}: {exc.strerror}") from None
     for item in items:
-        write_atomic(outdir / item.filename, item.recipe.text)
+        outfile.write_text(outdir / item.filename, item.recipe.text)
     # One note per (entry, method, reason), naming the OSes it applies to.
     grouped: dict[tuple[str, str, str], list[str]] = {}
     for s in skipped:

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import attrs
 
-from neurodocker_nd import __version__
+from neurodocker_nd import __version__, outfile
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify.keep import KeepSet
 from neurodocker_nd.minify.source import ImageConfig
@@ -287,15 +287,14 @@ def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: lis
         tar.extractall(tree, numeric_owner=True, filter="fully_trusted")
     (scratch / "layer.tar").unlink()
     _singularity_layout(tree, config, commands)
-    partial = out.with_name(out.name + ".partial")
-    proc = subprocess.run(
-        ["mksquashfs", str(tree), str(partial), "-noappend", "-comp", "gzip", "-no-progress", "-quiet"],
-        capture_output=True,
-        text=True,
-    )
-    shutil.rmtree(tree, ignore_errors=True)
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise NdgenError(f"mksquashfs failed writing {out}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    partial.replace(out)  # never a half-written image under the final name
+    # never a half-written image under the final name
+    with outfile.replacing(out) as partial:
+        proc = subprocess.run(
+            ["mksquashfs", str(tree), str(partial), "-noappend", "-comp", "gzip", "-no-progress", "-quiet"],
+            capture_output=True,
+            text=True,
+        )
+        shutil.rmtree(tree, ignore_errors=True)
+        if proc.returncode != 0:
+            raise NdgenError(f"mksquashfs failed writing {out}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     return Written(tag=None, image_id=None, size=out.stat().st_size, entries=entries, file_bytes=file_bytes, squashfs=out)

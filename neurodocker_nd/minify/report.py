@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from neurodocker_nd import outfile
 from neurodocker_nd.minify.keep import KeepSet
 
 
@@ -87,10 +88,7 @@ def biggest_dirs(root: Path, keep: KeepSet, depth: int = 4, top: int = 8) -> tup
 
 
 def write_json(report: Report, path: Path) -> None:
-    """Write atomically: a temp file renamed into place."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    partial.replace(path)
+    outfile.write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
 
 
 def _mb(n: int) -> str:
