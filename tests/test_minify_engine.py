@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -103,14 +104,8 @@ def new_tag(docker_client):
     _remove(docker_client, tag)
 
 
-def ndgen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
+def ndgen(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_ndgen(*args, timeout=600)
 
 
 def _image_id(client, name: str) -> str:
