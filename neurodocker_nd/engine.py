@@ -74,12 +74,12 @@ def _is_debootstrappable(ref: str) -> bool:
 
 
 def split_ref(ref: str) -> tuple[str, str]:
-    """`repo[:tag]` → (repo, tag); the tag defaults to `latest` as docker's does."""
-    last = ref.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = ref.rsplit(":", 1)
-        return repo, tag
-    return ref, "latest"
+    """`repo[:tag]` → (repo, tag) as the engine reads it (a registry port is not a tag);
+    the tag defaults to `latest` as docker's does."""
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(ref)
+    return repo, tag or "latest"
 
 
 def slug(text: str) -> str:

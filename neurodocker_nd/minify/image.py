@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import attrs
 
-from neurodocker_nd import __version__, outfile
+from neurodocker_nd import __version__, engine, outfile
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify.keep import KeepSet
 from neurodocker_nd.minify.source import ImageConfig
@@ -159,7 +159,7 @@ def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, ta
     """`docker import` the keep-set as one layer tagged `tag`."""
     import docker.errors
 
-    repository, version = split_tag(tag)
+    repository, version = engine.split_ref(tag)
     pipe = _TarPipe(root, keep)
     try:
         response = client.api.import_image_from_stream(
@@ -177,14 +177,6 @@ def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, ta
         raise EngineError(f"docker import of {tag} failed: {status['error']}")
     image = client.images.get(tag)
     return Written(tag=tag, image_id=image.id, size=int(image.attrs.get("Size") or 0), entries=entries, file_bytes=file_bytes)
-
-
-def split_tag(tag: str) -> tuple[str, str]:
-    """("repo", "tag") of REPO[:TAG] (a registry port is not a tag), as the engine reads it."""
-    from docker.utils import parse_repository_tag
-
-    repository, version = parse_repository_tag(tag)
-    return repository, version or "latest"
 
 
 def _last_status(response: Any) -> dict[str, Any]:

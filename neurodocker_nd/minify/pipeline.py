@@ -173,7 +173,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 )
         tag = None
         if "docker" in options.formats and (verified is not False or options.keep_failed):
-            client.images.get(work_tag).tag(*image_step.split_tag(options.tag))
+            client.images.get(work_tag).tag(*engine.split_ref(options.tag))
             tag = options.tag
             if verified is False:
                 message += f" (kept {tag} for inspection: --keep-failed)"
