@@ -18,18 +18,16 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
-from neurodocker_nd import engine
+from neurodocker_nd import engine, scratchdir
 from neurodocker_nd.errors import EngineError, NdgenError
 
 Distro = Literal["debian", "ubuntu"]
@@ -234,7 +232,8 @@ def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
     started = time.monotonic()
     log_path = engine.new_log_path("base", spec.ref)
     with engine.step_log(log_path, f"debootstrap {spec.suite} from {spec.mirror}") as log:
-        with _scratch_dir() as scratch:
+        # debootstrap mounts /proc and /sys in its target: never delete through them.
+        with scratchdir.directory("ndgen-base-", "/var/tmp") as scratch:
             rootfs = scratch / "rootfs"
             _debootstrap(spec, rootfs, log)
             _containerize(rootfs)
@@ -332,33 +331,3 @@ def _imported_id(reply: Any) -> str:
         if status.startswith("sha256:"):
             return status
     return ""
-
-
-@contextmanager
-def _scratch_dir() -> Iterator[Path]:
-    """A scratch directory under /var/tmp, removed afterwards — but never across a mount.
-
-    debootstrap mounts /proc and /sys inside the target while it runs and a
-    failure can leave them mounted; deleting through them would hit the host,
-    so any leftover mount is unmounted first and the tree is kept if that fails.
-    """
-    scratch = Path(tempfile.mkdtemp(prefix="ndgen-base-", dir="/var/tmp"))
-    try:
-        yield scratch
-    finally:
-        if _unmount_below(scratch):
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _mounts_below(root: Path) -> list[str]:
-    prefix = str(root.resolve()) + "/"
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        points = [line.split()[4] for line in handle]
-    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
-
-
-def _unmount_below(root: Path) -> bool:
-    """Lazily unmount everything under `root`; True when nothing is mounted there anymore."""
-    for point in _mounts_below(root):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    return not _mounts_below(root)

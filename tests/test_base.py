@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from neurodocker_nd import base
+from neurodocker_nd import base, scratchdir
 from neurodocker_nd.errors import NdgenError
 
 DEBIAN_TAG = "ndgen-test-base-h3:bookworm"
@@ -119,14 +119,14 @@ def test_scratch_cleanup_never_deletes_through_a_mount(tmp_path):
     outside = tmp_path / "host-dev"
     outside.mkdir()
     (outside / "sentinel").write_text("keep me")
-    with base._scratch_dir() as scratch:
+    with scratchdir.directory("ndgen-base-", "/var/tmp") as scratch:
         point = scratch / "rootfs" / "dev"
         point.mkdir(parents=True)
         subprocess.run(["mount", "--bind", str(outside), str(point)], check=True)
         assert (point / "sentinel").exists()
     assert (outside / "sentinel").read_text() == "keep me"
     assert not scratch.exists()
-    assert not base._mounts_below(scratch.parent / scratch.name)
+    assert not scratchdir.mounts_below(scratch.parent / scratch.name)
 
 
 # --------------------------------------------------------------------------- real engine

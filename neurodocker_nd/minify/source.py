@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
 import subprocess
 import tarfile
@@ -26,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from neurodocker_nd import engine
+from neurodocker_nd import engine, scratchdir
 from neurodocker_nd.errors import NdgenError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -256,7 +255,7 @@ def open_source(client: Any, name: str, *, prefer_overlay: bool = True) -> Itera
     image, config = inspect_image(client, name)
     with contextlib.ExitStack() as stack:
         scratch = make_scratch()
-        stack.callback(_remove_scratch, scratch)
+        stack.callback(scratchdir.remove, scratch)  # runs last: after the views' unmounts
         source = None
         lowers = _overlay_lowers(image.attrs) if prefer_overlay else None
         if lowers is not None:
@@ -274,11 +273,3 @@ def open_source(client: Any, name: str, *, prefer_overlay: bool = True) -> Itera
             except _MountRefused:
                 source = Source(config, [str(exported)], scratch, "export-copy", stack, mount=False)
         yield source
-
-
-def _remove_scratch(scratch: Path) -> None:
-    # Never delete through a mount that is still attached (it would write whiteouts, or worse).
-    for path in sorted(scratch.glob("*/rootfs"), reverse=True):
-        if os.path.ismount(path):
-            return
-    shutil.rmtree(scratch, ignore_errors=True)
