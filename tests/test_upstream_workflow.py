@@ -6,20 +6,19 @@ SchemaStore's github-workflow schema validates the file instead.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import tool
+
 WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "upstream-pr.yml"
 
 
 def _check(path: Path) -> subprocess.CompletedProcess:
-    exe = shutil.which("check-jsonschema")
-    if exe is None:
-        pytest.fail("check-jsonschema is not installed (pip install -e '.[test]')")
+    exe = tool("check-jsonschema")
     return subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(path)],
                           capture_output=True, text=True, timeout=120)
 
