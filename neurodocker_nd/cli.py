@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import sys
 from typing import Any
 
@@ -28,6 +29,30 @@ _SUBCOMMANDS: dict[str, str] = {
     "minify": "neurodocker_nd.commands.minify:minify_cmd",
     "upstream": "neurodocker_nd.commands.upstream:upstream_group",
 }
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed.
+
+    Linux's poll() reports POLLERR on such a pipe: this tells `head` closing
+    early apart from a BrokenPipeError on some other pipe (a real error).
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no fd (stdout replaced or closed)
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the flush at interpreter exit cannot raise again.
+
+    This is what Python's documentation recommends for SIGPIPE (library/signal,
+    "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 class LazyGroup(click.Group):
@@ -78,12 +103,25 @@ def cli(ctx: click.Context, **options: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line on stderr and a non-zero exit for any error."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="ndgen", standalone_mode=False)
+        # Not `cli.main()`: its own EPIPE handler exits 1 without a word, whichever
+        # pipe broke, and it returns (not raises) a `ctx.exit(code)`.
+        with cli.make_context("ndgen", args) as ctx:
+            cli.invoke(ctx)
+        # Flush inside the handlers: buffered output to a closed pipe would
+        # otherwise raise at interpreter shutdown, past every handler.
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            _internal_error(exc)  # some other pipe: a real error
+        # `ndgen … | head` stopped reading: end quietly, as a SIGPIPE'd tool does.
+        _silence_stdout()
+        sys.exit(141)
     except NdgenError as exc:
         click.echo(f"ndgen: error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, EOFError):
         click.echo("ndgen: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
@@ -94,19 +132,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("ndgen: interrupted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
-        # `ndgen … | head` must not print a traceback.
-        sys.stderr.close()
-        sys.exit(141)
     except Exception as exc:  # noqa: BLE001 - the edge: no traceback for users
-        if os.environ.get("NDGEN_DEBUG"):
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(
-            f"ndgen: internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)",
-            err=True,
-        )
-        sys.exit(70)
+        _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get("NDGEN_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    click.echo(
+        f"ndgen: internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)",
+        err=True,
+    )
+    sys.exit(70)
 
 
 if __name__ == "__main__":  # pragma: no cover
