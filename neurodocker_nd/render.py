@@ -1,22 +1,23 @@
-"""Render a RecipeSpec with neurodocker's reproenv renderers.
+"""Render a Plan (the immutable list of steps) with neurodocker's reproenv renderers.
 
-A thin layer over `DockerRenderer` / `SingularityRenderer`:
+The one renderer for every front end (`--pkg`, the directive flags, recipe
+files): a thin layer over `DockerRenderer` / `SingularityRenderer`:
 
 * templates are added with `renderer.add_template(Template(...), method)` from
-  our own immutable registry — never through neurodocker's global registry;
+  plain template data carried by the step — never through neurodocker's
+  global registry;
 * a template's rendered instructions depend only on (template, method,
   arguments, package manager), so a `RecipeRenderer` renders each such block
   once into a scratch renderer and replays its instruction list (the same
   list `Renderer.from_dict` consumes) into every recipe that needs it.  This
-  is what makes `ndgen matrix` fast: neurodocker recompiles every Jinja
-  template on every call;
-* `method=system` installs the entry's OS packages with the renderer's own
-  apt/yum command, through an in-memory template (`system_template`), after
-  the NeuroDebian template or EPEL when the entry asks for them;
+  is what makes `ndgen matrix` and `bench/recipes.py` fast: neurodocker
+  recompiles every Jinja template on every call;
+* every other step maps to one reproenv call (`run`, `env`, `copy`, …);
+  declared files a RUN reads (`get_file`) become `RUN --mount=…,from=
+  neurocontainer-cache` in Docker and `%files` entries in Singularity;
 * two subclasses fix the JSON-saving printf (shellcheck SC2016, and invalid
   JSON from escaped parentheses) and complete the Singularity file with
-  `%help`; the `_default` template's entrypoint snippet is rewritten to
-  double quotes (SC2016).
+  `%help`.
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ from typing import Any, Iterable, Literal, Mapping
 import attrs
 
 from neurodocker_nd import __version__
+from neurodocker_nd import steps as st
+from neurodocker_nd.defaults import ENTRYPOINT, NEURODEBIAN_MIRROR, default_template, system_template  # noqa: F401
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry import Registry
-from neurodocker_nd.spec import PackageSpec, RecipeSpec, resolve
+from neurodocker_nd.spec import RecipeSpec, plan_from_items, plan_from_spec, resolve
 
 Format = Literal["docker", "singularity"]
 FORMATS: tuple[Format, ...] = ("docker", "singularity")
-ENTRYPOINT = "/neurodocker/startup.sh"
-# The NeuroDebian mirror used when an entry asks for NeuroDebian (the main
-# server; the `neurodebian` template calls mirrors "versions").
-NEURODEBIAN_MIRROR = "usa-nh"
+# The build stage `RUN --mount=…,from=` reads declared files from (neurocontainers' name).
+CACHE_STAGE = "neurocontainer-cache"
+# Where --out stages declared files in the build context (neurocontainers' layout).
+CACHE_DIR = "cache"
 
 # hadolint rules a rendered Dockerfile may still trigger, each caused by
 # upstream template text we render unchanged (see docs/render.md).
@@ -53,26 +56,8 @@ HADOLINT_IGNORE: tuple[str, ...] = (
     "SC2155",  # `export X=$(…)` in the matlabmcr/spm12 templates
 )
 
-# neurodocker's `_default` template writes the entrypoint script with
-# single-quoted `$` (shellcheck SC2016).  Same script, double quotes.
-_ENTRYPOINT_FIX = {
-    """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""":
-        """echo "export USER=\\"\\${USER:=\\`whoami\\`}\\"" >> "$ND_ENTRYPOINT\"""",
-    """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""":
-        """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",
-}
 
-
-@attrs.frozen
-class RenderedPackage:
-    """What a recipe installs, for `ndgen build` to test."""
-
-    name: str
-    version: str | None
-    method: str
-    test: str | None
-    commands: tuple[str, ...]
-    alert: str | None = None  # e.g. a licence notice from the template
+RenderedPackage = st.Package  # what a recipe installs, for `ndgen build` to test
 
 
 @attrs.frozen
@@ -134,43 +119,40 @@ def _renderer_classes():
 
 
 class RecipeRenderer:
-    """Renders specs; memoises template blocks for the lifetime of this object.
+    """Renders plans; memoises template blocks for the lifetime of this object.
 
     Not shared globally: `render_recipe` makes one per call, `ndgen matrix`
-    one per run.
+    and `bench/recipes.py` one per run.
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else Registry()
         self._blocks: dict[tuple, tuple[tuple[str, Mapping[str, Any]], ...]] = {}
         self._templates: dict[tuple, Any] = {}
-        self._default: Mapping[str, Any] | None = None
         self._docker_cls, self._singularity_cls = _renderer_classes()
 
     # ---- template blocks
-    def _block(
-        self, key: str, template: Mapping[str, Any], method: str, kwds: tuple[tuple[str, str], ...], pkg_manager: str
-    ) -> tuple[tuple[str, Mapping[str, Any]], ...]:
-        memo_key = (key, method, kwds, pkg_manager)
+    def _block(self, step: st.Template, pkg_manager: str) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+        memo_key = (step.key, step.method, step.args, pkg_manager)
         block = self._blocks.get(memo_key)
         if block is None:
-            block = self._render_block(key, template, method, kwds, pkg_manager)
+            block = self._render_block(step, pkg_manager)
             self._blocks[memo_key] = block
         return block
 
-    def _render_block(self, key, template, method, kwds, pkg_manager):
+    def _render_block(self, step: st.Template, pkg_manager: str):
         from neurodocker.reproenv.exceptions import RendererError, TemplateError
 
         import jinja2
 
         scratch = self._docker_cls(pkg_manager=pkg_manager)
         try:
-            scratch.add_template(self._template(key, template, method, kwds), method)
-        except (TemplateError, RendererError, jinja2.TemplateError, KeyError) as exc:
-            raise NdgenError(f"{key}: template error: {exc}") from None
+            scratch.add_template(self._template(step), step.method)
+        except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
+            raise NdgenError(f"{step.key}: template error: {exc}") from None
         return tuple((i["name"], i["kwds"]) for i in json.loads(scratch.to_json())["instructions"])
 
-    def _template(self, key, template, method, kwds):
+    def _template(self, step: st.Template):
         """One neurodocker Template per (template, arguments), shared by apt and yum.
 
         `Template()` re-validates against the JSON schema (including checking
@@ -180,197 +162,155 @@ class RecipeRenderer:
         from neurodocker.reproenv.exceptions import TemplateError
         from neurodocker.reproenv.template import Template
 
-        memo_key = (key, method, kwds)
+        memo_key = (step.key, step.method, step.args)
         tmpl = self._templates.get(memo_key)
         if tmpl is None:
-            args = dict(kwds)
+            args = dict(step.args)
             try:
                 tmpl = Template(
-                    dict(template),
-                    binaries_kwds=args if method == "binaries" else None,
-                    source_kwds=args if method == "source" else None,
+                    _thaw(step.template),
+                    binaries_kwds=args if step.method == "binaries" else None,
+                    source_kwds=args if step.method == "source" else None,
                 )
             except TemplateError as exc:
-                raise NdgenError(f"{key}: template error: {exc}") from None
+                raise NdgenError(f"{step.key}: template error: {exc}") from None
             self._templates[memo_key] = tmpl
         return tmpl
 
     def _default_template(self) -> Mapping[str, Any]:
-        upstream = self.registry.internal("_default")
-        source = dict(upstream["source"])
-        text = source["instructions"]
-        for old, new in _ENTRYPOINT_FIX.items():
-            if old not in text:
-                # Upstream changed the snippet: fail loudly rather than render SC2016.
-                raise NdgenError(f"neurodocker's _default template changed; update ndgen's entrypoint fix ({old!r})")
-            text = text.replace(old, new)
-        source["instructions"] = text
-        return {**upstream, "source": source}
+        return default_template(self.registry)
 
     # ---- rendering
     def render(self, spec: RecipeSpec, fmt: Format = "docker") -> Recipe:
+        """Render a resolved `--pkg` spec (its plan: _default, packages, labels, entrypoint)."""
+        plan = plan_from_spec(spec, self.registry)
+        return self.recipe(plan, fmt)
+
+    def recipe(self, plan: st.Plan, fmt: Format = "docker") -> Recipe:
+        t = plan.target
+        return Recipe(
+            text=self.render_plan(plan, fmt),
+            fmt=fmt,
+            base_image=t.base_image,
+            pkg_manager=t.pkg_manager,
+            os_name=t.os_name,
+            packages=plan.packages,
+        )
+
+    def render_plan(self, plan: st.Plan, fmt: Format = "docker", *, cache_stage: bool = False) -> str:
+        """The recipe text of a plan.
+
+        `cache_stage=True` (Docker, for building) first writes the
+        `neurocontainer-cache` stage the `RUN --mount=…,from=` lines read:
+        `FROM scratch` + `COPY cache/ /` from the build context `--out` makes.
+        """
         if fmt not in FORMATS:
             raise NdgenError(f"unknown format {fmt!r}; choose docker or singularity")
-        target = spec.target
-        pm = target.pkg_manager
+        pm = plan.target.pkg_manager
         r = (self._docker_cls if fmt == "docker" else self._singularity_cls)(pkg_manager=pm)
-        r.from_(target.base_image)
-        if self._default is None:
-            self._default = self._default_template()
-        self._replay(r, self._block("_default", self._default, "source", (), pm))
-        for pkg in spec.packages:
-            if pkg.method == "system":
-                self._add_system(r, pkg, spec)
+        if fmt == "docker" and cache_stage and plan.cache_mounts:
+            r._parts.extend([f"FROM scratch AS {CACHE_STAGE}", f'COPY ["{CACHE_DIR}/", "/"]', ""])
+        r.from_(plan.target.base_image)
+        for step in plan.steps:
+            self._apply(r, step, fmt, pm)
+        if fmt == "singularity" and plan.help_text:
+            r.help_text = plan.help_text
+        return f"{_masthead(plan, fmt)}\n{r.render()}\n"
+
+    def _apply(self, r, step: st.Step, fmt: Format, pm: str) -> None:
+        if isinstance(step, st.Template):
+            self._replay(r, self._block(step, pm))
+        elif isinstance(step, st.Run):
+            if fmt == "singularity":
+                for m in step.mounts:
+                    for guest, _name in m.files:
+                        r.copy([f"{CACHE_DIR}/{m.cache_id}/{guest}"], f"{m.target}/{guest}")
+                (r.run_bash if step.shell == "bash" else r.run)(step.command)
             else:
-                assert pkg.entry.template is not None
-                self._replay(r, self._block(str(pkg.entry.template_path), pkg.entry.template, pkg.method, pkg.kwds, pm))
-        r.labels(_labels(spec))
-        if fmt == "docker":
-            r.entrypoint([ENTRYPOINT])
-        else:
-            # Singularity passes `run` arguments only when the runscript forwards them.
-            r.entrypoint([ENTRYPOINT, '"$@"'])
-            r.help_text = _help_text(spec)
-        text = f"{_masthead(spec, fmt)}\n{r.render()}\n"
-        return Recipe(
-            text=text,
-            fmt=fmt,
-            base_image=target.base_image,
-            pkg_manager=pm,
-            os_name=target.os_name,
-            packages=tuple(
-                RenderedPackage(
-                    name=p.name, version=p.version, method=p.method, test=p.test, commands=p.commands, alert=p.alert
+                mounts = " ".join(
+                    f"--mount=type=bind,from={CACHE_STAGE},source=/{m.cache_id},target={m.target},readonly"
+                    for m in step.mounts
                 )
-                for p in spec.packages
-            ),
-        )
+                command = step.command
+                if step.shell == "bash":
+                    command = f"bash -c '{command}'"
+                r.run(f"{mounts} {command.lstrip(' ')}" if mounts else command)
+        elif isinstance(step, st.Install):
+            r.install(list(step.pkgs), step.opts)
+        elif isinstance(step, st.Env):
+            r.env(**dict(step.values))
+        elif isinstance(step, st.Copy):
+            if fmt == "docker" and step.from_ is not None:
+                r.copy(list(step.srcs), step.dst, from_=step.from_)
+            else:
+                r.copy(list(step.srcs), step.dst)
+        elif isinstance(step, st.Workdir):
+            r.workdir(step.path)
+        elif isinstance(step, st.User):
+            r.user(step.name)
+        elif isinstance(step, st.Entrypoint):
+            # Singularity passes `run` arguments only when the runscript forwards them.
+            r.entrypoint(list(step.args) if fmt == "docker" else [*step.args, '"$@"'])
+        elif isinstance(step, st.Label):
+            r.labels(dict(step.values))
+        elif isinstance(step, st.Arg):
+            r.arg(step.key, step.value)
+        elif isinstance(step, st.Deploy):
+            # neurocontainers' contract: two ENV instructions, always present in a recipe.
+            r.env(DEPLOY_PATH=":".join(step.path))
+            r.env(DEPLOY_BINS=":".join(step.bins))
+        else:  # pragma: no cover - the Step union is closed
+            raise TypeError(f"unknown step {step!r}")
 
     @staticmethod
     def _replay(r, block: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         for name, kwds in block:
             getattr(r, name)(**kwds)
 
-    def _add_system(self, r, pkg: PackageSpec, spec: RecipeSpec) -> None:
-        system = pkg.entry.meta.system if pkg.entry.meta else None
-        assert system is not None
-        target = spec.target
-        if target.pkg_manager == "apt" and system.neurodebian:
-            if target.codename is None:
-                raise NdgenError(f"{pkg.name}: NeuroDebian needs a known release; use --os instead of --base-image")
-            nd = self.registry.get("neurodebian")
-            assert nd.template is not None
-            kwds = (("os_codename", target.codename), ("version", NEURODEBIAN_MIRROR))
-            self._replay(r, self._block(str(nd.template_path), nd.template, "binaries", kwds, "apt"))
-        key = f"{pkg.entry.meta_path}#system"
-        self._replay(r, self._block(key, system_template(pkg.entry), "source", (), target.pkg_manager))
+
+def _thaw(value: Any) -> Any:
+    """Plain dicts/lists for neurodocker's jsonschema validation (steps hold read-only views)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
 
 
-def system_template(entry) -> dict[str, Any]:
-    """An in-memory neurodocker template installing an entry's OS packages.
-
-    The packages are the template's `dependencies`, so neurodocker's renderer
-    writes its own apt/yum install command (`install_dependencies()`), the
-    same one `Renderer.install()` writes — in a single, singly-indented RUN and
-    logged once in the saved spec (`install()` is logged together with the
-    `run()` it makes, so a replayed spec would install twice).  EPEL comes
-    first on yum when the entry asks for it.
-    """
-    system = entry.meta.system
-    instructions = "{{ self.install_dependencies() }}"
-    if system.epel:
-        # Decided at render time, as upstream templates do: one template serves apt and yum.
-        instructions = "{% if self.pkg_manager == 'yum' %}{{ self.install(['epel-release']) }}\n{% endif %}" + instructions
-    deps = {pm: list(system.packages(pm)) for pm in ("apt", "yum") if system.packages(pm)}
-    return {
-        "name": entry.name,
-        "url": entry.meta.homepage,
-        "source": {"dependencies": deps, "instructions": instructions},
-    }
-
-
-# ---------------------------------------------------------------- text pieces
-
-
-def _pkg_arg(p: PackageSpec) -> str:
-    s = p.name + (f"=={p.version}" if p.version else "")
-    extra = [f"{k}={v}" for k, v in p.kwds if k != "version"]
-    if p.method != p.entry.default_method:
-        extra.insert(0, f"method={p.method}")
-    return ",".join([s, *extra])
-
-
-def reproduce_command(spec: RecipeSpec, fmt: Format) -> str:
-    """The ndgen command line that renders this recipe again."""
-    from neurodocker_nd.oses import PRESETS
-
-    t = spec.target
-    preset = PRESETS.get(t.os_name)
-    if preset is None:
-        where = f"--base-image {t.base_image} --pkg-manager {t.pkg_manager}"
-    else:
-        where = f"--os {t.os_name}"
-        if preset.base_image != t.base_image:
-            where += f" --base-image {t.base_image}"
-    pkgs = " ".join(f"--pkg {_pkg_arg(p)}" for p in spec.packages)
-    fmt_opt = " --format singularity" if fmt == "singularity" else ""
-    return f"ndgen {pkgs} {where}{fmt_opt}"
-
-
-def _masthead(spec: RecipeSpec, fmt: Format) -> str:
+def _masthead(plan: st.Plan, fmt: Format) -> str:
     from neurodocker import __version__ as nd_version
 
-    return (
-        f"# Generated by ndgen {__version__} with neurodocker {nd_version}.\n"
-        f"# Reproduce: {reproduce_command(spec, fmt)}\n"
-    )
+    fmt_opt = " --format singularity" if fmt == "singularity" else ""
+    lines = f"# Generated by ndgen {__version__} with neurodocker {nd_version}.\n"
+    if plan.reproduce:
+        lines += f"# Reproduce: {plan.reproduce}{fmt_opt}\n"
+    return lines
 
 
-def _describe(p: PackageSpec) -> str:
-    return f"{p.name} {p.version or ''} ({p.method})".replace("  ", " ")
-
-
-def _labels(spec: RecipeSpec) -> dict[str, str]:
-    names = [p.name for p in spec.packages]
-    return {
-        "org.opencontainers.image.title": "-".join(names),
-        "org.opencontainers.image.description": "; ".join(_describe(p) for p in spec.packages)
-        + f" on {spec.target.os_name}",
-        "org.opencontainers.image.base.name": spec.target.base_image,
-        "org.opencontainers.image.vendor": "ndgen",
-        "org.ndgen.version": __version__,
-        "org.ndgen.packages": " ".join(f"{p.name}={p.version or p.method}" for p in spec.packages),
-    }
-
-
-def _help_text(spec: RecipeSpec) -> str:
-    lines = [f"Container rendered by ndgen {__version__} on {spec.target.os_name} ({spec.target.base_image})."]
-    lines.append("Packages:")
-    for p in spec.packages:
-        lines.append(f"    {_describe(p)}")
-        if p.commands:
-            lines.append(f"        commands: {' '.join(p.commands)}")
-        if p.alert:
-            lines.append(f"        note: {' '.join(p.alert.split())}")
-    lines.append("Usage: apptainer run IMAGE COMMAND [ARGS...]")
-    return "\n".join(lines)
+def render(plan: st.Plan, fmt: Format = "docker", *, cache_stage: bool = False, registry: Registry | None = None) -> str:
+    """Render one plan (stable API for `ndgen recipe` / `ndgen build`)."""
+    return RecipeRenderer(registry).render_plan(plan, fmt, cache_stage=cache_stage)
 
 
 # ---------------------------------------------------------------- public API
 
 
 def render_recipe(
-    pkgs: Iterable[str],
+    pkgs: Iterable[str | st.Step],
     os_name: str | None = None,
     base_image: str | None = None,
     pkg_manager: str | None = None,
     fmt: Format = "docker",
     registry: Registry | None = None,
 ) -> Recipe:
-    """Render `--pkg …` strings for an OS into a Recipe (stable API for `ndgen build`)."""
+    """Render `--pkg …` strings — and directive steps, in command-line order —
+    for an OS into a Recipe (stable API for `ndgen build`)."""
     registry = registry if registry is not None else Registry()
-    spec = resolve(pkgs, os_name, base_image, pkg_manager, registry)
-    return RecipeRenderer(registry).render(spec, fmt)
+    items = list(pkgs)
+    if all(isinstance(i, str) for i in items):
+        return RecipeRenderer(registry).render(resolve(items, os_name, base_image, pkg_manager, registry), fmt)  # type: ignore[arg-type]
+    plan = plan_from_items(items, os_name, base_image, pkg_manager, registry)
+    return RecipeRenderer(registry).recipe(plan, fmt)
 
 
 # ---------------------------------------------------------------- many recipes

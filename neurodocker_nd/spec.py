@@ -9,10 +9,13 @@ metacharacters, Jinja braces or newlines are rejected here, before rendering.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+import shlex
+from typing import Iterable, Sequence
 
 import attrs
 
+from neurodocker_nd import __version__
+from neurodocker_nd import steps as st
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.oses import Target, resolve_target
 from neurodocker_nd.registry import Entry, Registry, unknown_name_message
@@ -224,3 +227,180 @@ def resolve(
         seen.add(req.name)
         packages.append(resolve_package(req, registry, target))
     return RecipeSpec(target=target, packages=tuple(packages))
+
+
+# ---------------------------------------------------------------- spec -> plan
+
+
+def plan_from_spec(spec: RecipeSpec, registry: Registry) -> st.Plan:
+    """The steps of a `--pkg`-only recipe (see `plan_from_items`)."""
+    return _plan(spec.target, list(spec.packages), spec, registry)
+
+
+def plan_from_items(
+    items: Sequence[str | st.Step],
+    os_name: str | None,
+    base_image: str | None = None,
+    pkg_manager: str | None = None,
+    registry: Registry | None = None,
+) -> st.Plan:
+    """`--pkg` strings and directive steps, in command-line order, into a Plan.
+
+    As `neurodocker generate` does: the `_default` template first, then every
+    item in order, then (ndgen) the labels, then the default entrypoint
+    unless a directive set one.
+    """
+    items = list(items)
+    if not items:
+        raise NdgenError("nothing to install: give at least one --pkg NAME or a directive (--run, --install, …)")
+    requests = [parse_pkg(i) if isinstance(i, str) else i for i in items]
+    target = resolve_target(os_name, base_image, pkg_manager)
+    registry = registry if registry is not None else Registry()
+    seen: set[str] = set()
+    resolved: list[PackageSpec | st.Step] = []
+    for req in requests:
+        if isinstance(req, PkgRequest):
+            if req.name in seen:
+                raise NdgenError(f"--pkg {req.name} given twice")
+            seen.add(req.name)
+            resolved.append(resolve_package(req, registry, target))
+        else:
+            resolved.append(req)
+    spec = RecipeSpec(target=target, packages=tuple(r for r in resolved if isinstance(r, PackageSpec)))
+    return _plan(target, resolved, spec, registry)
+
+
+def _plan(target: Target, items: list, spec: RecipeSpec, registry: Registry) -> st.Plan:
+    from neurodocker_nd.defaults import ENTRYPOINT, default_template
+
+    steps: list[st.Step] = [_template_step("_default", default_template(registry), "source", ())]
+    for item in items:
+        if isinstance(item, PackageSpec):
+            steps.extend(package_steps(item, target, registry))
+        else:
+            steps.append(item)
+    if spec.packages:
+        steps.append(st.Label(labels(spec)))
+    if not any(isinstance(i, st.Entrypoint) for i in items):
+        steps.append(st.Entrypoint((ENTRYPOINT,)))
+    return st.Plan(
+        target=target,
+        steps=tuple(steps),
+        packages=tuple(
+            st.Package(name=p.name, version=p.version, method=p.method, test=p.test, commands=p.commands, alert=p.alert)
+            for p in spec.packages
+        ),
+        reproduce=reproduce_command(target, items),
+        help_text=help_text(spec),
+    )
+
+
+def _template_step(key: str, template, method: str, args: tuple[tuple[str, str], ...], name: str | None = None) -> st.Template:
+    return st.Template(name=name or key, method=method, args=args, key=key, template=template)
+
+
+def package_steps(pkg: PackageSpec, target: Target, registry: Registry) -> list[st.Template]:
+    """A package as template steps (method=system: NeuroDebian first when asked, then the OS packages)."""
+    from neurodocker_nd.defaults import NEURODEBIAN_MIRROR, system_template
+
+    if pkg.method != "system":
+        assert pkg.entry.template is not None
+        return [_template_step(str(pkg.entry.template_path), pkg.entry.template, pkg.method, pkg.kwds, pkg.name)]
+    system = pkg.entry.meta.system if pkg.entry.meta else None
+    assert system is not None
+    out = []
+    if target.pkg_manager == "apt" and system.neurodebian:
+        if target.codename is None:
+            raise NdgenError(f"{pkg.name}: NeuroDebian needs a known release; use --os instead of --base-image")
+        nd = registry.get("neurodebian")
+        assert nd.template is not None
+        kwds = (("os_codename", target.codename), ("version", NEURODEBIAN_MIRROR))
+        out.append(_template_step(str(nd.template_path), nd.template, "binaries", kwds, "neurodebian"))
+    out.append(_template_step(f"{pkg.entry.meta_path}#system", system_template(pkg.entry), "source", (), pkg.name))
+    return out
+
+
+# ---------------------------------------------------------------- text pieces
+
+
+def _pkg_arg(p: PackageSpec) -> str:
+    s = p.name + (f"=={p.version}" if p.version else "")
+    extra = [f"{k}={v}" for k, v in p.kwds if k != "version"]
+    if p.method != p.entry.default_method:
+        extra.insert(0, f"method={p.method}")
+    return ",".join([s, *extra])
+
+
+def _pairs_arg(flag: str, pairs) -> str:
+    return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in pairs)
+
+
+def step_arg(step: st.Step) -> str:
+    """The directive flag(s) that make this step (for the Reproduce line)."""
+    q = shlex.quote
+    if isinstance(step, st.Run):
+        return f"--run{'-bash' if step.shell == 'bash' else ''} {q(step.command)}"
+    if isinstance(step, st.Install):
+        return "--install " + " ".join(q(p) for p in step.pkgs) + (f" {q('opts=' + step.opts)}" if step.opts else "")
+    if isinstance(step, st.Env):
+        return _pairs_arg("--env", step.values)
+    if isinstance(step, st.Label):
+        return _pairs_arg("--label", step.values)
+    if isinstance(step, st.Copy):
+        return "--copy " + " ".join(q(p) for p in (*step.srcs, step.dst))
+    if isinstance(step, st.Workdir):
+        return f"--workdir {q(step.path)}"
+    if isinstance(step, st.User):
+        return f"--user {q(step.name)}"
+    if isinstance(step, st.Entrypoint):
+        return "--entrypoint " + " ".join(q(a) for a in step.args)
+    if isinstance(step, st.Arg):
+        return f"--arg {q(step.key if step.value is None else f'{step.key}={step.value}')}"
+    raise NdgenError(f"{type(step).__name__} has no command-line flag")
+
+
+def reproduce_command(target: Target, items: Iterable[PackageSpec | st.Step]) -> str:
+    """The ndgen command line that renders this recipe again (format option excluded)."""
+    from neurodocker_nd.oses import PRESETS
+
+    t = target
+    preset = PRESETS.get(t.os_name)
+    if preset is None:
+        where = f"--base-image {t.base_image} --pkg-manager {t.pkg_manager}"
+    else:
+        where = f"--os {t.os_name}"
+        if preset.base_image != t.base_image:
+            where += f" --base-image {t.base_image}"
+    args = " ".join(f"--pkg {_pkg_arg(i)}" if isinstance(i, PackageSpec) else step_arg(i) for i in items)
+    return f"ndgen {args} {where}"
+
+
+def _describe(p: PackageSpec) -> str:
+    return f"{p.name} {p.version or ''} ({p.method})".replace("  ", " ")
+
+
+def labels(spec: RecipeSpec) -> dict[str, str]:
+    names = [p.name for p in spec.packages]
+    return {
+        "org.opencontainers.image.title": "-".join(names),
+        "org.opencontainers.image.description": "; ".join(_describe(p) for p in spec.packages)
+        + f" on {spec.target.os_name}",
+        "org.opencontainers.image.base.name": spec.target.base_image,
+        "org.opencontainers.image.vendor": "ndgen",
+        "org.ndgen.version": __version__,
+        "org.ndgen.packages": " ".join(f"{p.name}={p.version or p.method}" for p in spec.packages),
+    }
+
+
+def help_text(spec: RecipeSpec) -> str:
+    lines = [f"Container rendered by ndgen {__version__} on {spec.target.os_name} ({spec.target.base_image})."]
+    if spec.packages:
+        lines.append("Packages:")
+    for p in spec.packages:
+        lines.append(f"    {_describe(p)}")
+        if p.commands:
+            lines.append(f"        commands: {' '.join(p.commands)}")
+        if p.alert:
+            lines.append(f"        note: {' '.join(p.alert.split())}")
+    lines.append("Usage: apptainer run IMAGE COMMAND [ARGS...]")
+    return "\n".join(lines)

@@ -1,0 +1,322 @@
+"""The one representation every front end produces: an immutable list of steps.
+
+`--pkg` strings (spec.py), the directive flags (directives.py) and recipe files
+(recipe.py) only parse and validate into a :class:`Plan`; `render.render_plan`
+is the one place that turns steps into Dockerfile or Singularity text (through
+neurodocker's reproenv renderers).  Steps are plain data: any Jinja of a recipe
+has been evaluated before a step exists.
+
+Safety lives here, so that every front end gets it: a step's value can never
+start a new instruction.  Single-line fields (paths, users, env values…)
+reject control characters and the quote that would close reproenv's quoting;
+RUN commands may span lines (recipes' `run:` lists do), but a line may not
+start a Singularity section (`%post`…), and the last line may not continue
+into the next instruction (a trailing backslash or a trailing comment line,
+which Docker's parser skips while it keeps the continuation open).
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, Union
+
+import attrs
+
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.oses import Target
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+_SECTION_RE = re.compile(r"^\s*%[A-Za-z]")
+
+
+class StepError(NdgenError):
+    """A step's value would break out of its instruction."""
+
+
+def _what(ch: str) -> str:
+    return {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte"}.get(ch, repr(ch))
+
+
+def check_line(what: str, value: str, *, forbid: str = '"', spaces: bool = True) -> str:
+    """A single-line value: no control characters, none of `forbid`, maybe no spaces."""
+    if not isinstance(value, str):
+        raise StepError(f"{what}: expected a string, got {type(value).__name__}")
+    m = _CONTROL_RE.search(value)
+    if m:
+        raise StepError(f"{what}: value {value[:40]!r} contains {_what(m.group(0))}")
+    for ch in forbid:
+        if ch in value:
+            raise StepError(f"{what}: value {value[:40]!r} contains {ch!r}")
+    if not spaces and (" " in value or not value):
+        raise StepError(f"{what}: {value!r} must be one non-empty word")
+    return value
+
+
+def check_command(what: str, command: str) -> str:
+    """A RUN command: lines are fine, escaping the instruction is not."""
+    if "\x00" in command or "\r" in command:
+        raise StepError(f"{what}: command contains {'a NUL byte' if chr(0) in command else 'a carriage return'}")
+    lines = [ln for ln in command.splitlines() if ln.strip()]
+    if not lines:
+        raise StepError(f"{what}: empty command")
+    for ln in lines:
+        if _SECTION_RE.match(ln):
+            raise StepError(f"{what}: a line starts with {ln.strip()[:20]!r}, which would open a Singularity section")
+    last = lines[-1].rstrip()
+    if last.endswith("\\"):
+        raise StepError(f"{what}: the last line ends with a backslash, continuing into the next instruction")
+    if last.lstrip().startswith("#") and len(lines) > 1:
+        raise StepError(f"{what}: the last line is a comment, which would continue into the next instruction")
+    return command
+
+
+def _frozen_pairs(what: str, key_re: re.Pattern[str]):
+    def convert(value: Any) -> tuple[tuple[str, str], ...]:
+        items = value.items() if isinstance(value, Mapping) else value
+        pairs = tuple((str(k), str(v)) for k, v in items)
+        for k, v in pairs:
+            if not key_re.match(k):
+                raise StepError(f"{what}: bad name {k!r}")
+            check_line(f"{what} {k}", v, forbid='"\\')
+        return pairs
+
+    return convert
+
+
+# ---------------------------------------------------------------- steps
+
+
+@attrs.frozen
+class Template:
+    """A neurodocker template (registry entry, `_default`, a --templates file).
+
+    `template` is the template as data (neurodocker's form); `key` names it for
+    memoising and messages (its file path, or `path#system`).
+    """
+
+    name: str
+    method: str  # binaries | source
+    args: tuple[tuple[str, str], ...]
+    key: str
+    template: Mapping[str, Any] = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class Install:
+    """OS packages with the plan's package manager (reproenv's `install`)."""
+
+    pkgs: tuple[str, ...]
+    opts: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.pkgs:
+            raise StepError("install: no packages")
+        for p in self.pkgs:
+            check_line("install", p, forbid="\"'\\;&|`$<>", spaces=False)
+        if self.opts is not None:
+            check_line("install opts", self.opts, forbid="\"'\\;&|`$<>")
+
+
+@attrs.frozen
+class CacheMount:
+    """Declared files a RUN reads from the `neurocontainer-cache` build stage.
+
+    `files` maps the guest file name under /.neurocontainer-cache/<cache_id>/
+    to the declared file's name (Plan.files).
+    """
+
+    cache_id: str
+    files: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def target(self) -> str:
+        return f"/.neurocontainer-cache/{self.cache_id}"
+
+
+@attrs.frozen
+class Run:
+    """A shell command; `shell="bash"` is neurodocker's --run-bash."""
+
+    command: str
+    shell: Literal["sh", "bash"] = "sh"
+    mounts: tuple[CacheMount, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        check_command("run", self.command)
+        if self.shell == "bash" and "'" in self.command:
+            # reproenv wraps it as bash -c '…'; a quote would end the string.
+            raise StepError("run-bash: command contains a single quote")
+
+
+@attrs.frozen
+class Env:
+    values: tuple[tuple[str, str], ...] = attrs.field(converter=_frozen_pairs("env", _ENV_KEY_RE))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.values:
+            raise StepError("env: no variables")
+
+
+@attrs.frozen
+class Copy:
+    srcs: tuple[str, ...]
+    dst: str
+    from_: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.srcs:
+            raise StepError("copy: needs at least one source and a destination")
+        for p in (*self.srcs, self.dst):
+            check_line("copy", p, forbid='"\\', spaces=False)
+        if self.from_ is not None:
+            check_line("copy --from", self.from_, forbid='"\\', spaces=False)
+
+
+@attrs.frozen
+class Workdir:
+    path: str
+
+    def __attrs_post_init__(self) -> None:
+        check_line("workdir", self.path, forbid='"\\', spaces=False)
+
+
+@attrs.frozen
+class User:
+    name: str
+
+    def __attrs_post_init__(self) -> None:
+        check_line("user", self.name, forbid="\"'\\;&|`$<>()", spaces=False)
+
+
+@attrs.frozen
+class Entrypoint:
+    """Exec form; Singularity's %runscript forwards its arguments ("$@")."""
+
+    args: tuple[str, ...]
+
+    def __attrs_post_init__(self) -> None:
+        if not self.args:
+            raise StepError("entrypoint: empty")
+        for a in self.args:
+            check_line("entrypoint", a, forbid='\\')
+            if '"' in a and a != '"$@"':
+                raise StepError(f"entrypoint: value {a[:40]!r} contains '\"'")
+
+
+@attrs.frozen
+class Label:
+    values: tuple[tuple[str, str], ...] = attrs.field(converter=_frozen_pairs("label", _LABEL_KEY_RE))
+
+
+@attrs.frozen
+class Arg:
+    key: str
+    value: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not _ENV_KEY_RE.match(self.key):
+            raise StepError(f"arg: bad name {self.key!r}")
+        if self.value is not None:
+            check_line(f"arg {self.key}", self.value, forbid='"\\ ')
+
+
+@attrs.frozen
+class Deploy:
+    """Neurodesk's deploy contract: DEPLOY_PATH and DEPLOY_BINS in the final environment."""
+
+    bins: tuple[str, ...] = ()
+    path: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        for v in (*self.bins, *self.path):
+            check_line("deploy", v, forbid='"\\:', spaces=False)
+
+
+Step = Union[Template, Install, Run, Env, Copy, Workdir, User, Entrypoint, Label, Arg, Deploy]
+
+
+# ---------------------------------------------------------------- plan
+
+
+@attrs.frozen
+class File:
+    """A file a recipe declares (`files:` / `file:`): staged on the host, then
+    visible to the build at /.neurocontainer-cache/… (get_file) or by COPY.
+
+    Exactly one of url, path (absolute, on the host) or contents is set.
+    """
+
+    name: str
+    guest_filename: str
+    url: str | None = None
+    path: str | None = None
+    contents: str | None = None
+    sha256: str | None = None
+    executable: bool = False
+
+
+@attrs.frozen
+class Package:
+    """What a plan installs from the registry, for `ndgen build` to test."""
+
+    name: str
+    version: str | None
+    method: str
+    test: str | None
+    commands: tuple[str, ...]
+    alert: str | None = None
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@attrs.frozen
+class Plan:
+    """Everything a renderer needs; identical plans render identical text.
+
+    * `steps`: in order, after FROM (the renderer adds nothing but the header,
+      the masthead, %help and reproenv's saved spec);
+    * `files`: declared files by name (staging for get_file and COPY);
+    * `context_files`: COPY sources relative to the build context that come
+      from the recipe directory (`--out` copies them there);
+    * `readme`: README text (a recipe's README.md), None for --pkg plans;
+    * `metadata`: the recipe's top-level keys (read-only), for release tools.
+    """
+
+    target: Target
+    steps: tuple[Step, ...]
+    files: tuple[File, ...] = ()
+    context_files: tuple[str, ...] = ()
+    readme: str | None = None
+    name: str | None = None
+    version: str | None = None
+    arch: str | None = None
+    recipe_dir: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze, eq=False, repr=False)
+    packages: tuple[Package, ...] = ()
+    reproduce: str | None = None  # the command line that renders this plan again
+    help_text: str | None = None  # Singularity %help
+
+    def file(self, name: str) -> File:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def cache_mounts(self) -> tuple[CacheMount, ...]:
+        return tuple(m for s in self.steps if isinstance(s, Run) for m in s.mounts)
+
+    @property
+    def deploy(self) -> Deploy:
+        """The deploy step (the last one wins), or an empty one."""
+        found = [s for s in self.steps if isinstance(s, Deploy)]
+        return found[-1] if found else Deploy()

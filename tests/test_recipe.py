@@ -1,0 +1,200 @@
+"""`ndgen recipe`: neurocontainers' build.yaml → steps → Dockerfile / Singularity file.
+
+Uses ndgen's own demo recipe (tests/recipes/ndgen-demo) and small recipes
+written here; the comparison with neurocontainers' builder on their real
+recipes is tests/test_recipe_corpus.py (needs NDGEN_NEUROCONTAINERS).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neurodocker_nd import steps as st
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.recipe import load_recipe
+from neurodocker_nd.render import render
+
+HERE = Path(__file__).parent
+DEMO = HERE / "recipes" / "ndgen-demo"
+
+
+def instructions(dockerfile: str) -> list[str]:
+    """Dockerfile instructions (continuations joined), comments and the saved spec dropped."""
+    text = dockerfile.split("# Save specification to JSON.")[0]
+    out: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0].isspace() and out:
+            out[-1] += "\n" + line
+        else:
+            out.append(line)
+    return out
+
+
+def test_demo_docker_order_and_final_environment():
+    plan = load_recipe(DEMO, parallel_jobs=2)
+    ins = instructions(render(plan, "docker"))
+    kinds = [i.split()[0] for i in ins]
+    assert ins[0] == "FROM debian:bookworm" and ins[1] == "USER root"
+    # the order of USER / WORKDIR / COPY / ENTRYPOINT follows the recipe
+    assert [k for k in kinds if k in ("USER", "WORKDIR", "COPY", "ENTRYPOINT")] == [
+        "USER", "WORKDIR", "USER", "USER", "COPY", "COPY"]
+    assert 'ENV DEPLOY_PATH="/opt/ndgen-demo/bin"' in ins and 'ENV DEPLOY_BINS="ndgen-greet"' in ins
+    assert 'ENV DEMO_GREETING="Hello"' in ins  # a recipe variable through context.*
+    run = next(i for i in ins if "--mount=type=bind,from=neurocontainer-cache" in i)
+    cache_id = re.search(r"source=/(h[0-9a-f]{8}),", run).group(1)
+    assert f"/.neurocontainer-cache/{cache_id}/greet.sh /opt/ndgen-demo/bin/ndgen-greet" in run
+    assert any('echo "x86 build"' in i for i in ins) and not any("arm build" in i for i in ins)
+    assert plan.cache_mounts[0].files == (("greet.sh", "greet.sh"), ("motd", "motd"))
+    assert plan.file("motd").contents == "demo 1.0 on x86_64"  # Jinja drops the final newline, as theirs
+
+
+def test_demo_arch_selects_conditions():
+    plan = load_recipe(DEMO, arch="aarch64")
+    text = render(plan, "docker")
+    assert "arm build" in text and "x86 build" not in text
+
+
+def test_demo_singularity_sections_parse():
+    from spython.main.parse.parsers import SingularityParser
+
+    text = render(load_recipe(DEMO), "singularity")
+    path = Path("/tmp") / f"ndgen-demo-{id(text)}.def"
+    path.write_text(text)
+    try:
+        (recipe,) = SingularityParser(str(path)).recipe.values()
+    finally:
+        path.unlink()
+    env = "\n".join(recipe.environ)
+    assert 'DEPLOY_BINS="ndgen-greet"' in env and 'DEPLOY_PATH="/opt/ndgen-demo/bin"' in env
+    files = [tuple(f.split()) for f in recipe.files]
+    assert ("README.md", "/README.md") in files
+    assert any(dst.endswith("/greet.sh") and src.startswith("cache/h") for src, dst in files)
+    assert "/neurodocker" not in (recipe.cmd or "")  # add-default-template: false → no runscript
+    text2 = render(load_recipe(HERE / "recipes" / "ndgen-demo"), "singularity")
+    assert text2 == text  # deterministic
+
+
+def test_default_template_entrypoint_is_the_runscript(tmp_path):
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    (recipe / "build.yaml").write_text(
+        "name: r\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\n"
+        "build:\n  kind: neurodocker\n  base-image: ubuntu:24.04\n  pkg-manager: apt\n"
+        "  directives:\n    - run: [echo hi]\n"
+    )
+    text = render(load_recipe(recipe), "singularity")
+    assert '%runscript\n/neurodocker/startup.sh "$@"' in text
+    assert 'export DEBIAN_FRONTEND="noninteractive"' in text
+    docker = render(load_recipe(recipe), "docker")
+    assert docker.rstrip().splitlines()[-1] == "# End saving to specification to JSON."
+    assert 'ENTRYPOINT ["/neurodocker/startup.sh"]' in docker
+
+
+def test_out_writes_a_complete_build_context(tmp_path):
+    from click.testing import CliRunner
+
+    from neurodocker_nd.cli import cli
+
+    out = tmp_path / "ctx"
+    result = CliRunner().invoke(cli, ["recipe", str(DEMO), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    cache = [n for n in names if n.startswith("cache/")]
+    assert {"Dockerfile", "README.md", "build.yaml"} <= set(names)
+    assert len(cache) == 2 and any(n.endswith("/greet.sh") for n in cache)
+    dockerfile = (out / "Dockerfile").read_text()
+    assert dockerfile.split("FROM debian:bookworm")[0].count("FROM scratch AS neurocontainer-cache") == 1
+    assert (out / "README.md").read_text().startswith("## ndgen-demo/1.0 ##")
+    greet = next(out.rglob("greet.sh"))
+    assert greet.stat().st_mode & 0o111
+
+
+# ---------------------------------------------------------------- bad input
+
+RECIPE_HEAD = "name: bad\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
+
+BAD = [
+    ("unknown-directive", "    - install: jq\n    - frobnicate: yes\n", "build.yaml:11: unknown directive 'frobnicate'"),
+    ("malformed-yaml", "    - install: [jq\n", "build.yaml:11: malformed YAML"),
+    ("unknown-template", "    - template:\n        name: nosuchtool\n", "unknown template 'nosuchtool'"),
+    ("unknown-version", "    - template:\n        name: ants\n        version: 0.0.1\n", "unknown version '0.0.1'"),
+    ("bad-condition", "    - condition: arch ==\n      run: [echo]\n", "condition 'arch ==' does not parse"),
+    ("missing-file", "    - file:\n        name: f\n        filename: nothere.txt\n", "nothere.txt does not exist"),
+    ("missing-copy", "    - copy: nothere.txt /opt/\n", "copy source 'nothere.txt' does not exist"),
+    ("undefined-var", "    - run: ['echo {{ context.nosuch }}']\n", "build.yaml:10: UndefinedError"),
+    ("unknown-get-file", "    - run: ['cat {{ get_file(\"x\") }}']\n", "get_file('x'): no such declared file"),
+    ("section-in-run", "    - run: |\n        echo a\n        %runscript\n        id\n", "would open a Singularity section"),
+    ("quote-in-env", "    - environment:\n        A: 'x\"y'\n", "contains '\"'"),
+    ("sandbox", "    - run: ['{{ context.__class__ }}']\n", "build.yaml"),
+]
+
+
+@pytest.mark.parametrize("case, body, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_recipe_one_line_exit_2_nothing_written(tmp_path, case, body, message):
+    recipe = tmp_path / "bad"
+    recipe.mkdir()
+    (recipe / "build.yaml").write_text(RECIPE_HEAD + body)
+    out = tmp_path / "out"
+    out.mkdir()
+    for extra in (["-o", str(out / "Dockerfile")], ["--out", str(out / "ctx")]):
+        proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "recipe", str(recipe), *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr
+        assert message in lines[0], lines[0]
+        assert list(out.iterdir()) == []
+
+
+def test_include_is_resolved_from_the_repository_root(tmp_path):
+    root = tmp_path / "repo"
+    (root / "macros" / "m").mkdir(parents=True)
+    (root / "macros" / "m" / "x.yaml").write_text("directives:\n  - run: [echo from-macro]\n  - environment: {M: '1'}\n")
+    recipe = root / "recipes" / "r"
+    recipe.mkdir(parents=True)
+    (recipe / "build.yaml").write_text(RECIPE_HEAD.replace("bad", "r") + "    - include: macros/m/x.yaml\n")
+    text = render(load_recipe(recipe), "docker")
+    assert "echo from-macro" in text and 'ENV M="1"' in text
+    (recipe / "build.yaml").write_text(RECIPE_HEAD + "    - include: ../../etc/passwd\n")
+    with pytest.raises(NdgenError, match="not found under"):
+        load_recipe(recipe)
+
+
+def test_group_with_scopes_variables(tmp_path):
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    (recipe / "build.yaml").write_text(
+        RECIPE_HEAD + "    - group:\n        - run: ['echo {{ who }}']\n      with:\n        who: inner\n"
+        "    - variables:\n        who: outer\n    - run: ['echo {{ who }}']\n"
+    )
+    runs = [s.command for s in load_recipe(recipe).steps if isinstance(s, st.Run)]
+    assert runs[-2:] == [" echo inner", " echo outer"]
+
+
+def test_recipe_rendering_does_not_import_docker_sdk():
+    code = (
+        "import sys\nfrom neurodocker_nd.cli import main\n"
+        f"main(['recipe', {str(DEMO)!r}, '-o', '/dev/null'])\n"
+    )
+    code = code.replace("main([", "try:\n    main([").replace("'/dev/null'])\n", "'/dev/null'])\nexcept SystemExit:\n    pass\n")
+    code += "print('docker' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_steps_refuse_to_break_out_of_an_instruction():
+    for bad in (lambda: st.Workdir("/x\nRUN id"), lambda: st.Env({"A": 'x"'}), lambda: st.Run("echo \\"),
+                lambda: st.Run("echo a\n# trailing comment"), lambda: st.Copy(("a b",), "/x"),
+                lambda: st.User("root; id"), lambda: st.Label({"a": "x\ny"})):
+        with pytest.raises(st.StepError):
+            bad()
+    assert st.Run("echo a\n# note\necho b").command  # a comment inside is fine
+    assert shutil.which("sh")
