@@ -276,6 +276,13 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._upstream_names or name in self._registry_names
 
+    def canonical(self, name: str) -> str:
+        """The entry name `name` means: names are case-insensitive (`ANTs` is `ants`)."""
+        if name in self:
+            return name
+        folded = {n.lower(): n for n in self._upstream_names | self._registry_names}
+        return folded.get(name.lower(), name)
+
     # ---- validators (built on first use)
     @cached_property
     def _template_validator(self):
@@ -310,7 +317,8 @@ class Registry:
         return Meta.from_dict(data)
 
     def get(self, name: str) -> Entry:
-        """The entry `name`, validated; NdgenError with suggestions if unknown."""
+        """The entry `name` (case-insensitive), validated; NdgenError with suggestions if unknown."""
+        name = self.canonical(name)
         if name in self._memo:
             return self._memo[name]
         if name not in self:

@@ -3,9 +3,10 @@
 The one renderer for every front end (`--pkg`, the directive flags, recipe
 files): a thin layer over `DockerRenderer` / `SingularityRenderer`:
 
-* templates are added with `renderer.add_template(Template(...), method)` from
-  plain template data carried by the step — never through neurodocker's
-  global registry;
+* templates come from plain template data carried by the step as neurodocker
+  `Template`s — never through neurodocker's global registry — and their Jinja
+  strings render in a sandbox (neurodocker_nd.sandbox: registry entries are
+  untrusted), the result entering the renderer through its `env()` / `run()`;
 * a template's rendered instructions depend only on (template, method,
   arguments, package manager), so a `RecipeRenderer` renders each such block
   once into a scratch renderer and replays its instruction list (the same
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Iterable, Literal, Mapping
 
 import attrs
@@ -33,7 +35,7 @@ from neurodocker_nd import steps as st
 from neurodocker_nd.defaults import ENTRYPOINT, NEURODEBIAN_MIRROR, default_template, system_template  # noqa: F401
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry import Registry
-from neurodocker_nd.spec import RecipeSpec, plan_from_items, plan_from_spec, resolve
+from neurodocker_nd.spec import PKG_LIST_ARGS, RecipeSpec, plan_from_items, plan_from_spec, resolve
 
 Format = Literal["docker", "singularity"]
 FORMATS: tuple[Format, ...] = ("docker", "singularity")
@@ -91,6 +93,25 @@ def _printf_spec(cmd: str) -> str:
     return cmd.replace("$", "\\044").replace("`", "\\140")
 
 
+# A package spec made of these needs no quoting in any shell context.
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9._+,:/@%=-]+$")
+
+
+def _quote_pkg_words(value: str) -> str:
+    """Quote package specs (`numpy<2`, `nipype[all]`) for neurodocker's miniconda template.
+
+    The template writes each word as `"WORD"`, for pip inside the double-quoted
+    argument of `bash -c "… pip install … "WORD" …"` — there the quotes end and
+    reopen the outer string, so the word is unquoted in both shells and `<` `>`
+    would redirect, `[ ]` `*` glob, a leading `#` comment. A word rendered as
+    `""'WORD'""` is literal in both contexts: at top level the single quotes
+    hold; inside `bash -c "…"` the outer shell keeps them (they are inside its
+    double quotes) and the inner shell applies them. spec.py guarantees the
+    word has no quotes, `$`, backticks or backslashes to escape from them.
+    """
+    return " ".join(w if _PLAIN_WORD.match(w) else f"\"'{w}'\"" for w in value.split())
+
+
 @functools.cache
 def _renderer_classes():
     """Imported lazily: neurodocker (and jsonschema, jinja2) only when rendering."""
@@ -104,7 +125,12 @@ def _renderer_classes():
         help_text: str = ""
 
         def _get_instructions(self) -> str:
-            return _printf_spec(super()._get_instructions())
+            # neurodocker continues the printf's lines with ` \`, which a
+            # Dockerfile joins before the shell runs; in %post (a shell script)
+            # the backslash-newline stays inside the single quotes and printf
+            # writes it into the JSON. A newline alone is valid JSON whitespace.
+            # (JSON text never contains a raw newline, so only continuations match.)
+            return _printf_spec(super()._get_instructions()).replace(" \\\n", "\n")
 
         def render(self) -> str:
             s = super().render()
@@ -141,23 +167,42 @@ class RecipeRenderer:
         return block
 
     def _render_block(self, step: st.Template, pkg_manager: str):
+        """Render one template method into a scratch renderer; return its instruction list.
+
+        The Jinja strings render in ndgen's sandbox (neurodocker_nd.sandbox), and
+        the scratch renderer receives plain text through `env()` / `run()` — what
+        `Renderer.add_template` would call after rendering them unsandboxed.
+        """
         from neurodocker.reproenv.exceptions import RendererError, TemplateError
 
         import jinja2
 
+        from neurodocker_nd import sandbox
+
         scratch = self._docker_cls(pkg_manager=pkg_manager)
+        tmpl = self._template(step)
         try:
-            scratch.add_template(self._template(step), step.method)
+            bound = getattr(tmpl, step.method)
+            bound.validate_kwds()
+            env, command = sandbox.render_method(bound, pkg_manager)
+        except jinja2.exceptions.SecurityError as exc:
+            raise NdgenError(f"{step.key}: unsafe template, refused to render: {exc}") from None
         except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
             raise NdgenError(f"{step.key}: template error: {exc}") from None
+        if env:
+            scratch.env(**env)
+        if bound.instructions:
+            if not command.strip():
+                raise NdgenError(f"{step.key}: template error: empty rendered instructions")
+            scratch.run(command)
         return tuple((i["name"], i["kwds"]) for i in json.loads(scratch.to_json())["instructions"])
 
     def _template(self, step: st.Template):
         """One neurodocker Template per (template, arguments), shared by apt and yum.
 
         `Template()` re-validates against the JSON schema (including checking
-        the schema itself) on every construction; `add_template` re-binds the
-        package manager each time it is called, so sharing is safe.
+        the schema itself) on every construction; the package manager is bound
+        at render time (sandbox.BoundMethod), so sharing is safe.
         """
         from neurodocker.reproenv.exceptions import TemplateError
         from neurodocker.reproenv.template import Template
@@ -165,7 +210,7 @@ class RecipeRenderer:
         memo_key = (step.key, step.method, step.args)
         tmpl = self._templates.get(memo_key)
         if tmpl is None:
-            args = dict(step.args)
+            args = {k: _quote_pkg_words(v) if k in PKG_LIST_ARGS else v for k, v in step.args}
             try:
                 tmpl = Template(
                     _thaw(step.template),

@@ -4,6 +4,9 @@
 `method=binaries|source|system` picks how to install; other keys are template
 arguments.  Every value ends up inside a RUN line, so values carrying shell
 metacharacters, Jinja braces or newlines are rejected here, before rendering.
+Package-list arguments (neurodocker's `conda_install="numpy<2 nibabel>=5"`,
+`pip_install="nipype[all] git+https://…#egg=x"`) take package specs, whose
+`< > = ! ~ [ ] * #` the renderer quotes (render._quote_pkg_words).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from neurodocker_nd import __version__
 from neurodocker_nd import steps as st
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.oses import Target, resolve_target
-from neurodocker_nd.registry import Entry, Registry, unknown_name_message
+from neurodocker_nd.registry import Entry, Registry
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -26,6 +29,15 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 # Characters the shell (or Jinja, which neurodocker re-renders values with)
 # would interpret; spaces stay allowed (e.g. conda_install="numpy scipy").
 _UNSAFE_RE = re.compile(r"[;&|$`<>(){}\\'\"!#*?\[\]\x00-\x1f\x7f]")
+# Arguments the template splits into package specs (neurodocker's miniconda).
+PKG_LIST_ARGS = frozenset({"conda_install", "pip_install"})
+# One conda match spec / pip requirement / VCS URL: no quotes, `$`, backticks,
+# backslashes, `;&|(){}?` — nothing that could leave the quotes the renderer adds.
+_PKG_WORD_RE = re.compile(r"^[A-Za-z0-9._+=<>!~,:/@#%*\[\]-]+$")
+# Path arguments are used unquoted by templates (`tar -C {{ self.install_path }}`)
+# and inside double quotes (`export PATH="{{ self.install_path }}/bin"`): no single
+# quoting is right in both, so a path with whitespace is refused rather than split.
+_PATH_ARG_RE = re.compile(r"(_path|_dir|_file|prefix)$")
 
 
 class MissingArgument(NdgenError):
@@ -93,6 +105,33 @@ def _unsafe(value: str) -> str | None:
     return {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(ch, repr(ch))
 
 
+def _check_value(name: str, key: str, value: str) -> None:
+    """Refuse a template argument value that could break out of its RUN line."""
+    if key in PKG_LIST_ARGS:
+        control = re.search(r"[\x00-\x1f\x7f]", value)
+        if control:
+            raise NdgenError(f"--pkg {name}: value of {key} contains {_unsafe(control.group(0))}")
+        for word in value.split():
+            if not _PKG_WORD_RE.match(word):
+                bad = _unsafe(next(c for c in word if not _PKG_WORD_RE.match(c)))
+                raise NdgenError(
+                    f"--pkg {name}: {key} package {word!r} contains {bad}; package specs may use "
+                    "letters, digits and . _ + - = < > ! ~ , : / @ # % * [ ]"
+                )
+        return
+    what = _unsafe(value)
+    if what:
+        raise NdgenError(
+            f"--pkg {name}: value of {key} contains {what}; shell metacharacters, "
+            "quotes and newlines are not allowed in template arguments"
+        )
+    if value.split() != [value] and value and (_PATH_ARG_RE.search(key) or value.startswith("/")):
+        raise NdgenError(
+            f"--pkg {name}: {key} {value!r} contains whitespace; templates use paths unquoted, "
+            "so a path with spaces would be split (choose a path without spaces)"
+        )
+
+
 def parse_pkg(text: str) -> PkgRequest:
     """Parse `NAME[==VERSION][,key=value…]`; NdgenError names the bad part."""
     parts = text.split(",")
@@ -118,12 +157,7 @@ def parse_pkg(text: str) -> PkgRequest:
             raise NdgenError(f"malformed --pkg {text!r}: bad argument name {key!r}")
         if key in seen:
             raise NdgenError(f"--pkg {name}: argument {key!r} given twice")
-        what = _unsafe(value)
-        if what:
-            raise NdgenError(
-                f"--pkg {name}: value of {key} contains {what}; shell metacharacters, "
-                "quotes and newlines are not allowed in template arguments"
-            )
+        _check_value(name, key, value.strip())
         seen.add(key)
         args.append((key, value.strip()))
     return PkgRequest(name=name, version=ver, args=tuple(args), text=text)
@@ -131,10 +165,7 @@ def parse_pkg(text: str) -> PkgRequest:
 
 def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> PackageSpec:
     """Check a request against its registry entry and the target; fill defaults."""
-    name = req.name if req.name in registry else req.name.lower()  # `ANTs` is ants
-    if name not in registry:
-        raise NdgenError(unknown_name_message("package", req.name, registry.names()))
-    entry = registry.get(name)
+    entry = registry.get(req.name)  # case-insensitive: `ANTs` is ants
     args = dict(req.args)
     method = args.pop("method", None) or entry.default_method
     if method not in entry.methods:
@@ -205,6 +236,20 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
     )
 
 
+def _resolve_once(req: PkgRequest, registry: Registry, target: Target, seen: dict[str, str]) -> PackageSpec:
+    """Resolve a request, refusing a package already requested (`seen`: name -> as typed).
+
+    Compared after resolving: names are case-insensitive, `ants` and `ANTs` are one package.
+    """
+    pkg = resolve_package(req, registry, target)
+    if pkg.name in seen:
+        first = seen[pkg.name]
+        also = f" (as {first!r} and {req.name!r})" if first != req.name else ""
+        raise NdgenError(f"--pkg {pkg.name} given twice{also}")
+    seen[pkg.name] = req.name
+    return pkg
+
+
 def resolve(
     pkgs: Iterable[str],
     os_name: str | None,
@@ -219,13 +264,8 @@ def resolve(
     requests = [parse_pkg(p) for p in pkgs]
     target = resolve_target(os_name, base_image, pkg_manager)
     registry = registry if registry is not None else Registry()
-    seen: set[str] = set()
-    packages = []
-    for req in requests:
-        if req.name in seen:
-            raise NdgenError(f"--pkg {req.name} given twice")
-        seen.add(req.name)
-        packages.append(resolve_package(req, registry, target))
+    seen: dict[str, str] = {}
+    packages = [_resolve_once(req, registry, target, seen) for req in requests]
     return RecipeSpec(target=target, packages=tuple(packages))
 
 
@@ -256,16 +296,10 @@ def plan_from_items(
     requests = [parse_pkg(i) if isinstance(i, str) else i for i in items]
     target = resolve_target(os_name, base_image, pkg_manager)
     registry = registry if registry is not None else Registry()
-    seen: set[str] = set()
-    resolved: list[PackageSpec | st.Step] = []
-    for req in requests:
-        if isinstance(req, PkgRequest):
-            if req.name in seen:
-                raise NdgenError(f"--pkg {req.name} given twice")
-            seen.add(req.name)
-            resolved.append(resolve_package(req, registry, target))
-        else:
-            resolved.append(req)
+    seen: dict[str, str] = {}
+    resolved: list[PackageSpec | st.Step] = [
+        _resolve_once(req, registry, target, seen) if isinstance(req, PkgRequest) else req for req in requests
+    ]
     spec = RecipeSpec(target=target, packages=tuple(r for r in resolved if isinstance(r, PackageSpec)))
     return _plan(target, resolved, spec, registry)
 
@@ -364,14 +398,15 @@ def reproduce_command(target: Target, items: Iterable[PackageSpec | st.Step]) ->
     from neurodocker_nd.oses import PRESETS
 
     t = target
+    q = shlex.quote  # `conda_install=numpy scipy` must come back as one argument
     preset = PRESETS.get(t.os_name)
     if preset is None:
-        where = f"--base-image {t.base_image} --pkg-manager {t.pkg_manager}"
+        where = f"--base-image {q(t.base_image)} --pkg-manager {t.pkg_manager}"
     else:
-        where = f"--os {t.os_name}"
+        where = f"--os {q(t.os_name)}"
         if preset.base_image != t.base_image:
-            where += f" --base-image {t.base_image}"
-    args = " ".join(f"--pkg {_pkg_arg(i)}" if isinstance(i, PackageSpec) else step_arg(i) for i in items)
+            where += f" --base-image {q(t.base_image)}"
+    args = " ".join(f"--pkg {q(_pkg_arg(i))}" if isinstance(i, PackageSpec) else step_arg(i) for i in items)
     return f"ndgen {args} {where}"
 
 

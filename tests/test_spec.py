@@ -20,9 +20,9 @@ def reg() -> Registry:
 
 
 def test_parse_name_version_and_args():
-    req = parse_pkg("ants==2.4.3,method=source,install_path=/opt/x y")
+    req = parse_pkg("ants==2.4.3,method=source,conda_opts=-q --offline")
     assert (req.name, req.version) == ("ants", "2.4.3")
-    assert req.args == (("method", "source"), ("install_path", "/opt/x y"))
+    assert req.args == (("method", "source"), ("conda_opts", "-q --offline"))
     assert parse_pkg("fsl").version is None
 
 
@@ -189,3 +189,15 @@ def test_bad_base_image_rejected(image):
 @pytest.mark.parametrize("image", ["localhost:5000/org/img:1.0", "ghcr.io/a/b@sha256:" + "0" * 64, "busybox"])
 def test_good_base_image_accepted(image):
     assert resolve_target(None, image, "apt").base_image == image
+
+
+@pytest.mark.parametrize("names", [("ants", "ANTS"), ("ANTs", "ants"), ("jq,method=system", "JQ,method=system")])
+def test_same_package_in_other_case_is_given_twice(names):
+    with pytest.raises(NdgenError, match=r"--pkg \w+ given twice"):
+        resolve([names[0], names[1]], "debian:bookworm")
+
+
+def test_show_is_case_insensitive(ndgen_cli):
+    proc = ndgen_cli("show", "ANTS", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ants (")
