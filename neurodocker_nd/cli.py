@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from neurodocker_nd import __version__
-from neurodocker_nd.commands.options import recipe_options
+from neurodocker_nd.commands.options import OrderedGroup, directive_options, ordered_items, recipe_options
 from neurodocker_nd.errors import NdgenError
 
 # subcommand name -> "module:attribute"; imported only when invoked (or listed by --help).
@@ -56,8 +56,8 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
+class LazyGroup(OrderedGroup):
+    """A click group whose subcommands are imported on first use (options kept in order)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_SUBCOMMANDS)
@@ -79,6 +79,7 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @recipe_options
+@directive_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe here instead of stdout.")
 @click.version_option(__version__, prog_name="ndgen")
 @click.pass_context
@@ -86,19 +87,26 @@ def cli(ctx: click.Context, **options: Any) -> None:
     """ndgen: render, build, test, minify and upstream neuroimaging containers.
 
     Without a subcommand, renders a Dockerfile (or Singularity definition)
-    for the given --pkg and --os, e.g. `ndgen --pkg ants --os ubuntu`.
+    for the given --pkg and --os, e.g. `ndgen --pkg ants --os ubuntu`;
+    neurodocker's directive flags (--run, --env, --copy, …) mix with --pkg
+    in the order given.
     """
+    from neurodocker_nd.directives import NAMES
+
+    directives = {name: options.pop(name) for name in NAMES}
+    given = [name for name, values in directives.items() if values]
     if ctx.invoked_subcommand is not None:
-        if options.get("pkgs"):
-            raise NdgenError(
-                f"put --pkg after the subcommand: ndgen {ctx.invoked_subcommand} --pkg …"
-            )
+        if options.get("pkgs") or given:
+            flag = "--pkg" if options.get("pkgs") else "--" + given[0].replace("_", "-")
+            raise NdgenError(f"put {flag} after the subcommand: ndgen {ctx.invoked_subcommand} {flag} …")
         return
-    if not options.get("pkgs"):
+    if not options.get("pkgs") and not given:
         click.echo(ctx.get_help())
         ctx.exit(0)
     from neurodocker_nd.commands.render import render_default
 
+    if given:
+        options["pkgs"] = ordered_items(ctx, options["pkgs"], directives)
     render_default(**options)
 
 

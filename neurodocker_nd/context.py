@@ -25,18 +25,14 @@ RECIPE_FILES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
 
 
 def _file_source(f: st.File, dest: Path) -> None:
-    """Materialise one declared file at `dest` (local path, inline contents, or a URL)."""
+    """Materialise one declared file at `dest` (inline contents, or a local path or URL via fetch.stage)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if f.contents is not None:
         dest.write_text(f.contents, encoding="utf-8")
-    elif f.path is not None:
-        shutil.copyfile(f.path, dest)
     else:
-        try:
-            from neurodocker_nd import fetch  # download + sha256 + content cache (registry step)
-        except ImportError:
-            raise NdgenError(f"file {f.name}: {f.url} must be downloaded, and this ndgen has no fetcher") from None
-        fetch.fetch_to(f.url, dest, sha256=f.sha256)  # type: ignore[attr-defined]
+        from neurodocker_nd import fetch  # sha256-verified download, content-addressed cache
+
+        fetch.stage(f.url or f.path, f.sha256, dest)  # type: ignore[arg-type]
     if f.executable:
         dest.chmod(0o755)
 

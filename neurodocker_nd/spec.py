@@ -366,7 +366,7 @@ def _pkg_arg(p: PackageSpec) -> str:
 
 
 def _pairs_arg(flag: str, pairs) -> str:
-    return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in pairs)
+    return f"{flag} " + " ".join(shlex.quote(f"{k}={v}") for k, v in pairs)
 
 
 def step_arg(step: st.Step) -> str:
@@ -387,7 +387,7 @@ def step_arg(step: st.Step) -> str:
     if isinstance(step, st.User):
         return f"--user {q(step.name)}"
     if isinstance(step, st.Entrypoint):
-        return "--entrypoint " + " ".join(q(a) for a in step.args)
+        return f"--entrypoint {q(' '.join(step.args))}"  # one word: `-c` must not read as a flag
     if isinstance(step, st.Arg):
         return f"--arg {q(step.key if step.value is None else f'{step.key}={step.value}')}"
     raise NdgenError(f"{type(step).__name__} has no command-line flag")
