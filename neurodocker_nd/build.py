@@ -309,27 +309,15 @@ def _run_one(
     timeout: float,
 ) -> TestOutcome:
     """`command` under /bin/sh -c in a fresh container of the image, with no network at all."""
-    from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
-
-    argv = ["/bin/sh", "-c", command] if command else []
-    started = time.monotonic()
-    container = client.containers.create(
-        image_id,
-        command=argv or None,
-        entrypoint=entrypoint,
-        network_mode="none",
-        labels={"org.ndgen.test": name},
+    argv = ["/bin/sh", "-c", command] if command else None
+    result = engine.run_once(
+        client, image_id, argv, entrypoint=entrypoint, timeout=timeout, labels={"org.ndgen.test": name}
     )
-    try:
-        container.start()
-        try:
-            exit_code: int | None = container.wait(timeout=timeout)["StatusCode"]
-        except RequestException:  # no answer within the timeout: a hung test
-            container.kill()
-            exit_code = None
-        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
-    finally:
-        container.remove(force=True)
-    seconds = time.monotonic() - started
-    log.write(f"\n# test {name}: {command or '/.singularity.d/test'} → {exit_code}\n{output}")
-    return TestOutcome(name=name, command=command or "%test section", exit_code=exit_code, seconds=seconds, output=output)
+    log.write(f"\n# test {name}: {command or '/.singularity.d/test'} → {result.exit_code}\n{result.output}")
+    return TestOutcome(
+        name=name,
+        command=command or "%test section",
+        exit_code=result.exit_code,
+        seconds=result.seconds,
+        output=result.output,
+    )

@@ -27,6 +27,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "base": "neurodocker_nd.commands.base:base_cmd",
     "build": "neurodocker_nd.commands.build:build_cmd",
     "recipe": "neurodocker_nd.commands.recipe:recipe_cmd",
+    "test": "neurodocker_nd.commands.test:test_cmd",
     "minify": "neurodocker_nd.commands.minify:minify_cmd",
     "upstream": "neurodocker_nd.commands.upstream:upstream_group",
 }

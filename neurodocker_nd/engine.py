@@ -193,3 +193,77 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> N
     info.mode = mode
     info.mtime = 0  # fixed: identical inputs give an identical context (and build cache hits)
     archive.addfile(info, io.BytesIO(data))
+
+
+# --------------------------------------------------------------------------- one-shot containers
+
+
+@attrs.frozen
+class RunResult:
+    """What one command printed and returned in a throw-away container."""
+
+    exit_code: int | None  # None: still running at the timeout (then killed)
+    stdout: str
+    stderr: str
+    output: str  # stdout and stderr interleaved, as the container printed them
+    seconds: float
+    present: tuple[str, ...] = ()  # which of the asked-for paths exist in the container afterwards
+
+
+def run_once(
+    client: Any,
+    image: str,
+    argv: list[str] | None,
+    *,
+    entrypoint: list[str] | None = None,
+    timeout: float,
+    binds: tuple[Path, ...] = (),
+    workdir: str | None = None,
+    user: str | None = None,
+    labels: dict[str, str] | None = None,
+    probe: tuple[str, ...] = (),
+) -> RunResult:
+    """Run `argv` in a fresh container of `image` with no network at all; always remove it.
+
+    `binds` are host directories mounted read-write at the same path (as
+    Apptainer binds them). `probe` paths are looked up in the stopped
+    container's own root by the engine (never on the host), so a path a test
+    wrote anywhere in the container is seen, and a path can never reach out
+    of it.
+    """
+    from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
+
+    started = time.monotonic()
+    container = client.containers.create(
+        image,
+        command=argv,
+        entrypoint=entrypoint,
+        network_mode="none",
+        volumes={str(p): {"bind": str(p), "mode": "rw"} for p in binds},
+        working_dir=workdir,
+        user=user,
+        labels=labels or {},
+    )
+    try:
+        container.start()
+        try:
+            exit_code: int | None = container.wait(timeout=timeout)["StatusCode"]
+        except RequestException:  # no answer within the timeout: a hung command
+            container.kill()
+            exit_code = None
+        seconds = time.monotonic() - started
+        logs = container.logs
+        stdout = logs(stdout=True, stderr=False).decode(errors="replace")
+        stderr = logs(stdout=False, stderr=True).decode(errors="replace")
+        output = logs(stdout=True, stderr=True).decode(errors="replace")
+        present = tuple(p for p in probe if _exists_in(client, container.id, p))
+    finally:
+        container.remove(force=True)
+    return RunResult(exit_code, stdout, stderr, output, seconds, present)
+
+
+def _exists_in(client: Any, container_id: str, path: str) -> bool:
+    """A HEAD on the engine's archive endpoint: the engine resolves `path` inside the container."""
+    api = client.api
+    url = f"{api.base_url}/v{api.api_version}/containers/{container_id}/archive"
+    return api.head(url, params={"path": path}).status_code == 200

@@ -28,3 +28,9 @@ class EngineError(NdgenError):
 
 class TraceError(NdgenError):
     """A traced command failed or tracing could not run."""
+
+
+class ChecksFailed(NdgenError):
+    """The image was tested and some test failed: exit 1 (bad input stays exit 2)."""
+
+    exit_code = 1

@@ -56,6 +56,17 @@ def line_of(path: Path, parts: list[Any]) -> int:
     return node.start_mark.line + 1
 
 
+def item_lines(path: Path, key: str) -> list[int]:
+    """1-based line of each item of the top-level list `key`, from one compose pass.
+
+    For files with thousands of items, where calling `line_of` per item would
+    parse the file once per item.
+    """
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    node = next((v for k, v in root.value if k.value == key), None) if isinstance(root, yaml.MappingNode) else None
+    return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
+
+
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; malformed YAML becomes one DataFileError line."""
     try:
