@@ -26,25 +26,31 @@ class Target:
     pkg_manager: PkgManager
     os_name: str  # the preset name, or the base image for --base-image
     codename: str | None = None
+    glibc: tuple[int, int] | None = None  # the release's C library (None: unknown image)
 
 
-def _t(name: str, image: str, pm: PkgManager, codename: str | None) -> Target:
-    return Target(base_image=image, pkg_manager=pm, os_name=name, codename=codename)
+def _t(name: str, image: str, pm: PkgManager, codename: str | None, glibc: tuple[int, int]) -> Target:
+    return Target(base_image=image, pkg_manager=pm, os_name=name, codename=codename, glibc=glibc)
 
 
 # Canonical presets, one per distinct base image; `ndgen matrix` renders each.
+# glibc per release (checked by `requires:` in registry meta): the table
+# "Linux distributions to kernel and glibc versions map",
+# https://gist.github.com/richardlau/6a01d7829cc33ddab35269dacc127680 (Debian
+# 11: 2.31, 12: 2.36; RHEL 8: 2.28, 9: 2.34; Ubuntu 20.04: 2.31, 22.04: 2.35,
+# 24.04: 2.39); bookworm's 2.36 also from `apt-cache policy libc6` (2.36-9+deb12u14).
 PRESETS: Mapping[str, Target] = MappingProxyType(
     {
         t.os_name: t
         for t in (
-            _t("ubuntu:20.04", "ubuntu:20.04", "apt", "focal"),
-            _t("ubuntu:22.04", "ubuntu:22.04", "apt", "jammy"),
-            _t("ubuntu:24.04", "ubuntu:24.04", "apt", "noble"),
-            _t("debian:bullseye", "debian:bullseye", "apt", "bullseye"),
-            _t("debian:bookworm", "debian:bookworm", "apt", "bookworm"),
-            _t("debian:bookworm-slim", "debian:bookworm-slim", "apt", "bookworm"),
-            _t("rockylinux:8", "rockylinux:8", "yum", None),
-            _t("rockylinux:9", "rockylinux:9", "yum", None),
+            _t("ubuntu:20.04", "ubuntu:20.04", "apt", "focal", (2, 31)),
+            _t("ubuntu:22.04", "ubuntu:22.04", "apt", "jammy", (2, 35)),
+            _t("ubuntu:24.04", "ubuntu:24.04", "apt", "noble", (2, 39)),
+            _t("debian:bullseye", "debian:bullseye", "apt", "bullseye", (2, 31)),
+            _t("debian:bookworm", "debian:bookworm", "apt", "bookworm", (2, 36)),
+            _t("debian:bookworm-slim", "debian:bookworm-slim", "apt", "bookworm", (2, 36)),
+            _t("rockylinux:8", "rockylinux:8", "yum", None, (2, 28)),
+            _t("rockylinux:9", "rockylinux:9", "yum", None, (2, 34)),
         )
     }
 )

@@ -54,6 +54,50 @@ class SystemInstall:
 
 
 @attrs.frozen
+class Source:
+    """Where a registry fact was read, and what it shows."""
+
+    url: str
+    confirms: str
+
+
+@attrs.frozen
+class VersionInfo:
+    """`meta.versions[V]`: provenance (and the sha256) of one template version."""
+
+    status: str  # verified | confirmed | inherited
+    sources: tuple[Source, ...]
+    sha256: str | None = None
+
+
+@attrs.frozen
+class Waiver:
+    """`meta.waivers[]`: a lint finding accepted on purpose."""
+
+    rule: str
+    reason: str
+    versions: tuple[str, ...] = ()  # empty: every finding of the rule
+
+    def covers(self, rule: str, version: str | None) -> bool:
+        return rule == self.rule and (not self.versions or version in self.versions)
+
+
+@attrs.frozen
+class Requirement:
+    """`meta.requires[]`: these versions need at least this glibc on the target."""
+
+    versions: tuple[str, ...]
+    methods: tuple[str, ...]
+    glibc: tuple[int, ...]
+    reason: str
+    sources: tuple[Source, ...]
+
+
+def _sources(items) -> tuple[Source, ...]:
+    return tuple(Source(url=s["url"], confirms=s["confirms"]) for s in items or ())
+
+
+@attrs.frozen
 class Meta:
     """ndgen's additions to a template (`registry/<name>/meta.yaml`)."""
 
@@ -66,6 +110,16 @@ class Meta:
     system: SystemInstall | None = None
     upstream_status: str = "ndgen-only"
     upstream_notes: str | None = None
+    versions: Mapping[str, VersionInfo] = attrs.field(factory=dict, eq=False)
+    waivers: tuple[Waiver, ...] = ()
+    requires: tuple[Requirement, ...] = ()
+
+    def sha256(self, version: str | None) -> str | None:
+        info = self.versions.get(version) if version is not None else None
+        return info.sha256 if info is not None else None
+
+    def waived(self, rule: str, version: str | None = None) -> Waiver | None:
+        return next((w for w in self.waivers if w.covers(rule, version)), None)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Meta:
@@ -90,6 +144,26 @@ class Meta:
             system=system,
             upstream_status=up.get("status", "ndgen-only"),
             upstream_notes=up.get("notes"),
+            versions=MappingProxyType(
+                {
+                    str(v): VersionInfo(status=i["status"], sources=_sources(i.get("sources")), sha256=i.get("sha256"))
+                    for v, i in (d.get("versions") or {}).items()
+                }
+            ),
+            waivers=tuple(
+                Waiver(rule=w["rule"], reason=w["reason"], versions=tuple(str(v) for v in w.get("versions") or ()))
+                for w in d.get("waivers") or ()
+            ),
+            requires=tuple(
+                Requirement(
+                    versions=tuple(str(v) for v in r["versions"]),
+                    methods=tuple(r.get("methods") or ("binaries",)),
+                    glibc=tuple(int(x) for x in str(r["glibc"]).split(".")),
+                    reason=r["reason"],
+                    sources=_sources(r.get("sources")),
+                )
+                for r in d.get("requires") or ()
+            ),
         )
 
 

@@ -48,6 +48,27 @@ class UnsupportedTarget(NdgenError):
     """The package cannot be installed with the target's package manager."""
 
 
+class Incompatible(UnsupportedTarget):
+    """A `requires:` entry of the registry meta rules this version out on the target OS."""
+
+
+def check_requires(entry: Entry, method: str, version: str | None, target: Target) -> None:
+    """Refuse a version the registry records as incompatible with the target's glibc.
+
+    Unknown images (`--base-image` without `--os`) have no known glibc and pass.
+    """
+    if entry.meta is None or version is None or target.glibc is None:
+        return
+    for req in entry.meta.requires:
+        if method in req.methods and version in req.versions and target.glibc < req.glibc:
+            have = ".".join(map(str, target.glibc))
+            need = ".".join(map(str, req.glibc))
+            raise Incompatible(
+                f"{entry.name} {version} (method={method}) needs glibc >= {need}, "
+                f"{target.os_name} has {have}: {req.reason}"
+            )
+
+
 @attrs.frozen
 class PkgRequest:
     """One parsed --pkg string, not yet checked against the registry."""
@@ -227,6 +248,7 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
         raise MissingArgument(
             f"{entry.name}: missing required argument {missing[0]!r}: --pkg {entry.name},{missing[0]}=…"
         )
+    check_requires(entry, method, args.get("version"), target)
     return PackageSpec(
         name=entry.name,
         method=method,
@@ -339,7 +361,12 @@ def package_steps(pkg: PackageSpec, target: Target, registry: Registry) -> list[
 
     if pkg.method != "system":
         assert pkg.entry.template is not None
-        return [_template_step(str(pkg.entry.template_path), pkg.entry.template, pkg.method, pkg.kwds, pkg.name)]
+        step = _template_step(str(pkg.entry.template_path), pkg.entry.template, pkg.method, pkg.kwds, pkg.name)
+        sha = pkg.entry.meta.sha256(pkg.version) if pkg.entry.meta is not None and pkg.method == "binaries" else None
+        if sha is not None:
+            url = str((pkg.entry.template["binaries"].get("urls") or {}).get(pkg.version, ""))
+            step = attrs.evolve(step, sha256=sha, url=url)
+        return [step]
     system = pkg.entry.meta.system if pkg.entry.meta else None
     assert system is not None
     out = []

@@ -102,6 +102,9 @@ class Template:
     args: tuple[tuple[str, str], ...]
     key: str
     template: Mapping[str, Any] = attrs.field(eq=False, repr=False)
+    # The download the renderer verifies (registry meta `versions.V.sha256`).
+    sha256: str | None = None
+    url: str | None = None
 
 
 @attrs.frozen

@@ -122,29 +122,38 @@ def validate_cmd(paths: tuple[str, ...]) -> None:
     """Validate the whole registry, or the given template/meta files or entry directories.
 
     Templates are checked with neurodocker's own schema, meta.yaml with
-    schemas/meta.schema.json; registry entries are also test-rendered.
+    schemas/meta.schema.json; registry entries are also test-rendered and
+    linted: every version the registry adds needs sourced `versions:` in meta,
+    and Dropbox/unpinned URLs, `curl | sh`, apt-key and missing checksums need
+    a `waivers:` entry with a reason (registry/README.md).
     Errors name the file, the YAML path and the line.
     """
     from pathlib import Path
 
+    from neurodocker_nd.lint import check_or_raise
     from neurodocker_nd.registry import Registry, validate_paths
-
     from neurodocker_nd.render import check_renders
 
     registry = Registry()
     if paths:
         checked = validate_paths([Path(p) for p in paths], registry)
-        renders = 0
+        renders = waived = 0
         for p in map(Path, paths):
             if p.is_dir():
                 # An entry directory: render it too, as a registry of its own parent.
                 own = Registry(registry_dir=p.resolve().parent)
-                renders += check_renders(own, [own.get(p.resolve().name)])
+                entry = own.get(p.resolve().name)
+                renders += check_renders(own, [entry])
+                w, c = check_or_raise([entry], own)
+                waived, renders = waived + w, renders + c
         extra = f"; {renders} test renders" if renders else ""
+        extra += f"; {waived} waived lint findings" if waived else ""
         click.echo(f"ok: {len(checked)} file(s) valid{extra}")
         return
 
     entries = list(registry.entries())
-    n = check_renders(registry, [e for e in entries if e.source != "upstream"])
+    ours = [e for e in entries if e.source != "upstream"]
+    n = check_renders(registry, ours)
+    waived, sums = check_or_raise(ours, registry)
     files = sum(bool(e.template_path) + bool(e.meta_path) for e in entries)
-    click.echo(f"ok: {len(entries)} entries ({files} files) valid; {n} test renders")
+    click.echo(f"ok: {len(entries)} entries ({files} files) valid; {n + sums} test renders; {waived} waived lint findings")
