@@ -14,6 +14,10 @@ _trace.sh reuses, so it never downloads Miniforge), followed by
 `docker export | docker import` by hand.  Each minified image reruns the
 workload with `docker run --network none`; outputs must be byte-identical.
 
+`--keep-packages` (every OS package owning a traced file kept whole) is
+measured the same way and its ratio printed.  The base image
+debian:bookworm is made with `ndgen base` when missing.
+
 Usage: python bench/minify.py [--rounds N] [--keep-images] [--skip-neurodocker]
 Takes a few minutes; not part of the test suite.
 """
@@ -36,13 +40,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neurodocker_nd import engine
-from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.minify.profile import REFERENCE_LABEL, ensure_reference_image, load_profile
 from neurodocker_nd.minify.ptrace import PtraceTracer
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import open_source
 from neurodocker_nd.minify.trace import FanotifyTracer
 
 TAG = "ndgen-bench-mrtrix3"
+BASE = os.environ.get("NDGEN_BENCH_BASE", "debian:bookworm")  # the reference image builds FROM it
 APT = ("mrtrix3", "python3-nibabel", "python3-numpy", "dcm2niix")
 PREFIX = f"ndgen-bench-{os.getpid()}"
 CACHE = Path(os.environ.get("NDGEN_BENCH_CACHE", "/tmp/ndgen-bench-cache"))
@@ -103,6 +109,31 @@ def _check(mode: str, results) -> None:
 
 
 # ------------------------------------------------------------------ images and outputs
+
+
+def _reference_current(client) -> bool:
+    import docker.errors
+
+    try:
+        return client.images.get(TAG).labels.get(REFERENCE_LABEL) == " ".join(APT)
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def ensure_base(client) -> None:
+    """debian:bookworm, made by `ndgen base` (debootstrap) when missing; one line if that fails."""
+    import docker.errors
+
+    try:
+        client.images.get(BASE)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    print(f"bench: {BASE} missing: making it with `ndgen base {BASE}` (debootstrap, a few minutes)", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "base", BASE], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench: base image {BASE} is missing and `ndgen base {BASE}` failed: {last}")
 
 
 def image_size(client, tag: str) -> int:
@@ -238,7 +269,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     client = engine.connect()
     t0 = time.perf_counter()
-    built = ensure_reference_image(client, TAG, APT)
+    if not _reference_current(client):
+        ensure_base(client)  # only the reference image's build needs it
+    try:
+        built = ensure_reference_image(client, TAG, APT, BASE)
+    except NdgenError as exc:
+        raise SystemExit(f"bench: {exc}") from None
     print(f"image {TAG}: {'built' if built else 'reused'} ({time.perf_counter() - t0:.0f} s); apt: {' '.join(APT)}")
     commands = workload()
     before = image_size(client, TAG)
@@ -273,6 +309,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             steps = report.get("steps") or report.get("timings")
             if steps:
                 print(f"            steps: {json.dumps(steps)}")
+
+        # --keep-packages: every Debian package owning a traced file, whole (docs excluded), so
+        # other programs and inputs of mrtrix3, numpy, nibabel keep working.  Its price in size:
+        tag = f"{PREFIX}-ndgen-packages"
+        seconds, report = ndgen_minify(tag, scratch, commands, "fanotify", "--keep-packages")
+        made.append(tag)
+        after = image_size(client, tag)
+        identical = run_workload_in(client, tag, scratch, "check-packages", commands) == reference_out
+        kept = report.get("packages") or []
+        print(
+            f"  --keep-packages: {mb(before)} -> {mb(after)}  {before / after:5.1f}x  {seconds:5.1f} s  "
+            f"output identical: {identical}  ({len(kept)} packages whole: "
+            + ", ".join(f"{p['name']} {mb(p['bytes'])}" for p in kept[:4])
+            + ")"
+        )
 
         # The profile's way: setup (python3 + nibabel) makes the data untraced, so Python goes.
         tag = f"{PREFIX}-ndgen-profile"

@@ -22,6 +22,8 @@ _TAG = re.compile(
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount; repeat.")
 @click.option("--profile", metavar="NAME|FILE", help="A minify profile (minify/NAME.yaml): input setup, commands, keep rules.")
 @click.option("--keep", "keep", multiple=True, metavar="PATH_OR_GLOB", help="Keep this in-image path (directories whole).")
+@click.option("--keep-packages", is_flag=True, help="Keep whole every OS package (dpkg) that owns a traced file; docs and translations excluded.")
+@click.option("--keep-package", "package_names", multiple=True, metavar="NAME", help="Keep this installed OS package whole; repeat.")
 @click.option(
     "--format", "fmt", type=click.Choice(["docker", "singularity", "both"]), default="docker", show_default=True
 )
@@ -39,6 +41,8 @@ def minify_cmd(
     volumes: tuple[str, ...],
     profile: str | None,
     keep: tuple[str, ...],
+    keep_packages: bool,
+    package_names: tuple[str, ...],
     fmt: str,
     squashfs_out: Path | None,
     tracer: str | None,
@@ -82,6 +86,8 @@ def minify_cmd(
         keep_failed=keep_failed,
         allow_fail=allow_fail,
         squashfs_out=squashfs_out,
+        keep_packages=keep_packages,
+        package_names=package_names,
     )
     console = Console(stderr=True, highlight=False)
     with console.status("minify: open", spinner="dots") as status:

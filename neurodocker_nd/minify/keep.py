@@ -13,6 +13,10 @@ the trace come the rules for what a trace cannot show:
 - fanotify's blind spots: CPython stats ``lib/pythonX.Y/os.py`` (and
   ``lib-dynload``) to find its prefix without opening them, and uses a
   ``__pycache__/*.pyc`` only while its ``.py`` source exists;
+- families of data chosen by an input value (time zones, gconv charsets,
+  ENV-named locales): whole, once the trace touched a member (:mod:`families`);
+- ``--keep-packages``: every OS package owning a traced file, whole but for
+  docs and translations, plus ``--keep-package NAME`` (:mod:`packages`);
 - ``--keep`` paths/globs and the profile's keep rules (directories whole).
 """
 
@@ -29,7 +33,8 @@ from pathlib import Path
 
 import attrs
 
-from neurodocker_nd.minify import imagefs
+from neurodocker_nd.minify import families, imagefs
+from neurodocker_nd.minify import packages as packages_step
 from neurodocker_nd.minify.record import TraceRecord
 from neurodocker_nd.minify.run import SHELL, Mount, resolve_user
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
@@ -63,6 +68,7 @@ class KeepSet:
     reasons: dict[str, int]  # entries added per rule, for the report
     image_entries: int  # entries in the whole image (outside runtime dirs), for the report
     unmatched: tuple[str, ...] = ()  # --keep patterns that matched nothing in the image
+    packages: tuple[tuple[str, int], ...] = ()  # (package, kept bytes), largest first (--keep-packages)
 
 
 class _Image:
@@ -233,6 +239,26 @@ class _Closure:
             if self.image.lstat(f"{lib}/os.py") is not None:
                 self.add(f"{lib}/os.py", "python-landmark")
                 self.add(f"{lib}/lib-dynload", "python-landmark")
+
+    def family_rules(self) -> None:
+        """Time zones, gconv charsets, ENV-named locales: the whole family once a member is kept."""
+        for reason, root in families.family_roots(self.kept, self.config.env_dict):
+            self.add_tree(root, reason)
+
+    def package_rules(self, db: packages_step.PackageDb, seeds: Iterable[str], names: Iterable[str]) -> list[str]:
+        """Keep whole every package owning a seed entry, and the named ones; returns their names.
+
+        Directories own nothing here (``/usr/bin`` belongs to a hundred packages);
+        docs, man pages and other languages' translations stay out unless traced.
+        """
+        owned = [p for p in seeds if (st := self.image.lstat(p)) is not None and not stat.S_ISDIR(st.st_mode)]
+        wanted = sorted(db.owning(owned) | {match for name in names for match in db.lookup(name)})
+        languages = packages_step.languages(self.config.env_dict)
+        for name in wanted:
+            for path in db.packages[name].files:
+                if path not in self.kept and not packages_step.is_doc(path, languages):
+                    self.add(path, "package")
+        return wanted
 
     # -- ELF ----------------------------------------------------------------------------------
 
@@ -420,8 +446,15 @@ def closure(
     keep: Sequence[str] = (),
     profile_keep: Sequence[str] = (),
     extra_paths: Iterable[str] = (),
+    package_db: packages_step.PackageDb | None = None,
+    keep_packages: bool = False,
+    package_names: Sequence[str] = (),
 ) -> KeepSet:
-    """The keep-set for `record` on the pristine `rootfs` (see module doc for the rules)."""
+    """The keep-set for `record` on the pristine `rootfs` (see module doc for the rules).
+
+    `package_db` (the image's own, :func:`packages.read_database`) is needed for
+    `keep_packages` (owners of traced files) and `package_names` (--keep-package).
+    """
     image = _Image(rootfs)
     excluded = (*RUNTIME_DIRS, *(m.target for m in mounts))
     c = _Closure(image, config, excluded)
@@ -430,8 +463,13 @@ def closure(
         before = len(c.kept)
         if c.add(path, "traced") is not None or len(c.kept) > before:
             traced += 1
+    seeds = set(c.kept)  # traced entries and the symlink hops to them: what packages are chosen by
     for path in extra_paths:  # verify's repairs: paths a rerun looked for in vain
         c.add(path, "repair")
+    c.family_rules()
+    kept_packages: list[str] = []
+    if package_db is not None and (keep_packages or package_names):
+        kept_packages = c.package_rules(package_db, seeds if keep_packages else (), package_names)
     c.essentials(mounts)
     unmatched = tuple(pattern for pattern in keep if not c.add_pattern(pattern, "--keep"))
     for pattern in profile_keep:
@@ -442,6 +480,11 @@ def closure(
     c.parents()
     c.symlinks_to_kept()
     c.kept.discard("/")
+    sizes = [
+        (name, packages_step.package_bytes(image.root, package_db.packages[name].files, c.kept.__contains__))
+        for name in kept_packages
+        if package_db is not None
+    ]
     return KeepSet(
         paths=frozenset(c.kept),
         trees=frozenset(c.trees),
@@ -449,4 +492,5 @@ def closure(
         reasons=c.reasons,
         image_entries=c.image_entries,
         unmatched=unmatched,
+        packages=tuple(sorted(sizes, key=lambda item: (-item[1], item[0]))),
     )

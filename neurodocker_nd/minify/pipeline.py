@@ -27,6 +27,7 @@ from neurodocker_nd.minify import keep as keep_step
 from neurodocker_nd.minify import report as report_step
 from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
+from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source
@@ -56,6 +57,8 @@ class MinifyOptions:
     allow_fail: bool = False
     squashfs_out: Path | None = None
     baseline: bool = True  # run untraced once to report the tracer's overhead
+    keep_packages: bool = False  # keep whole every OS package owning a traced file
+    package_names: tuple[str, ...] = ()  # --keep-package NAME: kept whole, traced or not
 
 
 Progress = Callable[[str, float | None], None]  # (step, None) when it starts, (step, seconds) when done
@@ -136,6 +139,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             if options.profile is not None:
                 mounts += scratch_mounts(options.profile, source.scratch / "profile")
             mount_set = verify_step.MountSet.snapshot(mounts, source.scratch)
+            package_db = _package_db(source, options)
         if options.profile is not None and options.profile.setup:
             with _step("setup", progress, steps):
                 # Its output becomes the initial content every later run gets a fresh copy of.
@@ -150,7 +154,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             with _step("untraced run", progress, steps):
                 untraced = _run_untraced(source, options, mount_set)
         with _step("closure", progress, steps):
-            keep = _closure(source, options, record, mount_set.mounts, ())
+            keep = _closure(source, options, record, mount_set.mounts, (), package_db)
             if keep.unmatched:  # a typo must not silently drop what the user asked to keep
                 raise NdgenError(f"--keep {keep.unmatched[0]}: no such path in {options.image}")
         # The import goes to a temporary tag: a user's existing NEW_TAG is replaced only by
@@ -169,7 +173,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         if options.verify:
             with _step("verify", progress, steps):
                 keep, written, verified, message, repaired = _verify_and_repair(
-                    client, source, options, record, keep, written, work_tag, mount_set, trace_mounts
+                    client, source, options, record, keep, written, work_tag, mount_set, trace_mounts, package_db
                 )
         tag = None
         if "docker" in options.formats and (verified is not False or options.keep_failed):
@@ -209,6 +213,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             repaired=repaired,
             squashfs=str(squashfs.squashfs) if squashfs else None,
             keep_reasons=dict(keep.reasons),
+            packages=keep.packages,
         )
 
 
@@ -255,8 +260,24 @@ def _run_untraced(
     return tuple(results)
 
 
+def _package_db(source: Source, options: MinifyOptions) -> PackageDb | None:
+    """The image's package database when asked for; an unknown --keep-package is an error now."""
+    if not (options.keep_packages or options.package_names):
+        return None
+    db = read_database(str(source.pristine))
+    for name in options.package_names:
+        if not db.lookup(name):
+            raise NdgenError(f"--keep-package {name}: no such package installed in {options.image}")
+    return db
+
+
 def _closure(
-    source: Source, options: MinifyOptions, record: TraceRecord, mounts: Sequence[Mount], extra: Sequence[str]
+    source: Source,
+    options: MinifyOptions,
+    record: TraceRecord,
+    mounts: Sequence[Mount],
+    extra: Sequence[str],
+    package_db: PackageDb | None,
 ) -> keep_step.KeepSet:
     return keep_step.closure(
         source.pristine,
@@ -266,6 +287,9 @@ def _closure(
         keep=options.keep,
         profile_keep=options.profile_keep,
         extra_paths=extra,
+        package_db=package_db,
+        keep_packages=options.keep_packages,
+        package_names=options.package_names,
     )
 
 
@@ -279,6 +303,7 @@ def _verify_and_repair(
     tag: str,
     mount_set: verify_step.MountSet,
     trace_mounts: Sequence[Mount],
+    package_db: PackageDb | None,
 ) -> tuple[keep_step.KeepSet, image_step.Written | None, bool, str, tuple[str, ...]]:
     """Rerun in the new image; on a mismatch add what a re-trace found missing and retry."""
     repaired: list[str] = []
@@ -299,7 +324,7 @@ def _verify_and_repair(
             return keep, written, False, mismatch.message(), tuple(repaired)
         repaired += new
         attempt += 1
-        keep = _closure(source, options, record, mount_set.mounts, repaired)
+        keep = _closure(source, options, record, mount_set.mounts, repaired, package_db)
         written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
 
 

@@ -47,6 +47,7 @@ class Report:
     repaired: tuple[str, ...]  # paths verify added after a first mismatch
     squashfs: str | None
     keep_reasons: dict[str, int]
+    packages: tuple[tuple[str, int], ...] = ()  # --keep-packages: (package, kept bytes), largest first
 
     @property
     def ratio(self) -> float:
@@ -61,6 +62,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True)
         data["biggest_dirs"] = [{"path": p, "bytes": b} for p, b in self.biggest_dirs]
+        data["packages"] = [{"name": n, "bytes": b} for n, b in self.packages]
         data["steps"] = {name: round(sec, 3) for name, sec in self.steps}
         data["entries_removed"] = self.entries_in_image - self.entries_kept
         data["ratio"] = round(self.ratio, 2)
@@ -107,6 +109,13 @@ def summary_lines(report: Report) -> Iterable[str]:
     yield timing + (f" — {report.tracer_note}" if report.tracer_note else "")
     yield "biggest kept: " + ", ".join(f"{p} {_mb(b)}" for p, b in report.biggest_dirs[:5])
     yield "steps: " + ", ".join(f"{n} {s:.1f} s" for n, s in report.steps)
+    if report.packages:
+        total = sum(b for _, b in report.packages)
+        yield (
+            f"packages kept whole: {len(report.packages)} ({_mb(total)}): "
+            + ", ".join(f"{n} {_mb(b)}" for n, b in report.packages[:8])
+            + (" …" if len(report.packages) > 8 else "")
+        )
     if report.repaired:
         yield f"verify repaired: {', '.join(report.repaired[:8])}"
     if report.verified is not None:
