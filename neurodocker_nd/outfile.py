@@ -1,11 +1,16 @@
-"""Output files written whole or not at all.
+"""Output files written like shell redirection, but whole or not at all.
 
-Every file ndgen writes for a user (recipes, logs' recipes, reports, SquashFS
-images) appears under its final name only when complete: it is written to a
-temp file in the same directory and renamed into place. A target that exists
-but is not a regular file (/dev/null, /dev/stdout, a FIFO) is written in place:
-renaming over it would replace a device node with a plain file — as root, the
-whole machine's /dev/null.
+`-o FILE` behaves like `> FILE`: a symlink is followed (its target is
+written), an existing file keeps its permissions (a 0600 file stays 0600), a
+new file gets 0666 minus the umask, a file the user may not write is refused
+(`Permission denied`, as the shell says), and every failure is one line, exit 2.
+Unlike `>`, the new content appears only when complete: it is written to a
+temp file in the target's directory and renamed over the (resolved) target.
+
+A target that exists but is not a regular file (/dev/null, /dev/stdout, a
+FIFO) is written in place: renaming over it would replace a device node with
+a plain file — as root, the whole machine's /dev/null. So is a writable file
+in a directory where no temp file can be made (the shell can write it too).
 """
 
 from __future__ import annotations
@@ -20,50 +25,100 @@ from pathlib import Path
 from neurodocker_nd.errors import NdgenError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fail(path: os.PathLike | str, exc: OSError | str) -> NdgenError:
+    why = exc if isinstance(exc, str) else (exc.strerror or str(exc))
+    return NdgenError(f"cannot write {path}: {why}")
+
+
+def _target(path: Path) -> tuple[Path, os.stat_result | None]:
+    """The file `> path` would write (symlinks followed) and its stat, if it exists."""
+    real = Path(os.path.realpath(path))
+    try:
+        return real, os.stat(real)
+    except FileNotFoundError:
+        return real, None
+    except OSError as exc:  # e.g. EACCES on a directory on the way
+        raise _fail(path, exc) from None
+
+
+def _may_write(path: Path, mode: int = os.W_OK) -> bool:
+    # The effective ids decide what open() may do (root may write a 0444 file, as in the shell).
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
 def _is_special(path: Path) -> bool:
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, mkdir: bool = False) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it over `path` if the block succeeds.
+    """Yield a temp path beside `path`'s target; rename it over the target if the block succeeds.
 
-    On any error the temp file is removed and an existing `path` is untouched.
+    On any error the temp file is removed and an existing target is untouched.
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
+    shown = Path(path)
     if mkdir:
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            shown.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(path, exc) from None
+    real, st = _target(shown)
+    directory = real.parent
     if not directory.is_dir():
-        raise NdgenError(f"cannot write {path}: directory {directory} does not exist")
-    if path.is_dir():
-        raise NdgenError(f"cannot write {path}: it is a directory")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+        raise _fail(path, f"directory {shown.parent} does not exist")
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise _fail(path, "it is a directory")
+    if st is not None and not _may_write(real):
+        raise _fail(path, "Permission denied")  # what `> FILE` says for a read-only file
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".partial", dir=directory)
+    except OSError as exc:
+        raise _fail(path, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        if st is not None:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                os.chown(tmp, st.st_uid, st.st_gid)  # root writing a user's file: it stays theirs
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, real)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise NdgenError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _fail(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def _write_in_place(path: str | os.PathLike, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise _fail(path, exc) from None
+
+
 def write_text(path: str | os.PathLike, text: str, *, mkdir: bool = False) -> None:
-    """Write `text` (UTF-8, LF newlines) to `path` whole or not at all."""
+    """Write `text` (UTF-8, LF newlines) to `path` like `> path`, whole or not at all."""
     if _is_special(Path(path)):
-        try:
-            with open(path, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
-        except OSError as exc:
-            raise NdgenError(f"cannot write {path}: {exc.strerror or exc}") from None
+        _write_in_place(path, text)
+        return
+    real, st = _target(Path(path))
+    if st is not None and stat.S_ISREG(st.st_mode) and _may_write(real) and not _may_write(real.parent, os.W_OK | os.X_OK):
+        _write_in_place(real, text)  # writable file, unwritable directory: the shell writes it too
         return
     with replacing(path, mkdir=mkdir) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
