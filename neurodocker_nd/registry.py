@@ -310,7 +310,12 @@ def upstream_template_schema_path() -> Path:
 def default_registry_dir() -> Path:
     """$NDGEN_REGISTRY (a user's own registry) or the bundled `registry/`."""
     env = os.environ.get("NDGEN_REGISTRY")
-    return Path(env) if env else paths.registry_dir()
+    if not env:
+        return paths.registry_dir()
+    # A typo must not silently fall back to upstream-only templates.
+    if not Path(env).is_dir():
+        raise NdgenError(f"NDGEN_REGISTRY={env}: no such directory")
+    return Path(env)
 
 
 @attrs.frozen
