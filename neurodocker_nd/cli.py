@@ -101,7 +101,9 @@ def cli(ctx: click.Context, **options: Any) -> None:
             flag = "--pkg" if options.get("pkgs") else "--" + given[0].replace("_", "-")
             raise NdgenError(f"put {flag} after the subcommand: ndgen {ctx.invoked_subcommand} {flag} …")
         return
-    if not options.get("pkgs") and not given:
+    if not given and all(ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT for name in options):
+        # Bare `ndgen`: help. `ndgen --os ubuntu` without --pkg is an error below,
+        # never help text on stdout (`ndgen --os ubuntu > Dockerfile` would write it).
         click.echo(ctx.get_help())
         ctx.exit(0)
     from neurodocker_nd.commands.render import render_default

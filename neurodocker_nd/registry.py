@@ -464,8 +464,8 @@ def validate_paths(paths_: Iterable[Path], registry: Registry) -> list[str]:
                 raise RegistryError(f"{p}: no template.yaml or meta.yaml here")
             if not (p / "meta.yaml").exists():
                 raise RegistryError(f"{p}: registry entry has no meta.yaml")
-        elif p.is_file():
-            files = [p]
+        elif p.exists() or p.is_symlink():
+            files = [p]  # read_yaml refuses FIFOs, devices, non-UTF-8 text with one line
         else:
             raise RegistryError(f"{p}: no such file or directory")
         for f in files:

@@ -7,6 +7,8 @@ one line, so `ndgen validate` and the minify profile loader report alike.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,7 +40,7 @@ def line_of(path: Path, parts: list[Any]) -> int:
     reader looks for "binaries: 'instructions' is a required property".  The
     file is parsed again only on this error path, so valid files parse once.
     """
-    node = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    node = yaml.compose(read_text(path), Loader=_Loader)
     if node is None:
         return 1
     for i, p in enumerate(parts):
@@ -62,17 +64,45 @@ def item_lines(path: Path, key: str) -> list[int]:
     For files with thousands of items, where calling `line_of` per item would
     parse the file once per item.
     """
-    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=_Loader)
+    root = yaml.compose(read_text(path), Loader=_Loader)
     node = next((v for k, v in root.value if k.value == key), None) if isinstance(root, yaml.MappingNode) else None
     return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; malformed YAML becomes one DataFileError line."""
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_text(path: Path) -> str:
+    """A regular file's UTF-8 text; anything else is one DataFileError line.
+
+    Opened non-blocking and checked with fstat before reading: a FIFO would
+    block a plain open() until a writer comes, /dev/zero would never end.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise DataFileError(f"{path}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+            raise DataFileError(f"{path}: not a regular file ({kind})")
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise DataFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); YAML files must be UTF-8"
+        ) from None
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; malformed YAML becomes one DataFileError line."""
+    text = read_text(path)
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -99,4 +129,18 @@ def check_schema(data: Any, path: Path, validator, what: str) -> None:
     if error is None:
         return
     parts = list(error.absolute_path)
-    raise DataFileError(f"{path}:{line_of(path, parts)}: {_yaml_path(parts)}: {error.message} ({what} schema)")
+    raise DataFileError(f"{path}:{line_of(path, parts)}: {_yaml_path(parts)}: {_short(error)} ({what} schema)")
+
+
+def _short(error) -> str:
+    """The violation without a 100 KB repr of the offending value: one readable line."""
+    message = error.message
+    instance = repr(error.instance)
+    if len(instance) > MAX_VALUE and instance in message:
+        message = message.replace(instance, f"{instance[:MAX_VALUE - 20]}…{instance[-12:]}")
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+# Longest value repr and message an error line shows.
+MAX_VALUE = 80
+MAX_MESSAGE = 300
