@@ -33,7 +33,6 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
 
     Everything is rendered before the first file is written: on error nothing is.
     """
-    from neurodocker_nd import outfile
     from neurodocker_nd.registry import Registry
     from neurodocker_nd.render import render_matrix
 
@@ -49,12 +48,7 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
         tuple(dict.fromkeys(names)) or None,
     )
     outdir = Path(out)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NdgenError(f"cannot create {outdir}: {exc.strerror}") from None
-    for item in items:
-        outfile.write_text(outdir / item.filename, item.recipe.text)
+    write_all(outdir, {item.filename: item.recipe.text for item in items})
     # One note per (entry, method, reason), naming the OSes it applies to.
     grouped: dict[tuple[str, str, str], list[str]] = {}
     for s in skipped:
@@ -63,3 +57,47 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
         where = "every OS" if len(skipped_on) == len(oses) else ", ".join(skipped_on)
         click.echo(f"ndgen: note: skipped {name} (method={method}) on {where}: {reason}", err=True)
     click.echo(f"{len(items)} recipes written to {outdir}")
+
+
+def write_all(outdir: Path, files: dict[str, str]) -> None:
+    """Write every file, or none: a full disk must not leave half a matrix.
+
+    All files are written into a staging directory first — beside a new
+    --out, which is then renamed into place; inside an existing --out, whose
+    files are then renamed over one by one (a rename allocates no data, so
+    ENOSPC cannot strike after the first file is replaced).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    fresh = not outdir.exists()
+    try:
+        if fresh:
+            outdir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=outdir.parent if fresh else outdir))
+    except OSError as exc:
+        raise NdgenError(f"cannot write {outdir}: {exc.strerror or exc}") from None
+    try:
+        for name, text in files.items():
+            _write_one(stage / name, text)
+        if fresh:
+            mask = os.umask(0o022)
+            os.umask(mask)
+            stage.chmod(0o777 & ~mask)  # mkdtemp made it 0700; a new directory honours the umask
+            os.rename(stage, outdir)
+        else:
+            for name in files:
+                os.replace(stage / name, outdir / name)
+            stage.rmdir()
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise NdgenError(f"cannot write {outdir}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _write_one(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
