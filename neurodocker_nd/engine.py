@@ -82,6 +82,26 @@ def split_ref(ref: str) -> tuple[str, str]:
     return repo, tag or "latest"
 
 
+def normalize_ref(ref: str) -> str:
+    """`ref` in docker's fully qualified form: `repo` → `docker.io/library/repo:latest`.
+
+    Docker's reference rules: the first component is a registry only when it holds
+    a '.' or ':' or is `localhost`; Docker Hub names without a namespace live under
+    `library/`; a missing tag is `latest` (a digest reference keeps its digest).
+    """
+    name, at, digest = ref.partition("@")
+    repo, tag = split_ref(name)
+    first, slash, rest = repo.partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        first, rest = "docker.io", repo
+    if first in ("docker.io", "index.docker.io"):
+        first = "docker.io"
+        if "/" not in rest:
+            rest = f"library/{rest}"
+    full = f"{first}/{rest}"
+    return f"{full}@{digest}" if at else f"{full}:{tag}"
+
+
 def slug(text: str) -> str:
     """A file-name-safe rendering of an image reference."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"

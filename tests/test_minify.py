@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -140,23 +141,21 @@ def test_write_tar_preserves_hardlinks_setuid_xattrs_and_mtimes(rootfs):
     assert members["usr/bin/suid"].mtime == pytest.approx(1_600_000_000.123456789)
 
 
-def test_import_changes_recreate_config_without_expansion():
-    config = _config(
-        env=("PATH=/opt/bin:/usr/bin", 'MSG=cost $5 "now"'),
-        entrypoint=("/bin/tini", "--"),
-        cmd=("mrinfo",),
-        workdir="/work",
-        user="neuro",
-        exposed_ports=("8080/tcp",),
-        volumes=("/data",),
-        labels=(("org.example", "x"),),
-    )
-    changes = image.import_changes(config, ["mrinfo x"])
-    assert 'ENV MSG="cost \\$5 \\"now\\""' in changes
-    assert 'ENTRYPOINT ["/bin/tini", "--"]' in changes and 'CMD ["mrinfo"]' in changes
-    assert {"WORKDIR /work", "USER neuro", "EXPOSE 8080/tcp", 'VOLUME ["/data"]'} <= set(changes)
-    assert 'LABEL "org.example"="x"' in changes
-    assert any(c.startswith('LABEL "org.ndgen.minify.commands"=') for c in changes)
+def test_image_config_carries_the_source_config_whole():
+    """Every field of the source's config, values untouched (no Dockerfile re-parsing)."""
+    source = {
+        "Env": ["PATH=/opt/bin:/usr/bin", 'MSG=cost $5 "now"', "CAFE=café ☕"],
+        "Entrypoint": ["/bin/tini", "--"], "Cmd": ["mrinfo"], "WorkingDir": "/work", "User": "neuro",
+        "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 5000000000}, "StopSignal": "SIGINT",
+        "Shell": ["/bin/bash", "-c"], "OnBuild": ["RUN echo hi"], "Labels": {"org.example": "café ☕"},
+        "ExposedPorts": {"8080/tcp": {}}, "Volumes": {"/data": {}}, "Image": "sha256:parent",
+    }  # fmt: skip
+    config = _config(image_json=json.dumps({"architecture": "amd64", "os": "linux", "config": source}))
+    made = image.image_config(config, ["mrinfo x"], ["sha256:layer"])
+    inner = made["config"]
+    assert {k: v for k, v in inner.items() if k != "Labels"} == {k: v for k, v in source.items() if k not in ("Labels", "Image")}
+    assert inner["Labels"]["org.example"] == "café ☕" and json.loads(inner["Labels"]["org.ndgen.minify.commands"]) == ["mrinfo x"]
+    assert made["rootfs"] == {"type": "layers", "diff_ids": ["sha256:layer"]} and made["architecture"] == "amd64"
 
 
 def test_mount_parse_errors_name_the_culprit(tmp_path):
@@ -172,22 +171,30 @@ def test_mount_parse_errors_name_the_culprit(tmp_path):
 
 
 def test_sandbox_is_docker_like(rootfs, tmp_path):
+    """As root the sandbox is an OCI bundle with `docker run`'s defaults (run by runc)."""
     config = _config(env=("PATH=/opt/bin", "FOO=1"), workdir="/work", user="neuro:users")
-    # pytest's tmp_path is 0700: neuro cannot reach it, so bwrap stays root and maps the ids.
-    mapped = " ".join(sandbox_command(rootfs, config, "true").argv)
-    assert "--unshare-user --uid 1000 --gid 100" in mapped
-    assert resolve_user(rootfs, "neuro:users").gid == 100
+    (rootfs / "etc/group").write_text("root:x:0:\nneuro:x:1000:\nusers:x:100:\naudio:x:29:neuro\n")
+    assert resolve_user(rootfs, "neuro:users") == run.UserIds(1000, 100, "/home/neuro", (29,))
     assert resolve_user(rootfs, "").home == "/root"
     with pytest.raises(NdgenError, match="no such user"):
         resolve_user(rootfs, "ghost")
     env = sandbox_env(rootfs, config)
     assert env == {"PATH": "/opt/bin", "HOSTNAME": "ndgen-minify", "HOME": "/home/neuro", "FOO": "1"}
+    if os.geteuid() != 0:
+        pytest.skip("the runc sandbox is for root")
     sandbox = sandbox_command(rootfs, config, "echo hi", [Mount(host=tmp_path, target="/data", read_only=True)])
-    argv, joined = sandbox.argv, " ".join(sandbox.argv)
-    assert "--unshare-net" in argv and "--tmpfs /tmp" in joined and "--proc /proc" in joined
-    assert "--chdir /work" in joined
-    assert run._reachable(Path("/usr/bin"), 1000, 100) and not run._reachable(tmp_path, 1000, 100)
-    assert f"--ro-bind {tmp_path} /data" in joined and argv[-3:] == ("/bin/sh", "-c", "echo hi")
+    assert sandbox.argv[1:4] == ("--root", str(rootfs.parent / "runc"), "run") and sandbox.kill and sandbox.cleanup
+    spec = json.loads((Path(sandbox.argv[sandbox.argv.index("--bundle") + 1]) / "config.json").read_text())
+    process, linux = spec["process"], spec["linux"]
+    assert process["args"] == ["/bin/sh", "-c", "echo hi"] and process["cwd"] == "/work"
+    assert process["user"] == {"uid": 1000, "gid": 100, "additionalGids": [29]}
+    assert process["capabilities"]["effective"] == [] and len(process["capabilities"]["bounding"]) == 14
+    assert process["noNewPrivileges"] is False  # setuid works as under docker run
+    assert "/proc/sys" in linux["readonlyPaths"] and "/proc/kcore" in linux["maskedPaths"]
+    assert {n["type"] for n in linux["namespaces"]} >= {"pid", "network", "ipc", "uts", "mount"}
+    denied = {name for rule in linux["seccomp"]["syscalls"] for name in rule["names"]}
+    assert {"mount", "keyctl", "unshare", "setns", "bpf", "clone"} <= denied
+    assert {"destination": "/data", "type": "bind", "source": str(tmp_path), "options": ["rbind", "rprivate", "ro"]} in spec["mounts"]
 
 
 def test_compare_names_first_differing_command_and_outputs(tmp_path):

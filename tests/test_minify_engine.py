@@ -252,7 +252,7 @@ def test_bad_inputs_one_line(docker_client, app_image, new_tag, scratch, tmp_pat
     cases = {
         "image not found": ("minify", f"{PREFIX}-no-such-image:1", "-t", new_tag, "-c", "true"),
         "does not exist": ("minify", app_image, "-t", new_tag, "-c", "true", "-v", f"{tmp_path}/nope:/x"),
-        "retag the source": ("minify", app_image, "-t", app_image, "-c", "true"),
+        "names the source image": ("minify", app_image, "-t", app_image, "-c", "true"),
         "bad -v": ("minify", app_image, "-t", new_tag, "-c", "true", "-v", "/tmp:/x:rx"),
         "nothing to trace": ("minify", app_image, "-t", new_tag),
         "not a valid image name": ("minify", app_image, "-t", "Bad:Tag!", "-c", "true"),

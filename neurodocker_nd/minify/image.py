@@ -10,12 +10,15 @@ engine applies when unpacking).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -121,29 +124,36 @@ class _TarPipe:
         return self.counts
 
 
-def _quote(value: str) -> str:
-    # Dockerfile-style double-quoted word; `$` must not be expanded by the engine.
-    return json.dumps(value).replace("$", "\\$")
+def image_config(config: ImageConfig, commands: list[str], diff_ids: list[str]) -> dict[str, Any]:
+    """The new image's config: the source's whole (every field, values as they are) on new layers.
 
-
-def import_changes(config: ImageConfig, commands: list[str]) -> list[str]:
-    """Dockerfile instructions recreating the source's config on the imported layer."""
-    changes = [f"ENV {item.split('=', 1)[0]}={_quote(item.split('=', 1)[1] if '=' in item else '')}" for item in config.env]
-    if config.entrypoint:
-        changes.append(f"ENTRYPOINT {json.dumps(list(config.entrypoint))}")
-    if config.cmd:
-        changes.append(f"CMD {json.dumps(list(config.cmd))}")
-    if config.workdir:
-        changes.append(f"WORKDIR {config.workdir}")
-    if config.user:
-        changes.append(f"USER {config.user}")
-    changes += [f"EXPOSE {port}" for port in config.exposed_ports]
-    if config.volumes:
-        changes.append(f"VOLUME {json.dumps(list(config.volumes))}")
-    labels = dict(config.labels)
-    labels.update(minified_labels(config, commands))
-    changes += [f"LABEL {_quote(k)}={_quote(v)}" for k, v in labels.items()]
-    return changes
+    Written as an image config and loaded, not as `docker import --change` instructions:
+    those cannot express SHELL (and, on 20.10, HEALTHCHECK or STOPSIGNAL) and re-parse
+    values as Dockerfile text.
+    """
+    base: dict[str, Any] = json.loads(config.image_json) if config.image_json else {"architecture": "amd64", "os": "linux"}
+    inner = dict(base.get("config") or {})
+    if not config.image_json:  # a config made by hand (tests): its few fields
+        inner.update(
+            Env=list(config.env),
+            Entrypoint=list(config.entrypoint) if config.entrypoint else None,
+            Cmd=list(config.cmd) if config.cmd else None,
+            WorkingDir=config.workdir,
+            User=config.user,
+            ExposedPorts={port: {} for port in config.exposed_ports} or None,
+            Volumes={volume: {} for volume in config.volumes} or None,
+            Labels=dict(config.labels),
+        )
+    inner["Labels"] = {**(inner.get("Labels") or {}), **minified_labels(config, commands)}
+    inner.pop("Image", None)  # the parent image of a build step: there is none
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        **base,
+        "created": created,
+        "config": inner,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": created, "created_by": f"ndgen minify {config.name}", "comment": "minified"}],
+    }
 
 
 def minified_labels(config: ImageConfig, commands: list[str]) -> dict[str, str]:
@@ -156,15 +166,21 @@ def minified_labels(config: ImageConfig, commands: list[str]) -> dict[str, str]:
 
 
 def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, tag: str, commands: list[str]) -> Written:
-    """`docker import` the keep-set as one layer tagged `tag`."""
+    """The keep-set as a one-layer image tagged `tag`, with the source's whole config.
+
+    The layer is streamed into `docker import` (under a temporary name); the image is
+    then `docker load`ed from just its config and manifest — the engine reuses the
+    imported layer it already has — and the import's own image is removed, as is
+    the image `tag` named before (a repair round's): no dangling images are left.
+    """
     import docker.errors
 
     repository, version = engine.split_ref(tag)
+    layer_ref = f"{repository}:{version}-layer"
+    previous = engine.find_image(client, tag)
     pipe = _TarPipe(root, keep)
     try:
-        response = client.api.import_image_from_stream(
-            pipe, repository=repository, tag=version, changes=import_changes(config, commands)
-        )
+        response = client.api.import_image_from_stream(pipe, repository=repository, tag=f"{version}-layer")
     except docker.errors.APIError as exc:
         pipe.finish()
         raise EngineError(f"docker import of {tag} failed: {exc.explanation or exc}") from exc
@@ -175,8 +191,36 @@ def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, ta
     status = _last_status(response)
     if "error" in status:
         raise EngineError(f"docker import of {tag} failed: {status['error']}")
+    try:
+        layers = client.images.get(layer_ref).attrs["RootFS"]["Layers"]
+        _load(client, image_config(config, commands, layers), tag)
+    finally:
+        remove_tag(client, layer_ref)
     image = client.images.get(tag)
+    if previous is not None and previous.id != image.id:
+        remove_tag(client, previous.id)
     return Written(tag=tag, image_id=image.id, size=int(image.attrs.get("Size") or 0), entries=entries, file_bytes=file_bytes)
+
+
+def _load(client: Any, image_json: dict[str, Any], tag: str) -> None:
+    """`docker load` an image whose layers the engine already has: config + manifest only."""
+    import docker.errors
+
+    config_bytes = json.dumps(image_json, ensure_ascii=False).encode()  # UTF-8 stays UTF-8
+    name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    manifest = [{"Config": name, "RepoTags": [tag], "Layers": [f"layer{i}/layer.tar" for i, _ in enumerate(image_json["rootfs"]["diff_ids"])]}]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for member, data in ((name, config_bytes), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    try:
+        for chunk in client.api.load_image(buffer.getvalue()):
+            if isinstance(chunk, dict) and chunk.get("error"):
+                raise EngineError(f"docker load of {tag} failed: {chunk['error']}")
+    except docker.errors.APIError as exc:
+        raise EngineError(f"docker load of {tag} failed: {exc.explanation or exc}") from exc
 
 
 def _last_status(response: Any) -> dict[str, Any]:
@@ -251,11 +295,11 @@ def _singularity_layout(tree: Path, config: ImageConfig, commands: list[str]) ->
         **{meta / "actions" / name: f"#!/bin/sh\n{_SOURCE_ENV}{body}" for name, body in _ACTIONS.items()},
     }
     for path, text in scripts.items():
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
         path.chmod(0o755)
     labels = dict(config.labels)
     labels.update(minified_labels(config, commands))
-    (meta / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    (meta / "labels.json").write_text(json.dumps(labels, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for name in _MOUNT_POINTS:
         if not os.path.lexists(tree / name):
             (tree / name).mkdir(mode=0o755)

@@ -122,12 +122,11 @@ def _materialize(root: Path, keep: keep_step.KeepSet, target: Path) -> Path:
 
 def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: None) -> report_step.Report:
     """Run every step; the report says what happened (``verified`` False: the tag was not kept)."""
-    if options.tag == options.image:
-        raise NdgenError(f"-t {options.tag} would retag the source image: pick a new tag")
     if not options.commands:
         raise NdgenError("nothing to trace: give at least one -c CMD (or a --profile)")
     tracer, tracer_note = choose_tracer(options.tracer)
     client = engine.connect()
+    _refuse_source_tag(client, options)
     steps: list[tuple[str, float]] = []
     with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
         with _step("open", progress, steps):
@@ -214,6 +213,25 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             squashfs=str(squashfs.squashfs) if squashfs else None,
             keep_reasons=dict(keep.reasons),
             packages=keep.packages,
+        )
+
+
+def _refuse_source_tag(client: Any, options: MinifyOptions) -> None:
+    """-t must not move a tag of the source image, however either is spelled.
+
+    Compared as docker resolves them: the fully qualified references, and the image
+    the target tag names now (an image ID, `repo`, `docker.io/library/repo:latest`).
+    """
+    source = engine.find_image(client, options.image)
+    if source is None:
+        return  # open reports the unknown image
+    target = engine.normalize_ref(options.tag)
+    same = any(engine.normalize_ref(t) == target for t in (source.tags or ()))
+    current = engine.find_image(client, options.tag)
+    if same or (current is not None and current.id == source.id):
+        raise NdgenError(
+            f"-t {options.tag} names the source image {options.image} ({source.short_id}): "
+            "pick a new tag (the source's tags are never moved)"
         )
 
 

@@ -42,7 +42,7 @@ import attrs
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.record import CommandResult, TraceRecord
-from neurodocker_nd.minify.run import Mount, run_sandboxed, sandbox_command
+from neurodocker_nd.minify.run import SHELL, Mount, run_sandboxed, sandbox_command
 
 if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig
@@ -56,7 +56,9 @@ STRACE_FLAGS = (
     "-y",  # print the path behind each fd (dirfd, AT_FDCWD, returned fd)
     "-e", "verbose=none",  # no struct decoding (stat buffers): cheaper, nothing we need
     "-e", "signal=none",
-    "-e", "trace=%file,fchdir",
+    # clone & co. return the child's pid: the launcher's (runc's) own threads and children
+    # stay outside the workload even when they appear after it started.
+    "-e", "trace=%file,fchdir,clone,clone3,fork,vfork",
 )  # fmt: skip
 
 # syscall -> positions of (dirfd, path) argument pairs; dirfd None = relative to the cwd
@@ -87,6 +89,7 @@ _PATH_ARGS: dict[str, tuple[tuple[int | None, int], ...]] = {
 }  # fmt: skip
 
 _EXECS = frozenset({"execve", "execveat"})
+_CLONES = frozenset({"clone", "clone3", "fork", "vfork"})
 # "1234 openat(args) = 3<path>" / "= -1 ENOENT (No such file or directory)"
 _LINE = re.compile(
     r"^(?P<pid>\d+) +(?P<name>\w+)\((?P<args>.*)\) += (?P<ret>-?\d+|\?)"
@@ -109,6 +112,7 @@ class Syscall:
     ok: bool
     errno: str | None
     retpath: str | None  # the path of a returned fd (opens), as the tracee sees it
+    ret: int | None = None  # the return value (a child's pid for clone)
 
 
 def _unhex(text: str) -> str:
@@ -164,6 +168,7 @@ def parse_strace(lines: Iterable[str]) -> Iterable[Syscall]:
             ok=match["ret"] != "?" and not match["ret"].startswith("-"),
             errno=match["errno"],
             retpath=_unhex(retpath) if retpath else None,
+            ret=int(match["ret"]) if match["ret"] != "?" else None,
         )
 
 
@@ -191,14 +196,12 @@ class _Collector:
     paths: set[str] = attrs.field(factory=set)
     missing: set[str] = attrs.field(factory=set)
     executed: set[str] = attrs.field(factory=set)
-    _launcher: int | None = None
+    program: str = SHELL  # the workload's first exec: what runs before it is the launcher's
     _started: bool = False
-    _outside: set[int] = attrs.field(factory=set)  # bwrap's own processes
+    _outside: set[int] = attrs.field(factory=set)  # the launcher's processes (runc, bwrap)
     _cwd: dict[int, str] = attrs.field(factory=dict)
 
     def feed(self, call: Syscall) -> None:
-        if self._launcher is None:
-            self._launcher = call.pid  # strace's direct child: bwrap
         if not self._inside(call):
             return
         cwd = self._cwd.get(call.pid, self.workdir)
@@ -229,18 +232,24 @@ class _Collector:
             self._cwd[call.pid] = _fd_path(call.args[0]) or cwd
 
     def _inside(self, call: Syscall) -> bool:
-        """True for processes of the workload, False for bwrap's setup (host paths)."""
+        """True for processes of the workload, False for the launcher's (host paths).
+
+        Everything before the exec of the workload's program belongs to the launcher,
+        and so does every process or thread the launcher creates later (runc's Go
+        threads, its cleanup after the workload exits).
+        """
         pid = call.pid
-        if call.name in _EXECS and call.ok and pid != self._launcher:
-            if not self._started:
-                self._started = True
-                self._cwd.pop(pid, None)  # the exec'ed command starts in --chdir
+        if call.name in _CLONES and call.ok and call.ret and (not self._started or pid in self._outside):
+            self._outside.add(call.ret)
+        if self._started:
+            return pid not in self._outside
+        if call.name == "execve" and call.ok and _string_arg(call.args[0]) == self.program:
+            self._started = True
             self._outside.discard(pid)
+            self._cwd.pop(pid, None)  # the exec'ed command starts in the workdir
             return True
-        if not self._started:
-            self._outside.add(pid)
-            return False
-        return pid not in self._outside
+        self._outside.add(pid)
+        return False
 
 
 def resolve_in_image(root: Path, path: str, mounts: Sequence[Mount] = ()) -> tuple[Path | None, str | None]:
@@ -335,9 +344,6 @@ class PtraceTracer:
             for index, command in enumerate(commands):
                 log = Path(tmp) / f"{index}.log"
                 sandbox = sandbox_command(rootfs, config, command, mounts)
-                if sandbox.uid or sandbox.gid:
-                    # The runner starts strace as the image's USER: it must be able to write its log.
-                    os.chown(tmp, sandbox.uid, sandbox.gid)
                 result = run_sandboxed(sandbox, command, prefix=(strace, *STRACE_FLAGS, "-o", str(log), "--"))
                 _check_started(log, result)
                 collector = _Collector(workdir=config.workdir or "/")

@@ -1,9 +1,10 @@
-"""Run step: one workload command in a bubblewrap sandbox on the image's rootfs.
+"""Run step: one workload command in a sandbox on the image's rootfs.
 
 The sandbox gives the process what ``docker run --network none`` would: the
 image's ENV (plus HOME, PATH and HOSTNAME the way Docker fills them in), its
-WORKDIR and USER, the user's bind mounts, /proc, /dev, a fresh /tmp, and no
-network.  Both tracers wrap the same :class:`SandboxCommand`, so the traced
+WORKDIR and USER, the user's bind mounts, and Docker's isolation — as root the
+same runtime (runc) with the same defaults (:mod:`oci`), unprivileged a
+bubblewrap user namespace.  Both tracers wrap the same :class:`SandboxCommand`, so the traced
 process is the same whichever tracer watches it.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -20,19 +21,14 @@ from pathlib import Path
 import attrs
 
 from neurodocker_nd.errors import NdgenError, TraceError
+from neurodocker_nd.minify import oci
 from neurodocker_nd.minify.record import CommandResult
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
 
-# moby's default capability set (oci/caps/defaults.go) for containers run as root.
-DOCKER_CAPS = tuple(
-    f"CAP_{name}"
-    for name in (
-        "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
-        "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
-    )
-)  # fmt: skip
 HOSTNAME = "ndgen-minify"  # verify uses the same name, so `hostname` output compares equal
 SHELL = "/bin/sh"
+RUNC_STATE = "runc"  # runc's --root beside each view (see pipeline cleanup)
+DEFAULT_TIMEOUT = 600.0  # seconds per command: a hung workload must not hang ndgen
 
 
 @attrs.frozen
@@ -71,11 +67,8 @@ class SandboxCommand:
 
     argv: tuple[str, ...]
     env: dict[str, str]
-    # Ids to run bwrap itself as: the image's USER when it can reach the rootfs and the
-    # mounts (bwrap then makes an identity-mapped user namespace, and file permissions
-    # act as in Docker); 0 otherwise.
-    uid: int = 0
-    gid: int = 0
+    kill: tuple[str, ...] = ()  # argv that kills the whole sandbox (runc kill --all)
+    cleanup: tuple[str, ...] = ()  # argv that removes what a killed sandbox leaves (runc delete)
 
 
 @attrs.frozen
@@ -83,6 +76,7 @@ class UserIds:
     uid: int
     gid: int
     home: str
+    groups: tuple[int, ...] = ()  # supplementary groups from the image's /etc/group, as Docker adds
 
 
 def _read_table(rootfs: Path, name: str) -> list[list[str]]:
@@ -104,8 +98,8 @@ def resolve_user(rootfs: Path, user: str) -> UserIds:
         uid, gid, home = int(name), int(name) if not group else 0, "/"
     else:
         raise NdgenError(f"image USER {user!r}: no such user in the image's /etc/passwd")
+    groups = _read_table(rootfs, "group")
     if group:
-        groups = _read_table(rootfs, "group")
         match = next((g for g in groups if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
         if match is not None:
             gid = int(match[2])
@@ -113,7 +107,105 @@ def resolve_user(rootfs: Path, user: str) -> UserIds:
             gid = int(group)
         else:
             raise NdgenError(f"image USER {user!r}: no such group in the image's /etc/group")
-    return UserIds(uid=uid, gid=gid, home=home)
+    member_of = tuple(
+        int(g[2]) for g in groups if len(g) >= 4 and g[2].isdigit() and entry and entry[0] in g[3].split(",")
+    )
+    return UserIds(uid=uid, gid=gid, home=home, groups=member_of)
+
+
+def sandbox_env(rootfs: Path, config: ImageConfig) -> dict[str, str]:
+    """The environment `docker run` gives a container of this image."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": HOSTNAME}
+    env["HOME"] = resolve_user(rootfs, config.user).home
+    env.update(config.env_dict)  # the image's own ENV wins, as with Docker
+    return env
+
+
+def sandbox_command(
+    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = ()
+) -> SandboxCommand:
+    """The argv running ``/bin/sh -c COMMAND`` on `rootfs` like ``docker run --network none``.
+
+    As root: an OCI bundle run by runc with Docker's defaults (:mod:`oci`).  Bubblewrap
+    as root cannot be as strict (writable /proc/sys) nor as loose (no setuid: it always
+    sets no_new_privs); without root (or without CAP_SYS_ADMIN, which runc needs),
+    bubblewrap in a user namespace with Docker's read-only and masked paths and
+    capabilities: it holds no host capability to leak.
+    """
+    ids = resolve_user(rootfs, config.user)
+    env = sandbox_env(rootfs, config)
+    if os.geteuid() == 0 and has_cap_sys_admin():
+        return _runc_command(rootfs, config, command, mounts, ids, env)
+    return _bwrap_command(rootfs, config, command, mounts, ids, env)
+
+
+def _runc_command(
+    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
+) -> SandboxCommand:
+    if oci.runc_binary() is None:
+        # Never fall back to a laxer sandbox as root.
+        raise NdgenError("the trace sandbox needs runc (Docker's runtime): apt-get install runc")
+    cid = oci.container_id()
+    # Bundles and runc's state live beside the view, inside the run's scratch directory:
+    # removed with it, and found by the next run if this one is killed.
+    state = rootfs.parent / RUNC_STATE
+    bundle = rootfs.parent / "oci" / cid
+    oci.write_bundle(
+        bundle,
+        rootfs,
+        (SHELL, "-c", command),
+        env,
+        cwd=config.workdir or "/",
+        uid=ids.uid,
+        gid=ids.gid,
+        extra_gids=ids.groups,
+        hostname=HOSTNAME,
+        binds=[(str(m.host), m.target, m.read_only) for m in mounts],
+    )
+    return SandboxCommand(
+        argv=oci.run_argv(state, bundle, cid),
+        env={"PATH": DEFAULT_PATH},
+        kill=oci.kill_argv(state, cid),
+        cleanup=oci.delete_argv(state, cid),
+    )
+
+
+def _bwrap_command(
+    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
+) -> SandboxCommand:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise NdgenError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+    etc = rootfs.parent / "oci" / oci.container_id()
+    oci.write_etc_files(etc, HOSTNAME)
+    argv = [
+        bwrap,
+        "--bind", str(rootfs), "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--ro-bind", "/sys", "/sys",
+        "--unshare-all", "--unshare-user",
+        "--uid", str(ids.uid), "--gid", str(ids.gid),
+        "--hostname", HOSTNAME,
+        "--die-with-parent",
+        "--cap-drop", "ALL",
+    ]  # fmt: skip
+    if ids.uid == 0:
+        argv += [arg for cap in oci.DOCKER_CAPS for arg in ("--cap-add", cap)]
+    # Docker's read-only and masked paths (the binds' sources are the host's own /proc files).
+    for path in oci.READONLY_PATHS:
+        argv += ["--ro-bind-try", path, path]
+    for path in oci.MASKED_PATHS:
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path, "--remount-ro", path]
+        elif os.path.exists(path):
+            argv += ["--dev-bind", "/dev/null", path]  # as Docker: a readable, empty file
+    for name in oci.ETC_FILES:
+        argv += ["--bind", str(etc / name), f"/etc/{name}"]
+    for mount in mounts:
+        argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.target]
+    argv += ["--chdir", config.workdir or "/", "--", SHELL, "-c", command]
+    return SandboxCommand(argv=tuple(argv), env=env)
 
 
 def has_cap_sys_admin() -> bool:
@@ -128,117 +220,85 @@ def has_cap_sys_admin() -> bool:
     return False
 
 
-def sandbox_env(rootfs: Path, config: ImageConfig) -> dict[str, str]:
-    """The environment `docker run` gives a container of this image."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": HOSTNAME}
-    env["HOME"] = resolve_user(rootfs, config.user).home
-    env.update(config.env_dict)  # the image's own ENV wins, as with Docker
-    return env
-
-
-def sandbox_command(
-    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = ()
-) -> SandboxCommand:
-    """Build the bwrap argv running ``/bin/sh -c COMMAND`` like ``docker run`` would."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise NdgenError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
-    ids = resolve_user(rootfs, config.user)
-    argv = [
-        bwrap,
-        "--bind", str(rootfs), "/",
-        "--proc", "/proc",
-        "--dev", "/dev",
-        "--tmpfs", "/tmp",
-        "--unshare-net", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
-        "--hostname", HOSTNAME,
-        "--die-with-parent",
-    ]  # fmt: skip
-    as_user = (ids.uid or ids.gid) and all(
-        _reachable(p, ids.uid, ids.gid) for p in (rootfs, *(m.host for m in mounts))
-    )
-    if not as_user and (ids.uid or ids.gid or not has_cap_sys_admin()):
-        # bwrap run by root switches ids only inside a user namespace mapping them to root
-        # (so permissions are looser than Docker's); root without CAP_SYS_ADMIN also needs one.
-        argv += ["--unshare-user", "--uid", str(ids.uid), "--gid", str(ids.gid)]
-    if not as_user and ids.uid == 0:
-        # Root in Docker is not all-powerful: only the engine's default capabilities.
-        argv += ["--cap-drop", "ALL", *(arg for cap in DOCKER_CAPS for arg in ("--cap-add", cap))]
-    for mount in mounts:
-        if as_user:
-            _make_mountpoint(rootfs, mount)
-        argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.target]
-    argv += ["--chdir", config.workdir or "/", "--", SHELL, "-c", command]
-    uid, gid = (ids.uid, ids.gid) if as_user else (0, 0)
-    return SandboxCommand(argv=tuple(argv), env=sandbox_env(rootfs, config), uid=uid, gid=gid)
-
-
-def _make_mountpoint(rootfs: Path, mount: Mount) -> None:
-    """Create a missing mount point in a writable view, as Docker does: bwrap running as the
-    image's USER may not.  Only through real directories: a symlink could lead to the host."""
-    current = Path(rootfs)
-    parts = mount.target.strip("/").split("/")
-    for index, part in enumerate(parts):
-        current = current / part
-        last = index == len(parts) - 1
-        try:
-            if current.is_symlink():
-                return
-            if not current.exists():
-                if last and not mount.host.is_dir():
-                    current.touch()
-                else:
-                    current.mkdir()
-        except OSError:
-            return  # a read-only view: bwrap reports it if it matters
-
-
-def _reachable(path: Path, uid: int, gid: int) -> bool:
-    """Whether `uid:gid` may traverse every directory down to `path` (bwrap resolves it as them)."""
-    current = Path(path).absolute()
-    for directory in (current, *current.parents):
-        try:
-            st = os.stat(directory)
-        except OSError:
-            return False
-        if not stat.S_ISDIR(st.st_mode):
-            continue
-        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
 def run_plain(
-    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = ()
+    rootfs: Path,
+    config: ImageConfig,
+    command: str,
+    mounts: Sequence[Mount] = (),
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> CommandResult:
     """Run one command untraced (timing baseline, and the runner every tracer wraps)."""
-    return run_sandboxed(sandbox_command(rootfs, config, command, mounts), command)
+    return run_sandboxed(sandbox_command(rootfs, config, command, mounts), command, timeout=timeout)
+
+
+class CommandTimeout(TraceError):
+    """A workload command ran longer than --timeout; its sandbox was killed."""
 
 
 def run_sandboxed(
-    sandbox: SandboxCommand, command: str, prefix: Sequence[str] = ()
+    sandbox: SandboxCommand,
+    command: str,
+    prefix: Sequence[str] = (),
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> CommandResult:
-    """Exec `prefix + sandbox.argv`, capturing output; `command` is what the user wrote."""
+    """Exec `prefix + sandbox.argv`, capturing output; `command` is what the user wrote.
+
+    After `timeout` seconds the whole sandbox is killed (every process of it, then the
+    tracer and launcher) and :class:`CommandTimeout` names the command.
+    """
     start = time.perf_counter()
-    as_user = bool(sandbox.uid or sandbox.gid)
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [*prefix, *sandbox.argv],
         env=sandbox.env,
         stdin=subprocess.DEVNULL,
-        capture_output=True,
-        user=sandbox.uid if as_user else None,
-        group=sandbox.gid if as_user else None,
-        extra_groups=[] if as_user else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # one process group to kill: tracer, launcher, sandbox
     )
-    if proc.returncode == 1 and proc.stderr.startswith(b"bwrap: "):
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(sandbox, proc)
+        raise CommandTimeout(
+            f"command {command!r} timed out after {timeout:g} s (--timeout); its sandbox was killed"
+        ) from None
+    except BaseException:  # Ctrl-C, SIGTERM: no sandbox may outlive ndgen
+        _kill_tree(sandbox, proc)
+        raise
+    if proc.returncode == 1 and stderr.startswith(b"bwrap: "):
         # The sandbox itself failed (namespaces, mounts): not the user's command.
-        line = proc.stderr.decode(errors="replace").splitlines()[0]
+        line = stderr.decode(errors="replace").splitlines()[0]
         raise TraceError(f"cannot start the sandbox for {command!r}: {line}")
+    if sandbox.cleanup and proc.returncode != 0:
+        failure = _runc_failure(stderr)
+        if failure:
+            raise TraceError(f"cannot start the sandbox for {command!r}: {failure}")
     return CommandResult(
         command=command,
         exit_code=proc.returncode,
-        stdout=proc.stdout,
-        stderr=proc.stderr,
+        stdout=stdout,
+        stderr=stderr,
         seconds=time.perf_counter() - start,
     )
+
+
+def _runc_failure(stderr: bytes) -> str:
+    """runc's own failure (before the workload ran): its last logrus error line, else ""."""
+    for line in reversed(stderr.decode(errors="replace").splitlines()[-3:]):
+        if line.startswith("time=") and "level=error" in line:
+            return line.split("msg=", 1)[-1].strip('"')[:300]
+    return ""
+
+
+def _kill_tree(sandbox: SandboxCommand, proc: subprocess.Popen[bytes]) -> None:
+    if sandbox.kill:
+        subprocess.run(sandbox.kill, capture_output=True)  # every process of the container
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+    if sandbox.cleanup:
+        subprocess.run(sandbox.cleanup, capture_output=True)

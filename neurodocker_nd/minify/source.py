@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +48,9 @@ class ImageConfig:
     volumes: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     size: int = 0
+    # The image config as the engine reports it (architecture, os, author, and the whole
+    # `config`: HEALTHCHECK, STOPSIGNAL, SHELL, ONBUILD …), JSON text: the new image carries it.
+    image_json: str = ""
 
     @classmethod
     def from_inspect(cls, name: str, attrs_: dict[str, Any]) -> ImageConfig:
@@ -65,6 +69,16 @@ class ImageConfig:
             volumes=tuple(sorted(config.get("Volumes") or {})),
             labels=tuple(sorted((config.get("Labels") or {}).items())),
             size=int(attrs_.get("Size") or 0),
+            image_json=json.dumps(
+                {
+                    "architecture": attrs_.get("Architecture") or "amd64",
+                    "os": attrs_.get("Os") or "linux",
+                    **({"variant": attrs_["Variant"]} if attrs_.get("Variant") else {}),
+                    **({"author": attrs_["Author"]} if attrs_.get("Author") else {}),
+                    "config": config,
+                },
+                ensure_ascii=False,
+            ),
         )
 
     @property

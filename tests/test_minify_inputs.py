@@ -1,0 +1,87 @@
+"""`ndgen minify` with awkward inputs, on the real engine: tags that name the source in
+another spelling, a config using every Dockerfile instruction with non-ASCII values,
+a hanging command, and symlinks that point out of the image."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import run_ndgen
+
+pytestmark = pytest.mark.docker
+
+REPO = f"ndgen-test-inputs-{os.getpid()}"
+DOCKERFILE = """\
+FROM {base}
+RUN mkdir -p /opt/s /opt/data && echo image-data > /opt/data/file \\
+ && ln -s /etc /opt/s/x && ln -s /proc/self/root /opt/procroot
+ENV GREETING="café ☕"
+LABEL org.example.note="café ☕"
+HEALTHCHECK --interval=5s --timeout=2s CMD true
+STOPSIGNAL SIGINT
+SHELL ["/bin/sh", "-ec"]
+ONBUILD RUN echo built
+"""
+CARRIED = ("Healthcheck", "StopSignal", "Shell", "OnBuild", "Env", "Cmd", "Entrypoint", "WorkingDir", "User")
+
+
+@pytest.fixture(scope="module")
+def source(docker_client, base_image):
+    """The image, tagged `REPO:src` and `REPO` (= REPO:latest)."""
+    image, _ = docker_client.images.build(
+        fileobj=io.BytesIO(DOCKERFILE.format(base=base_image).encode("utf-8")),
+        tag=f"{REPO}:src",
+        network_mode="host",
+        rm=True,
+    )
+    image.tag(REPO, "latest")
+    yield image
+    for ref in (f"{REPO}:src", f"{REPO}:latest"):
+        docker_client.images.remove(ref, force=True)
+
+
+@pytest.fixture
+def new_tag(docker_client):
+    tag = f"{REPO}:min-{uuid.uuid4().hex[:8]}"
+    yield tag
+    try:
+        docker_client.images.remove(tag, force=True)
+    except Exception:
+        pass
+
+
+def _dangling_with_layers_of(client, tag: str) -> list[str]:
+    """Untagged images holding exactly `tag`'s layers: left over by the write step."""
+    layers = client.images.get(tag).attrs["RootFS"]["Layers"]
+    return [i.id for i in client.images.list(filters={"dangling": True}) if i.attrs["RootFS"]["Layers"] == layers]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [f"{REPO}:src", f"docker.io/{REPO}:src", f"docker.io/library/{REPO}:src", REPO, f"{REPO}:latest"],
+)
+def test_target_tag_naming_the_source_is_refused(docker_client, source, target):
+    """By ID or name, however the target is spelled: the source's tags never move."""
+    proc = run_ndgen("minify", source.id, "-t", target, "-c", "true")
+    assert proc.returncode == 2 and proc.stderr.startswith("ndgen: error:"), proc.stderr
+    assert "names the source image" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for ref in (f"{REPO}:src", f"{REPO}:latest"):
+        assert docker_client.images.get(ref).id == source.id
+
+
+def test_whole_config_and_utf8_values_are_carried(docker_client, source, new_tag):
+    proc = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", 'echo "$GREETING"')
+    assert proc.returncode == 0, proc.stderr
+    before, after = source.attrs["Config"], docker_client.images.get(new_tag).attrs["Config"]
+    assert {k: after.get(k) for k in CARRIED} == {k: before.get(k) for k in CARRIED}
+    assert after["Healthcheck"]["Test"] == ["CMD-SHELL", "true"] and after["StopSignal"] == "SIGINT"
+    assert "GREETING=café ☕" in after["Env"] and after["Labels"]["org.example.note"] == "café ☕"
+    out = docker_client.containers.run(new_tag, ["-c", 'echo "$GREETING"'], entrypoint=["/bin/sh"], remove=True,
+                                       network_mode="none")  # fmt: skip
+    assert out.decode("utf-8") == "café ☕\n"
+    assert _dangling_with_layers_of(docker_client, new_tag) == []  # the import's own image is gone
