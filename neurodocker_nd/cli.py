@@ -26,6 +26,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "matrix": "neurodocker_nd.commands.matrix:matrix_cmd",
     "base": "neurodocker_nd.commands.base:base_cmd",
     "build": "neurodocker_nd.commands.build:build_cmd",
+    "check-urls": "neurodocker_nd.commands.checkurls:check_urls_cmd",
     "recipe": "neurodocker_nd.commands.recipe:recipe_cmd",
     "test": "neurodocker_nd.commands.test:test_cmd",
     "minify": "neurodocker_nd.commands.minify:minify_cmd",
