@@ -36,6 +36,7 @@ class Target:
     sha256: str | None
     kind: str  # registry | recipe
     file: Path | None  # meta.yaml or build.yaml to write into
+    known_dead: bool = False  # a `dropbox` waiver says it answers 403: reported, not a failure
 
 
 @attrs.frozen
@@ -58,6 +59,7 @@ class Result:
             "size": p.size if p else None,
             "sha256": p.sha256 if p else None,
             "recorded_sha256": t.sha256,
+            "known_dead": t.known_dead,
         }
 
 
@@ -69,7 +71,8 @@ def registry_targets(registry: Registry, names: Iterable[str]) -> list[Target]:
         urls = ((entry.template or {}).get("binaries") or {}).get("urls") or {}
         for version, url in urls.items():
             sha = entry.meta.sha256(str(version)) if entry.meta else None
-            out.append(Target(entry.name, str(version), str(url), sha, "registry", entry.meta_path))
+            dead = bool(entry.meta and entry.meta.waived("dropbox", str(version)))
+            out.append(Target(entry.name, str(version), str(url), sha, "registry", entry.meta_path, dead))
     return out
 
 
@@ -84,7 +87,7 @@ def recipe_targets(path: str | Path) -> list[Target]:
 def _check(t: Target, timeout: float, do_fetch: bool) -> Result:
     if "{{" in t.url or "{%" in t.url:
         return Result(t, None, "templated URL (depends on template arguments); not checked")
-    p = fetch.probe(t.url, timeout=timeout, fetch=do_fetch)
+    p = fetch.probe(t.url, timeout=timeout, fetch=do_fetch and not t.known_dead)
     if not p.ok:
         return Result(t, p, p.error or f"HTTP {p.status}")
     if do_fetch and t.sha256 and p.sha256 != t.sha256:

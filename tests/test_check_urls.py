@@ -154,3 +154,11 @@ build:
     assert data["files"][0]["sha256"] == DIGEST
     again = run_ndgen("check-urls", "--recipe", str(recipe), "--fetch", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)[0]["recorded_sha256"] == DIGEST
+
+
+def test_a_url_waived_as_dropbox_is_reported_dead_but_fails_nothing(tmp_path, server):
+    waiver = "waivers:\n  - rule: dropbox\n    versions: [\"6.0\"]\n    reason: \"stands in for a Dropbox URL that answers 403\"\n"
+    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "6.0": "gone"}, _sources(["1.0", "6.0"]) + waiver)
+    proc = _run(reg, "dltest")
+    assert proc.returncode == 0, proc.stderr
+    assert next(line for line in proc.stdout.splitlines() if " 6.0 " in line).startswith("dead dltest 6.0  404")

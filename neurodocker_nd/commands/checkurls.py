@@ -30,7 +30,8 @@ def check_urls_cmd(names: tuple[str, ...], recipe: str | None, as_json: bool, do
     """Check the download URLs of the registry (all entries, or NAME…) or of a recipe:
     HTTP status, redirects and size; --fetch also verifies sha256.
 
-    Exit status 2 (one error line after the report) when any URL fails or a digest differs.
+    Exit status 2 (one error line after the report) when any URL fails or a digest
+    differs; URLs waived as `dropbox` (known dead) are reported as `dead` only.
     """
     from neurodocker_nd.checkurls import check, recipe_targets, registry_targets, write_digests
     from neurodocker_nd.registry import Registry
@@ -49,9 +50,11 @@ def check_urls_cmd(names: tuple[str, ...], recipe: str | None, as_json: bool, do
             hops = f" ({len(p.redirects)} redirect{'s' if len(p.redirects) != 1 else ''})" if p and p.redirects else ""
             digest = f"  sha256:{p.sha256}" if p and p.sha256 else ""
             note = f"  {r.problem}" if r.problem else ""
-            click.echo(f"{'ok  ' if r.problem is None else 'FAIL' if p else 'skip'} {r.target.owner} {r.target.key}  "
+            mark = "ok  " if r.problem is None else "dead" if r.target.known_dead else "FAIL" if p else "skip"
+            click.echo(f"{mark} {r.target.owner} {r.target.key}  "
                        f"{status}{hops}  {_size(p.size if p else None)}{digest}  {r.target.url}{note}")
-    failed = [r for r in results if r.problem is not None and r.probe is not None]
+    # Known-dead URLs (a documented `dropbox` waiver) are reported but fail nothing.
+    failed = [r for r in results if r.problem is not None and r.probe is not None and not r.target.known_dead]
     if failed:
         first = failed[0]
         # --write records nothing then: digests are written for a fully passing run only.
