@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_ndgen
+from docker.errors import ImageNotFound
 
 pytestmark = pytest.mark.docker
 
@@ -183,7 +184,7 @@ def test_verify_failure_names_missing_path_and_keeps_no_tag(docker_client, app_i
     assert proc.returncode != 0
     assert proc.stderr.startswith("ndgen: error: verify failed")
     assert "/etc/ndgen-flag" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    with pytest.raises(Exception):
+    with pytest.raises(ImageNotFound):
         docker_client.images.get(new_tag)
     assert not [t for i in docker_client.images.list() for t in i.tags if t.startswith("ndgen-minify-tmp:")]
 
@@ -235,16 +236,26 @@ def test_writable_mount_outputs_compared_and_user_dir_untouched(docker_client, a
     command = "python3 -c \"import sys; open('/data/out.txt','w').write(open('/data/in.txt').read().upper())\""
     _minify(docker_client, app_image, new_tag, scratch, "-c", command, "-v", f"{data}:/data")
     assert sorted(p.name for p in data.iterdir()) == ["in.txt"]
+    first = _image_id(docker_client, new_tag)
+    # Compared: an output file that differs between the traced run and the rerun fails verify,
+    # though stdout, stderr and exit code are the same.
+    differs = "python3 -c \"import os; open('/data/out.txt','wb').write(os.urandom(8))\""
+    proc = _minify(docker_client, app_image, new_tag, scratch, "-c", differs, "-v", f"{data}:/data", "--no-repair", ok=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("ndgen: error: verify failed: the outputs differ") and "/data/out.txt" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["in.txt"]
+    assert _image_id(docker_client, new_tag) == first  # the failed run did not retag
 
 
 def test_failing_command_stops_the_trace_and_allow_fail_accepts(docker_client, app_image, new_tag, scratch):
     proc = _minify(docker_client, app_image, new_tag, scratch, "-c", "echo one", "-c", "exit 3", "-c", "echo three", ok=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "'exit 3' exited 3" in proc.stderr, proc.stderr
-    with pytest.raises(Exception):
+    with pytest.raises(ImageNotFound):
         docker_client.images.get(new_tag)
     _minify(docker_client, app_image, new_tag, scratch, "-c", "echo one", "-c", "exit 3", "--allow-fail")
-    assert docker_client.images.get(new_tag)
+    labels = docker_client.images.get(new_tag).labels
+    assert json.loads(labels["org.ndgen.minify.commands"]) == ["echo one", "exit 3"]
 
 
 def test_bad_inputs_one_line(docker_client, app_image, new_tag, scratch, tmp_path):
@@ -298,7 +309,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(docker_client, app_image, new_
         _assert_clean(small, docker_client, app_image, source_id)
     finally:
         subprocess.run(["umount", str(small)], check=False)
-    with pytest.raises(Exception):
+    with pytest.raises(ImageNotFound):
         docker_client.images.get(new_tag)
 
 
@@ -315,7 +326,7 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
         ["unsquashfs", "-cat", str(out), "/.singularity.d/env/90-environment.sh"], capture_output=True, text=True
     ).stdout
     assert "export PYTHONPATH='/opt/app'" in env
-    assert docker_client.images.get(new_tag)
+    assert _run(docker_client, new_tag, "python3 /opt/app/tool.py x") == b"X\n"  # --format both: the image too
     # Run it the way apptainer does (the image's action scripts), in ndgen's own sandbox.
     from neurodocker_nd.minify.run import run_plain
     from neurodocker_nd.minify.source import ImageConfig
@@ -342,8 +353,16 @@ def test_non_root_user_runs_with_docker_permissions(docker_client, user_image, n
     os.chown(data, 1000, 1000)
     # Writable where the user may write, refused where Docker would refuse it too.
     command = "id -u; echo $HOME; echo hi > /data/out.txt; touch /etc/nope 2>/dev/null || echo refused"
-    _minify(docker_client, user_image, new_tag, scratch, "-c", command, "-v", f"{data}:/data")
-    assert _run(docker_client, new_tag, "id -u; echo $HOME") == b"1000\n/home/neuro\n"
+    report = base / "report.json"
+    _minify(docker_client, user_image, new_tag, scratch, "-c", command, "-v", f"{data}:/data", "--report", str(report))
+    # verify compared the traced run with `docker run` of the same command: same uid, $HOME,
+    # written file and refusal, so the trace ran with Docker's permissions.
+    assert json.loads(report.read_text())["verified"] is True
+    docker_out = docker_client.containers.run(
+        new_tag, ["-c", command], entrypoint=["/bin/sh"],
+        volumes={str(data): {"bind": "/data", "mode": "rw"}}, network_mode="none", remove=True,
+    )  # fmt: skip
+    assert docker_out == b"1000\n/home/neuro\nrefused\n"
     shutil.rmtree(base)
 
 

@@ -155,9 +155,16 @@ def test_meta_schema_is_valid_json_schema():
 
 
 def test_fixture_metas_follow_the_schema():
+    schema = json.loads((schemas_dir() / "meta.schema.json").read_text())
+    metas = sorted(FIXTURES.glob("*/meta.yaml"))
+    assert [m.parent.name for m in metas] == ["hello", "jq", "tinytool"]
+    for meta in metas:
+        jsonschema.validate(yaml.safe_load(meta.read_text()), schema)  # raises naming the field
+    # ... and the loader reads each one as that entry's meta.
     reg = Registry(registry_dir=FIXTURES)
-    for entry in reg.entries():
-        assert entry.name
+    for meta in metas:
+        entry = reg.get(meta.parent.name)
+        assert entry.meta_path == meta and entry.meta is not None and entry.meta.commands
 
 
 def test_project_registry_is_valid():
