@@ -1,0 +1,49 @@
+"""Optional dependencies: which subcommand needs which extra of `pip install`.
+
+Rendering (the default command, list, show, validate, matrix, recipe) needs
+only the core dependencies, which install on every platform. The engine side
+(Docker SDK), the tracer's ELF/dpkg readers and the GitHub client are extras;
+a subcommand whose extra is missing stops with one line naming it, before
+importing anything (names must match pyproject.toml's optional-dependencies).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import MappingProxyType
+from typing import Mapping
+
+from neurodocker_nd.errors import NdgenError
+
+# extra -> the import names its distributions provide
+EXTRAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "build": ("docker", "rich"),
+        "minify": ("docker", "rich", "elftools", "debian.deb822"),
+        "upstream": ("ghapi", "ruamel.yaml"),
+    }
+)
+
+# subcommand -> the extra it needs
+COMMANDS: Mapping[str, str] = MappingProxyType(
+    {"base": "build", "build": "build", "test": "build", "minify": "minify", "upstream": "upstream"}
+)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package of a dotted name
+        return False
+
+
+def missing(extra: str) -> tuple[str, ...]:
+    """Import names of `extra` that are not installed."""
+    return tuple(m for m in EXTRAS[extra] if not _importable(m))
+
+
+def require_for(command: str) -> None:
+    """Raise one NdgenError line if `ndgen COMMAND` needs an extra that is not installed."""
+    extra = COMMANDS.get(command)
+    if extra is not None and missing(extra):
+        raise NdgenError(f"ndgen {command} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'")
