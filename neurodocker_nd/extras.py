@@ -26,7 +26,15 @@ EXTRAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 
 # subcommand -> the extra it needs
 COMMANDS: Mapping[str, str] = MappingProxyType(
-    {"base": "build", "build": "build", "test": "build", "minify": "minify", "upstream": "upstream"}
+    {
+        "base": "build",
+        "build": "build",
+        "test": "build",
+        "minify": "minify",
+        # Registry maintenance: both rewrite YAML with ruamel.yaml (comments kept).
+        "upstream": "upstream",
+        "check-urls": "upstream",
+    }
 )
 
 

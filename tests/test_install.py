@@ -62,6 +62,7 @@ def test_render_works_without_extras(venv):
         (("base", "debian:bookworm"), "build"),
         (("minify", "a:1", "-t", "b:1"), "minify"),
         (("upstream", "export"), "upstream"),
+        (("check-urls",), "upstream"),
     ],
 )
 def test_missing_extra_is_one_line(venv, args, extra):
