@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import re
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from neurodocker_nd.errors import EngineError, NdgenError
 
 HASH_LABEL = "org.ndgen.recipe-hash"
 TEST_TIMEOUT_S = 600
+BUILDKIT_CLI = "/usr/bin/docker"  # Debian's docker.io (20.10): BuildKit offline; /usr/local/bin/docker 28 refuses it
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 # The classic builder colours stderr (ESC[91m … ESC[0m) and splits output at arbitrary bytes.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -154,6 +156,65 @@ def build_recipe(
     )
 
 
+def build_context_dir(
+    context_dir: Path,
+    fmt: str,
+    tag: str,
+    base_image: str,
+    *,
+    no_cache: bool = False,
+    log_path: Path | None = None,
+) -> BuildOutcome:
+    """Build a complete build context (`ndgen recipe --out`: the recipe plus its files) as `tag`.
+
+    Docker: BuildKit through Debian's docker CLI, because recipes read staged
+    files with `RUN --mount=type=bind,from=neurocontainer-cache` — the SDK's
+    build API is the legacy builder, which has no RUN --mount. The cache is a
+    named stage of the same Dockerfile (no buildx `--build-context` here).
+    Singularity: the stand-in, with `%files` relative to the context.
+    """
+    check_tag(tag)
+    context_dir = Path(context_dir)
+    recipe_name = "Singularity.def" if fmt == "singularity" else "Dockerfile"
+    recipe_path = context_dir / recipe_name
+    log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
+    client = engine.connect()
+    base = engine.require_image(client, base_image)
+    digest = hashlib.sha256(_tree_digest(context_dir).encode() + base.id.encode()).hexdigest()
+    started = time.monotonic()
+    with engine.step_log(log_path, f"building {tag}") as log:
+        log.write(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n")
+        image_id = None if no_cache else _reusable(client, digest)
+        reused = image_id is not None
+        if image_id is not None:
+            repo, name_tag = engine.split_ref(tag)
+            client.api.tag(image_id, repo, name_tag, force=True)
+            log.write(f"# reusing {image_id} (same recipe-hash {digest})\n")
+        elif fmt == "docker":
+            labels = {HASH_LABEL: digest, "org.ndgen.format": fmt}
+            image_id = _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log)
+        else:
+            text = recipe_path.read_text(encoding="utf-8")
+            standin = defbuild.translate(
+                defbuild.parse_definition(text, source=str(recipe_path)), source=str(recipe_path), files_root=context_dir
+            )
+            labels = {**standin.labels, HASH_LABEL: digest, "org.ndgen.format": fmt}
+            image_id = _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt)
+    saved = log_path.with_suffix(".def" if fmt == "singularity" else ".Dockerfile")
+    outfile.write_text(saved, recipe_path.read_text(encoding="utf-8"), mkdir=True)
+    return BuildOutcome(
+        tag=tag,
+        image_id=image_id,
+        fmt=fmt,
+        reused=reused,
+        build_seconds=time.monotonic() - started,
+        log_path=log_path,
+        recipe_path=saved,
+        tests=(),
+        packages=(),
+    )
+
+
 def check_tag(tag: str) -> None:
     if not _TAG.match(tag or ""):
         raise NdgenError(f"bad image tag {tag!r}: expected name[:tag] in lower case, e.g. dcm2niix:sys")
@@ -178,6 +239,87 @@ def _reusable(client: Any, digest: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- build
+
+
+def _tree_digest(root: Path) -> str:
+    """sha256 over every file of a context (relative path, mode, bytes), in a stable order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        info = path.lstat()
+        digest.update(f"{path.relative_to(root)}\0{info.st_mode:o}\0".encode())
+        digest.update(os.readlink(path).encode() if path.is_symlink() else path.read_bytes())
+    return digest.hexdigest()
+
+
+# BuildKit's plain progress: `#7 [stage-1 3/9] RUN …`, output `#7 1.234 text`, `#7 ERROR: …`.
+_BK_STEP = re.compile(r"^#(\d+) (\[[^\]]*\d+/\d+\] .*)$")
+_BK_OUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
+_BK_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+_BK_COUNT = re.compile(r"\[[^\]]*?(\d+)/(\d+)\]")
+
+
+def _buildkit_build(
+    context_dir: Path, dockerfile: Path, tag: str, labels: dict[str, str], no_cache: bool, log: engine.StepLog
+) -> str:
+    """`DOCKER_BUILDKIT=1 /usr/bin/docker build --network host …`; the new image's id."""
+    import subprocess
+    import tempfile
+
+    if not os.access(BUILDKIT_CLI, os.X_OK):
+        raise EngineError(
+            f"building a recipe needs BuildKit through Debian's docker CLI at {BUILDKIT_CLI} "
+            "(apt-get install docker.io): RUN --mount is not in the SDK's legacy builder"
+        )
+    with tempfile.TemporaryDirectory(prefix="ndgen-iid-") as scratch:
+        iidfile = Path(scratch) / "iid"
+        argv = [BUILDKIT_CLI, "build", "--network", "host", "--progress", "plain", "--pull=false"]
+        argv += ["-f", str(dockerfile), "-t", tag, "--iidfile", str(iidfile)]
+        argv += [f"--label={k}={v}" for k, v in labels.items()] + (["--no-cache"] if no_cache else [])
+        argv.append(str(context_dir))
+        log.write("# " + " ".join(argv) + "\n")
+        steps: dict[str, str] = {}
+        tails: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=40))
+        failed: tuple[str, str] | None = None
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        )
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = _ANSI.sub("", raw).rstrip("\n")
+            log.write(line + "\n")
+            if match := _BK_STEP.match(line):
+                steps[match[1]] = match[2]
+                if count := _BK_COUNT.search(match[2]):
+                    log.status(f"{tag}: {_short(match[2], 80)}", int(count[1]) - 1, int(count[2]))
+            elif match := _BK_ERROR.match(line):
+                failed = failed or (match[1], match[2])
+            elif match := _BK_OUT.match(line):
+                tails[match[1]].append(match[2])
+        code = proc.wait()
+        if code != 0:
+            raise NdgenError(_buildkit_failure(tag, steps, tails, failed, log.path))
+        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+    if not image_id:
+        raise EngineError(f"build of {tag} finished without an image; log: {log.path}")
+    return image_id
+
+
+def _buildkit_failure(
+    tag: str, steps: dict[str, str], tails: dict[str, collections.deque], failed: tuple[str, str] | None, log_path: Path
+) -> str:
+    if failed is None:
+        return f"build of {tag} failed before any step ran; log: {log_path}"
+    vertex, error = failed
+    code = re.search(r"exit code: (\d+)", error)
+    exit_part = f"exit {code[1]}" if code else _short(error, 120)
+    where = steps.get(vertex, "the Dockerfile")
+    reason = _reason(tails.get(vertex, ())) or error
+    return f"build of {tag} failed at `{_short(where)}` ({exit_part}): {reason}; log: {log_path}"
 
 
 @attrs.define

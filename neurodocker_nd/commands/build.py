@@ -12,6 +12,7 @@ from neurodocker_nd.errors import NdgenError
 
 
 @click.command("build")
+@click.argument("recipe_dir", required=False, type=click.Path(path_type=Path))
 @recipe_options
 @click.option("-t", "--tag", required=True, metavar="NAME[:TAG]", help="Tag of the image to build.")
 @click.option("--no-test", is_flag=True, help="Build only; do not run the packages' test commands.")
@@ -30,7 +31,11 @@ from neurodocker_nd.errors import NdgenError
     type=click.Path(dir_okay=False, path_type=Path),
     help="Build log file (default: ~/.cache/ndgen/logs/build-TAG-TIME.log); the recipe is saved next to it.",
 )
+@click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), default="x86_64", show_default=True, help="RECIPE_DIR: architecture.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="RECIPE_DIR: set a recipe option (repeat).")
+@click.option("--templates", multiple=True, type=click.Path(file_okay=False), metavar="DIR", help="RECIPE_DIR: template directory (repeat).")
 def build_cmd(
+    recipe_dir: Path | None,
     pkgs: tuple[str, ...],
     os_name: str | None,
     base_image: str | None,
@@ -41,15 +46,26 @@ def build_cmd(
     no_cache: bool,
     test_timeout: float,
     log_path: Path | None,
+    arch: str,
+    options: tuple[str, ...],
+    templates: tuple[str, ...],
 ) -> None:
-    """Build an image from --pkg/--os and run each package's test in it (--network none).
+    """Build an image from a recipe directory (build.yaml) or from --pkg/--os, then test it (--network none).
 
-    Docker builds use the host network (never a bridge). --format singularity
-    runs the definition file on the Docker engine with ndgen's Apptainer
-    stand-in and prints the equivalent `apptainer build` command.
+    RECIPE_DIR: a neurocontainers recipe; its fulltest.yaml (when present) and
+    the deploy check run in the image afterwards (exit 1 when one fails).
+    --pkg: each package's test runs in the image. Docker builds use the host
+    network (never a bridge). --format singularity runs the definition file on
+    the Docker engine with ndgen's Apptainer stand-in and prints the
+    equivalent `apptainer build` command.
     """
+    if recipe_dir is not None:
+        if pkgs or os_name or base_image or pkg_manager:
+            raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
+        _build_recipe_dir(recipe_dir, fmt, tag, arch, options, templates, no_test, no_cache, log_path)
+        return
     if not pkgs:
-        raise NdgenError("ndgen build needs at least one --pkg")
+        raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
     from neurodocker_nd.build import build_recipe, check_tag
     from neurodocker_nd.render import render_recipe
 
@@ -62,6 +78,43 @@ def build_cmd(
     if outcome.failures:
         names = ", ".join(f"{t.name} ({t.reason})" for t in outcome.failures)
         raise NdgenError(f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}")
+
+
+def _build_recipe_dir(
+    recipe_dir: Path,
+    fmt: str,
+    tag: str,
+    arch: str,
+    options: tuple[str, ...],
+    templates: tuple[str, ...],
+    no_test: bool,
+    no_cache: bool,
+    log_path: Path | None,
+) -> None:
+    """Render the recipe into a staged build context, build it, then run its suite and the deploy check."""
+    from neurodocker_nd import scratchdir
+    from neurodocker_nd.build import build_context_dir, check_tag
+    from neurodocker_nd.commands.recipe import parse_options
+    from neurodocker_nd.commands.test import fail_if_failed, test_image
+    from neurodocker_nd.context import write_context
+    from neurodocker_nd.recipe import find_recipe, load_recipe
+    from neurodocker_nd.render import render
+    from neurodocker_nd.suite import load_suite
+
+    check_tag(tag)
+    suite_path = find_recipe(recipe_dir).parent / "fulltest.yaml"
+    if not suite_path.is_file() or no_test:
+        suite_path = None
+    else:
+        load_suite(suite_path)  # a bad suite fails before any build time is spent
+    plan = load_recipe(recipe_dir, arch=arch, options=parse_options(options), templates=templates)
+    text = render(plan, fmt, cache_stage=True)  # the Dockerfile's first stage holds the staged files
+    with scratchdir.directory("ndgen-build-", "/var/tmp") as scratch:
+        context = write_context(plan, scratch / "context", fmt, text)
+        outcome = build_context_dir(context, fmt, tag, plan.target.base_image, no_cache=no_cache, log_path=log_path)
+    _report(outcome)
+    if not no_test:
+        fail_if_failed(test_image(tag, suite_path))
 
 
 def _report(outcome: Any) -> None:

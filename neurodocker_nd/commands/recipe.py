@@ -9,7 +9,7 @@ import click
 from neurodocker_nd.errors import NdgenError
 
 
-def _options(values: tuple[str, ...]) -> dict[str, str]:
+def parse_options(values: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for v in values:
         key, eq, raw = v.partition("=")
@@ -44,7 +44,7 @@ def recipe_cmd(path, fmt, arch, options, templates, output, out_dir) -> None:
 
     if output and out_dir:
         raise NdgenError("give -o FILE or --out DIR, not both")
-    plan = load_recipe(path, arch=arch, options=_options(options), templates=templates)
+    plan = load_recipe(path, arch=arch, options=parse_options(options), templates=templates)
     # A build context also gets the cache stage its RUN --mount lines read.
     text = render(plan, fmt, cache_stage=bool(out_dir))
     if out_dir:
