@@ -70,8 +70,10 @@ class _Context:
     options: Any
     values: dict[str, Any]
     file_guest: dict[str, str]  # declared name -> guest file name
-    used: list[str] | None = None  # files get_file() handed out while rendering one `run`
+    file_source: dict[str, str]  # declared name -> its URL, host path or name (identity for collisions)
+    used: list[tuple[str, str]] | None = None  # (guest, name) get_file() handed out in one `run`
     run_key: Callable[[], str] | None = None
+    cache_guests: dict[str, dict[str, str]] = attrs.field(factory=dict)  # cache id -> guest -> source
 
     def __getattr__(self, key: str) -> Any:  # recipe variables: context.foo
         values = self.__dict__.get("values") or {}
@@ -85,8 +87,18 @@ class _Context:
         guest = self.file_guest[name]
         if self.used is None or self.run_key is None:
             return f"/.neurocontainer-cache/{guest}"
-        self.used.append(name)
-        return f"/.neurocontainer-cache/{self.run_key()}/{guest}"
+        cache_id = self.run_key()
+        names = self.cache_guests.setdefault(cache_id, {})
+        source = self.file_source[name]
+        if names.get(guest, source) != source:
+            # Two different files with one guest name in one mount: as neurocontainers,
+            # a digest suffix — of the URL/path (theirs hashes a host cache path).
+            digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
+            stem, dot, suffix = guest.rpartition(".")
+            guest = f"{stem}_{digest}.{suffix}" if dot else f"{guest}_{digest}"
+        names[guest] = source
+        self.used.append((guest, name))
+        return f"/.neurocontainer-cache/{cache_id}/{guest}"
 
     def has_local(self, key: str) -> bool:
         return False
@@ -263,6 +275,7 @@ class _Loader:
             options=SimpleNamespace(**opts),
             values={},
             file_guest={},
+            file_source={},
         )
         for key, value in (data.get("variables") or {}).items():
             self.ctx.values[str(key)] = self.render(value, top.child("variables", key))
@@ -398,6 +411,7 @@ class _Loader:
             executable=bool(mapping.get("executable", False)),
         )
         self.ctx.file_guest[name] = guest
+        self.ctx.file_source[name] = url or path or name
 
     def default_steps(self, add_default: bool, add_tzdata: bool, fix_locale_def: bool) -> None:
         """neurocontainers' base layer, before the recipe's directives."""
@@ -452,7 +466,7 @@ class _Loader:
         self.steps.append(self.make(where, st.Install, tuple(pkgs)))
 
     def d_run(self, d, value, where):
-        used: list[str] = []
+        used: list[tuple[str, str]] = []
         cache_id: list[str] = []
 
         def run_key() -> str:
@@ -478,7 +492,7 @@ class _Loader:
             raise RecipeError(f"{where.line()}: empty run")
         mounts = ()
         if used:
-            files = tuple(dict.fromkeys((self.ctx.file_guest[n], n) for n in used))
+            files = tuple(dict.fromkeys(used))
             mounts = (st.CacheMount(cache_id=cache_id[0], files=files),)
         # neurocontainers joins a list with `&&` continuations, after one leading space.
         self.steps.append(self.make(where, st.Run, " " + " \\\n && ".join(commands), mounts=mounts))

@@ -210,13 +210,16 @@ class RecipeRenderer:
         memo_key = (step.key, step.method, step.args)
         tmpl = self._templates.get(memo_key)
         if tmpl is None:
-            args = {k: _quote_pkg_words(v) if k in PKG_LIST_ARGS else v for k, v in step.args}
+            args = {k: _quote_pkg_words(v) if k in PKG_LIST_ARGS and step.origin == "pkg" else v for k, v in step.args}
             try:
-                tmpl = Template(
-                    _thaw(step.template),
-                    binaries_kwds=args if step.method == "binaries" else None,
-                    source_kwds=args if step.method == "source" else None,
-                )
+                if step.schema == "neurodocker":
+                    tmpl = Template(
+                        _thaw(step.template),
+                        binaries_kwds=args if step.method == "binaries" else None,
+                        source_kwds=args if step.method == "source" else None,
+                    )
+                else:
+                    tmpl = _unchecked_template(step, args)
             except TemplateError as exc:
                 raise NdgenError(f"{step.key}: template error: {exc}") from None
             self._templates[memo_key] = tmpl
@@ -372,6 +375,29 @@ def with_checksum(block: tuple[tuple[str, Mapping[str, Any]], ...], step: st.Tem
     if not found:
         raise NdgenError(f"{label}: sha256 recorded but the template never downloads {url}")
     return tuple(out)
+
+
+def _unchecked_template(step: st.Template, args: Mapping[str, str]):
+    """A neurocontainers-form template (read by templatedir.py): its installation
+    method as neurodocker's own class, without neurodocker's template schema,
+    which neurocontainers' templates outgrew (spm12's per-version `urls`
+    mappings).  Its strings still render only in ndgen's sandbox."""
+    from types import SimpleNamespace
+
+    from neurodocker.reproenv.template import _BinariesTemplate, _SourceTemplate
+
+    from neurodocker_nd import sandbox
+
+    base = _BinariesTemplate if step.method == "binaries" else _SourceTemplate
+
+    class Method(base):  # type: ignore[misc, valid-type]
+        def dependencies(self, pkg_manager: str) -> list[str]:
+            # neurocontainers renders each dependency's Jinja (`libncurses{{ … }}`)
+            # before the install command sorts them; neurodocker does not.
+            bound = sandbox.BoundMethod(self, pkg_manager if pkg_manager in ("apt", "yum") else "apt")
+            return [sandbox.render_string(str(d), bound) for d in super().dependencies(pkg_manager)]
+
+    return SimpleNamespace(**{step.method: Method(_thaw(step.template[step.method]), **args)})
 
 
 def _thaw(value: Any) -> Any:

@@ -55,6 +55,24 @@ def check_line(what: str, value: str, *, forbid: str = '"', spaces: bool = True)
     return value
 
 
+_OUTSIDE_QUOTES_RE = re.compile(r"^[A-Za-z0-9._/:@%+,=~-]*$")
+
+
+def check_balanced(what: str, value: str) -> str:
+    """A value reproenv writes as K="VALUE": quotes inside must pair up, and what
+    they leave unquoted must be a plain word, so `/opt/x-"1.0"/bin` stays one
+    value while `a" B="c` (another variable) or `a"; id; "` (a command in
+    Singularity's %environment) cannot get out."""
+    check_line(what, value, forbid="")
+    parts = value.split('"')
+    if len(parts) % 2 == 0:
+        raise StepError(f"{what}: value {value[:40]!r} contains an unpaired '\"'")
+    for outside in parts[1::2]:
+        if not _OUTSIDE_QUOTES_RE.match(outside):
+            raise StepError(f"{what}: value {value[:40]!r} leaves {outside[:20]!r} outside its quotes")
+    return value
+
+
 def check_command(what: str, command: str) -> str:
     """A RUN command: lines are fine, escaping the instruction is not."""
     if "\x00" in command or "\r" in command:
@@ -80,7 +98,10 @@ def _frozen_pairs(what: str, key_re: re.Pattern[str]):
         for k, v in pairs:
             if not key_re.match(k):
                 raise StepError(f"{what}: bad name {k!r}")
-            check_line(f"{what} {k}", v, forbid='"\\')
+            check_balanced(f"{what} {k}", v)
+            if (len(v) - len(v.rstrip("\\"))) % 2:
+                # A final backslash would escape the closing quote of ENV K="V".
+                raise StepError(f"{what} {k}: value {v[:40]!r} ends with a backslash")
         return pairs
 
     return convert
@@ -105,6 +126,12 @@ class Template:
     # The download the renderer verifies (registry meta `versions.V.sha256`).
     sha256: str | None = None
     url: str | None = None
+    # "neurodocker": checked against neurodocker's template schema when rendered;
+    # "neurocontainers": a `directives:`-form file, checked by templatedir.py.
+    schema: Literal["neurodocker", "neurocontainers"] = "neurodocker"
+    # "pkg": arguments from `--pkg` (package-list words get quoted, render.py);
+    # "recipe": a recipe's own words, passed verbatim as neurocontainers does.
+    origin: Literal["pkg", "recipe"] = "pkg"
 
 
 @attrs.frozen
@@ -118,7 +145,10 @@ class Install:
         if not self.pkgs:
             raise StepError("install: no packages")
         for p in self.pkgs:
-            check_line("install", p, forbid="\"'\\;&|`$<>", spaces=False)
+            # neurocontainers' `install: [a b]` passes "a b" as one item: words are fine.
+            check_line("install", p, forbid="\"'\\;&|`$<>()")
+            if not p.strip():
+                raise StepError("install: empty package name")
         if self.opts is not None:
             check_line("install opts", self.opts, forbid="\"'\\;&|`$<>")
 
@@ -183,7 +213,8 @@ class Workdir:
     path: str
 
     def __attrs_post_init__(self) -> None:
-        check_line("workdir", self.path, forbid='"\\', spaces=False)
+        # Docker expands $VAR in WORKDIR; Singularity runs `mkdir -p` + `cd` in %post.
+        check_line("workdir", self.path, forbid="\\;&|`<>()'", spaces=False)
 
 
 @attrs.frozen
@@ -191,7 +222,8 @@ class User:
     name: str
 
     def __attrs_post_init__(self) -> None:
-        check_line("user", self.name, forbid="\"'\\;&|`$<>()", spaces=False)
+        # `${NB_USER}` is fine (Docker expands it; so does the shell in useradd).
+        check_line("user", self.name, forbid="\"'\\;&|`<>()", spaces=False)
 
 
 @attrs.frozen
@@ -235,7 +267,8 @@ class Deploy:
 
     def __attrs_post_init__(self) -> None:
         for v in (*self.bins, *self.path):
-            check_line("deploy", v, forbid='"\\:', spaces=False)
+            check_line("deploy", v, forbid="\\", spaces=False)
+            check_balanced("deploy", v)
 
 
 Step = Union[Template, Install, Run, Env, Copy, Workdir, User, Entrypoint, Label, Arg, Deploy]

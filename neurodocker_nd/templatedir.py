@@ -83,6 +83,7 @@ class TemplateSource:
     """--templates directories, then the registry; files read once per run."""
 
     def __init__(self, dirs: Sequence[Path] = (), registry: Registry | None = None) -> None:
+        self._forms: dict[str, str] = {}
         self.dirs = tuple(Path(d) for d in dirs)
         for d in self.dirs:
             if not d.is_dir():
@@ -113,6 +114,10 @@ class TemplateSource:
             if entry.template is None:
                 raise NdgenError(f"template {name!r}: registry entry {reg_name} has no template (method=system only)")
             data, key, found = entry.template, str(entry.template_path), entry.template_path
+        form = "neurocontainers" if any(
+            isinstance(data.get(m), Mapping) and "directives" in data[m] for m in ("binaries", "source")
+        ) else "neurodocker"
+        self._forms[name] = form
         result = (key, _methods(name, data, Path(found)), data)
         self._memo[name] = result
         return result
@@ -149,6 +154,8 @@ class TemplateSource:
                     args=tuple(sorted(args.items())),
                     key=key if len(parts) == 1 else f"{key}#{i}",
                     template=tmpl,
+                    schema=self._forms[name],  # type: ignore[arg-type]
+                    origin="recipe",
                 )
             )
         return out

@@ -16,26 +16,13 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd import steps as st
+from neurodocker_nd.equivalence import instructions
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.recipe import load_recipe
 from neurodocker_nd.render import render
 
 HERE = Path(__file__).parent
 DEMO = HERE / "recipes" / "ndgen-demo"
-
-
-def instructions(dockerfile: str) -> list[str]:
-    """Dockerfile instructions (continuations joined), comments and the saved spec dropped."""
-    text = dockerfile.split("# Save specification to JSON.")[0]
-    out: list[str] = []
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line[0].isspace() and out:
-            out[-1] += "\n" + line
-        else:
-            out.append(line)
-    return out
 
 
 def test_demo_docker_order_and_final_environment():
@@ -132,7 +119,7 @@ BAD = [
     ("undefined-var", "    - run: ['echo {{ context.nosuch }}']\n", "build.yaml:10: UndefinedError"),
     ("unknown-get-file", "    - run: ['cat {{ get_file(\"x\") }}']\n", "get_file('x'): no such declared file"),
     ("section-in-run", "    - run: |\n        echo a\n        %runscript\n        id\n", "would open a Singularity section"),
-    ("quote-in-env", "    - environment:\n        A: 'x\"y'\n", "contains '\"'"),
+    ("quote-in-env", "    - environment:\n        A: 'x\" B=\"y'\n", "outside its quotes"),
     ("sandbox", "    - run: ['{{ context.__class__ }}']\n", "build.yaml"),
 ]
 
