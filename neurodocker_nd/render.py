@@ -339,6 +339,16 @@ def _download_target(line: str, url: str) -> str | None:
     return None
 
 
+def verify_line(sha: str, target: str) -> str:
+    """`sha256sum -c` of a downloaded file; on a mismatch the last output line
+    (what a failed build reports) names the file and both digests."""
+    got = f"$(sha256sum {target} | cut -d ' ' -f 1)"
+    return (
+        f'{{ echo "{sha}  {target}" | sha256sum -c --quiet - || '
+        f'{{ echo "ndgen: {target}: sha256 mismatch: expected {sha}, got {got}" >&2; exit 1; }}; }}'
+    )
+
+
 def with_checksum(block: tuple[tuple[str, Mapping[str, Any]], ...], step: st.Template):
     """Insert `sha256sum -c` after the download of a version whose sha256 meta records.
 
@@ -368,7 +378,7 @@ def with_checksum(block: tuple[tuple[str, Mapping[str, Any]], ...], step: st.Tem
                             f"download {url} to a file first (curl -o FILE URL)"
                         )
                     indent = line[: len(line) - len(line.lstrip())]
-                    lines.append(f'{indent}echo "{sha}  {target}" | sha256sum -c -')
+                    lines.append(indent + verify_line(sha, target))
                     found = True
             kwds = {**kwds, "command": "\n".join(lines)}
         out.append((name, kwds))

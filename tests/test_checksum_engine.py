@@ -1,0 +1,192 @@
+"""Downloads verified by sha256 on real builds, files served by a local HTTP server.
+
+Builds run with `--network host`, so the build container reaches the server on
+127.0.0.1. Two paths:
+
+* a registry template whose meta records a sha256: the rendered RUN line runs
+  `sha256sum -c` right after the download; a wrong digest fails the build and
+  no image is tagged;
+* a recipe `files:` entry with `url:` and `sha256:`: staged on the host by
+  fetch.stage into the build context (`ndgen recipe --out`); a wrong digest
+  fails before anything is built, naming the file and both digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ndgen
+from localhttp import LocalHTTP
+
+pytestmark = pytest.mark.docker
+
+PAYLOAD = b"ndgen checksum engine test\n" * 512
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+WRONG = "ab" * 32
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+TEMPLATE = """\
+name: sumtest
+url: https://example.org/sumtest
+binaries:
+  arguments:
+    required: [version]
+  urls:
+    "1.0": {good}
+    "2.0": {bad}
+  dependencies:
+    apt: [ca-certificates, curl]
+  instructions: |
+    {{{{ self.install_dependencies() }}}}
+    curl -fsSL -o /opt/sumtest.bin {{{{ self.urls[self.version] }}}}
+    chmod 0644 /opt/sumtest.bin
+"""
+
+META = f"""\
+name: sumtest
+description: "checksum engine test entry"
+homepage: https://example.org/sumtest
+commands: [sha256sum]
+test: "echo '{DIGEST}  /opt/sumtest.bin' | sha256sum -c -"
+upstream:
+  status: new
+versions:
+  "1.0":
+    status: confirmed
+    sha256: {DIGEST}
+    sources:
+      - url: https://example.org/sumtest/releases
+        confirms: "test payload served by the test"
+  "2.0":
+    status: confirmed
+    sha256: {WRONG}
+    sources:
+      - url: https://example.org/sumtest/releases
+        confirms: "the same payload, recorded with a wrong digest"
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    (site / "sumtest.bin").write_bytes(PAYLOAD)
+    with LocalHTTP(site) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, server) -> Path:
+    root = tmp_path_factory.mktemp("sumreg")
+    (root / "sumtest").mkdir()
+    (root / "sumtest" / "template.yaml").write_text(
+        TEMPLATE.format(good=server.url("sumtest.bin"), bad=server.url("redirect/sumtest.bin"))
+    )
+    (root / "sumtest" / "meta.yaml").write_text(META)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tags(docker_client):
+    made: list[str] = []
+    yield made
+    for tag in made:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except Exception:
+            pass
+
+
+def _image_exists(docker_client, tag: str) -> bool:
+    try:
+        docker_client.images.get(tag)
+        return True
+    except Exception:
+        return False
+
+
+def _run(docker_client, tag: str, *cmd: str) -> str:
+    out = docker_client.containers.run(tag, list(cmd), network_mode="none", remove=True, entrypoint=[])
+    return out.decode()
+
+
+def test_template_download_is_verified_in_the_build(docker_client, base_image, registry, tags, tmp_path):
+    tag = f"ndgen-test-sum-{RUN_ID}:ok"
+    tags.append(tag)
+    env = {"NDGEN_REGISTRY": str(registry)}
+    rendered = run_ndgen("--pkg", "sumtest==1.0", "--os", "debian:bookworm", env=env)
+    assert f'echo "{DIGEST}  /opt/sumtest.bin" | sha256sum -c --quiet -' in rendered.stdout, rendered.stderr
+    proc = run_ndgen("build", "--pkg", "sumtest==1.0", "--os", "debian:bookworm", "-t", tag,
+                     "--log", str(tmp_path / "ok.log"), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _run(docker_client, tag, "sha256sum", "/opt/sumtest.bin").split()[0] == DIGEST
+
+
+def test_wrong_template_digest_fails_the_build_and_tags_nothing(docker_client, base_image, registry, tags, tmp_path):
+    tag = f"ndgen-test-sum-{RUN_ID}:wrong"
+    tags.append(tag)
+    proc = run_ndgen("build", "--pkg", "sumtest==2.0", "--os", "debian:bookworm", "-t", tag,
+                     "--log", str(tmp_path / "bad.log"), env={"NDGEN_REGISTRY": str(registry)})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr
+    assert f"ndgen: /opt/sumtest.bin: sha256 mismatch: expected {WRONG}, got {DIGEST}" in lines[0]
+    assert not _image_exists(docker_client, tag)
+
+
+RECIPE = """\
+name: sumrecipe
+version: "1.0"
+readme: "checksum engine test recipe"
+files:
+  - name: payload.bin
+    url: {url}
+    sha256: {sha}
+build:
+  kind: neurodocker
+  base-image: debian:bookworm
+  pkg-manager: apt
+  add-default-template: false
+  directives:
+    - run:
+        - cp {{{{ get_file("payload.bin") }}}} /opt/payload.bin
+"""
+
+
+def _docker_build(context: Path, tag: str) -> subprocess.CompletedProcess:
+    # Debian's docker 20.10 CLI runs BuildKit offline (the cache stage the recipe mounts from).
+    docker = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+    return subprocess.run([docker, "build", "--network", "host", "-q", "-t", tag, str(context)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["right-sha256", "wrong-sha256"])
+def test_recipe_file_with_url_and_sha256(docker_client, base_image, server, tags, tmp_path, monkeypatch, good):
+    monkeypatch.setenv("NDGEN_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "sumrecipe"
+    recipe.mkdir()
+    (recipe / "build.yaml").write_text(RECIPE.format(url=server.url("redirect/payload.bin"), sha=DIGEST if good else WRONG))
+    (server.root / "payload.bin").write_bytes(PAYLOAD)
+    context = tmp_path / "context"
+    staged = run_ndgen("recipe", str(recipe), "--out", str(context), env={"NDGEN_CACHE": str(tmp_path / "cache")})
+    tag = f"ndgen-test-sumrecipe-{RUN_ID}:{'ok' if good else 'wrong'}"
+    tags.append(tag)
+    if not good:
+        assert staged.returncode == 2
+        assert staged.stderr.strip().splitlines() == [
+            f"ndgen: error: payload.bin: sha256 mismatch: expected {WRONG}, got {DIGEST}"]
+        assert not context.exists()  # nothing staged, so nothing can be built or tagged
+        assert not (tmp_path / "cache" / "files" / "sha256").exists() or not any((tmp_path / "cache" / "files" / "sha256").iterdir())
+        assert not _image_exists(docker_client, tag)
+        return
+    assert staged.returncode == 0, staged.stderr
+    assert (tmp_path / "cache" / "files" / "sha256" / DIGEST).read_bytes() == PAYLOAD
+    built = _docker_build(context, tag)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert _run(docker_client, tag, "sha256sum", "/opt/payload.bin").split()[0] == DIGEST
