@@ -207,7 +207,7 @@ class _Runner:
         return result
 
     def suite(self, plan: SuitePlan) -> list[CaseResult]:
-        _write_scripts(plan)
+        write_scripts(plan)
         results: list[CaseResult] = []
         setup_failed = None
         if plan.setup:
@@ -250,7 +250,8 @@ class _Runner:
         return results
 
 
-def _write_scripts(plan: SuitePlan) -> None:
+def write_scripts(plan: SuitePlan) -> None:
+    """The plan's scripts into its work directory (also used by `minify --tests` to trace them)."""
     files = [(t.script_path, t.script) for t in plan.tests]
     files += [(t.extra_path, t.extra_script) for t in plan.tests if t.extra_path is not None]
     if plan.setup:

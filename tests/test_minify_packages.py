@@ -125,7 +125,9 @@ FROM {base}
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gawk bc tzdata \\
  && rm -rf /var/lib/apt/lists/*
-ENV LANG=C.UTF-8
+RUN mkdir -p /opt/tools && printf '#!/bin/sh\\necho tools ok\\n' > /opt/tools/hello && chmod 755 /opt/tools/hello \\
+ && echo flag > /etc/ndgen-flag
+ENV LANG=C.UTF-8 DEPLOY_BINS=gawk:bc DEPLOY_PATH=/opt/tools
 """
 
 # Workload A, traced.  Workload B: other programs and inputs of the same packages.
@@ -283,3 +285,76 @@ def test_closure_on_the_real_image_locale_family_and_owners(docker_client, pkg_i
         assert "/usr/bin/bc" in named.paths and [name for name, _ in named.packages] == ["bc"]
         assert not any(p.startswith("/usr/share/doc/bc") for p in named.paths)
         assert "/usr/bin/gawk" not in named.paths  # without --keep-packages nothing else is whole
+
+
+# ---------------------------------------------------------------------------- --tests SUITE.yaml
+
+SUITE = """\
+name: keeppkg
+version: "1.0"
+test_data:
+  output_dir: out
+setup:
+  script: |
+    printf '3\\n1\\n2\\n' > ${output_dir}/numbers.txt
+tests:
+  - name: gawk sums the setup's data
+    command: gawk '{ s += $1 } END { print "sum=" s }' ${output_dir}/numbers.txt
+    expected_output_contains: sum=6
+  - name: bc computes pi
+    command: echo 'scale=10; 4*a(1)' | bc -l
+    expected_output_contains: "3.1415926532"
+  - name: sorted output file
+    command: sort -n ${output_dir}/numbers.txt > ${output_dir}/sorted.txt
+    validate:
+      - output_exists: ${output_dir}/sorted.txt
+  - name: reads what the previous test wrote
+    depends_on: sorted output file
+    command: tr '\\n' , < ${output_dir}/sorted.txt
+    expected_output_contains: "1,2,3,"
+  - name: a file only ever tested for
+    command: if [ -e /etc/ndgen-flag ]; then echo flag-present; fi
+    expected_output_contains: flag-present
+  - name: an expected failure
+    command: gawk 'BEGIN { exit 3 }'
+    expected_exit_code: 3
+"""
+
+
+@pytest.mark.docker
+def test_tests_suite_is_the_workload_and_passes_on_the_result(docker_client, pkg_image, new_tag, scratch, tmp_path):
+    suite = tmp_path / "fulltest.yaml"
+    suite.write_text(SUITE)
+    report = tmp_path / "report.json"
+    source_id = docker_client.images.get(pkg_image).id
+    # Combined with -c and --keep-packages; the suite's bc, gawk, sort, tr and the deploy check are traced.
+    proc = run_ndgen(
+        "minify", pkg_image, "-t", new_tag, "--tests", str(suite), "-c", "TZ=Europe/Paris date -d @0 +%H",
+        "--keep-packages", "--report", str(report), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"test suite {suite}: every test and the deploy check passed" in " ".join(proc.stderr.split())
+    assert docker_client.images.get(pkg_image).id == source_id
+    assert list(scratch.iterdir()) == []
+    data = json.loads(report.read_text())
+    assert data["verified"] is True and data["suite"] == str(suite)
+    assert "/etc/ndgen-flag" in data["repaired"]  # only ever stat()ed: found by verify's re-trace
+    assert {"gawk", "bc"} <= {p["name"] for p in data["packages"]}
+    # The runner agrees, on its own: every test and the deploy check pass in the minified image.
+    check = run_ndgen("test", new_tag, "--suite", str(suite), timeout=900)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "bin gawk" in check.stdout and "path /opt/tools" in check.stdout and "FAIL" not in check.stdout
+
+
+@pytest.mark.docker
+def test_tests_suite_failing_on_the_source_is_one_line(docker_client, pkg_image, new_tag, scratch, tmp_path):
+    suite = tmp_path / "fulltest.yaml"
+    suite.write_text("name: broken\ntests:\n  - name: always fails\n    command: gawk 'BEGIN { exit 1 }'\n")
+    proc = run_ndgen("minify", pkg_image, "-t", new_tag, "--tests", str(suite), "--no-repair", timeout=900)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ndgen: error: test suite {suite} fails on the source image"), proc.stderr
+    assert "always fails" in lines[0]
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(Exception):
+        docker_client.images.get(new_tag)

@@ -24,6 +24,8 @@ _TAG = re.compile(
 @click.option("--keep", "keep", multiple=True, metavar="PATH_OR_GLOB", help="Keep this in-image path (directories whole).")
 @click.option("--keep-packages", is_flag=True, help="Keep whole every OS package (dpkg) that owns a traced file; docs and translations excluded.")
 @click.option("--keep-package", "package_names", multiple=True, metavar="NAME", help="Keep this installed OS package whole; repeat.")
+@click.option("--tests", "tests_path", type=click.Path(dir_okay=False, path_type=Path), metavar="SUITE.yaml", help="A neurocontainers fulltest.yaml: traced as workload (setup included); verify = the whole suite and the deploy check pass on the result.")
+@click.option("--tests-data", "tests_data", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Data cache with the suite's required_files as DATASET/FILE.")
 @click.option(
     "--format", "fmt", type=click.Choice(["docker", "singularity", "both"]), default="docker", show_default=True
 )
@@ -43,6 +45,8 @@ def minify_cmd(
     keep: tuple[str, ...],
     keep_packages: bool,
     package_names: tuple[str, ...],
+    tests_path: Path | None,
+    tests_data: Path | None,
     fmt: str,
     squashfs_out: Path | None,
     tracer: str | None,
@@ -62,9 +66,11 @@ def minify_cmd(
     from neurodocker_nd.minify.run import Mount
 
     from neurodocker_nd.minify.profile import load_profile
+    from neurodocker_nd.suite import load_suite
 
     mounts = tuple(Mount.parse(spec) for spec in volumes)
     loaded = load_profile(profile) if profile else None
+    suite = load_suite(tests_path) if tests_path else None  # a bad suite fails before any engine work
     if not _TAG.match(tag):
         raise NdgenError(f"-t {tag!r} is not a valid image name (lowercase repo[:tag])")
     if squashfs_out is not None and fmt == "docker":
@@ -88,6 +94,8 @@ def minify_cmd(
         squashfs_out=squashfs_out,
         keep_packages=keep_packages,
         package_names=package_names,
+        suite=suite,
+        suite_data=tests_data,
     )
     console = Console(stderr=True, highlight=False)
     with console.status("minify: open", spinner="dots") as status:

@@ -26,12 +26,14 @@ from neurodocker_nd.minify import image as image_step
 from neurodocker_nd.minify import keep as keep_step
 from neurodocker_nd.minify import report as report_step
 from neurodocker_nd.minify import verify as verify_step
+from neurodocker_nd.minify import workload as workload_step
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source
 from neurodocker_nd.minify.trace import FanotifyIncomplete, FanotifyUnavailable
+from neurodocker_nd.suite import Suite
 
 MAX_REPAIRS = 3
 
@@ -59,6 +61,8 @@ class MinifyOptions:
     baseline: bool = True  # run untraced once to report the tracer's overhead
     keep_packages: bool = False  # keep whole every OS package owning a traced file
     package_names: tuple[str, ...] = ()  # --keep-package NAME: kept whole, traced or not
+    suite: Suite | None = None  # --tests: a fulltest.yaml traced as workload, verified by its runner
+    suite_data: Path | None = None  # the suite's data cache (required_files)
 
 
 Progress = Callable[[str, float | None], None]  # (step, None) when it starts, (step, seconds) when done
@@ -122,8 +126,8 @@ def _materialize(root: Path, keep: keep_step.KeepSet, target: Path) -> Path:
 
 def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: None) -> report_step.Report:
     """Run every step; the report says what happened (``verified`` False: the tag was not kept)."""
-    if not options.commands:
-        raise NdgenError("nothing to trace: give at least one -c CMD (or a --profile)")
+    if not options.commands and options.suite is None:
+        raise NdgenError("nothing to trace: give at least one -c CMD (or a --profile, or --tests SUITE)")
     tracer, tracer_note = choose_tracer(options.tracer)
     client = engine.connect()
     _refuse_source_tag(client, options)
@@ -146,6 +150,10 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         with _step("trace", progress, steps):
             record, trace_mounts, note = _trace(tracer, source, options, mount_set)
             tracer_note = note or tracer_note
+            if options.suite is not None:
+                suite_record, note = _trace_suite(tracer, source, options)
+                tracer_note = note or tracer_note
+                record = _merged(record, suite_record)
         # Measured after the trace: a cold page cache slows the traced run, so the reported
         # overhead errs high, never low.
         untraced: tuple[CommandResult, ...] = ()
@@ -213,6 +221,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             squashfs=str(squashfs.squashfs) if squashfs else None,
             keep_reasons=dict(keep.reasons),
             packages=keep.packages,
+            suite=str(options.suite.path) if options.suite is not None else None,
         )
 
 
@@ -244,6 +253,8 @@ def _trace(
     a fresh view with fresh mounts: a record that misses paths is worse than a slow one.
     """
     note = ""
+    if not options.commands:  # a --tests suite alone: traced by _trace_suite
+        return TraceRecord(frozenset(), frozenset(), (), tracer.name, 0.0), (), note
     mounts = mount_set.fresh(source.scratch, "trace")
     try:
         record = tracer.trace(
@@ -258,6 +269,34 @@ def _trace(
         )  # fmt: skip
     _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
     return record, mounts, note
+
+
+def _trace_suite(tracer: Tracer, source: Source, options: MinifyOptions) -> tuple[TraceRecord, str]:
+    """Trace the --tests suite (setup, tests, cleanup, deploy check) on its own view and work dir.
+
+    Exit codes are the suite runner's to judge at verify (a test may expect a failure).
+    """
+    assert options.suite is not None
+    work = workload_step.prepare(options.suite, source.scratch / "suite-trace", source.config, options.suite_data)
+    try:
+        return tracer.trace(source.view("suite-trace"), source.config, work.commands, (work.mount,), stop_on_failure=False), ""
+    except (FanotifyUnavailable, FanotifyIncomplete) as exc:
+        work = workload_step.prepare(options.suite, source.scratch / "suite-ptrace", source.config, options.suite_data)
+        record = _ptrace().trace(
+            source.view("suite-ptrace"), source.config, work.commands, (work.mount,), stop_on_failure=False
+        )
+        return record, f"{exc}: falling back to the ptrace tracer"
+
+
+def _merged(record: TraceRecord, suite_record: TraceRecord) -> TraceRecord:
+    """The suite's paths join the record; its results do not (verify compares -c commands byte for byte)."""
+    return attrs.evolve(
+        record,
+        paths=record.paths | suite_record.paths,
+        missing=record.missing | suite_record.missing,
+        tracer=suite_record.tracer if not record.results else record.tracer,
+        seconds=record.seconds + suite_record.seconds,
+    )
 
 
 def _squashfs_name(tag: str) -> str:
@@ -333,26 +372,46 @@ def _verify_and_repair(
         mismatch = verify_step.compare_results(record.results, rerun) or verify_step.compare_outputs(
             trace_mounts, mounts
         )
-        if mismatch is None:
+        failed_suite = None
+        if mismatch is None and options.suite is not None:
+            run = workload_step.verify(tag, options.suite, source.scratch / f"suite-verify{attempt}", options.suite_data)
+            failed_suite = None if run.passed else run
+        if mismatch is None and failed_suite is None:
             return keep, written, True, "", tuple(repaired)
-        missing = _diagnose(source, keep, commands, mount_set, attempt)
+        if mismatch is not None:
+            missing = _diagnose(source, keep, commands, mount_set.fresh(source.scratch, f"diagnose{attempt}"), attempt)
+        else:  # the suite failed: re-trace it in the minified tree, on a fresh work directory
+            work = workload_step.prepare(
+                options.suite, source.scratch / f"suite-diagnose{attempt}", source.config, options.suite_data
+            )
+            missing = _diagnose(source, keep, work.commands, (work.mount,), attempt)
         new = [p for p in missing if p not in keep.paths]
         if not new or not options.repair or attempt == MAX_REPAIRS:
-            mismatch = attrs.evolve(mismatch, missing=tuple(new or missing))
-            return keep, written, False, mismatch.message(), tuple(repaired)
+            if mismatch is not None:
+                mismatch = attrs.evolve(mismatch, missing=tuple(new or missing))
+                return keep, written, False, mismatch.message(), tuple(repaired)
+            return keep, written, False, _suite_failure(source, options, failed_suite, new or missing), tuple(repaired)
         repaired += new
         attempt += 1
         keep = _closure(source, options, record, mount_set.mounts, repaired, package_db)
         written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
 
 
+def _suite_failure(source: Source, options: MinifyOptions, run: Any, missing: Sequence[str]) -> str:
+    """One line for a suite that fails on the minified image — or on the source already."""
+    assert options.suite is not None
+    on_source = workload_step.verify(options.image, options.suite, source.scratch / "suite-source", options.suite_data)
+    if not on_source.passed:
+        return f"test suite {options.suite.path} fails on the source image {options.image} too: {workload_step.failure_text(on_source)}"
+    hint = f"; likely missing: {', '.join(missing[:5])}" if missing else ""
+    return f"verify failed: test suite {options.suite.path} in the minified image: {workload_step.failure_text(run)}{hint}"
+
+
 def _diagnose(
-    source: Source, keep: keep_step.KeepSet, commands: Sequence[str], mount_set: verify_step.MountSet, attempt: int
+    source: Source, keep: keep_step.KeepSet, commands: Sequence[str], mounts: Sequence[Mount], attempt: int
 ) -> tuple[str, ...]:
     try:
         root = _materialize(source.pristine, keep, source.scratch / f"minified{attempt}")
-        return verify_step.likely_missing(
-            root, source.pristine, source.config, commands, mount_set.fresh(source.scratch, f"diagnose{attempt}")
-        )
+        return verify_step.likely_missing(root, source.pristine, source.config, commands, mounts)
     except TraceError:
         return ()  # no ptrace here: the mismatch is still reported, without a hint

@@ -48,6 +48,7 @@ class Report:
     squashfs: str | None
     keep_reasons: dict[str, int]
     packages: tuple[tuple[str, int], ...] = ()  # --keep-packages: (package, kept bytes), largest first
+    suite: str | None = None  # --tests: the fulltest.yaml traced and run on the result
 
     @property
     def ratio(self) -> float:
@@ -120,6 +121,8 @@ def summary_lines(report: Report) -> Iterable[str]:
         yield f"verify repaired: {', '.join(report.repaired[:8])}"
     if report.verified is not None:
         yield f"verify: {'passed' if report.verified else report.verify_message}"
+    if report.suite and report.verified:
+        yield f"test suite {report.suite}: every test and the deploy check passed in the minified image"
     if report.tag:
         yield f"wrote {report.tag} ({report.image_id[:19] if report.image_id else ''})"
     if report.squashfs:
