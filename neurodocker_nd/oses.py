@@ -27,10 +27,24 @@ class Target:
     os_name: str  # the preset name, or the base image for --base-image
     codename: str | None = None
     glibc: tuple[int, int] | None = None  # the release's C library (None: unknown image)
+    # Options of the OS package manager's install command (None: neurodocker's
+    # default, `-q` for yum, `-q --no-install-recommends` for apt).
+    install_opts: str | None = None
 
 
-def _t(name: str, image: str, pm: PkgManager, codename: str | None, glibc: tuple[int, int]) -> Target:
-    return Target(base_image=image, pkg_manager=pm, os_name=name, codename=codename, glibc=glibc)
+# Rocky 9 and 10 images ship curl-minimal (and coreutils-single), which conflict
+# with `yum install curl` (coreutils) that most templates ask for; dnf — the
+# `yum` of Rocky 8, 9 and 10 — replaces them with --allowerasing. Only for the
+# presets: an arbitrary `--base-image … --pkg-manager yum` may be CentOS 7,
+# whose yum 3 has no such option.
+_DNF_OPTS = "-q --allowerasing"
+
+
+def _t(
+    name: str, image: str, pm: PkgManager, codename: str | None, glibc: tuple[int, int] | None
+) -> Target:
+    opts = _DNF_OPTS if pm == "yum" else None
+    return Target(base_image=image, pkg_manager=pm, os_name=name, codename=codename, glibc=glibc, install_opts=opts)
 
 
 # Canonical presets, one per distinct base image; `ndgen matrix` renders each.
@@ -39,6 +53,17 @@ def _t(name: str, image: str, pm: PkgManager, codename: str | None, glibc: tuple
 # https://gist.github.com/richardlau/6a01d7829cc33ddab35269dacc127680 (Debian
 # 11: 2.31, 12: 2.36; RHEL 8: 2.28, 9: 2.34; Ubuntu 20.04: 2.31, 22.04: 2.35,
 # 24.04: 2.39); bookworm's 2.36 also from `apt-cache policy libc6` (2.36-9+deb12u14).
+# Newer releases, each confirmed released by a source read on 2026-11-27:
+# * debian:trixie (13): released 2025-08-09 per distro-info-data's
+#   /usr/share/distro-info/debian.csv; glibc 2.41 per systemd's NEWS table of
+#   distributions (Debian 13: 2.41; CentOS 10: 2.39), as mirrored at
+#   https://git.ipfire.org/gitweb.cgi?p=thirdparty/systemd.git;a=commitdiff;h=fd8c62075197e4f4702bb6e4537116a64cb539b7
+# * ubuntu:26.04 LTS (resolute): released 2026-04-23 per distro-info-data's
+#   /usr/share/distro-info/ubuntu.csv; its glibc is not in a source read, so
+#   unknown (None: `requires:` checks pass, as for --base-image).
+# * rockylinux:10: Rocky Linux 10.1 (based on RHEL 10) published in November
+#   2025 per https://www.opennet.ru/opennews/art.shtml?num=64357 (Rocky 9.7
+#   release note); glibc 2.39 = CentOS Stream 10's, from the systemd table above.
 PRESETS: Mapping[str, Target] = MappingProxyType(
     {
         t.os_name: t
@@ -46,11 +71,14 @@ PRESETS: Mapping[str, Target] = MappingProxyType(
             _t("ubuntu:20.04", "ubuntu:20.04", "apt", "focal", (2, 31)),
             _t("ubuntu:22.04", "ubuntu:22.04", "apt", "jammy", (2, 35)),
             _t("ubuntu:24.04", "ubuntu:24.04", "apt", "noble", (2, 39)),
+            _t("ubuntu:26.04", "ubuntu:26.04", "apt", "resolute", None),
             _t("debian:bullseye", "debian:bullseye", "apt", "bullseye", (2, 31)),
             _t("debian:bookworm", "debian:bookworm", "apt", "bookworm", (2, 36)),
             _t("debian:bookworm-slim", "debian:bookworm-slim", "apt", "bookworm", (2, 36)),
+            _t("debian:trixie", "debian:trixie", "apt", "trixie", (2, 41)),
             _t("rockylinux:8", "rockylinux:8", "yum", None, (2, 28)),
             _t("rockylinux:9", "rockylinux:9", "yum", None, (2, 34)),
+            _t("rockylinux:10", "rockylinux:10", "yum", None, (2, 39)),
         )
     }
 )
@@ -63,6 +91,7 @@ ALIASES: Mapping[str, str] = MappingProxyType(
         "rockylinux": "rockylinux:9",
         "debian:11": "debian:bullseye",
         "debian:12": "debian:bookworm",
+        "debian:13": "debian:trixie",
     }
 )
 
@@ -107,10 +136,12 @@ def resolve_target(
             )
         if base_image:
             # --base-image narrows the preset to a derived image of the same OS.
+            pm = _pkg_manager(pkg_manager or preset.pkg_manager, base_image)
             return attrs.evolve(
                 preset,
                 base_image=_check_image(base_image),
-                pkg_manager=_pkg_manager(pkg_manager or preset.pkg_manager, base_image),
+                pkg_manager=pm,
+                install_opts=preset.install_opts if pm == preset.pkg_manager else None,
             )
         if pkg_manager and pkg_manager != preset.pkg_manager:
             raise NdgenError(

@@ -158,15 +158,17 @@ class RecipeRenderer:
         self._docker_cls, self._singularity_cls = _renderer_classes()
 
     # ---- template blocks
-    def _block(self, step: st.Template, pkg_manager: str) -> tuple[tuple[str, Mapping[str, Any]], ...]:
-        memo_key = (step.key, step.method, step.args, pkg_manager)
+    def _block(
+        self, step: st.Template, pkg_manager: str, install_opts: str | None = None
+    ) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+        memo_key = (step.key, step.method, step.args, pkg_manager, install_opts)
         block = self._blocks.get(memo_key)
         if block is None:
-            block = self._render_block(step, pkg_manager)
+            block = self._render_block(step, pkg_manager, install_opts)
             self._blocks[memo_key] = block
         return block
 
-    def _render_block(self, step: st.Template, pkg_manager: str):
+    def _render_block(self, step: st.Template, pkg_manager: str, install_opts: str | None = None):
         """Render one template method into a scratch renderer; return its instruction list.
 
         The Jinja strings render in ndgen's sandbox (neurodocker_nd.sandbox), and
@@ -184,7 +186,7 @@ class RecipeRenderer:
         try:
             bound = getattr(tmpl, step.method)
             bound.validate_kwds()
-            env, command = sandbox.render_method(bound, pkg_manager)
+            env, command = sandbox.render_method(bound, pkg_manager, install_opts)
         except jinja2.exceptions.SecurityError as exc:
             raise NdgenError(f"{step.key}: unsafe template, refused to render: {exc}") from None
         except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
@@ -260,14 +262,14 @@ class RecipeRenderer:
             r._parts.extend([f"FROM scratch AS {CACHE_STAGE}", f'COPY ["{CACHE_DIR}/", "/"]', ""])
         r.from_(plan.target.base_image)
         for step in plan.steps:
-            self._apply(r, step, fmt, pm)
+            self._apply(r, step, fmt, pm, plan.target.install_opts)
         if fmt == "singularity" and plan.help_text:
             r.help_text = plan.help_text
         return f"{_masthead(plan, fmt)}\n{r.render()}\n"
 
-    def _apply(self, r, step: st.Step, fmt: Format, pm: str) -> None:
+    def _apply(self, r, step: st.Step, fmt: Format, pm: str, install_opts: str | None = None) -> None:
         if isinstance(step, st.Template):
-            self._replay(r, with_checksum(self._block(step, pm), step))
+            self._replay(r, with_checksum(self._block(step, pm, install_opts), step))
         elif isinstance(step, st.Run):
             if fmt == "singularity":
                 for m in step.mounts:
@@ -284,7 +286,7 @@ class RecipeRenderer:
                     command = f"bash -c '{command}'"
                 r.run(f"{mounts} {command.lstrip(' ')}" if mounts else command)
         elif isinstance(step, st.Install):
-            r.install(list(step.pkgs), step.opts)
+            r.install(list(step.pkgs), step.opts if step.opts is not None else install_opts)
         elif isinstance(step, st.Env):
             r.env(**dict(step.values))
         elif isinstance(step, st.Copy):

@@ -37,9 +37,10 @@ class BoundMethod:
     """What `self` means inside a template: a neurodocker installation method
     bound to a package manager (what `Renderer.add_template` patches onto it)."""
 
-    def __init__(self, method: Any, pkg_manager: str) -> None:
+    def __init__(self, method: Any, pkg_manager: str, install_opts: str | None = None) -> None:
         self._method = method
         self.pkg_manager = pkg_manager
+        self._install_opts = install_opts  # the target's (oses.Target.install_opts); None: neurodocker's
 
     def __getattr__(self, name: str) -> Any:
         # Arguments and neurodocker's properties (urls, versions, …); the sandbox
@@ -49,8 +50,8 @@ class BoundMethod:
     def install(self, pkgs: list[str], opts: str | None = None) -> str:
         from neurodocker.reproenv.renderers import _install
 
-        # Like neurodocker's patch: `opts` is accepted and ignored.
-        return _install(pkgs=pkgs, pkg_manager=self.pkg_manager)
+        # Like neurodocker's patch, a template's `opts` is ignored; the target's apply.
+        return _install(pkgs=pkgs, pkg_manager=self.pkg_manager, opts=self._install_opts)
 
     def install_dependencies(self, opts: str | None = None) -> str:
         from neurodocker.reproenv.renderers import _apt_install_debs, _install
@@ -58,7 +59,7 @@ class BoundMethod:
         cmd = ""
         pkgs = self._method.dependencies(pkg_manager=self.pkg_manager)
         if pkgs:
-            cmd += _install(pkgs=pkgs, pkg_manager=self.pkg_manager, opts=opts)
+            cmd += _install(pkgs=pkgs, pkg_manager=self.pkg_manager, opts=opts if opts is not None else self._install_opts)
         if self.pkg_manager == "apt":
             debs = self._method.dependencies("debs")
             if debs:
@@ -92,9 +93,9 @@ def render_string(source: str, bound: BoundMethod) -> str:
     return source
 
 
-def render_method(method: Any, pkg_manager: str) -> tuple[Mapping[str, str], str]:
+def render_method(method: Any, pkg_manager: str, install_opts: str | None = None) -> tuple[Mapping[str, str], str]:
     """(env, instructions) of a neurodocker installation method, rendered safely."""
-    bound = BoundMethod(method, pkg_manager)
+    bound = BoundMethod(method, pkg_manager, install_opts)
     env = {render_string(k, bound): render_string(v, bound) for k, v in method.env.items()}
     command = render_string(method.instructions, bound) if method.instructions else ""
     return env, command

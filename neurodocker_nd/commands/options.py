@@ -23,8 +23,8 @@ def recipe_options(func: F) -> F:
             "--os",
             "os_name",
             metavar="OS[:VERSION]",
-            help="OS preset: ubuntu[:20.04|22.04|24.04], debian[:bullseye|bookworm], "
-            "rockylinux[:8|9].",
+            help="OS preset: ubuntu[:20.04|22.04|24.04|26.04], debian[:bullseye|bookworm|trixie], "
+            "rockylinux[:8|9|10].",
         ),
         click.option("--base-image", metavar="IMAGE", help="Any base image (with --pkg-manager)."),
         click.option(

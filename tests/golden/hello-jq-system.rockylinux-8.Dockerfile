@@ -10,7 +10,7 @@ RUN export ND_ENTRYPOINT="/neurodocker/startup.sh" \
            sed -i 's/mirrorlist/#mirrorlist/g' /etc/yum.repos.d/CentOS-* \
     &&     sed -i 's|#baseurl=http://mirror.centos.org|baseurl=http://vault.centos.org|g' /etc/yum.repos.d/CentOS-*; \
     fi \
-    && yum install -y -q \
+    && yum install -y -q --allowerasing \
            bzip2 \
            ca-certificates \
            glibc-langpack-en \
@@ -29,13 +29,13 @@ RUN export ND_ENTRYPOINT="/neurodocker/startup.sh" \
     fi \
     && chmod -R 777 /neurodocker && chmod a+s /neurodocker
 ENV PATH="/opt/hello-2.10/bin:$PATH"
-RUN yum install -y -q \
+RUN yum install -y -q --allowerasing \
            curl \
     && yum clean all \
     && rm -rf /var/cache/yum/* \
     && mkdir -p /opt/hello-2.10 \
     && curl -fsSL https://ftp.gnu.org/gnu/hello/hello-2.10.tar.gz | tar -xz -C /opt/hello-2.10 --strip-components 1
-RUN yum install -y -q \
+RUN yum install -y -q --allowerasing \
            jq \
     && yum clean all \
     && rm -rf /var/cache/yum/*
@@ -71,7 +71,7 @@ RUN printf '{ \
     { \
       "name": "run", \
       "kwds": { \
-        "command": "export ND_ENTRYPOINT=\\"/neurodocker/startup.sh\\"\\nif ls /etc/yum.repos.d/CentOS-* >/dev/null 2>&1; then\\n    sed -i '"'"'s/mirrorlist/#mirrorlist/g'"'"' /etc/yum.repos.d/CentOS-*\\n    sed -i '"'"'s|#baseurl=http://mirror.centos.org|baseurl=http://vault.centos.org|g'"'"' /etc/yum.repos.d/CentOS-*;\\nfi\\nyum install -y -q \\\\\\n    bzip2 \\\\\\n    ca-certificates \\\\\\n    glibc-langpack-en \\\\\\n    glibc-locale-source \\\\\\n    unzip\\nyum clean all\\nrm -rf /var/cache/yum/*\\nlocaledef -i en_US -f UTF-8 en_US.UTF-8\\nchmod 777 /opt && chmod a+s /opt\\nmkdir -p /neurodocker\\nif [ ! -f \\"\044ND_ENTRYPOINT\\" ]; then\\n  echo '"'"'#!/usr/bin/env bash'"'"' >> \\"\044ND_ENTRYPOINT\\"\\n  echo '"'"'set -e'"'"' >> \\"\044ND_ENTRYPOINT\\"\\n  echo \\"export USER=\\\\\\"\\\\\044{USER:=\\\\\140whoami\\\\\140}\\\\\\"\\" >> \\"\044ND_ENTRYPOINT\\"\\n  echo \\"if [ -n \\\\\\"\\\\\0441\\\\\\" ]; then \\\\\\"\\\\\044@\\\\\\"; else /usr/bin/env bash; fi\\" >> \\"\044ND_ENTRYPOINT\\";\\nfi\\nchmod -R 777 /neurodocker && chmod a+s /neurodocker" \
+        "command": "export ND_ENTRYPOINT=\\"/neurodocker/startup.sh\\"\\nif ls /etc/yum.repos.d/CentOS-* >/dev/null 2>&1; then\\n    sed -i '"'"'s/mirrorlist/#mirrorlist/g'"'"' /etc/yum.repos.d/CentOS-*\\n    sed -i '"'"'s|#baseurl=http://mirror.centos.org|baseurl=http://vault.centos.org|g'"'"' /etc/yum.repos.d/CentOS-*;\\nfi\\nyum install -y -q --allowerasing \\\\\\n    bzip2 \\\\\\n    ca-certificates \\\\\\n    glibc-langpack-en \\\\\\n    glibc-locale-source \\\\\\n    unzip\\nyum clean all\\nrm -rf /var/cache/yum/*\\nlocaledef -i en_US -f UTF-8 en_US.UTF-8\\nchmod 777 /opt && chmod a+s /opt\\nmkdir -p /neurodocker\\nif [ ! -f \\"\044ND_ENTRYPOINT\\" ]; then\\n  echo '"'"'#!/usr/bin/env bash'"'"' >> \\"\044ND_ENTRYPOINT\\"\\n  echo '"'"'set -e'"'"' >> \\"\044ND_ENTRYPOINT\\"\\n  echo \\"export USER=\\\\\\"\\\\\044{USER:=\\\\\140whoami\\\\\140}\\\\\\"\\" >> \\"\044ND_ENTRYPOINT\\"\\n  echo \\"if [ -n \\\\\\"\\\\\0441\\\\\\" ]; then \\\\\\"\\\\\044@\\\\\\"; else /usr/bin/env bash; fi\\" >> \\"\044ND_ENTRYPOINT\\";\\nfi\\nchmod -R 777 /neurodocker && chmod a+s /neurodocker" \
       } \
     }, \
     { \
@@ -83,13 +83,13 @@ RUN printf '{ \
     { \
       "name": "run", \
       "kwds": { \
-        "command": "yum install -y -q \\\\\\n    curl\\nyum clean all\\nrm -rf /var/cache/yum/*\\nmkdir -p /opt/hello-2.10\\ncurl -fsSL https://ftp.gnu.org/gnu/hello/hello-2.10.tar.gz | tar -xz -C /opt/hello-2.10 --strip-components 1" \
+        "command": "yum install -y -q --allowerasing \\\\\\n    curl\\nyum clean all\\nrm -rf /var/cache/yum/*\\nmkdir -p /opt/hello-2.10\\ncurl -fsSL https://ftp.gnu.org/gnu/hello/hello-2.10.tar.gz | tar -xz -C /opt/hello-2.10 --strip-components 1" \
       } \
     }, \
     { \
       "name": "run", \
       "kwds": { \
-        "command": "yum install -y -q \\\\\\n    jq\\nyum clean all\\nrm -rf /var/cache/yum/*" \
+        "command": "yum install -y -q --allowerasing \\\\\\n    jq\\nyum clean all\\nrm -rf /var/cache/yum/*" \
       } \
     }, \
     { \
