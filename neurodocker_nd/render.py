@@ -115,7 +115,7 @@ def _quote_pkg_words(value: str) -> str:
 @functools.cache
 def _renderer_classes():
     """Imported lazily: neurodocker (and jsonschema, jinja2) only when rendering."""
-    from neurodocker.reproenv.renderers import DockerRenderer, SingularityRenderer
+    from neurodocker.reproenv.renderers import DockerRenderer, SingularityRenderer, _log_instruction
 
     class NdgenDockerRenderer(DockerRenderer):
         def _get_instructions(self) -> str:
@@ -131,6 +131,28 @@ def _renderer_classes():
             # writes it into the JSON. A newline alone is valid JSON whitespace.
             # (JSON text never contains a raw newline, so only continuations match.)
             return _printf_spec(super()._get_instructions()).replace(" \\\n", "\n")
+
+        def env(self, **kwds: str):
+            # %environment applies when the container runs, not during %post
+            # (Apptainer, and defbuild's stand-in): the same variables are also
+            # exported at this point of %post, so later commands see them as
+            # later RUNs see ENV in Docker (a recipe's conda PATH, FSLDIR, …).
+            super().env(**kwds)
+            self._post.append("\n".join(f'export {k}="{v}"' for k, v in kwds.items()))
+            return self
+
+        @_log_instruction  # kept in the saved spec, as neurodocker's user() is
+        def user(self, user: str):
+            # Apptainer runs all of %post as root and the container as the caller:
+            # there is no build-time user. neurodocker writes `su - USER`, which in
+            # a %post script starts (and at once ends) a login shell on stdin and
+            # changes nothing. ndgen only creates the user, as neurodocker does.
+            if user not in self._users:
+                self._users.add(user)
+                self._post.append(
+                    f'test "$(getent passwd {user})" \\\n|| useradd --no-user-group --create-home --shell /bin/bash {user}'
+                )
+            return self
 
         def render(self) -> str:
             s = super().render()

@@ -67,6 +67,11 @@ def test_demo_singularity_sections_parse():
     assert "/neurodocker" not in (recipe.cmd or "")  # add-default-template: false → no runscript
     text2 = render(load_recipe(HERE / "recipes" / "ndgen-demo"), "singularity")
     assert text2 == text  # deterministic
+    # %environment is for run time; %post gets the same variables where the ENV was
+    post = text.split("%post\n", 1)[1]
+    assert post.index('export PATH="/opt/ndgen-demo/bin:$PATH"') < post.index('echo "built as')
+    # no `su - USER` (a no-op login shell in %post): the user is created, %post stays root
+    assert "useradd --no-user-group --create-home --shell /bin/bash demo" in post and "su - " not in post
 
 
 def test_default_template_entrypoint_is_the_runscript(tmp_path):
