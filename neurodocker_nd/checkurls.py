@@ -206,21 +206,12 @@ def _check_new_texts(texts: dict[Path, str], registry: Registry) -> None:
 
 
 def _replace_all(texts: dict[Path, str]) -> None:
-    """Write temp files beside each target, then rename them all (nothing half-written)."""
-    import os
-    import tempfile
+    """All files or none: every temp file is written before the first rename."""
+    import contextlib
 
-    temps: list[tuple[Path, Path]] = []
-    try:
+    from neurodocker_nd import outfile
+
+    with contextlib.ExitStack() as stack:
         for path, text in texts.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            temps.append((Path(tmp), path))
-    except OSError as exc:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-        raise NdgenError(f"cannot write digests: {exc.strerror or exc}") from None
-    for tmp, path in temps:
-        os.replace(tmp, path)
+            tmp = stack.enter_context(outfile.replacing(path))
+            tmp.write_text(text, encoding="utf-8")

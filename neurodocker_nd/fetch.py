@@ -188,17 +188,11 @@ def _mismatch(name: str, expected: str, actual: str) -> FetchError:
 
 
 def _place(src: Path, dest: Path) -> Path:
-    """Copy `src` to `dest` via a temporary file in dest's directory (whole or nothing)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ndgen-", dir=dest.parent)
-    os.close(fd)
-    try:
+    """Copy `src` to `dest` whole or not at all (outfile's temp-file-and-rename)."""
+    from neurodocker_nd import outfile
+
+    with outfile.replacing(dest, mkdir=True) as tmp:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

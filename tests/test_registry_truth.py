@@ -144,3 +144,13 @@ def test_matrix_skips_incompatible_combinations_with_the_reason(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "elastix.debian-bookworm.Dockerfile" in names
     assert not any("elastix.rockylinux" in n for n in names)
+
+
+def test_show_reports_provenance_checksums_and_requirements():
+    import json
+
+    d = json.loads(run_ndgen("show", "jq", "--json").stdout)
+    assert d["provenance"]["1.8.1"]["sha256"] == JQ_181 and d["provenance"]["1.8.1"]["status"] == "verified"
+    assert d["provenance"]["1.8.1"]["sources"][0]["url"].endswith("/sig/v1.8.1/sha256sum.txt")
+    assert "sha256:   1.8.1, 1.8.0, 1.7.1, 1.7, 1.6" in run_ndgen("show", "jq").stdout
+    assert "requires: glibc >= 2.35 for 5.3.1" in run_ndgen("show", "elastix").stdout

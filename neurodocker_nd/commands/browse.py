@@ -52,6 +52,16 @@ def entry_details(entry) -> dict[str, Any]:
     d["template_path"] = str(entry.template_path) if entry.template_path else None
     d["meta_path"] = str(entry.meta_path) if entry.meta_path else None
     d["alert"] = (entry.template or {}).get("alert")
+    meta = entry.meta
+    d["provenance"] = {
+        v: {"status": i.status, "sha256": i.sha256, "sources": [{"url": s.url, "confirms": s.confirms} for s in i.sources]}
+        for v, i in (meta.versions.items() if meta else ())
+    }
+    d["requires"] = [
+        {"versions": list(r.versions), "methods": list(r.methods), "glibc": ".".join(map(str, r.glibc)), "reason": r.reason}
+        for r in (meta.requires if meta else ())
+    ]
+    d["waivers"] = [{"rule": w.rule, "versions": list(w.versions), "reason": w.reason} for w in (meta.waivers if meta else ())]
     return d
 
 
@@ -91,6 +101,11 @@ def show_cmd(name: str, as_json: bool) -> None:
     out.append(f"  methods:  {', '.join(d['methods'])} (default: {d['default_method']})")
     if d["versions"]:
         out.append(f"  versions: {', '.join(d['versions'])} (default: {d['default_version']})")
+        sums = [v for v in d["versions"] if (d["provenance"].get(v) or {}).get("sha256")]
+        if sums:
+            out.append(f"  sha256:   {', '.join(sums)} (checked in the build)")
+        for r in d["requires"]:
+            out.append(f"  requires: glibc >= {r['glibc']} for {', '.join(r['versions'])}: {r['reason']}")
     for m, a in d["arguments"].items():
         out.append(f"  method={m} [{', '.join(a['pkg_managers'])}]")
         if m == "system":
