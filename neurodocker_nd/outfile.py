@@ -25,7 +25,8 @@ from pathlib import Path
 from neurodocker_nd.errors import NdgenError
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read by setting it: there is no getter)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -93,7 +94,7 @@ def replacing(path: str | os.PathLike, *, mkdir: bool = False) -> Iterator[Path]
             if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
                 os.chown(tmp, st.st_uid, st.st_gid)  # root writing a user's file: it stays theirs
         else:
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, real)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

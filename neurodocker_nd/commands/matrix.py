@@ -71,6 +71,8 @@ def write_all(outdir: Path, files: dict[str, str]) -> None:
     import shutil
     import tempfile
 
+    from neurodocker_nd import outfile
+
     fresh = not outdir.exists()
     try:
         if fresh:
@@ -82,9 +84,7 @@ def write_all(outdir: Path, files: dict[str, str]) -> None:
         for name, text in files.items():
             _write_one(stage / name, text)
         if fresh:
-            mask = os.umask(0o022)
-            os.umask(mask)
-            stage.chmod(0o777 & ~mask)  # mkdtemp made it 0700; a new directory honours the umask
+            stage.chmod(0o777 & ~outfile.umask())  # mkdtemp made it 0700; a new directory honours the umask
             os.rename(stage, outdir)
         else:
             for name in files:
