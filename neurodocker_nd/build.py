@@ -131,13 +131,9 @@ def build_recipe(
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
         log.write(f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n")
-        image_id = None if no_cache else _reusable(client, digest)
+        image_id = _reuse(client, digest, tag, no_cache, log)
         reused = image_id is not None
-        if image_id is not None:
-            repo, name_tag = engine.split_ref(tag)
-            client.api.tag(image_id, repo, name_tag, force=True)
-            log.write(f"# reusing {image_id} (same recipe-hash {digest})\n")
-        else:
+        if image_id is None:
             image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt)
         build_seconds = time.monotonic() - started
         tests: list[TestOutcome] = []
@@ -184,22 +180,10 @@ def build_context_dir(
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
         log.write(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n")
-        image_id = None if no_cache else _reusable(client, digest)
+        image_id = _reuse(client, digest, tag, no_cache, log)
         reused = image_id is not None
-        if image_id is not None:
-            repo, name_tag = engine.split_ref(tag)
-            client.api.tag(image_id, repo, name_tag, force=True)
-            log.write(f"# reusing {image_id} (same recipe-hash {digest})\n")
-        elif fmt == "docker":
-            labels = {HASH_LABEL: digest, "org.ndgen.format": fmt}
-            image_id = _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log)
-        else:
-            text = recipe_path.read_text(encoding="utf-8")
-            standin = defbuild.translate(
-                defbuild.parse_definition(text, source=str(recipe_path)), source=str(recipe_path), files_root=context_dir
-            )
-            labels = {**standin.labels, HASH_LABEL: digest, "org.ndgen.format": fmt}
-            image_id = _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt)
+        if image_id is None:
+            image_id = _build_dir(client, context_dir, recipe_path, fmt, tag, digest, no_cache, log)
     saved = log_path.with_suffix(".def" if fmt == "singularity" else ".Dockerfile")
     outfile.write_text(saved, recipe_path.read_text(encoding="utf-8"), mkdir=True)
     return BuildOutcome(
@@ -213,6 +197,19 @@ def build_context_dir(
         tests=(),
         packages=(),
     )
+
+
+def _build_dir(
+    client: Any, context_dir: Path, recipe_path: Path, fmt: str, tag: str, digest: str, no_cache: bool, log: engine.StepLog
+) -> str:
+    if fmt == "docker":
+        labels = {HASH_LABEL: digest, "org.ndgen.format": fmt}
+        return _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log)
+    text = recipe_path.read_text(encoding="utf-8")
+    definition = defbuild.parse_definition(text, source=str(recipe_path))
+    standin = defbuild.translate(definition, source=str(recipe_path), files_root=context_dir)
+    labels = {**standin.labels, HASH_LABEL: digest, "org.ndgen.format": fmt}
+    return _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt)
 
 
 def check_tag(tag: str) -> None:
@@ -233,9 +230,15 @@ def _plan(recipe: RecipeLike, recipe_path: Path) -> _Plan:
     raise NdgenError(f"unknown format {recipe.fmt!r}; choose docker or singularity")
 
 
-def _reusable(client: Any, digest: str) -> str | None:
-    images = client.images.list(filters={"label": f"{HASH_LABEL}={digest}"})
-    return images[0].id if images else None
+def _reuse(client: Any, digest: str, tag: str, no_cache: bool, log: engine.StepLog) -> str | None:
+    """The id of an identical earlier build (same recipe-hash label), now also tagged `tag`; None: build."""
+    images = [] if no_cache else client.images.list(filters={"label": f"{HASH_LABEL}={digest}"})
+    if not images:
+        return None
+    repo, name_tag = engine.split_ref(tag)
+    client.api.tag(images[0].id, repo, name_tag, force=True)
+    log.write(f"# reusing {images[0].id} (same recipe-hash {digest})\n")
+    return images[0].id
 
 
 # --------------------------------------------------------------------------- build

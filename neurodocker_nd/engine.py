@@ -251,6 +251,7 @@ def run_once(
     wrote anywhere in the container is seen, and a path can never reach out
     of it.
     """
+    import docker.errors
     from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
 
     started = time.monotonic()
@@ -269,8 +270,11 @@ def run_once(
         try:
             exit_code: int | None = container.wait(timeout=timeout)["StatusCode"]
         except RequestException:  # no answer within the timeout: a hung command
-            container.kill()
             exit_code = None
+            try:
+                container.kill()
+            except docker.errors.APIError:  # it exited between the timeout and the kill
+                pass
         seconds = time.monotonic() - started
         logs = container.logs
         stdout = logs(stdout=True, stderr=False).decode(errors="replace")

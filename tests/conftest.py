@@ -49,6 +49,16 @@ def run_ndgen(*args: str, env: dict[str, str] | None = None, timeout: float = 18
     )
 
 
+def table_rows(stdout: str) -> dict[str, tuple[str, str]]:
+    """`ndgen test`'s report table as check → (result, detail); run it with a wide COLUMNS so no cell folds."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 4 and cells[1] in {"PASS", "FAIL", "SKIP", "WARN"}:
+            rows[cells[0]] = (cells[1], cells[3])
+    return rows
+
+
 @pytest.fixture(scope="session")
 def ndgen_cli():
     """The `run_ndgen` helper, for tests that drive the CLI as a subprocess."""

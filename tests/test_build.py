@@ -139,7 +139,8 @@ def test_subcommand_modules_do_not_import_the_docker_sdk():
     # `ndgen --help` imports every subcommand module; rendering must stay light.
     code = (
         "import sys, neurodocker_nd.commands.build, neurodocker_nd.commands.base, neurodocker_nd.build, "
-        "neurodocker_nd.base; print('docker' in sys.modules)"
+        "neurodocker_nd.base, neurodocker_nd.commands.test, neurodocker_nd.suite, neurodocker_nd.testrun; "
+        "print('docker' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

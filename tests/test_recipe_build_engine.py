@@ -19,6 +19,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from conftest import run_ndgen as _run_ndgen
+from conftest import table_rows
 
 pytestmark = pytest.mark.docker
 
@@ -29,14 +30,6 @@ FORMATS = ("docker", "singularity")
 def run_ndgen(*args: str):
     return _run_ndgen(*args, env={"COLUMNS": "500"})  # rich never folds a cell the tests read
 
-
-def _rows(stdout: str) -> dict[str, tuple[str, str]]:
-    rows = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 4 and cells[1] in {"PASS", "FAIL", "SKIP", "WARN"}:
-            rows[cells[0]] = (cells[1], cells[3])
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def test_recipe_builds_and_its_suite_passes(built, fmt):
     tag, proc = built[fmt]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(rf"^image {re.escape(tag)} \(sha256:\w+\) (built in \d+ s|reused) \[{fmt}\]$", proc.stdout, re.M)
-    rows = _rows(proc.stdout)
+    rows = table_rows(proc.stdout)
     suite_tests = [n for n in rows if not n.startswith(("setup:", "cleanup:", "deploy:"))]
     assert len(suite_tests) == 6 and all(rows[n][0] == "PASS" for n in suite_tests), rows
     assert rows["deploy: bin ndtool"] == ("PASS", "/opt/ndtool/bin/ndtool")
@@ -105,7 +98,7 @@ def test_junit_and_a_failing_suite_on_the_built_image(built, tmp_path):
     )
     proc = run_ndgen("test", tag, "--suite", str(failing))
     assert proc.returncode == 1
-    assert _rows(proc.stdout)["environment"][0] == "FAIL"
+    assert table_rows(proc.stdout)["environment"][0] == "FAIL"
     assert proc.stderr.startswith(f"ndgen: error: 1 of 11 checks failed in {tag}: environment (output lacks 'home=/elsewhere'")
 
 

@@ -18,6 +18,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from conftest import run_ndgen as _run_ndgen
+from conftest import table_rows
 
 pytestmark = pytest.mark.docker
 
@@ -153,15 +154,6 @@ def _suite(tmp_path: Path, text: str, name: str = "fulltest.yaml", **values: str
     return path
 
 
-def _rows(stdout: str) -> dict[str, tuple[str, str]]:
-    """check → (result, detail) from the rich table."""
-    rows = {}
-    for line in stdout.splitlines():
-        cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 4 and cells[1] in {"PASS", "FAIL", "SKIP", "WARN"}:
-            rows[cells[0]] = (cells[1], cells[3])
-    return rows
-
 
 def _left_containers(client) -> list:
     return client.containers.list(all=True, filters={"label": "org.ndgen.test"})
@@ -182,7 +174,7 @@ def passing_run(images, tmp_path_factory):
 def test_passing_suite_exit_0_with_table_and_junit(passing_run):
     proc, work, junit = passing_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = _rows(proc.stdout)
+    rows = table_rows(proc.stdout)
     for name in ("version", "reads required data, writes outputs", "expected failure", "any failure", "ignored exit", "script"):
         assert rows[name][0] == "PASS", (name, rows)
     assert rows["setup: setup"][0] == "PASS" and rows["cleanup: cleanup"][0] == "PASS"
@@ -210,7 +202,7 @@ def test_failing_suite_exit_1_timeouts_and_skips(images, docker_client, tmp_path
     proc = run_ndgen("test", images["good"], "--suite", str(suite), "--junit", str(junit))
     elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    rows = _rows(proc.stdout)
+    rows = table_rows(proc.stdout)
     assert rows["fine"][0] == "PASS"
     assert rows["wrong exit"] == ("FAIL", "expected exit 0, got 3")
     assert rows["after wrong exit"] == ("SKIP", "depends on failed test(s): wrong exit")
@@ -230,7 +222,7 @@ def test_failing_suite_exit_1_timeouts_and_skips(images, docker_client, tmp_path
 def test_setup_failure_skips_every_test(images, tmp_path):
     proc = run_ndgen("test", images["good"], "--suite", str(_suite(tmp_path, SETUP_FAILS)), "--no-deploy-check")
     assert proc.returncode == 1
-    rows = _rows(proc.stdout)
+    rows = table_rows(proc.stdout)
     assert rows["setup: setup"] == ("FAIL", "exit 7") and rows["never runs"] == ("SKIP", "setup failed")
     assert not any(name.startswith("deploy:") for name in rows)
 
@@ -238,7 +230,7 @@ def test_setup_failure_skips_every_test(images, tmp_path):
 def test_deploy_check_finds_every_defect(images):
     proc = run_ndgen("test", images["broken"])  # no --suite: the deploy check alone
     assert proc.returncode == 1
-    rows = _rows(proc.stdout)
+    rows = table_rows(proc.stdout)
     assert rows["deploy: bin tool"][0] == "PASS"
     assert rows["deploy: bin /bin/ls"] == ("FAIL", "not a bare command name")
     assert rows["deploy: bin nosuchtool"] == ("FAIL", "not found on PATH")
