@@ -200,3 +200,22 @@ def check_or_raise(entries: Iterable[Entry], registry: Registry) -> tuple[int, i
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise RegistryError(errors[0].line() + more)
     return waived, renders
+
+
+def dead_download_notes(packages: Iterable, registry: Registry | None = None) -> list[str]:
+    """`ndgen: note:` lines for rendered packages whose download is known dead (Dropbox).
+
+    Rendering still succeeds (upstream lists these versions), but the user
+    learns now, not minutes into a build, that the download answers 403.
+    """
+    registry = registry if registry is not None else Registry()
+    notes = []
+    for p in packages:
+        if p.method != "binaries" or p.version is None or p.name not in registry:
+            continue
+        url = _urls(registry.get(p.name).template).get(p.version, "")
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if host == "dropbox.com" or host.endswith(".dropbox.com"):
+            notes.append(f"ndgen: note: {p.name} {p.version} downloads from Dropbox, which answers 403 "
+                         "(neurodocker#635): the build will fail; choose another version")
+    return notes

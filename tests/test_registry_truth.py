@@ -154,3 +154,11 @@ def test_show_reports_provenance_checksums_and_requirements():
     assert d["provenance"]["1.8.1"]["sources"][0]["url"].endswith("/sig/v1.8.1/sha256sum.txt")
     assert "sha256:   1.8.1, 1.8.0, 1.7.1, 1.7, 1.6" in run_ndgen("show", "jq").stdout
     assert "requires: glibc >= 2.35 for 5.3.1" in run_ndgen("show", "elastix").stdout
+
+
+def test_a_known_dead_download_is_named_at_render_time():
+    dead = run_ndgen("--pkg", "ants==2.3.4", "--os", "debian:bookworm")
+    assert dead.returncode == 0 and dead.stderr.strip() == (
+        "ndgen: note: ants 2.3.4 downloads from Dropbox, which answers 403 (neurodocker#635): "
+        "the build will fail; choose another version")
+    assert run_ndgen("--pkg", "ants", "--os", "debian:bookworm").stderr == ""

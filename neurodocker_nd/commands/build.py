@@ -71,6 +71,10 @@ def build_cmd(
 
     check_tag(tag)
     recipe = render_recipe(pkgs, os_name=os_name, base_image=base_image, pkg_manager=pkg_manager, fmt=fmt)
+    from neurodocker_nd.lint import dead_download_notes
+
+    for note in dead_download_notes(recipe.packages):
+        click.echo(note, err=True)
     outcome = build_recipe(
         recipe, tag, run_tests=not no_test, no_cache=no_cache, log_path=log_path, test_timeout=test_timeout
     )

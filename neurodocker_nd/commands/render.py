@@ -34,3 +34,7 @@ def render_default(
     for pkg in recipe.packages:
         if pkg.alert:
             click.echo(f"ndgen: note: {pkg.name}: {' '.join(pkg.alert.split())}", err=True)
+    from neurodocker_nd.lint import dead_download_notes
+
+    for note in dead_download_notes(recipe.packages):
+        click.echo(note, err=True)
