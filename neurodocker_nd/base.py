@@ -233,13 +233,21 @@ def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
     log_path = engine.new_log_path("base", spec.ref)
     with engine.step_log(log_path, f"debootstrap {spec.suite} from {spec.mirror}") as log:
         # debootstrap mounts /proc and /sys in its target: never delete through them.
-        with scratchdir.directory("ndgen-base-", "/var/tmp") as scratch:
+        with scratchdir.directory("ndgen-base-", scratch_parent()) as scratch:
             rootfs = scratch / "rootfs"
             _debootstrap(spec, rootfs, log)
             _containerize(rootfs)
             log.status(f"docker import → {spec.ref}")
             image_id = _import_rootfs(client, rootfs, spec, log)
     return BaseResult(spec.ref, image_id, created=True, seconds=time.monotonic() - started, log_path=log_path)
+
+
+def scratch_parent() -> str:
+    """Where the rootfs is bootstrapped: NDGEN_SCRATCH (as for minify), else /var/tmp.
+
+    Not /tmp: it is often a tmpfs (RAM) mounted nodev, and debootstrap makes device nodes.
+    """
+    return os.environ.get("NDGEN_SCRATCH") or "/var/tmp"
 
 
 def debootstrap_argv(spec: BaseSpec, target: Path) -> list[str]:

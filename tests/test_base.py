@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import remove_images, unique_tag
 from neurodocker_nd import base, scratchdir
 from neurodocker_nd.errors import NdgenError
 
-DEBIAN_TAG = "ndgen-test-base-h3:bookworm"
-UBUNTU_TAG = "ndgen-test-base-h3-ubuntu:24.04"
+DEBIAN_TAG = unique_tag("ndgen-test-base-h3", "bookworm")
+UBUNTU_TAG = unique_tag("ndgen-test-base-h3-ubuntu", "24.04")
+UBUNTU_ARCHIVE = "archive.ubuntu.com"
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -136,8 +138,18 @@ def test_scratch_cleanup_never_deletes_through_a_mount(tmp_path):
 def cleanup_tags(docker_client):
     tags: list[str] = []
     yield tags
-    for tag in tags:
-        _remove(docker_client, tag)
+    remove_images(docker_client, tags)
+
+
+@pytest.fixture
+def own_scratch(monkeypatch):
+    """A scratch parent of this test's own under /var/tmp (as `ndgen base` uses by default)."""
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="ndgen-test-base-scratch-", dir="/var/tmp"))
+    monkeypatch.setenv("NDGEN_SCRATCH", str(parent))
+    yield parent
+    parent.rmdir()  # fails when ndgen left its rootfs behind
 
 
 def _free_port() -> int:
@@ -171,7 +183,7 @@ def _run(docker_client, image: str, command: str) -> str:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(ndgen_cli, docker_client, base_image, cleanup_tags):
+def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(ndgen_cli, docker_client, base_image, cleanup_tags, own_scratch):
     cleanup_tags.append(DEBIAN_TAG)
     # An existing tag (here: another name for the shared base image) is left alone…
     existing = docker_client.images.get(base_image)
@@ -198,16 +210,7 @@ def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(ndgen_cli, doc
     assert rc == "rc=101"  # no daemons start during image builds
     assert lists.strip() == "0"
     assert int(packages) < 120 and systemd.strip() == "0"  # minbase: essentials + apt (88 on bookworm)
-    assert not list(Path("/var/tmp").glob("ndgen-base-*")), "scratch rootfs left behind"
-
-
-def _remove(docker_client, tag: str) -> None:
-    import docker.errors
-
-    try:
-        docker_client.images.remove(tag, force=True)
-    except docker.errors.ImageNotFound:
-        pass
+    assert list(own_scratch.iterdir()) == [], "scratch rootfs left behind"
 
 
 def _ubuntu_keyring(tmp_path: Path, mirror: str, suite: str) -> Path:
@@ -225,7 +228,8 @@ def _ubuntu_keyring(tmp_path: Path, mirror: str, suite: str) -> Path:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_ubuntu_base_from_an_ubuntu_mirror(ndgen_cli, docker_client, cleanup_tags, tmp_path):
+@pytest.mark.network(UBUNTU_ARCHIVE)  # the keyring and the bootstrap come from Ubuntu's archive
+def test_ubuntu_base_from_an_ubuntu_mirror(ndgen_cli, docker_client, cleanup_tags, tmp_path, own_scratch):
     cleanup_tags.append(UBUNTU_TAG)
     mirror = base.DEFAULT_MIRRORS["ubuntu"]
     keyring = base.UBUNTU_KEYRING if base.UBUNTU_KEYRING.is_file() else _ubuntu_keyring(tmp_path, mirror, "noble")

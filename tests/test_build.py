@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from conftest import remove_images, unique_tag
 
 from neurodocker_nd import defbuild
 from neurodocker_nd.build import build_recipe, check_tag
@@ -172,6 +173,8 @@ def standin_image(docker_client, base_image, tmp_path, monkeypatch):
     tags: list[str] = []
 
     def build(text: str, tag: str, packages=(), **options):
+        repo, _, name = tag.partition(":")
+        tag = unique_tag(repo, name)  # runs sharing the engine never build over each other's
         tags.append(tag)
         (tmp_path / "payload.txt").write_text("payload\n")
         monkeypatch.chdir(tmp_path)  # %files sources are relative to the build directory, as in Apptainer
@@ -179,11 +182,7 @@ def standin_image(docker_client, base_image, tmp_path, monkeypatch):
         return build_recipe(recipe, tag, log_path=tmp_path / f"{tag.replace(':', '_')}.log", **options)
 
     yield build
-    for tag in tags:
-        try:
-            docker_client.images.remove(tag, force=True)
-        except Exception:  # never built (the test failed before)
-            pass
+    remove_images(docker_client, tags)
 
 
 def _run(client, image, argv, entrypoint=None) -> str:
@@ -241,8 +240,9 @@ def test_a_failing_post_names_the_command(docker_client, standin_image):
 
 @pytest.mark.docker
 def test_a_hung_test_times_out_and_fails(docker_client, standin_image):
-    outcome = standin_image(DEF, "ndgen-test-build-standin:hung", [_Pkg("sleeper", "sleep 120")], test_timeout=2)
+    sleeper = unique_tag("sleeper")  # the test container's label: this run's only
+    outcome = standin_image(DEF, "ndgen-test-build-standin:hung", [_Pkg(sleeper, "sleep 120")], test_timeout=2)
     [hung] = outcome.failures
-    assert hung.name == "sleeper" and hung.exit_code is None and hung.reason == f"timed out after {hung.seconds:.0f} s"
+    assert hung.name == sleeper and hung.exit_code is None and hung.reason == f"timed out after {hung.seconds:.0f} s"
     assert 2 <= hung.seconds < 60
-    assert not docker_client.containers.list(all=True, filters={"label": "org.ndgen.test=sleeper"})
+    assert not docker_client.containers.list(all=True, filters={"label": f"org.ndgen.test={sleeper}"})

@@ -17,6 +17,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import docker.errors
 import pytest
 from conftest import run_ndgen
 
@@ -255,7 +256,7 @@ def test_unknown_keep_package_is_one_line(docker_client, pkg_image, new_tag, scr
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"ndgen: error: --keep-package no-such-pkg: no such package installed in {pkg_image}"
     assert list(scratch.iterdir()) == []
-    with pytest.raises(Exception):
+    with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(new_tag)
 
 

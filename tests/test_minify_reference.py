@@ -22,13 +22,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import remove_images, unique_tag
 
 from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.source import _ChunkReader  # the SDK's export chunks as a stream
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-TAG = "ndgen-test-profile-mrtrix3"  # the mrtrix3 profile's reference image (shared with test_profiles_run)
+TAG = unique_tag("ndgen-test-profile-mrtrix3")  # the mrtrix3 profile's reference image, this run's
 
 
 def _bench():
@@ -77,12 +78,11 @@ def regular_files(docker_client, image: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(docker_client):
+def reference(docker_client, base_image):
     profile = load_profile("mrtrix3")
-    built = ensure_reference_image(docker_client, TAG, profile.apt)
+    ensure_reference_image(docker_client, TAG, profile.apt, base=base_image)
     yield profile
-    if built and os.environ.get("NDGEN_TEST_KEEP_IMAGES") != "1":
-        docker_client.images.remove(TAG, force=True)
+    remove_images(docker_client, [TAG])
 
 
 @pytest.mark.parametrize("tracer", ["fanotify", "ptrace"])

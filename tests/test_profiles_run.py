@@ -8,12 +8,12 @@ compares a rerun in the minified image against the traced run.
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import remove_images, unique_tag
 
 from neurodocker_nd.minify.profile import ensure_reference_image, list_profiles, load_profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.ptrace import PtraceTracer
@@ -42,14 +42,13 @@ SHELL_WORDS = {"for", "in", "do", "done", "if", "then", "else", "fi", "while", "
 
 
 @pytest.fixture()
-def reference_image(docker_client, request):
+def reference_image(docker_client, base_image, request):
     profile = load_profile(request.param)
-    tag = f"ndgen-test-profile-{profile.name.replace('_', '-')}"
-    built = ensure_reference_image(docker_client, tag, profile.apt)
+    tag = unique_tag(f"ndgen-test-profile-{profile.name.replace('_', '-')}")
+    # On the suite's base image; a kept earlier image makes the build a layer-cache hit.
+    ensure_reference_image(docker_client, tag, profile.apt, base=base_image)
     yield profile, tag
-    # Images that were already there (a developer's cache) stay; so do new ones on request.
-    if built and os.environ.get("NDGEN_KEEP_TEST_IMAGES") != "1":
-        docker_client.images.remove(tag, force=True)
+    remove_images(docker_client, [tag])
 
 
 @pytest.mark.parametrize("reference_image", list_profiles(), indirect=True)

@@ -155,8 +155,9 @@ def _suite(tmp_path: Path, text: str, name: str = "fulltest.yaml", **values: str
 
 
 
-def _left_containers(client) -> list:
-    return client.containers.list(all=True, filters={"label": "org.ndgen.test"})
+def _left_containers(client, image: str) -> list:
+    """Test containers left from `image` (this run's: other runs on the engine have their own)."""
+    return client.containers.list(all=True, filters={"label": "org.ndgen.test", "ancestor": image})
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +214,7 @@ def test_failing_suite_exit_1_timeouts_and_skips(images, docker_client, tmp_path
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ndgen: error: 4 of {len(rows)} checks failed in {images['good']}: wrong exit")
     assert ET.parse(junit).getroot().find("testsuite").get("failures") == "4"
-    assert not _left_containers(docker_client)  # the hung test's container is gone too
+    assert not _left_containers(docker_client, images["good"])  # the hung test's container is gone too
     kept = re.search(r"^work: (\S+) \(kept: a test failed\)$", proc.stdout, re.M)
     assert kept and Path(kept.group(1)).is_dir()
     shutil.rmtree(kept.group(1))
