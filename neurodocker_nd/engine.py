@@ -266,7 +266,13 @@ def run_once(
         labels=labels or {},
     )
     try:
-        container.start()
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            # The runtime could not start the command (e.g. no bash in the image): report it
+            # as the shell would (127), so a test fails with the reason instead of aborting the run.
+            message = first_line(exc)
+            return RunResult(127, "", message + "\n", message + "\n", time.monotonic() - started)
         try:
             exit_code: int | None = container.wait(timeout=timeout)["StatusCode"]
         except RequestException:  # no answer within the timeout: a hung command

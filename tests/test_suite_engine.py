@@ -39,6 +39,11 @@ RUN printf '#!/opt/nowhere/python\\n' > /opt/tool/bin/badscript && chmod 755 /op
 ENV DEPLOY_BINS=tool:/bin/ls:nosuchtool DEPLOY_PATH=/opt/tool/bin:/opt/missing
 """
 
+NO_BASH = """\
+FROM {good}
+RUN rm /usr/bin/bash
+"""
+
 PASSING = """\
 name: tool
 version: "1.0"
@@ -141,8 +146,9 @@ def images(docker_client, base_image):
     stamp = f"{os.getpid()}-{int(time.time())}"
     good = _build(docker_client, GOOD.format(base=base_image), f"ndgen-test-suite-good:{stamp}")
     broken = _build(docker_client, BROKEN.format(good=good), f"ndgen-test-suite-broken:{stamp}")
-    yield {"good": good, "broken": broken}
-    for tag in (broken, good):
+    nobash = _build(docker_client, NO_BASH.format(good=good), f"ndgen-test-suite-nobash:{stamp}")
+    yield {"good": good, "broken": broken, "nobash": nobash}
+    for tag in (nobash, broken, good):
         docker_client.images.remove(tag, force=True)
 
 
@@ -241,6 +247,15 @@ def test_deploy_check_finds_every_defect(images):
     assert "lister: libselinux.so.1 not found" in detail
     assert "badscript: interpreter /opt/nowhere/python missing" in detail
     assert "dangling: broken link" in detail
+
+
+def test_an_image_without_bash_fails_its_tests_not_the_run(images, docker_client, tmp_path):
+    proc = run_ndgen("test", images["nobash"], "--suite", str(_suite(tmp_path, SETUP_FAILS.replace("setup:\n  script: exit 7\n", ""))))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    status, detail = table_rows(proc.stdout)["never runs"]
+    assert status == "FAIL" and detail.startswith("expected exit 0, got 127: ") and "bash" in detail
+    assert table_rows(proc.stdout)["deploy: bin tool"][0] == "PASS"  # the deploy check needs only /bin/sh
+    assert not _left_containers(docker_client)
 
 
 def test_missing_required_data_is_one_line_exit_2(images, tmp_path):
