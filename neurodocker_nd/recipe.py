@@ -14,6 +14,7 @@ Errors name the file and line of the directive: `build.yaml:42: …`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -107,11 +108,24 @@ class _Context:
         raise RecipeError(f"get_local({key!r}): local build contexts are not supported")
 
 
+@functools.cache
 def _jinja_env():
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+
+@functools.lru_cache(maxsize=8192)
+def _compiled(text: str):
+    """Compile once per distinct string (conditions and macros repeat across recipes);
+    the environment holds no per-recipe state: the context is passed at render time."""
+    return _jinja_env().from_string(text)
+
+
+def _has_jinja(text: str) -> bool:
+    # Shell's ${VAR} is not Jinja: only {{ }}, {% %} and {# #} need the engine.
+    return "{{" in text or "{%" in text or "{#" in text
 
 
 # ---------------------------------------------------------------- the loader
@@ -174,7 +188,6 @@ class _Loader:
         self.templates = TemplateSource([Path(t) for t in templates], registry)
         self.registry = self.templates.registry
         self.parallel_jobs = parallel_jobs or os.cpu_count() or 1
-        self.env = _jinja_env()
         self.steps: list[st.Step] = []
         self.files: dict[str, st.File] = {}
         self.context_files: list[tuple[str, str | None]] = []
@@ -200,10 +213,11 @@ class _Loader:
     def render_str(self, text: str, where: _Where) -> str:
         import jinja2
 
-        if "{" not in text:  # the common case: nothing to evaluate
-            return text
+        if not _has_jinja(text):  # the common case: nothing to evaluate
+            # ...but as Jinja would (keep_trailing_newline=False): one final newline goes.
+            return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
         try:
-            return self.env.from_string(text).render(**self._ns())
+            return _compiled(text).render(**self._ns())
         except RecipeError as exc:
             raise RecipeError(f"{where.line()}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:
@@ -231,7 +245,7 @@ class _Loader:
         import jinja2
 
         try:
-            self.env.parse("{{ " + str(cond) + " }}")
+            _compiled("{{ " + str(cond) + " }}")
         except jinja2.TemplateSyntaxError as exc:
             raise RecipeError(f"{where.line()}: condition {str(cond)!r} does not parse: {exc.message}") from None
         return self.render_str("{{ " + str(cond) + " }}", where).strip() == "True"

@@ -33,6 +33,13 @@ def _environment():
     return env
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str):
+    """Compile each template string once: the same `instructions` render for every
+    set of arguments (52 neurocontainers recipes share one miniconda template)."""
+    return _environment().from_string(source)
+
+
 class BoundMethod:
     """What `self` means inside a template: a neurodocker installation method
     bound to a package manager (what `Renderer.add_template` patches onto it)."""
@@ -81,7 +88,7 @@ def render_string(source: str, bound: BoundMethod) -> str:
     while env.variable_start_string in source and env.variable_end_string in source:
         source = source.replace("self.", "template.")  # neurodocker's own spelling trick
         try:
-            source = env.from_string(source).render(template=bound)
+            source = _compiled(source).render(template=bound)
         except jinja2.UndefinedError as exc:
             what = str(exc.message).replace(f"'{BoundMethod.__module__}.BoundMethod object'", "self")
             raise RendererError(
