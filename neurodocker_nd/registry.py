@@ -120,6 +120,9 @@ class Meta:
 
     def waived(self, rule: str, version: str | None = None) -> Waiver | None:
         return next((w for w in self.waivers if w.covers(rule, version)), None)
+    # The upstream revision the template was last synced from (a neurodocker release
+    # or a commit of its repository): the base of export's three-way merge.
+    upstream_synced_from: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Meta:
@@ -164,6 +167,7 @@ class Meta:
                 )
                 for r in d.get("requires") or ()
             ),
+            upstream_synced_from=None if up.get("synced_from") is None else str(up["synced_from"]),
         )
 
 

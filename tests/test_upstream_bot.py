@@ -16,7 +16,7 @@ import pytest
 from neurodocker_nd.upstream.bot import series_name, shown_hash
 from neurodocker_nd.upstream.export import export, read_series_dir
 
-from test_upstream_fakes import FakeGitHub, FakeRepo, make_upstream_and_fork, write_registry
+from test_upstream_fakes import FakeGitHub, FakeRepo, author, make_upstream_and_fork, write_registry
 
 UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"
 TOKEN = "ghp_ndgenTESTtoken0123456789abcdefSECRET"
@@ -29,7 +29,7 @@ def world(tmp_path):
     make_upstream_and_fork(git_root, UPSTREAM, FORK)
     reg = write_registry(tmp_path)
     patches = tmp_path / "patches"
-    export(reg, None, patches)
+    export(reg, None, patches, author())
     with FakeGitHub(git_root) as gh:
         gh.repos[UPSTREAM] = FakeRepo()
         yield tmp_path, gh, patches
@@ -102,7 +102,7 @@ def test_open_then_idempotent_then_update_then_close_when_landed(world):
     assert second.stdout.count("up to date") == 2
 
     # 3rd run: tinytool gains a version -> its PR (only) is updated in place.
-    export(write_registry(tmp, tiny_versions=["1.0", "1.1", "1.2"]), None, patches)
+    export(write_registry(tmp, tiny_versions=["1.0", "1.1", "1.2"]), None, patches, author())
     new = {s.name: s for s in read_series_dir(patches)}
     assert new["jq"].content_hash == series["jq"].content_hash
     assert new["tinytool"].content_hash != series["tinytool"].content_hash

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,20 @@ import yaml
 from neurodocker_nd.upstream.export import export, format_for_upstream, read_series_dir
 from neurodocker_nd.upstream.tree import installed_package_dir, prepare
 
-from test_upstream_fakes import META_SENTINELS, write_registry
+from test_upstream_fakes import AUTHOR_TEXT, JQ_NOTES, META_SENTINELS, author, write_registry
 
 REPO = Path(__file__).resolve().parent.parent
+# The identity the committed upstream-patches/ are exported with (docs/upstream.md; the
+# workflow's freshness check uses the same). `.invalid`: attributed to no GitHub account.
+COMMITTED_AUTHOR = "ndgen <ndgen@example.invalid>"
 
 
-def _ndgen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, cwd=cwd)
+def _ndgen(*args: str, cwd: Path | None = None, author: str | None = AUTHOR_TEXT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "NDGEN_UPSTREAM_AUTHOR"}
+    if author and args[:2] == ("upstream", "export"):
+        args = (*args, "--author", author)
+    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env)
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
@@ -31,7 +39,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, list]:
     root = tmp_path_factory.mktemp("export")
     reg = write_registry(root)
     out = root / "out"
-    series = export(reg, None, out)
+    series = export(reg, None, out, author())
     return reg, out, series
 
 
@@ -93,7 +101,7 @@ def test_patches_apply_with_git_am_to_the_upstream_tree(exported, tmp_path):
 def test_export_is_byte_identical_when_rerun(exported, tmp_path):
     reg, out, _ = exported
     again = tmp_path / "again"
-    export(reg, None, again)
+    export(reg, None, again, author())
     assert _tree_bytes(again) == _tree_bytes(out)
 
 
@@ -134,7 +142,7 @@ def test_bad_upstream_checkout_is_one_line(tmp_path):
 def test_committed_upstream_patches_are_fresh(tmp_path):
     """CI gate: upstream-patches/ is exactly what `ndgen upstream export` writes now."""
     committed = REPO / "upstream-patches"
-    proc = _ndgen("upstream", "export", "--out", str(tmp_path / "fresh"), cwd=tmp_path)
+    proc = _ndgen("upstream", "export", "--out", str(tmp_path / "fresh"), cwd=tmp_path, author=COMMITTED_AUTHOR)
     assert proc.returncode == 0, proc.stderr
     fresh = _tree_bytes(tmp_path / "fresh")
     stale = sorted(set(fresh) ^ set(_tree_bytes(committed)) | {
@@ -195,7 +203,7 @@ def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
     subprocess.run([*git, "commit", "-q", "-m", "docs"], cwd=checkout, check=True)
 
     out = tmp_path / "out"
-    export(write_registry(tmp_path), checkout, out)
+    export(write_registry(tmp_path), checkout, out, author())
     tiny = sorted((out / "tinytool").glob("*.patch"))
     assert [p.name for p in tiny] == ["0001-Add-tinytool-template.patch",
                                       "0002-Register-tinytool-in-the-docs-software-list-and-the-.patch"]
@@ -208,3 +216,126 @@ def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
     assert "applies with `git am` to ReproNim/neurodocker at " in pr
     # An update touches the template only, as upstream's version-bump PRs do.
     assert [p.name for p in (out / "jq").glob("*.patch")] == ["0001-Add-jq-1.8.0-to-jq-template.patch"]
+
+
+# ---------------------------------------------------------------- three-way merge (issue 11.1)
+
+
+def _checkout_with(tmp_path: Path, edits: dict[str, tuple[str, str]]) -> Path:
+    """A git checkout of the installed neurodocker tree plus one upstream commit applying `edits`."""
+    base = prepare(None, tmp_path / "seed")
+    checkout = tmp_path / "neurodocker"
+    subprocess.run(["git", "clone", "-q", str(base.path), str(checkout)], check=True)
+    for rel, (old, new) in edits.items():
+        path = checkout / rel
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new, 1))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-qam", "upstream moves on"], cwd=checkout, check=True)
+    return checkout
+
+
+FSL_24 = "        6.0.7.24: https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/releases/fslinstaller.py\n"
+
+
+def test_export_never_removes_what_upstream_added_since_the_sync(tmp_path):
+    # Upstream gained fsl 6.0.7.24 after the registry synced from the release; the registry adds 6.0.7.23.
+    checkout = _checkout_with(tmp_path, {"neurodocker/templates/fsl.yaml": ("    urls:\n", "    urls:\n" + FSL_24)})
+    reg = write_registry(tmp_path, real=("fsl",))
+    out = tmp_path / "out"
+    series = {s.name: s for s in export(reg, checkout, out, author())}
+    fsl = series["fsl"]
+    assert "6.0.7.24:" in fsl.template_text and "6.0.7.23:" in fsl.template_text
+    urls = list(yaml.safe_load(fsl.template_text)["binaries"]["urls"])
+    assert urls[:3] == ["6.0.7.24", "6.0.7.23", "6.0.7.22"]  # the new version lands in version order
+    patch = next((out / "fsl").glob("*.patch")).read_text()
+    assert "1 file changed, 1 insertion(+)" in patch and "\n-        6.0.7.24" not in patch
+    pr = (out / "fsl" / "PR.md").read_text()
+    assert pr.startswith("# Add fsl 6.0.7.23 to fsl template\n")
+    assert "Removed" not in pr and "removes" not in pr
+    assert "`binaries.urls.6.0.7.24`" in pr  # said to be kept
+    # Every series still applies to (and was proven on) that upstream.
+    assert set(series) == {"fsl", "jq", "tinytool"}
+
+
+def test_export_merges_when_upstream_changed_other_keys(tmp_path):
+    # Upstream edits jq's instructions; the registry (synced from the release) adds 1.8.0: both survive.
+    checkout = _checkout_with(tmp_path, {"neurodocker/templates/jq.yaml": ("chmod +x", "chmod 0755")})
+    series = {s.name: s for s in export(write_registry(tmp_path), checkout, tmp_path / "out", author())}
+    jq = series["jq"].template_text
+    assert "chmod 0755" in jq and "1.8.0:" in jq
+
+
+def test_merge_reports_conflicts_and_removes_only_what_ours_removed():
+    from neurodocker_nd.upstream.merge import merge
+
+    base = "---\na: 1\nb: 2\nc: 3\nd: {x: 1}\n"
+    theirs = "---\na: 1\nb: 20\nc: 3\nd: {x: 1, y: 2}\ne: 5\n"
+    ours = "---\na: 1\nb: 200\nd: {x: 1}\n"  # changes b (conflict), removes c
+    m = merge(base, theirs, ours)
+    assert yaml.safe_load(m.text) == {"a": 1, "b": 200, "d": {"x": 1, "y": 2}, "e": 5}
+    assert m.conflicts == ("b",) and set(m.kept) == {"d", "e"}
+
+
+def test_unknown_synced_from_is_one_line(tmp_path):
+    reg = write_registry(tmp_path)
+    meta = reg / "jq" / "meta.yaml"
+    meta.write_text(meta.read_text().replace("  status: update\n", "  status: update\n  synced_from: '0.0.1'\n"))
+    proc = _ndgen("upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("ndgen: error: jq: meta upstream.synced_from '0.0.1' is neither")
+    assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- proof: shell + hadolint (11.3), notes (11.4)
+
+
+def test_a_recipe_that_renders_invalid_shell_is_rejected(tmp_path):
+    # Dependencies for apt only, install_dependencies() first: the yum render starts `RUN \` then `&& …`.
+    reg = write_registry(tmp_path)
+    path = reg / "tinytool" / "template.yaml"
+    path.write_text(path.read_text().replace("        yum:\n        -   curl\n", ""))
+    proc = _ndgen("upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("ndgen: error: tinytool: the docker:yum:binaries:1.0 recipe has invalid shell: ")
+    assert "syntax error" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_pr_md_shows_lint_evidence_notes_and_why_it_was_not_built(exported):
+    _, out, _ = exported
+    tiny = (out / "tinytool" / "PR.md").read_text()
+    # docker: 2 versions x apt/yum x (install + spec-saving RUN) = 8; singularity: 4 %post.
+    assert "`bash -n` accepts all 12 shell commands" in tiny
+    assert "hadolint reports no error in the 4 Dockerfiles" in tiny
+    assert "not built by ndgen: the binaries come from example.org" in tiny
+    jq_pr = (out / "jq" / "PR.md").read_text()
+    assert JQ_NOTES in jq_pr
+    jq_patch = next((out / "jq").glob("*.patch")).read_text()
+    assert JQ_NOTES in jq_patch and "From: ndgen tests <tests@ndgen.invalid>" in jq_patch
+
+
+def test_titles_say_what_a_pr_fixes():
+    from neurodocker_nd.upstream.export import Candidate, title_for
+
+    theirs = {"binaries": {"urls": {"1.0": "u"}, "env": {"LD_LIBRARY_PATH": "/lib:$PATH"}}}
+    ours = {"binaries": {"urls": {"1.0": "u", "1.1": "v"}, "env": {"LD_LIBRARY_PATH": "/lib"}}}
+    c = Candidate("tool", "", ours, theirs, "d", "h")
+    assert title_for(c) == "Add tool 1.1 and fix binaries.env.LD_LIBRARY_PATH in tool template"
+
+
+def test_export_requires_an_author(tmp_path):
+    reg = write_registry(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "NDGEN_UPSTREAM_AUTHOR" and not k.startswith("GIT_")}
+    env.update(HOME=str(tmp_path), GIT_CONFIG_GLOBAL=str(tmp_path / "none"), GIT_CONFIG_NOSYSTEM="1")
+    cmd = [sys.executable, "-m", "neurodocker_nd.cli", "upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("ndgen: error: no commit identity: pass --author") and not (tmp_path / "o").exists()
+    bad = subprocess.run([*cmd, "--author", "nobody"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and bad.stderr.strip() == "ndgen: error: --author 'nobody': expected 'Name <email>'"
+    # git config is a source too (the user's own identity, never a built-in one).
+    (tmp_path / "none").write_text("[user]\n\tname = Some One\n\temail = someone@example.org\n")
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "From: Some One <someone@example.org>" in next((tmp_path / "o" / "jq").glob("*.patch")).read_text()

@@ -228,7 +228,18 @@ binaries:
 """
 
 
-def _meta(name: str, status: str, system: bool = False) -> str:
+# Commit identity for exports in tests (.invalid: no GitHub account can own it).
+AUTHOR_TEXT = "ndgen tests <tests@ndgen.invalid>"
+JQ_NOTES = "ndgen-notes for the upstream tests: why jq 1.8.0 is proposed."
+
+
+def author():
+    from neurodocker_nd.upstream.gitcmd import parse_identity
+
+    return parse_identity(AUTHOR_TEXT)
+
+
+def _meta(name: str, status: str, system: bool = False, notes: str | None = None) -> str:
     lines = [
         f"name: {name}",
         f'description: "{name} for the upstream tests"',
@@ -239,6 +250,8 @@ def _meta(name: str, status: str, system: bool = False) -> str:
     if system:
         lines += ["system:", "  apt: [ndgen-sentinel-apt-pkg]"]
     lines += ["upstream:", f"  status: {status}"]
+    if notes:
+        lines.append(f"  notes: {notes!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +260,7 @@ def tinytool_template(versions: list[str]) -> str:
     return TINYTOOL.replace("{versions}", urls)
 
 
-def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"]) -> Path:
+def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"], real: tuple[str, ...] = ()) -> Path:
     """A registry: jq (update: one more version), tinytool (new), two ndgen-only entries."""
     from neurodocker_nd.upstream.tree import installed_package_dir
 
@@ -260,11 +273,15 @@ def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"]) -> Pat
         1,
     )
     entries = {
-        "jq": (jq, _meta("jq", "update")),
+        "jq": (jq, _meta("jq", "update", notes=JQ_NOTES)),
         "tinytool": (tinytool_template(tiny_versions), _meta("tinytool", "new")),
         "privatetool": (tinytool_template(["9.9"]).replace("tinytool", "privatetool"), _meta("privatetool", "ndgen-only")),
         "sysonly": (None, _meta("sysonly", "ndgen-only", system=True)),
     }
+    repo_registry = Path(__file__).resolve().parent.parent / "registry"
+    for name in real:  # copies of ndgen's own entries (template + meta)
+        entries[name] = ((repo_registry / name / "template.yaml").read_text(),
+                         (repo_registry / name / "meta.yaml").read_text())
     for name, (template, meta) in entries.items():
         (reg / name).mkdir(parents=True)
         if template is not None:

@@ -29,12 +29,15 @@ def upstream_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Registry directory (default: ndgen's registry/).",
 )
-def export_cmd(upstream: Path | None, out: Path, registry: Path | None) -> None:
+@click.option("--author", metavar="'NAME <EMAIL>'",
+              help="Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).")
+def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
     from neurodocker_nd import paths
     from neurodocker_nd.upstream.export import export
+    from neurodocker_nd.upstream.gitcmd import resolve_identity
 
-    series = export(registry or paths.registry_dir(), upstream, out)
+    series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author))
     for s in series:
         click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
     click.echo(f"exported {len(series)} series to {out}")

@@ -36,9 +36,10 @@ import yaml
 
 from neurodocker_nd import __version__
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.upstream.gitcmd import git
+from neurodocker_nd.upstream.gitcmd import Identity, git
+from neurodocker_nd.upstream.merge import merge
 from neurodocker_nd.upstream.proof import Proof, prove
-from neurodocker_nd.upstream.tree import UpstreamTree, prepare
+from neurodocker_nd.upstream.tree import UpstreamTree, installed_version, prepare, template_at
 
 TEMPLATES = "neurodocker/templates"
 EXAMPLES_RST = "docs/user_guide/examples.rst"
@@ -57,6 +58,11 @@ class Candidate:
     upstream_data: Mapping[str, Any] | None  # None: upstream lacks it
     description: str
     homepage: str
+    notes: str = ""  # meta upstream.notes: why, in the registry's words
+    base_label: str = ""  # the revision the three-way merge used as base ("" for none)
+    kept: tuple[str, ...] = ()  # upstream's own changes since the base, kept
+    conflicts: tuple[str, ...] = ()  # keys both changed: ndgen's value proposed
+    glibc: Mapping[str, str] = attrs.field(factory=dict)  # version -> minimum glibc
 
 
 @attrs.frozen
@@ -77,12 +83,9 @@ class Series:
 
 def format_for_upstream(text: str) -> str:
     """Format a template as upstream's yamlfmt pre-commit hook does."""
-    from ruamel.yaml import YAML  # only export needs it
+    from neurodocker_nd.upstream.merge import _yaml
 
-    rt = YAML()
-    rt.indent(mapping=4, sequence=4, offset=0)
-    rt.explicit_start = True
-    rt.width = 4096  # upstream keeps long URLs on one line
+    rt = _yaml()
     out = io.StringIO()
     rt.dump_all(list(rt.load_all(text)), out)
     return out.getvalue()
@@ -110,12 +113,23 @@ def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
         path = entry.template_path
         if entry.meta is None or path is None or path.resolve().parent.parent != root:
             continue  # upstream-only, or system-only (ndgen-only by definition)
-        if entry.meta.upstream_status == "ndgen-only":
+        meta = entry.meta
+        if meta.upstream_status == "ndgen-only":
             continue
-        text = format_for_upstream(path.read_text(encoding="utf-8"))
-        data = yaml.safe_load(text)
+        ours = format_for_upstream(path.read_text(encoding="utf-8"))
         theirs_path = base.path / TEMPLATES / f"{entry.name}.yaml"
-        theirs = yaml.safe_load(theirs_path.read_text(encoding="utf-8")) if theirs_path.is_file() else None
+        theirs_text = theirs_path.read_text(encoding="utf-8") if theirs_path.is_file() else None
+        theirs = yaml.safe_load(theirs_text) if theirs_text is not None else None
+        text, kept, conflicts, label = ours, (), (), ""
+        if theirs_text is not None:
+            # Replay what the registry changed since it synced onto upstream as it is now,
+            # so upstream's later work (a version added since) is never reverted.
+            rev = meta.upstream_synced_from or (installed_version() if meta.upstream_status == "update" else None)
+            base_text = template_at(base, rev, entry.name) if rev else None
+            merged = merge(base_text, theirs_text, ours)
+            text, kept, conflicts = format_for_upstream(merged.text), merged.kept, merged.conflicts
+            label = rev or ""
+        data = yaml.safe_load(text)
         if theirs == data:
             continue  # same content (formatting aside): nothing to contribute
         found.append(
@@ -124,11 +138,34 @@ def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
                 text=text,
                 data=data,
                 upstream_data=theirs,
-                description=entry.meta.description,
-                homepage=entry.meta.homepage,
+                description=meta.description,
+                homepage=meta.homepage,
+                notes=(meta.upstream_notes or "").strip(),
+                base_label=label,
+                kept=kept,
+                conflicts=conflicts,
+                glibc=_glibc_needs(meta, entry.name, data),
             )
         )
     return found
+
+
+# Entries whose meta has no `requires:` yet, with the glibc floor their meta notes state
+# (dsistudio: "CPU builds for Ubuntu 22.04: need glibc >= 2.35").
+_GLIBC_FALLBACK: dict[str, tuple[tuple[str, ...] | None, str]] = {
+    "dsistudio": (None, "2.35"),  # None: every version
+}
+
+
+def _glibc_needs(meta: Any, name: str, data: Mapping[str, Any]) -> dict[str, str]:
+    """version -> minimum glibc of the binaries, from meta `requires:` (else the fallback table)."""
+    versions = list(_urls(data))
+    reqs = getattr(meta, "requires", ())
+    if reqs:
+        return {v: ".".join(map(str, r.glibc)) for r in reqs if "binaries" in r.methods
+                for v in r.versions if v in versions}
+    which, floor = _GLIBC_FALLBACK.get(name, ((), ""))
+    return {v: floor for v in versions if which is None or v in which}
 
 
 # ---------------------------------------------------------------- what changed
@@ -156,27 +193,46 @@ def version_changes(c: Candidate) -> tuple[list[str], list[str], list[str]]:
 
 
 def other_changes(c: Candidate) -> list[str]:
-    """Dotted keys (besides binaries.urls) whose content differs from upstream's."""
-    theirs = c.upstream_data or {}
+    """Dotted keys (besides binaries.urls) whose content differs from upstream's, down to 3 levels."""
+    return _diff_keys(c.data, c.upstream_data or {}, "", 3)
+
+
+def _diff_keys(a: Any, b: Any, path: str, depth: int) -> list[str]:
+    if not (isinstance(a, dict) and isinstance(b, dict)) or depth == 0:
+        return [path.rstrip(".")] if a != b else []
     keys = []
-    for key in sorted(set(c.data) | set(theirs)):
-        a, b = c.data.get(key), theirs.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for sub in sorted(set(a) | set(b)):
-                if (key, sub) != ("binaries", "urls") and a.get(sub) != b.get(sub):
-                    keys.append(f"{key}.{sub}")
-        elif a != b:
-            keys.append(key)
+    for key in sorted(set(a) | set(b), key=str):
+        if f"{path}{key}" == "binaries.urls":
+            continue  # reported as versions
+        keys += _diff_keys(a.get(key), b.get(key), f"{path}{key}.", depth - 1)
     return keys
 
 
+def _and(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1]
+
+
 def title_for(c: Candidate) -> str:
+    """What the PR does, in upstream's subject style ("Add FSL 6.0.7.20 to fsl template")."""
     if c.upstream_data is None:
         return f"Add {c.name} template"
     added, removed, changed = version_changes(c)
-    if added and not (removed or changed or other_changes(c)):
+    other = other_changes(c)
+    parts = []
+    if added:
+        parts.append(f"add {c.name} {', '.join(added)}")
+    if removed:
+        parts.append(f"remove {', '.join(removed)}")
+    if changed:
+        parts.append(f"fix the download URLs of {', '.join(changed)}")
+    if other:
+        parts.append(f"fix {_and(other)}")
+    if not parts:
+        return f"Update {c.name} template"
+    if parts == parts[:1] and added:
         return f"Add {c.name} {', '.join(added)} to {c.name} template"
-    return f"Update {c.name} template"
+    text = _and(parts)
+    return f"{text[0].upper()}{text[1:]} in {c.name} template"
 
 
 def _methods(data: Mapping[str, Any]) -> list[str]:
@@ -207,6 +263,8 @@ def commit_message(c: Candidate) -> str:
             lines.append(f"Versions: {', '.join(versions)}.")
     else:
         lines += change_lines(c)
+    if c.notes:
+        lines += ["", c.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -241,11 +299,37 @@ def _register_in_docs(tree: Path, c: Candidate) -> bool:
     return True
 
 
+def ci_plan(c: Candidate) -> tuple[list[str] | None, str]:
+    """(versions upstream's CI must skip, or None for no CI entry; why, for PR.md).
+
+    Upstream's docker-build matrix builds every version on every OS it lists, apt-
+    and yum-based alike, some with an older glibc than recent release binaries need;
+    it can skip versions but not OSes. So a version with a glibc floor is skipped, and
+    a template that cannot work on every listed OS gets no entry at all.
+    """
+    versions = list(_urls(c.data))
+    if not versions:  # create_workflows.py reads versions from binaries.urls
+        return None, "not added to upstream's CI build matrix: it reads versions from `binaries.urls`, which this template lacks"
+    deps = (c.data.get("binaries") or {}).get("dependencies") or {}
+    if deps.get("apt") and not deps.get("yum"):
+        return None, ("not added to upstream's CI build matrix, which also builds on yum-based OSes:"
+                      " the template installs its dependencies on apt only")
+    skip = [v for v in versions if v in c.glibc]
+    if len(skip) == len(versions):
+        return None, (f"not added to upstream's CI build matrix: every version needs glibc >= "
+                      f"{min(c.glibc.values())}, older than some of its OSes have")
+    note = "added to upstream's CI build matrix"
+    if skip:
+        note += (f", skipping {', '.join(skip)} (needs glibc >= {min(c.glibc[v] for v in skip)},"
+                 " which some of its OSes lack)")
+    return skip, note
+
+
 def _register_in_ci(tree: Path, c: Candidate) -> bool:
     """Add the template to upstream's docker-build CI matrix (software() dict)."""
     path = tree / CI_MATRIX
-    # create_workflows.py reads versions from binaries.urls: only binaries templates fit.
-    if not path.is_file() or not _urls(c.data):
+    skip, _ = ci_plan(c)
+    if not path.is_file() or skip is None:
         return False
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     try:
@@ -266,7 +350,9 @@ def _register_in_ci(tree: Path, c: Candidate) -> bool:
     if pos is None:
         return False
     methods = ", ".join(f'"{m}"' for m in _methods(c.data))
-    lines.insert(pos, f'        "{c.name}": {{"methods": [{methods}]}},\n')
+    quoted = ", ".join(f'"{v}"' for v in skip)
+    skips = f', "skip_versions": [{quoted}]' if skip else ""
+    lines.insert(pos, f'        "{c.name}": {{"methods": [{methods}]{skips}}},\n')
     path.write_text("".join(lines), encoding="utf-8")
     return True
 
@@ -274,13 +360,13 @@ def _register_in_ci(tree: Path, c: Candidate) -> bool:
 # ---------------------------------------------------------------- commits → patches
 
 
-def _commit_series(base: UpstreamTree, c: Candidate, out: Path) -> tuple[list[Path], str]:
+def _commit_series(base: UpstreamTree, c: Candidate, out: Path, author: Identity) -> tuple[list[Path], str]:
     """Commit the series on a branch of the base repo; format-patch into `out`."""
     repo = base.path
     git("checkout", "-q", "-B", f"ndgen/{c.name}", base.commit, cwd=repo)
     (repo / TEMPLATES / f"{c.name}.yaml").write_text(c.text, encoding="utf-8")
     git("add", f"{TEMPLATES}/{c.name}.yaml", cwd=repo)
-    git("commit", "-q", "-F", "-", cwd=repo, input_bytes=commit_message(c).encode())
+    git("commit", "-q", "-F", "-", cwd=repo, input_bytes=commit_message(c).encode(), identity=author)
     if c.upstream_data is None and base.has_docs:
         touched = {
             path: what
@@ -293,7 +379,7 @@ def _commit_series(base: UpstreamTree, c: Candidate, out: Path) -> tuple[list[Pa
         if touched:
             git("add", *touched, cwd=repo)
             msg = f"Register {c.name} in {' and '.join(touched.values())}\n"
-            git("commit", "-q", "-F", "-", cwd=repo, input_bytes=msg.encode())
+            git("commit", "-q", "-F", "-", cwd=repo, input_bytes=msg.encode(), identity=author)
     tree = git("rev-parse", "HEAD^{tree}", cwd=repo).strip()
     out.mkdir(parents=True)
     names = git(
@@ -312,6 +398,12 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
     else:
         what.append(f"Updates the **{c.name}** template.")
         what += change_lines(c, code="`")
+        if c.kept:
+            what.append(f"Upstream's own changes since {c.base_label or 'it was copied'} are kept:"
+                        f" {', '.join('`' + k + '`' for k in c.kept)}.")
+        if c.conflicts:
+            what.append(f"Upstream changed these since {c.base_label or 'it was copied'} too, differently;"
+                        f" this proposes ndgen's value: {', '.join('`' + k + '`' for k in c.conflicts)}.")
     why = _why(c)
     versions = _sorted_versions(proof.versions) or ["(source build; any version)"]
     fmts = sorted({r.split(":")[0] for r in proof.renders})
@@ -330,7 +422,13 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
         f" ({' and '.join(fmts)} x {' and '.join(pms)} bases debian:bookworm-slim / rockylinux:9"
         f" x every method and version);",
         *[f"- `{cmd}` succeeds;" for cmd in proof.cli],
+        f"- every rendered recipe is valid shell: `bash -n` accepts all {proof.shell_checked} shell"
+        " commands (every Dockerfile `RUN`, parsed with BuildKit's parser, and every Singularity `%post`);",
+        *([f"- hadolint reports no error in the {proof.hadolint};"] if proof.hadolint else []),
         *[f"- upstream's CI matrix generator reads it: {line};" for line in proof.ci_matrix],
+        *([f"- {ci_plan(c)[1]}{'' if base.has_docs else ' (on a full upstream checkout; this tree has no CI)'};"]
+          if c.upstream_data is None else []),
+        f"- not built by ndgen: {_unbuilt_reason(c)}.",
         "", "---", "",
         f"Generated by ndgen {__version__}"
         f" (`ndgen upstream export`) from its registry entry `registry/{c.name}/template.yaml`.",
@@ -339,16 +437,28 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
     return "\n".join(lines) + "\n"
 
 
-def _why(c: Candidate) -> str:
-    """Why upstream wants it, from the template data alone.
+def _unbuilt_reason(c: Candidate) -> str:
+    """Why ndgen's engine could not build this template (its machines reach only package mirrors)."""
+    from urllib.parse import urlsplit
 
-    meta.yaml's free text (e.g. `upstream.notes`) is not used: it is written for
-    ndgen and may talk about ndgen-only methods.
-    """
+    hosts = sorted({urlsplit(u).hostname or u for u in _urls(c.data).values()})
+    what = []
+    if hosts:
+        what.append(f"the binaries come from {', '.join(hosts)}")
+    if "source" in c.data:
+        what.append("the source method downloads its sources")
+    return ("; ".join(what) or "it downloads its files") + (
+        ", which ndgen's build machines cannot reach (they reach only Debian and PyPI mirrors);"
+        " upstream's CI builds it")
+
+
+def _why(c: Candidate) -> str:
+    """Why upstream wants it: the template data, then the registry's `upstream.notes`."""
+    notes = f" {c.notes}" if c.notes else ""
     if c.upstream_data is None:
         how = " and ".join({"binaries": "official release binaries", "source": "source"}[m] for m in _methods(c.data))
         return (f"neurodocker has no {c.name} template, so users write its installation by hand;"
-                f" this one installs it from {how}.")
+                f" this one installs it from {how}.{notes}")
     added, removed, changed = version_changes(c)
     reasons = []
     if added:
@@ -356,18 +466,18 @@ def _why(c: Candidate) -> str:
         since = f" since {theirs[0]}" if theirs else ""
         reasons.append(f"The template lacks the {c.name} releases{since}: {', '.join(added)}.")
     if removed:
-        reasons.append(f"The downloads of {', '.join(removed)} are gone.")
+        reasons.append(f"It removes {', '.join(removed)}.")
     if changed:
         reasons.append(f"The download URLs of {', '.join(changed)} moved.")
     other = other_changes(c)
     if other:
-        reasons.append(f"{', '.join('`' + k + '`' for k in other)} needed fixing (see the diff).")
-    return " ".join(reasons)
+        reasons.append(f"It changes {', '.join('`' + k + '`' for k in other)}.")
+    return " ".join(reasons) + notes
 
 
-def build_series(base: UpstreamTree, c: Candidate, workdir: Path) -> Series:
+def build_series(base: UpstreamTree, c: Candidate, workdir: Path, author: Identity) -> Series:
     patch_dir = workdir / "patches" / c.name
-    patches, tree = _commit_series(base, c, patch_dir)
+    patches, tree = _commit_series(base, c, patch_dir, author)
     proof = prove(base, patches, c.name, tree, workdir)
     contents = tuple((p.name, p.read_bytes()) for p in patches)
     digest = series_hash(contents)
@@ -385,12 +495,16 @@ def build_series(base: UpstreamTree, c: Candidate, workdir: Path) -> Series:
 # ---------------------------------------------------------------- the step
 
 
-def export(registry_dir: Path, upstream: Path | None, out: Path) -> list[Series]:
-    """Write every proven series under `out` (replacing it whole); return them."""
+def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identity) -> list[Series]:
+    """Write every proven series under `out` (replacing it whole); return them.
+
+    `author` signs the commits (and so the patches' From: lines): configured by the
+    user, so no commit is attributed to an account that did not make it.
+    """
     with tempfile.TemporaryDirectory(prefix="ndgen-export-") as tmp:
         work = Path(tmp)
         base = prepare(upstream, work)
-        series = [build_series(base, c, work) for c in candidates(registry_dir, base)]
+        series = [build_series(base, c, work, author) for c in candidates(registry_dir, base)]
         _write_atomically(series, out)
     return series
 
@@ -444,7 +558,8 @@ class ExportedSeries:
 
     @property
     def branch(self) -> str:
-        return f"ndgen/{self.name}-{self.content_hash}"
+        """Stable per template: the content is tracked by the PR body's hash marker, not the name."""
+        return f"ndgen/{self.name}"
 
 
 def read_series_dir(out: Path) -> list[ExportedSeries]:

@@ -12,18 +12,63 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 from pathlib import Path
+
+import attrs
 
 from neurodocker_nd.errors import NdgenError
 
 # Git ignores a global config file that does not exist: that is how the user's
 # ~/.gitconfig is kept out (not /dev/null, which a broken host may turn into a file).
 NO_GLOBAL_CONFIG = "/nonexistent/ndgen/gitconfig"
-# A fixed identity and clock make commits (and so format-patch output) reproducible.
-AUTHOR_NAME = "ndgen"
-AUTHOR_EMAIL = "ndgen@users.noreply.github.com"
+# A fixed clock makes commits (and so format-patch output) reproducible.
 FIXED_DATE = "2024-01-01T00:00:00+0000"
+AUTHOR_ENV = "NDGEN_UPSTREAM_AUTHOR"
+
+
+@attrs.frozen
+class Identity:
+    """Who commits: configured by the user, never a default some GitHub account owns."""
+
+    name: str
+    email: str
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.email}>"
+
+
+# Commits that never leave this machine (the seeded installed tree, proof clones).
+# `.invalid` is reserved (RFC 2606): no GitHub account can own it.
+SCRATCH = Identity("ndgen scratch", "scratch@ndgen.invalid")
+_IDENT = re.compile(r"^\s*([^<>]*[^<>\s])\s*<([^<>\s]+@[^<>\s]+)>\s*$")
+
+
+def parse_identity(text: str, what: str = "--author") -> Identity:
+    m = _IDENT.match(text)
+    if not m:
+        raise NdgenError(f"{what} {text!r}: expected 'Name <email>'")
+    return Identity(m.group(1), m.group(2))
+
+
+def resolve_identity(explicit: str | None) -> Identity:
+    """--author, else $NDGEN_UPSTREAM_AUTHOR, else the user's git config user.name/user.email."""
+    if explicit:
+        return parse_identity(explicit)
+    if os.environ.get(AUTHOR_ENV):
+        return parse_identity(os.environ[AUTHOR_ENV], f"${AUTHOR_ENV}")
+    got = []
+    for key in ("user.name", "user.email"):
+        # The user's own configuration (not base_env, which hides it on purpose).
+        proc = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True)
+        got.append(proc.stdout.strip() if proc.returncode == 0 else "")
+    if all(got):
+        return Identity(*got)
+    raise NdgenError(
+        "no commit identity: pass --author 'Name <email>', set $NDGEN_UPSTREAM_AUTHOR,"
+        " or set git config user.name and user.email"
+    )
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -39,8 +84,8 @@ def _basic(token: str) -> str:
     return base64.b64encode(f"x-access-token:{token}".encode()).decode()
 
 
-def base_env(token: str | None = None) -> dict[str, str]:
-    """Environment for a git call: no user/system config, fixed identity and dates."""
+def base_env(token: str | None = None, identity: Identity = SCRATCH) -> dict[str, str]:
+    """Environment for a git call: no user/system config, given identity, fixed dates."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -50,10 +95,10 @@ def base_env(token: str | None = None) -> dict[str, str]:
     env.update(
         GIT_CONFIG_NOSYSTEM="1",
         GIT_CONFIG_GLOBAL=NO_GLOBAL_CONFIG,
-        GIT_AUTHOR_NAME=AUTHOR_NAME,
-        GIT_AUTHOR_EMAIL=AUTHOR_EMAIL,
-        GIT_COMMITTER_NAME=AUTHOR_NAME,
-        GIT_COMMITTER_EMAIL=AUTHOR_EMAIL,
+        GIT_AUTHOR_NAME=identity.name,
+        GIT_AUTHOR_EMAIL=identity.email,
+        GIT_COMMITTER_NAME=identity.name,
+        GIT_COMMITTER_EMAIL=identity.email,
         GIT_AUTHOR_DATE=FIXED_DATE,
         GIT_COMMITTER_DATE=FIXED_DATE,
         GIT_TERMINAL_PROMPT="0",
@@ -76,13 +121,14 @@ def git(
     token: str | None = None,
     input_bytes: bytes | None = None,
     what: str = "",
+    identity: Identity = SCRATCH,
 ) -> str:
     """Run `git ARGS` and return stdout; raise NdgenError with git's own last line."""
     try:
         proc = subprocess.run(
             ["git", *args],
             cwd=cwd,
-            env=base_env(token),
+            env=base_env(token, identity),
             input=input_bytes,
             capture_output=True,
             timeout=600,

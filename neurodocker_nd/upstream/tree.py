@@ -81,3 +81,30 @@ def _from_checkout(upstream: Path, dest: Path) -> UpstreamTree:
     git("checkout", "-q", "-B", "master", commit, cwd=dest)
     has_docs = (dest / "docs" / "user_guide" / "examples.rst").is_file()
     return UpstreamTree(dest, commit, f"ReproNim/neurodocker at {commit[:12]}", has_docs)
+
+
+def template_at(base: UpstreamTree, revision: str, name: str) -> str | None:
+    """Upstream's `templates/<name>.yaml` at `revision` (None: it had none then).
+
+    `revision` is what a registry entry records as `upstream.synced_from`: the
+    installed neurodocker release (read from the installed files, which equal the
+    release tag's), or a tag/commit the upstream checkout has (`2.1.2` also
+    finds the tag `v2.1.2`).
+    """
+    path = f"neurodocker/templates/{name}.yaml"
+    if revision == installed_version():
+        installed = installed_package_dir() / "templates" / f"{name}.yaml"
+        return installed.read_text(encoding="utf-8") if installed.is_file() else None
+    for rev in (revision, f"v{revision}"):
+        try:
+            commit = git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", cwd=base.path).strip()
+        except NdgenError:
+            continue
+        try:
+            return git("show", f"{commit}:{path}", cwd=base.path)
+        except NdgenError:
+            return None
+    raise NdgenError(
+        f"{name}: meta upstream.synced_from {revision!r} is neither the installed neurodocker"
+        f" {installed_version()} nor a revision of the upstream tree (pass --upstream with a checkout that has it)"
+    )
