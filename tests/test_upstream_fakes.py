@@ -2,7 +2,11 @@
 
 GitHub cannot be reached here, so a local HTTP server (127.0.0.1 only, started
 and stopped by the test) speaks the documented shapes of the endpoints the bot
-uses, and records every request. Git is real: bare repositories over file://.
+uses, rejects what GitHub's REST docs say GitHub rejects (422: invalid `state`,
+a second open PR for one head/base, a PR whose head has no commits over the
+base, a head branch that does not exist; a merged PR cannot be reopened), models
+merged PRs (`merged_at`) and deleted forks (`head.repo: null`), and records every
+request. Git is real: bare repositories over file://.
 (No tests in this module; it is imported by test_upstream_*.py.)
 """
 
@@ -72,6 +76,7 @@ class FakeGitHub(_LocalServer):
         self.requests: list[Request] = []
         self.next_number = 1
         self.fail_with: tuple[int, dict[str, str], dict] | None = None  # (status, headers, body)
+        self.fail_times: int | None = None  # fail only the next N requests (None: every request)
         self.lock = threading.Lock()
         self._start_server()
 
@@ -106,8 +111,10 @@ class FakeGitHub(_LocalServer):
                     fake.requests.append(
                         Request(self.command, parts.path, parse_qs(parts.query), self.headers.get("Authorization"), body)
                     )
-                    if fake.fail_with is not None:
+                    if fake.fail_with is not None and fake.fail_times != 0:
                         status, headers, payload = fake.fail_with
+                        if fake.fail_times is not None:
+                            fake.fail_times -= 1
                         return self._reply(status, payload, headers)
                     status, payload = fake.route(self.command, parts.path, parse_qs(parts.query), body)
                 self._reply(status, payload)
@@ -126,6 +133,35 @@ class FakeGitHub(_LocalServer):
 
         return Handler
 
+    def _sha(self, repo: str, ref: str) -> str | None:
+        proc = subprocess.run(["git", "--git-dir", str(self.git_root / f"{repo}.git"), "rev-parse", "--verify", "-q",
+                               f"{ref}^{{commit}}"], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def _ahead(self, base_repo: str, base: str, head_repo: str, branch: str) -> int:
+        """Commits on head_repo's branch that base_repo's base branch lacks (GitHub's compare)."""
+        up = str(self.git_root / f"{base_repo}.git")
+        subprocess.run(["git", "--git-dir", up, "fetch", "-q", str(self.git_root / f"{head_repo}.git"),
+                        f"+refs/heads/{branch}:refs/fake/compare"], check=True, capture_output=True)
+        out = subprocess.run(["git", "--git-dir", up, "rev-list", "--count", "refs/fake/compare", "--not",
+                              f"refs/heads/{base}"], check=True, capture_output=True, text=True).stdout
+        return int(out.strip())
+
+    def _view(self, pr: dict) -> dict:
+        """A PR as GitHub returns it: head.sha is the branch's current commit."""
+        view = json.loads(json.dumps(pr))
+        if view["head"]["repo"] is not None:
+            view["head"]["sha"] = self._sha(view["head"]["repo"]["full_name"], f"refs/heads/{view['head']['ref']}") or ""
+        return view
+
+    @staticmethod
+    def _invalid(field: str, code: str = "invalid", message: str | None = None) -> tuple[int, dict]:
+        err = {"resource": "PullRequest", "field": field, "code": code}
+        if message:
+            err = {"resource": "PullRequest", "code": "custom", "message": message}
+        return 422, {"message": "Validation Failed", "errors": [err],
+                     "documentation_url": "https://docs.github.com/rest/pulls/pulls"}
+
     def route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
         seg = path.strip("/").split("/")
         if len(seg) < 3 or seg[0] != "repos":
@@ -139,36 +175,52 @@ class FakeGitHub(_LocalServer):
             return 200, {"full_name": full, "default_branch": repo.default_branch}
         if rest == ["pulls"] and method == "GET":
             state = query.get("state", ["open"])[0]
+            if state not in ("open", "closed", "all"):
+                return self._invalid("state")
             per_page, page = int(query.get("per_page", ["30"])[0]), int(query.get("page", ["1"])[0])
             pulls = [p for _, p in sorted(repo.pulls.items()) if state == "all" or p["state"] == state]
             if "head" in query:  # documented: exact `user:ref-name`
                 pulls = [p for p in pulls if p["head"]["label"] == query["head"][0]]
-            return 200, pulls[(page - 1) * per_page: page * per_page]
+            return 200, [self._view(p) for p in pulls[(page - 1) * per_page: page * per_page]]
         if rest == ["pulls"] and method == "POST":
             owner, _, branch = body["head"].partition(":")
             head_repo = f"{owner}/{seg[2]}"
             if not self.branch_exists(head_repo, branch):
-                return 422, {"message": "Validation Failed", "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}]}
+                return self._invalid("head")
+            if any(p["state"] == "open" and p["head"]["label"] == body["head"] and p["base"]["ref"] == body["base"]
+                   for p in repo.pulls.values()):
+                return self._invalid("", message=f"A pull request already exists for {body['head']}.")
+            if self._ahead(full, body["base"], head_repo, branch) == 0:
+                return self._invalid("", message=f"No commits between {body['base']} and {body['head']}")
             number = self.next_number
             self.next_number += 1
             repo.pulls[number] = {
                 "number": number, "state": "open", "title": body["title"], "body": body.get("body", ""),
-                "html_url": f"https://github.com/{full}/pull/{number}",
+                "html_url": f"https://github.com/{full}/pull/{number}", "merged_at": None,
+                "maintainer_can_modify": bool(body.get("maintainer_can_modify", False)),
                 "head": {"ref": branch, "label": body["head"], "repo": {"full_name": head_repo}},
                 "base": {"ref": body["base"]},
             }
-            return 201, repo.pulls[number]
+            return 201, self._view(repo.pulls[number])
         if len(rest) == 2 and rest[0] == "pulls" and method == "PATCH":
             pr = repo.pulls.get(int(rest[1]))
             if pr is None:
                 return 404, {"message": "Not Found"}
+            if "state" in body and body["state"] not in ("open", "closed"):
+                return self._invalid("state")
+            if body.get("state") == "open" and pr.get("merged_at"):
+                return self._invalid("state", message="state cannot be changed. The pull request has been merged.")
             for key in ("title", "body", "state"):
                 if key in body:
                     pr[key] = body[key]
-            return 200, pr
+            return 200, self._view(pr)
         if len(rest) == 3 and rest[0] == "issues" and rest[2] == "comments" and method == "POST":
             repo.comments.setdefault(int(rest[1]), []).append(body["body"])
             return 201, {"id": 1, "body": body["body"]}
+        if len(rest) == 3 and rest[0] == "issues" and rest[2] == "comments" and method == "GET":
+            per_page, page = int(query.get("per_page", ["30"])[0]), int(query.get("page", ["1"])[0])
+            bodies = repo.comments.get(int(rest[1]), [])[(page - 1) * per_page: page * per_page]
+            return 200, [{"id": i, "body": b} for i, b in enumerate(bodies, 1)]
         if rest and rest[0] == "contents" and method == "GET":
             fpath = "/".join(rest[1:])
             ref = query.get("ref", [repo.default_branch])[0]

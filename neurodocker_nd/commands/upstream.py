@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -51,26 +52,57 @@ def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: 
 @click.option("--patches", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
               help="File holding the GitHub token (default: $GITHUB_TOKEN).")
+@click.option("--author", metavar="'NAME <EMAIL>'",
+              help="Who the bot's commits are by: the token's owner (default: $NDGEN_UPSTREAM_AUTHOR, else git config).")
 @click.option("--api-url", default="https://api.github.com", show_default=True)
 @click.option("--git-url-template", default="https://github.com/{repo}.git", show_default=True,
               help="Git URL of a repository; {repo} is OWNER/NAME.")
-def pr_cmd(dry_run: bool, upstream_repo: str, fork: str, patches: Path, token_file: Path | None,
-           api_url: str, git_url_template: str) -> None:
-    """Push each series to the fork and open, update or close its pull request."""
-    from neurodocker_nd.upstream.bot import BotConfig, run
+@click.option("--max-wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Longest wait for a GitHub rate limit to reset, in seconds.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append a Markdown report to this file (e.g. $GITHUB_STEP_SUMMARY).")
+def pr_cmd(dry_run: bool, upstream_repo: str, fork: str, patches: Path, token_file: Path | None, author: str | None,
+           api_url: str, git_url_template: str, max_wait: float, summary: Path | None) -> None:
+    """Push each series to the fork and open, update or close its pull request.
+
+    Each series is handled on its own; exit status 1 when any failed.
+    """
+    from neurodocker_nd.upstream.bot import BotConfig, Outcome, run
+    from neurodocker_nd.upstream.gitcmd import SCRATCH, resolve_identity
 
     token = _read_token(token_file)
     if not dry_run and not token:
         raise NdgenError("--apply needs a token: set GITHUB_TOKEN or pass --token-file")
-    config = BotConfig(
-        upstream_repo=upstream_repo,
-        fork=fork,
-        api_url=api_url,
-        git_url_template=git_url_template,
-        apply=not dry_run,
-    )
-    for line in run(config, patches, token):
+    if dry_run:
+        try:
+            identity = resolve_identity(author)
+        except NdgenError:
+            identity = SCRATCH  # a dry run's commits never leave this machine
+    else:
+        identity = resolve_identity(author)
+    config = BotConfig(upstream_repo=upstream_repo, fork=fork, api_url=api_url, git_url_template=git_url_template,
+                       apply=not dry_run, identity=identity, max_wait=max_wait)
+    outcome = Outcome()
+    lines = []
+    for line in run(config, patches, token, outcome):
+        lines.append(line)
         click.echo(line)
+    if summary is not None:
+        _append_summary(summary, config, outcome, lines)
+    if outcome.failed:
+        sys.exit(1)  # after every series ran: the lines above say which failed and why
+
+
+def _append_summary(path: Path, config, outcome, lines: list[str]) -> None:
+    mode = "applied" if config.apply else "dry run"
+    md = [f"## ndgen upstream pr → {config.upstream_repo} ({mode})", "", "| series | status |", "|---|---|"]
+    md += [f"| `{n}` | {st.replace('|', '/')} |" for n, st in sorted(outcome.status.items())]
+    md += ["", "```", *lines, "```", ""]
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write("\n".join(md))
+    except OSError as exc:
+        raise NdgenError(f"--summary {path}: {exc.strerror}") from exc
 
 
 def _read_token(token_file: Path | None) -> str | None:

@@ -2,26 +2,31 @@
 
 State comes from GitHub, never from a local file:
 
-* our PRs are the upstream repository's open PRs whose head is a branch
-  ``ndgen/<name>-<hash>`` of the fork (the name is parsed from the branch; the
-  hash currently shown is the ``ndgen-series`` marker in the PR body);
+* our PRs come from the fork's branch ``ndgen/<name>`` — one stable branch per
+  template (older runs named it ``ndgen/<name>-<hash>``; those are still ours).
+  The series a PR shows is the ``ndgen-series`` marker in its body, the title
+  ndgen last set the ``ndgen-title`` marker;
 * a template has *landed* when upstream's default branch holds a file
   ``neurodocker/templates/<name>.yaml`` with the same content as ours.
 
-Per series: landed → close our PR with a comment; no PR → push the branch
-``ndgen/<name>-<hash>`` to the fork and open one; a PR showing another hash →
-push the new branch, force-update the PR's head branch to the same commit and
-PATCH its title/body (one PR per template, never a second); same hash → nothing;
-a closed PR of ours that showed this hash (maintainers declined it) → nothing either.
+Per series: landed → close our PR with a comment; no open PR → if a closed PR of
+that branch (found with the ``head=OWNER:BRANCH`` filter, not by paging every
+closed PR) showed this very series, it was declined or merged: nothing; else push
+and open one; an open PR showing another series → force-push *with a lease* on the
+sha GitHub reports for its head, PATCH the body (the title only if nobody edited
+it), comment once; the same series → nothing. A PR whose branch holds commits
+ndgen did not make (a maintainer's) is left alone, with one comment saying so.
 Our open PRs for templates no longer exported are closed with a comment.
 
-The series is always applied (``git am -3``) onto upstream's current default
-branch, fetched over git, so a dry run also proves the patches still apply.
-Dry run (the default) sends only GET requests and pushes nothing.
+Each series is handled on its own: one that no longer applies (``git am -3``
+onto upstream's current default branch, fetched over git) is reported and the
+run goes on; the caller exits non-zero at the end. Dry run (the default) sends
+only GET requests and pushes nothing.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -32,9 +37,15 @@ import yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import HASH_MARKER, TEMPLATES, ExportedSeries, read_series_dir
 from neurodocker_nd.upstream.github import GitHub, PullRequest, split_repo
-from neurodocker_nd.upstream.gitcmd import git, init_repo
+from neurodocker_nd.upstream.gitcmd import SCRATCH, Identity, git, init_repo
 
 BRANCH_PREFIX = "ndgen/"
+TITLE_MARKER = "ndgen-title"
+FOREIGN_MARKER = "ndgen-foreign-commits"
+_LEGACY_BRANCH = re.compile(r"^(.+)-[0-9a-f]{12}$")  # ndgen/<name>-<hash>, before branches were stable
+# Files every new-template series appends a line to: applied with git's union merge, so
+# series that each add a line at the same spot apply in any order (see docs/upstream.md).
+UNION_FILES = ("docs/user_guide/examples.rst", ".github/workflows/create_workflows.py")
 
 
 @attrs.frozen
@@ -44,28 +55,54 @@ class BotConfig:
     api_url: str = "https://api.github.com"
     git_url_template: str = "https://github.com/{repo}.git"
     apply: bool = False
+    identity: Identity = SCRATCH  # commits the bot makes (required with --apply)
+    max_wait: float = 120.0  # longest rate-limit wait, seconds
 
     def git_url(self, repo: str) -> str:
         return self.git_url_template.format(repo=repo)
 
+    @property
+    def fork_owner(self) -> str:
+        return self.fork.split("/")[0]
+
+
+@attrs.define
+class Outcome:
+    """Per-series status of one run (the caller turns failures into exit status 1)."""
+
+    status: dict[str, str] = attrs.Factory(dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(n for n, st in self.status.items() if st.startswith("failed"))
+
 
 def series_name(branch: str) -> str | None:
-    """`ndgen/<name>-<hash>` → name (None for other branches)."""
-    if not branch.startswith(BRANCH_PREFIX):
+    """`ndgen/<name>` (or a legacy `ndgen/<name>-<hash>`) → name; None for other branches."""
+    if not branch.startswith(BRANCH_PREFIX) or branch == BRANCH_PREFIX:
         return None
-    name, sep, digest = branch[len(BRANCH_PREFIX):].rpartition("-")
-    return name if sep and name and digest else None
+    rest = branch[len(BRANCH_PREFIX):]
+    m = _LEGACY_BRANCH.match(rest)
+    return m.group(1) if m else rest
+
+
+def _marker(pr: PullRequest, marker: str) -> str | None:
+    for line in pr.body.splitlines():
+        line = line.strip()
+        if line.startswith(f"<!-- {marker}:") and line.endswith("-->"):
+            return line[len(f"<!-- {marker}:"):-3].strip()
+    return None
 
 
 def shown_hash(pr: PullRequest) -> str | None:
     """The series hash recorded in the PR body (what the PR currently shows)."""
-    for line in pr.body.splitlines():
-        line = line.strip()
-        if line.startswith(f"<!-- {HASH_MARKER}:") and line.endswith("-->"):
-            parts = line[len(f"<!-- {HASH_MARKER}:"):-3].split()
-            if len(parts) == 2:
-                return parts[1]
-    return None
+    parts = (_marker(pr, HASH_MARKER) or "").split()
+    return parts[1] if len(parts) == 2 else None
+
+
+def _body(s: ExportedSeries) -> str:
+    # The title ndgen set, so a later run can tell a maintainer's retitle from its own.
+    return f"{s.body.rstrip()}\n<!-- {TITLE_MARKER}: {s.title} -->\n"
 
 
 def _same_template(a: str | None, b: str) -> bool:
@@ -86,120 +123,177 @@ class _Git:
         self.token = token
         self.base = f"refs/remotes/upstream/{base_branch}"
         init_repo(self.repo)
+        attributes = self.repo / ".git" / "info" / "attributes"
+        attributes.parent.mkdir(parents=True, exist_ok=True)
+        attributes.write_text("".join(f"{f} merge=union\n" for f in UNION_FILES), encoding="utf-8")
         # Reading a public repository needs no credentials: the token only goes to pushes.
         git("fetch", "-q", config.git_url(config.upstream_repo), f"+refs/heads/{base_branch}:{self.base}",
             cwd=self.repo, what=f"fetching {config.upstream_repo} {base_branch}")
 
     def apply(self, s: ExportedSeries) -> str:
         """Commit the series on top of upstream's branch; return the commit."""
-        git("checkout", "-q", "--detach", self.base, cwd=self.repo)
-        try:
-            git("am", "-q", "-3", *[str(p) for p in s.patches], cwd=self.repo,
-                what=f"{s.name}: applying the series to {self.config.upstream_repo}")
-        except NdgenError:
-            git("am", "--abort", cwd=self.repo)
-            raise
-        return git("rev-parse", "HEAD", cwd=self.repo).strip()
+        return apply_series(self.repo, self.base, s.patches, s.name, self.config.identity,
+                            f"applying the series to {self.config.upstream_repo}")
 
-    def push(self, commit: str, branches: list[str]) -> None:
-        refspecs = [f"{commit}:refs/heads/{b}" for b in branches]
-        git("push", "-q", "--force", self.config.git_url(self.config.fork), *refspecs,
-            cwd=self.repo, token=self.token, what=f"pushing to {self.config.fork}")
+    def foreign_commits(self, pr: PullRequest) -> list[str]:
+        """Commits on the PR's branch (not upstream's) that the bot did not commit: `sha committer`."""
+        ref = f"refs/ndgen/pr-{pr.number}"
+        git("fetch", "-q", self.config.git_url(self.config.fork), f"+refs/heads/{pr.head_ref}:{ref}",
+            cwd=self.repo, what=f"fetching {self.config.fork} {pr.head_ref}")
+        log = git("log", "--format=%H %ce", ref, "--not", self.base, cwd=self.repo)
+        return [line for line in log.splitlines() if line.split()[-1] != self.config.identity.email]
+
+    def remote_sha(self, branch: str) -> str:
+        out = git("ls-remote", self.config.git_url(self.config.fork), f"refs/heads/{branch}",
+                  cwd=self.repo, what=f"reading {self.config.fork}")
+        return out.split()[0] if out.strip() else ""
+
+    def push(self, commit: str, branch: str, expected: str) -> None:
+        """Force-push with a lease: refused if the branch is no longer at `expected` ("" = absent)."""
+        git("push", "-q", f"--force-with-lease=refs/heads/{branch}:{expected}", self.config.git_url(self.config.fork),
+            f"{commit}:refs/heads/{branch}", cwd=self.repo, token=self.token,
+            what=f"pushing to {self.config.fork}")
 
 
-def run(config: BotConfig, patches_dir: Path, token: str | None) -> Iterator[str]:
+def apply_series(repo: Path, base: str, patches: tuple[Path, ...], name: str, identity: Identity, what: str) -> str:
+    """`git am -3` the series onto `base` in `repo`, committed by `identity`; return the commit."""
+    git("checkout", "-q", "--detach", base, cwd=repo)
+    try:
+        git("am", "-q", "-3", *[str(p) for p in patches], cwd=repo, identity=identity, what=f"{name}: {what}")
+    except NdgenError:
+        git("am", "--abort", cwd=repo)
+        raise
+    return git("rev-parse", "HEAD", cwd=repo).strip()
+
+
+def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcome | None = None) -> Iterator[str]:
     """Bring the PRs in line with the exported series; yield one line per action.
 
-    Lines are yielded as actions happen, so a failure part-way still shows what was done.
+    Lines are yielded as actions happen. A series that fails is reported in `outcome`
+    (and a line) and the run goes on with the next.
     """
+    outcome = outcome if outcome is not None else Outcome()
     for repo_name in (config.upstream_repo, config.fork):
         split_repo(repo_name)  # fail on a malformed name before any request
     if "{repo}" not in config.git_url_template:
         raise NdgenError(f"--git-url-template {config.git_url_template!r} must contain {{repo}}")
     series = read_series_dir(patches_dir)
-    gh = GitHub(config.api_url, token)
+    gh = GitHub(config.api_url, token, config.max_wait)
     base_branch = gh.default_branch(config.upstream_repo)
-    ours = _ours(gh.pulls(config.upstream_repo, "open"), config.fork)
-    declined = _Declined(gh, config)
+    ours = _ours(gh.pulls(config.upstream_repo, "open"), config)
     prefix = "" if config.apply else "[dry-run] would "
     with tempfile.TemporaryDirectory(prefix="ndgen-pr-") as tmp:
         repo = _Git(Path(tmp), config, token, base_branch)
         for s in series:
-            yield from _sync(gh, repo, config, s, ours.pop(s.name, []), declined, base_branch, prefix)
+            prs = ours.pop(s.name, [])
+            try:
+                for line in _sync(gh, repo, config, s, prs, base_branch, prefix):
+                    yield line
+                outcome.status[s.name] = "ok"
+            except NdgenError as exc:
+                outcome.status[s.name] = f"failed: {exc}"
+                yield f"{s.name}: FAILED: {exc}"
     for name, prs in sorted(ours.items()):
         for pr in prs:
-            if config.apply:
-                _close(gh, config, pr, "ndgen no longer exports this template (it landed upstream or left ndgen's registry).")
-            yield f"{name}: {prefix}close #{pr.number} (no longer exported)"
+            try:
+                if config.apply:
+                    _close(gh, config, pr, "ndgen no longer exports this template (it landed upstream or left ndgen's registry).")
+                yield f"{name}: {prefix}close #{pr.number} (no longer exported)"
+                outcome.status.setdefault(name, "ok")
+            except NdgenError as exc:
+                outcome.status[name] = f"failed: {exc}"
+                yield f"{name}: FAILED: {exc}"
     mode = "applied" if config.apply else "dry run: no request other than GET was sent, nothing pushed"
-    yield f"{len(series)} series, {mode}"
+    failed = outcome.failed
+    yield f"{len(series)} series, {mode}" + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else "")
 
 
-def _ours(pulls: list[PullRequest], fork: str) -> dict[str, list[PullRequest]]:
-    """Pull requests from the fork's `ndgen/<name>-<hash>` branches, by template name."""
+def _ours(pulls: list[PullRequest], config: BotConfig) -> dict[str, list[PullRequest]]:
+    """Pull requests from the fork's `ndgen/…` branches, by template name."""
     found: dict[str, list[PullRequest]] = {}
     for pr in pulls:
         name = series_name(pr.head_ref)
-        if name and pr.head_repo.lower() == fork.lower():
+        if pr.head_repo is not None:
+            mine = pr.head_repo.lower() == config.fork.lower()
+        else:  # the head repository was deleted: GitHub keeps the OWNER:BRANCH label
+            mine = pr.head_label.split(":")[0].lower() == config.fork_owner.lower()
+        if name and mine:
             found.setdefault(name, []).append(pr)
     return found
 
 
-class _Declined:
-    """Our closed PRs, listed once and only if a series has no open PR."""
-
-    def __init__(self, gh: GitHub, config: BotConfig) -> None:
-        self._gh, self._config = gh, config
-        self._closed: dict[str, list[PullRequest]] | None = None
-
-    def find(self, s: ExportedSeries) -> PullRequest | None:
-        """A closed PR of ours that showed exactly this series."""
-        if self._closed is None:
-            self._closed = _ours(self._gh.pulls(self._config.upstream_repo, "closed"), self._config.fork)
-        return next((pr for pr in self._closed.get(s.name, []) if shown_hash(pr) == s.content_hash), None)
-
-
 def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: list[PullRequest],
-          declined: _Declined, base_branch: str, prefix: str) -> list[str]:
+          base_branch: str, prefix: str) -> Iterator[str]:
     upstream_file = gh.file_text(config.upstream_repo, f"{TEMPLATES}/{s.name}.yaml", base_branch)
     if _same_template(upstream_file, s.template_text):
         if not prs:
-            return [f"{s.name}: landed upstream, no open PR"]
-        lines = []
+            yield f"{s.name}: landed upstream, no open PR"
         for pr in prs:
-            lines.append(f"{s.name}: {prefix}close #{pr.number} (landed upstream on {base_branch})")
+            yield f"{s.name}: {prefix}close #{pr.number} (landed upstream on {base_branch})"
             if config.apply:
                 _close(gh, config, pr, f"The template has landed on `{base_branch}`: closing. Thank you!")
-        return lines
+        return
     commit = repo.apply(s)  # proves the series still applies, in dry runs too
-    head = f"{config.fork.split('/')[0]}:{s.branch}"
-    if not prs:
-        closed = declined.find(s)
-        if closed is not None:
-            # Maintainers closed this exact series: proposing it again would be spam.
-            return [f"{s.name}: #{closed.number} with this series was closed upstream; not reopening"
-                    " (a changed template gets a new branch and a new PR)"]
-        if config.apply:
-            repo.push(commit, [s.branch])
-            pr = gh.create_pull(config.upstream_repo, s.title, s.body, head, base_branch)
-            return [f"{s.name}: opened #{pr.number} from {s.branch}"]
-        return [f"{s.name}: {prefix}push {s.branch} and open a PR"]
-    keep, *duplicates = sorted(prs, key=lambda p: p.number)
-    lines = []
+    keep, duplicates = (None, []) if not prs else (sorted(prs, key=lambda p: p.number)[0], sorted(prs, key=lambda p: p.number)[1:])
     for dup in duplicates:
-        lines.append(f"{s.name}: {prefix}close duplicate #{dup.number}")
+        yield f"{s.name}: {prefix}close duplicate #{dup.number}"
         if config.apply:
             _close(gh, config, dup, f"Superseded by #{keep.number}.")
-    if shown_hash(keep) == s.content_hash and keep.title == s.title:
-        return lines + [f"{s.name}: #{keep.number} up to date ({s.content_hash})"]
-    lines.append(f"{s.name}: {prefix}update #{keep.number} to {s.content_hash} (push {s.branch})")
+    if keep is not None and keep.head_repo is None:
+        yield f"{s.name}: {prefix}close #{keep.number} (its head repository was deleted) and open a new one"
+        if config.apply:
+            _close(gh, config, keep, "The head repository of this PR was deleted; ndgen opens a new one.")
+        keep = None
+    if keep is None:
+        yield from _open(gh, repo, config, s, commit, base_branch, prefix)
+        return
+    if shown_hash(keep) == s.content_hash:
+        yield f"{s.name}: #{keep.number} up to date ({s.content_hash})"
+        return
+    foreign = repo.foreign_commits(keep)
+    if foreign:
+        yield from _leave_to_maintainers(gh, config, s, keep, foreign, prefix)
+        return
+    retitle = keep.title == _marker(keep, TITLE_MARKER) and keep.title != s.title
+    yield (f"{s.name}: {prefix}update #{keep.number} to {s.content_hash} (push {keep.head_ref}"
+           f"{', retitle' if retitle else ''})")
     if config.apply:
-        # A PR's head branch cannot be changed: move it to the new commit too.
-        repo.push(commit, sorted({s.branch, keep.head_ref}))
-        gh.update_pull(config.upstream_repo, keep.number, title=s.title, body=s.body)
-        gh.comment(config.upstream_repo, keep.number,
-                   f"Updated by ndgen to series `{s.content_hash}` (branch `{s.branch}`).")
-    return lines
+        repo.push(commit, keep.head_ref, keep.head_sha)
+        fields = {"body": _body(s), **({"title": s.title} if retitle else {})}
+        gh.update_pull(config.upstream_repo, keep.number, **fields)
+        gh.comment(config.upstream_repo, keep.number, f"Updated by ndgen to series `{s.content_hash}`.")
+
+
+def _open(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, commit: str, base_branch: str,
+          prefix: str) -> Iterator[str]:
+    head = f"{config.fork_owner}:{s.branch}"
+    past = gh.pulls(config.upstream_repo, "closed", head=head)
+    same = next((pr for pr in past if shown_hash(pr) == s.content_hash), None)
+    if same is not None:
+        # Maintainers merged or declined this exact series: proposing it again would be spam.
+        how = "was merged" if same.merged else "was closed upstream"
+        yield f"{s.name}: #{same.number} with this series {how}; not reopening (a changed template gets a new PR)"
+        return
+    if not config.apply:
+        yield f"{s.name}: {prefix}push {s.branch} and open a PR"
+        return
+    repo.push(commit, s.branch, repo.remote_sha(s.branch))
+    pr = gh.create_pull(config.upstream_repo, s.title, _body(s), head, base_branch)
+    yield f"{s.name}: opened #{pr.number} from {s.branch}"
+
+
+def _leave_to_maintainers(gh: GitHub, config: BotConfig, s: ExportedSeries, pr: PullRequest,
+                          foreign: list[str], prefix: str) -> Iterator[str]:
+    tag = f"<!-- {FOREIGN_MARKER}: {pr.head_sha or foreign[0].split()[0]} -->"
+    yield (f"{s.name}: #{pr.number} has {len(foreign)} commit(s) ndgen did not make; leaving it to its"
+           f" maintainers (series {s.content_hash} not pushed)")
+    if any(tag in c for c in gh.comments(config.upstream_repo, pr.number)):
+        return  # said so already for this head
+    yield f"{s.name}: {prefix}comment once on #{pr.number}"
+    if config.apply:
+        gh.comment(config.upstream_repo, pr.number,
+                   f"This branch has commits ndgen did not make, so ndgen no longer pushes to it. Its"
+                   f" registry now proposes series `{s.content_hash}`; `ndgen upstream export` regenerates it.\n{tag}")
 
 
 def _close(gh: GitHub, config: BotConfig, pr: PullRequest, why: str) -> None:

@@ -423,7 +423,7 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
         f" x every method and version);",
         *[f"- `{cmd}` succeeds;" for cmd in proof.cli],
         f"- every rendered recipe is valid shell: `bash -n` accepts all {proof.shell_checked} shell"
-        " commands (every Dockerfile `RUN`, parsed with BuildKit's parser, and every Singularity `%post`);",
+        " commands (every Dockerfile `RUN`, split with dockerfile-parse, and every Singularity `%post`);",
         *([f"- hadolint reports no error in the {proof.hadolint};"] if proof.hadolint else []),
         *[f"- upstream's CI matrix generator reads it: {line};" for line in proof.ci_matrix],
         *([f"- {ci_plan(c)[1]}{'' if base.has_docs else ' (on a full upstream checkout; this tree has no CI)'};"]

@@ -3,21 +3,27 @@
 Endpoints (documented at docs.github.com/rest):
 
     GET   /repos/{owner}/{repo}                         default branch
-    GET   /repos/{owner}/{repo}/pulls?state=open|closed our PRs (paginated)
+    GET   /repos/{owner}/{repo}/pulls?state=open        our open PRs (paginated)
+    GET   /repos/{owner}/{repo}/pulls?state=closed&head=OWNER:BRANCH  one branch's past PRs
+    GET   /repos/{owner}/{repo}/issues/{number}/comments  did we comment already?
     POST  /repos/{owner}/{repo}/pulls                   open a PR
     PATCH /repos/{owner}/{repo}/pulls/{number}          update / close a PR
     POST  /repos/{owner}/{repo}/issues/{number}/comments
     GET   /repos/{owner}/{repo}/contents/{path}?ref=    has the template landed?
 
-Errors become one line naming the request: rate limits (403/429 with
-``X-RateLimit-Remaining: 0`` or ``Retry-After``) say when to retry. The token is
-redacted from every message and never logged.
+Rate limits are waited out, bounded: a primary limit (403/429 with
+``X-RateLimit-Remaining: 0``) until ``X-RateLimit-Reset``, a secondary one
+(``Retry-After``) that many seconds, as GitHub's REST docs ask — at most
+MAX_ATTEMPTS tries and never a wait longer than ``max_wait``; then one line
+saying when to retry. Other errors become one line naming the request. The token
+is redacted from every message and never logged.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 from typing import Any, Callable
 
 import attrs
@@ -26,6 +32,8 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.gitcmd import redact
 
 PER_PAGE = 100
+MAX_ATTEMPTS = 3
+STATES = ("open", "closed", "all")
 
 
 class GitHubError(NdgenError):
@@ -38,8 +46,12 @@ class PullRequest:
     title: str
     body: str
     head_ref: str
-    head_repo: str  # owner/name of the head branch's repository
+    head_repo: str | None  # owner/name of the head branch's repository; None: it was deleted
     url: str
+    head_label: str = ""  # OWNER:BRANCH
+    head_sha: str = ""
+    state: str = "open"
+    merged: bool = False
 
 
 def split_repo(repo: str) -> tuple[str, str]:
@@ -52,10 +64,11 @@ def split_repo(repo: str) -> tuple[str, str]:
 class GitHub:
     """A thin typed facade over ghapi's generated endpoints."""
 
-    def __init__(self, api_url: str, token: str | None) -> None:
+    def __init__(self, api_url: str, token: str | None, max_wait: float = 120.0) -> None:
         from ghapi.core import GhApi  # imported only by `ndgen upstream pr`
 
         self._token = token
+        self._max_wait = max_wait
         self._api = GhApi(
             token=token,
             authenticate=bool(token),
@@ -70,15 +83,17 @@ class GitHub:
         data = self._call(f"GET /repos/{repo}", self._api.repos.get, owner=owner, repo=name)
         return str(data["default_branch"])
 
-    def pulls(self, repo: str, state: str = "open") -> list[PullRequest]:
+    def pulls(self, repo: str, state: str = "open", head: str | None = None) -> list[PullRequest]:
+        """PRs in `state`; `head` (OWNER:BRANCH) filters server-side to one branch's PRs."""
         owner, name = split_repo(repo)
         found: list[PullRequest] = []
         page = 1
+        extra = {"head": head} if head else {}
         while True:
             batch = self._call(
-                f"GET /repos/{repo}/pulls?state={state}",
+                f"GET /repos/{repo}/pulls?state={state}" + (f"&head={head}" if head else ""),
                 self._api.pulls.list,
-                owner=owner, repo=name, state=state, per_page=PER_PAGE, page=page,
+                owner=owner, repo=name, state=state, per_page=PER_PAGE, page=page, **extra,
             )
             found.extend(_pull(p) for p in batch)
             if len(batch) < PER_PAGE:
@@ -97,6 +112,18 @@ class GitHub:
         if data is None or isinstance(data, list) or data.get("type", "file") != "file":
             return None
         return base64.b64decode(data.get("content", "")).decode("utf-8", errors="replace")
+
+    def comments(self, repo: str, number: int) -> list[str]:
+        owner, name = split_repo(repo)
+        found: list[str] = []
+        page = 1
+        while True:
+            batch = self._call(f"GET /repos/{repo}/issues/{number}/comments", self._api.issues.list_comments,
+                               owner=owner, repo=name, issue_number=number, per_page=PER_PAGE, page=page)
+            found.extend(str(c.get("body") or "") for c in batch)
+            if len(batch) < PER_PAGE:
+                return found
+            page += 1
 
     # ---- writes
     def create_pull(self, repo: str, title: str, body: str, head: str, base: str) -> PullRequest:
@@ -121,6 +148,17 @@ class GitHub:
 
     # ---- error translation
     def _call(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return self._call_once(what, fn, missing_ok=missing_ok, **kwargs)
+            except _RateLimited as limited:
+                wait = limited.wait
+                if attempt == MAX_ATTEMPTS or wait is None or wait > self._max_wait:
+                    raise GitHubError(limited.message) from None
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
         import httpx2  # ghapi's transport
         from fasttransport.errors import APIError
 
@@ -130,7 +168,7 @@ class GitHub:
             resp = exc.response
             if missing_ok and resp.status_code == 404:
                 return None
-            raise GitHubError(redact(_describe(what, resp.status_code, resp.headers, _message(resp)), self._token)) from None
+            self._raise(what, resp.status_code, resp.headers, _message(resp))
         except httpx2.HTTPError as exc:
             raise GitHubError(redact(f"GitHub API {what}: cannot connect: {exc}", self._token)) from None
         except APIError as exc:  # fasttransport's error type (ghapi >= 2)
@@ -141,7 +179,47 @@ class GitHub:
             if missing_ok and status == 404:
                 return None
             headers = getattr(exc.response, "headers", None) or {}
-            raise GitHubError(redact(_describe(what, status, headers, exc.message), self._token)) from None
+            self._raise(what, status, headers, exc.message)
+
+    def _raise(self, what: str, status: int, headers: Any, message: str) -> None:
+        text = redact(_describe(what, status, headers, message), self._token)
+        wait = rate_limit_wait(status, headers)
+        if wait is not None or _is_rate_limit(status, headers):
+            raise _RateLimited(text, wait)
+        raise GitHubError(text)
+
+
+class _RateLimited(Exception):
+    def __init__(self, message: str, wait: float | None) -> None:
+        super().__init__(message)
+        self.message, self.wait = message, wait
+
+
+def _is_rate_limit(status: int, headers: Any) -> bool:
+    if status not in (403, 429) or not headers:
+        return False
+    return headers.get("X-RateLimit-Remaining") == "0" or headers.get("Retry-After") is not None
+
+
+def rate_limit_wait(status: int, headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait before retrying a rate-limited request (None: not rate limited).
+
+    GitHub's docs: with `retry-after`, wait that many seconds; with
+    `x-ratelimit-remaining: 0`, wait until `x-ratelimit-reset` (epoch seconds);
+    a secondary limit without either header: wait at least a minute.
+    """
+    if not _is_rate_limit(status, headers):
+        return None
+    if headers.get("Retry-After") is not None:
+        try:
+            return max(0.0, float(headers["Retry-After"]))
+        except ValueError:
+            return 60.0
+    try:
+        reset = int(headers.get("X-RateLimit-Reset", ""))
+    except ValueError:
+        return 60.0
+    return max(1.0, reset - (time.time() if now is None else now))
 
 
 def _message(resp: Any) -> str:
@@ -180,12 +258,16 @@ def _describe(what: str, status: int, headers: Any, message: str) -> str:
 
 def _pull(p: Any) -> PullRequest:
     head = p.get("head") or {}
-    head_repo = (head.get("repo") or {}).get("full_name") or ""
+    repo = head.get("repo")  # null once the head repository (a fork) is deleted
     return PullRequest(
         number=int(p["number"]),
         title=str(p.get("title") or ""),
         body=str(p.get("body") or ""),
         head_ref=str(head.get("ref") or ""),
-        head_repo=str(head_repo),
+        head_repo=str(repo["full_name"]) if repo else None,
         url=str(p.get("html_url") or ""),
+        head_label=str(head.get("label") or ""),
+        head_sha=str(head.get("sha") or ""),
+        state=str(p.get("state") or "open"),
+        merged=bool(p.get("merged_at")),
     )

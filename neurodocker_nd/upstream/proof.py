@@ -7,13 +7,13 @@
    JSON schema and ``register_template`` accept the template, and upstream's
    renderers and CLI render it for docker and singularity on apt and yum bases;
 3. every rendered recipe is valid shell and a valid Dockerfile: ``bash -n`` on the
-   command of every ``RUN`` (parsed with BuildKit's own parser, the ``dockerfile``
-   package) and of every Singularity ``%post``, and hadolint (errors fail; its
+   command of every ``RUN`` (parsed with ``dockerfile-parse``) and of every Singularity ``%post``, and hadolint (errors fail; its
    embedded ShellCheck catches e.g. a ``RUN \\`` followed by ``&& …``, SC1133).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -80,9 +80,10 @@ def prove(base: UpstreamTree, patches: list[Path], name: str, expected_tree: str
 def _commands(key: str, text: str) -> list[str]:
     """Shell commands of a recipe: Dockerfile RUNs (shell form), Singularity %post."""
     if key.startswith("docker:"):
-        import dockerfile  # BuildKit's parser: continuation lines joined as docker joins them
+        from dockerfile_parse import DockerfileParser  # continuation lines joined as docker joins them
 
-        return [c.value[0] for c in dockerfile.parse_string(text) if c.cmd == "RUN" and not c.json]
+        parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
+        return [i["value"] for i in parser.structure if i["instruction"] == "RUN" and not _exec_form(i["value"])]
     sections: dict[str, list[str]] = {}
     current = None
     for line in text.splitlines():
@@ -92,6 +93,14 @@ def _commands(key: str, text: str) -> list[str]:
         elif current is not None:
             sections[current].append(line)
     return ["\n".join(sections[s]) for s in ("post",) if s in sections]
+
+
+def _exec_form(value: str) -> bool:
+    """RUN ["prog", "arg"]: no shell involved."""
+    try:
+        return isinstance(json.loads(value), list)
+    except ValueError:
+        return False
 
 
 def _bash_n(name: str, key: str, command: str) -> int:
