@@ -7,7 +7,6 @@ SchemaStore's github-workflow schema validates the file instead.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,7 @@ WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "u
 
 
 def _check(path: Path) -> subprocess.CompletedProcess:
-<<<<<<< HEAD
     exe = tool("check-jsonschema")
-=======
-    # A venv's console scripts sit beside its interpreter, which need not be on PATH.
-    beside = Path(sys.executable).with_name("check-jsonschema")
-    exe = str(beside) if beside.is_file() else shutil.which("check-jsonschema")
-    if exe is None:
-        pytest.fail("check-jsonschema is not installed (pip install -e '.[test]')")
->>>>>>> 68018d5 (upstream: bot handles each series on its own (exit 1 at the end), stable ndgen/<name> branches, force-with-lease, leaves maintainers' branches alone (one comment), no retitle of edited titles, head= filter for past PRs, bounded rate-limit retries; fake GitHub rejects what GitHub rejects; workflow: push = dry run into the job summary, schedule/dispatch = apply, repository guard)
     return subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(path)],
                           capture_output=True, text=True, timeout=120)
 
