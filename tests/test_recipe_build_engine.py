@@ -19,7 +19,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from conftest import run_ndgen as _run_ndgen
-from conftest import table_rows
+from conftest import remove_images, table_rows, unique_tag
 
 pytestmark = pytest.mark.docker
 
@@ -34,19 +34,12 @@ def run_ndgen(*args: str):
 
 @pytest.fixture(scope="module")
 def built(docker_client, base_image):
-    keep = os.environ.get("NDGEN_TEST_KEEP_IMAGES") == "1"
-    suffix = "" if keep else f"-{os.getpid()}"
     runs = {}
     for fmt in FORMATS:
-        tag = f"ndgen-test-recipe-ndtool:{fmt}{suffix}"
+        tag = unique_tag("ndgen-test-recipe-ndtool", fmt)
         runs[fmt] = (tag, run_ndgen("build", str(RECIPE), "-t", tag, "--format", fmt))
     yield runs
-    if not keep:
-        for tag, _ in runs.values():
-            try:
-                docker_client.images.remove(tag, force=True)
-            except Exception:  # a failed build left no image
-                pass
+    remove_images(docker_client, [tag for tag, _ in runs.values()])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -117,7 +110,7 @@ def test_a_failing_run_step_is_one_line_naming_it(tmp_path, base_image, docker_c
     # Fails before apt runs (cheap): the first directive.
     text = text.replace("    - install: jq\n", "    - run:\n        - echo about to fail\n        - ls /ndgen-no-such-dir\n    - install: jq\n")
     (recipe / "build.yaml").write_text(text.replace("pkg-manager: apt\n", "pkg-manager: apt\n  add-default-template: false\n"))
-    tag = f"ndgen-test-recipe-broken:{os.getpid()}"
+    tag = unique_tag("ndgen-test-recipe-broken", "1")
     proc = run_ndgen("build", str(recipe), "-t", tag)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()

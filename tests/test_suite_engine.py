@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from conftest import run_ndgen as _run_ndgen
-from conftest import table_rows
+from conftest import remove_images, table_rows, unique_tag
 
 pytestmark = pytest.mark.docker
 
@@ -143,13 +143,11 @@ def _build(client, dockerfile: str, tag: str) -> str:
 
 @pytest.fixture(scope="module")
 def images(docker_client, base_image):
-    stamp = f"{os.getpid()}-{int(time.time())}"
-    good = _build(docker_client, GOOD.format(base=base_image), f"ndgen-test-suite-good:{stamp}")
-    broken = _build(docker_client, BROKEN.format(good=good), f"ndgen-test-suite-broken:{stamp}")
-    nobash = _build(docker_client, NO_BASH.format(good=good), f"ndgen-test-suite-nobash:{stamp}")
+    good = _build(docker_client, GOOD.format(base=base_image), unique_tag("ndgen-test-suite", "good"))
+    broken = _build(docker_client, BROKEN.format(good=good), unique_tag("ndgen-test-suite", "broken"))
+    nobash = _build(docker_client, NO_BASH.format(good=good), unique_tag("ndgen-test-suite", "nobash"))
     yield {"good": good, "broken": broken, "nobash": nobash}
-    for tag in (nobash, broken, good):
-        docker_client.images.remove(tag, force=True)
+    remove_images(docker_client, (nobash, broken, good))
 
 
 def _suite(tmp_path: Path, text: str, name: str = "fulltest.yaml", **values: str) -> Path:
@@ -255,7 +253,7 @@ def test_an_image_without_bash_fails_its_tests_not_the_run(images, docker_client
     status, detail = table_rows(proc.stdout)["never runs"]
     assert status == "FAIL" and detail.startswith("expected exit 0, got 127: ") and "bash" in detail
     assert table_rows(proc.stdout)["deploy: bin tool"][0] == "PASS"  # the deploy check needs only /bin/sh
-    assert not _left_containers(docker_client)
+    assert not _left_containers(docker_client, images["nobash"])
 
 
 def test_missing_required_data_is_one_line_exit_2(images, tmp_path):
