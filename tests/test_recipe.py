@@ -8,7 +8,6 @@ recipes is tests/test_recipe_corpus.py (needs NDGEN_NEUROCONTAINERS).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,5 +187,4 @@ def test_steps_refuse_to_break_out_of_an_instruction():
                 lambda: st.User("root; id"), lambda: st.Label({"a": "x\ny"})):
         with pytest.raises(st.StepError):
             bad()
-    assert st.Run("echo a\n# note\necho b").command  # a comment inside is fine
-    assert shutil.which("sh")
+    assert st.Run("echo a\n# note\necho b").command == "echo a\n# note\necho b"  # a comment inside is fine
