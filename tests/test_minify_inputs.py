@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -85,3 +85,35 @@ def test_whole_config_and_utf8_values_are_carried(docker_client, source, new_tag
                                        network_mode="none")  # fmt: skip
     assert out.decode("utf-8") == "café ☕\n"
     assert _dangling_with_layers_of(docker_client, new_tag) == []  # the import's own image is gone
+
+
+def _processes_running(word: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and word.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("where", ["trace", "verify"])
+def test_timeout_kills_the_command_and_names_it(docker_client, source, new_tag, tmp_path, where):
+    """A hanging command: one line naming it, its processes gone, nothing left behind."""
+    naps = f"{uuid.uuid4().int % 1000}.{os.getpid()}"  # a unique argv to find leftover processes by
+    # In the minified image /opt/data/file is gone (a stat-only lookup), so only verify hangs.
+    # (a busy loop: `sleep` is not in the minified image, the shell is)
+    command = f"sleep {naps}" if where == "trace" else f"test -e /opt/data/file || while :; do :; done # {naps}"
+    start = time.monotonic()
+    proc = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", command, "--timeout", "3", "--no-repair",
+                     env={"NDGEN_SCRATCH": str(tmp_path)})  # fmt: skip
+    assert time.monotonic() - start < 120
+    assert proc.returncode == 2 and proc.stderr.startswith("ndgen: error:"), proc.stderr
+    assert f"command {command!r} timed out after 3 s" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert ("minified image" in proc.stderr) == (where == "verify")
+    assert _processes_running(naps) == []
+    assert list(tmp_path.iterdir()) == []
+    assert not docker_client.containers.list(all=True, filters={"ancestor": new_tag}) if where == "verify" else True
+    with pytest.raises(Exception):
+        docker_client.images.get(new_tag)

@@ -35,6 +35,14 @@ _TAG = re.compile(
 @click.option("--no-repair", is_flag=True, help="On a verify mismatch, do not add the paths a re-trace finds missing.")
 @click.option("--keep-failed", is_flag=True, help="Keep the new tag when verification fails.")
 @click.option("--allow-fail", is_flag=True, help="Accept commands that exit non-zero during the trace.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="Per command, in the trace, the untraced run, profile setup and verify: then it is killed.",
+)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
 def minify_cmd(
     image: str,
@@ -54,6 +62,7 @@ def minify_cmd(
     no_repair: bool,
     keep_failed: bool,
     allow_fail: bool,
+    timeout: float,
     report_path: Path | None,
 ) -> None:
     """Trace CMDs in IMAGE from the host and write a minimal, verified image as TAG.
@@ -92,6 +101,7 @@ def minify_cmd(
         keep_failed=keep_failed,
         allow_fail=allow_fail,
         squashfs_out=squashfs_out,
+        timeout=timeout,
         keep_packages=keep_packages,
         package_names=package_names,
         suite=suite,

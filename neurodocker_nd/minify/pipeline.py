@@ -30,7 +30,7 @@ from neurodocker_nd.minify import workload as workload_step
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
-from neurodocker_nd.minify.run import Mount, run_plain
+from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, Mount, run_plain
 from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source
 from neurodocker_nd.minify.trace import FanotifyIncomplete, FanotifyUnavailable
 from neurodocker_nd.suite import Suite
@@ -59,6 +59,7 @@ class MinifyOptions:
     allow_fail: bool = False
     squashfs_out: Path | None = None
     baseline: bool = True  # run untraced once to report the tracer's overhead
+    timeout: float = DEFAULT_TIMEOUT  # seconds per command, in every run (trace, untraced, setup, verify)
     keep_packages: bool = False  # keep whole every OS package owning a traced file
     package_names: tuple[str, ...] = ()  # --keep-package NAME: kept whole, traced or not
     suite: Suite | None = None  # --tests: a fulltest.yaml traced as workload, verified by its runner
@@ -146,7 +147,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         if options.profile is not None and options.profile.setup:
             with _step("setup", progress, steps):
                 # Its output becomes the initial content every later run gets a fresh copy of.
-                run_setup(options.profile, source.view("setup"), source.config, mount_set.initial())
+                run_setup(options.profile, source.view("setup"), source.config, mount_set.initial(), options.timeout)
         with _step("trace", progress, steps):
             record, trace_mounts, note = _trace(tracer, source, options, mount_set)
             tracer_note = note or tracer_note
@@ -258,14 +259,15 @@ def _trace(
     mounts = mount_set.fresh(source.scratch, "trace")
     try:
         record = tracer.trace(
-            source.view("trace"), source.config, options.commands, mounts, stop_on_failure=not options.allow_fail
-        )
+            source.view("trace"), source.config, options.commands, mounts,
+            stop_on_failure=not options.allow_fail, timeout=options.timeout,
+        )  # fmt: skip
     except (FanotifyUnavailable, FanotifyIncomplete) as exc:
         note = f"{exc}: falling back to the ptrace tracer"
         mounts = mount_set.fresh(source.scratch, "trace-ptrace")
         record = _ptrace().trace(
             source.view("trace-ptrace"), source.config, options.commands, mounts,
-            stop_on_failure=not options.allow_fail,
+            stop_on_failure=not options.allow_fail, timeout=options.timeout,
         )  # fmt: skip
     _check_results(record.results, options.allow_fail, f"during the trace ({record.tracer})")
     return record, mounts, note
@@ -279,12 +281,17 @@ def _trace_suite(tracer: Tracer, source: Source, options: MinifyOptions) -> tupl
     assert options.suite is not None
     work = workload_step.prepare(options.suite, source.scratch / "suite-trace", source.config, options.suite_data)
     try:
-        return tracer.trace(source.view("suite-trace"), source.config, work.commands, (work.mount,), stop_on_failure=False), ""
+        record = tracer.trace(
+            source.view("suite-trace"), source.config, work.commands, (work.mount,),
+            stop_on_failure=False, timeout=options.timeout,
+        )  # fmt: skip
+        return record, ""
     except (FanotifyUnavailable, FanotifyIncomplete) as exc:
         work = workload_step.prepare(options.suite, source.scratch / "suite-ptrace", source.config, options.suite_data)
         record = _ptrace().trace(
-            source.view("suite-ptrace"), source.config, work.commands, (work.mount,), stop_on_failure=False
-        )
+            source.view("suite-ptrace"), source.config, work.commands, (work.mount,),
+            stop_on_failure=False, timeout=options.timeout,
+        )  # fmt: skip
         return record, f"{exc}: falling back to the ptrace tracer"
 
 
@@ -310,7 +317,7 @@ def _run_untraced(
     mounts = mount_set.fresh(source.scratch, "untraced")
     results = []
     for command in options.commands:
-        results.append(run_plain(root, source.config, command, mounts))
+        results.append(run_plain(root, source.config, command, mounts, timeout=options.timeout))
         if not results[-1].ok and not options.allow_fail:
             break
     _check_results(results, options.allow_fail, "untraced in the source image")
@@ -368,7 +375,7 @@ def _verify_and_repair(
     attempt = 0
     while True:
         mounts = mount_set.fresh(source.scratch, f"verify{attempt}")
-        rerun = verify_step.rerun(client, tag, commands, mounts)
+        rerun = verify_step.rerun(client, tag, commands, mounts, options.timeout)
         mismatch = verify_step.compare_results(record.results, rerun) or verify_step.compare_outputs(
             trace_mounts, mounts
         )
@@ -379,12 +386,14 @@ def _verify_and_repair(
         if mismatch is None and failed_suite is None:
             return keep, written, True, "", tuple(repaired)
         if mismatch is not None:
-            missing = _diagnose(source, keep, commands, mount_set.fresh(source.scratch, f"diagnose{attempt}"), attempt)
+            missing = _diagnose(
+                source, keep, commands, mount_set.fresh(source.scratch, f"diagnose{attempt}"), attempt, options.timeout
+            )
         else:  # the suite failed: re-trace it in the minified tree, on a fresh work directory
             work = workload_step.prepare(
                 options.suite, source.scratch / f"suite-diagnose{attempt}", source.config, options.suite_data
             )
-            missing = _diagnose(source, keep, work.commands, (work.mount,), attempt)
+            missing = _diagnose(source, keep, work.commands, (work.mount,), attempt, options.timeout)
         new = [p for p in missing if p not in keep.paths]
         if not new or not options.repair or attempt == MAX_REPAIRS:
             if mismatch is not None:
@@ -408,10 +417,15 @@ def _suite_failure(source: Source, options: MinifyOptions, run: Any, missing: Se
 
 
 def _diagnose(
-    source: Source, keep: keep_step.KeepSet, commands: Sequence[str], mounts: Sequence[Mount], attempt: int
+    source: Source,
+    keep: keep_step.KeepSet,
+    commands: Sequence[str],
+    mounts: Sequence[Mount],
+    attempt: int,
+    timeout: float,
 ) -> tuple[str, ...]:
     try:
         root = _materialize(source.pristine, keep, source.scratch / f"minified{attempt}")
-        return verify_step.likely_missing(root, source.pristine, source.config, commands, mounts)
+        return verify_step.likely_missing(root, source.pristine, source.config, commands, mounts, timeout=timeout)
     except TraceError:
         return ()  # no ptrace here: the mismatch is still reported, without a hint

@@ -94,10 +94,12 @@ def scratch_mounts(profile: Profile, scratch: Path) -> tuple[Mount, ...]:
     return tuple(mounts)
 
 
-def run_setup(profile: Profile, rootfs: Path, config: ImageConfig, mounts: Sequence[Mount]) -> None:
+def run_setup(
+    profile: Profile, rootfs: Path, config: ImageConfig, mounts: Sequence[Mount], timeout: float | None = None
+) -> None:
     """Make the input data: each setup command once, untraced; the first failure is one line."""
     for command in profile.setup:
-        result = run_plain(rootfs, config, command, mounts)
+        result = run_plain(rootfs, config, command, mounts, timeout=timeout)
         if not result.ok:
             last = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()
             raise NdgenError(

@@ -42,7 +42,7 @@ import attrs
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.record import CommandResult, TraceRecord
-from neurodocker_nd.minify.run import SHELL, Mount, run_sandboxed, sandbox_command
+from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, SHELL, Mount, run_sandboxed, sandbox_command
 
 if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig
@@ -334,6 +334,7 @@ class PtraceTracer:
         mounts: Sequence[Mount],
         *,
         stop_on_failure: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> TraceRecord:
         strace = strace_binary()
         paths: set[str] = set()
@@ -344,7 +345,9 @@ class PtraceTracer:
             for index, command in enumerate(commands):
                 log = Path(tmp) / f"{index}.log"
                 sandbox = sandbox_command(rootfs, config, command, mounts)
-                result = run_sandboxed(sandbox, command, prefix=(strace, *STRACE_FLAGS, "-o", str(log), "--"))
+                result = run_sandboxed(
+                    sandbox, command, prefix=(strace, *STRACE_FLAGS, "-o", str(log), "--"), timeout=timeout
+                )
                 _check_started(log, result)
                 collector = _Collector(workdir=config.workdir or "/")
                 with log.open(errors="surrogateescape") as handle:

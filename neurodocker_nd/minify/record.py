@@ -61,7 +61,8 @@ class Tracer(Protocol):
     """A tracer runs `commands` one after another in the sandbox on `rootfs`.
 
     It stops after the first command that exits non-zero when
-    `stop_on_failure` is true (the record then ends with that result), and
+    `stop_on_failure` is true (the record then ends with that result), kills a
+    command's sandbox after `timeout` seconds (raising ``run.CommandTimeout``), and
     raises :class:`neurodocker_nd.errors.TraceError` only when tracing itself
     cannot work (no permission, no kernel support).
     """
@@ -77,6 +78,7 @@ class Tracer(Protocol):
         mounts: Sequence[Mount],
         *,
         stop_on_failure: bool = True,
+        timeout: float | None = None,
     ) -> TraceRecord: ...
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify.record import CommandResult, TraceRecord, in_image_path
-from neurodocker_nd.minify.run import Mount, run_sandboxed, sandbox_command
+from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, Mount, run_sandboxed, sandbox_command
 from neurodocker_nd.minify.source import ImageConfig
 
 # <linux/fanotify.h>
@@ -179,13 +179,14 @@ class FanotifyTracer:
         mounts: Sequence[Mount],
         *,
         stop_on_failure: bool = True,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> TraceRecord:
         results: list[CommandResult] = []
         watcher = _Watcher(rootfs)
         start = time.perf_counter()
         try:
             for command in commands:
-                result = run_sandboxed(sandbox_command(rootfs, config, command, mounts), command)
+                result = run_sandboxed(sandbox_command(rootfs, config, command, mounts), command, timeout=timeout)
                 results.append(result)
                 if stop_on_failure and not result.ok:
                     break

@@ -14,6 +14,7 @@ import errno
 import filecmp
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ import attrs
 from neurodocker_nd.errors import EngineError
 from neurodocker_nd.minify.keep import RUNTIME_DIRS
 from neurodocker_nd.minify.record import CommandResult
-from neurodocker_nd.minify.run import HOSTNAME, SHELL, Mount
+from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, HOSTNAME, SHELL, CommandTimeout, Mount
 from neurodocker_nd.minify.source import ImageConfig
 
 
@@ -116,8 +117,13 @@ def _pairs(source: Path, target: Path) -> list[tuple[str, str]]:
 # -- rerun in the new image ------------------------------------------------------------------
 
 
-def run_in_image(client: Any, tag: str, command: str, mounts: Sequence[Mount]) -> CommandResult:
-    """`docker run --network none --entrypoint /bin/sh TAG -c CMD`, output captured exactly."""
+def run_in_image(
+    client: Any, tag: str, command: str, mounts: Sequence[Mount], timeout: float | None = DEFAULT_TIMEOUT
+) -> CommandResult:
+    """`docker run --network none --entrypoint /bin/sh TAG -c CMD`, output captured exactly.
+
+    After `timeout` seconds the container is killed and :class:`CommandTimeout` names the command.
+    """
     import docker.errors
 
     volumes = {str(m.host): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts}
@@ -143,18 +149,43 @@ def run_in_image(client: Any, tag: str, command: str, mounts: Sequence[Mount]) -
         except docker.errors.APIError as exc:
             # e.g. the entrypoint shell is missing: Docker's own exit code for that is 127.
             return CommandResult(command, 127, b"", str(exc.explanation or exc).encode(), time.perf_counter() - start)
+        fired = threading.Event()
+        timer = threading.Timer(timeout, _kill, (container, fired)) if timeout else None
+        if timer is not None:
+            timer.start()
         out, err = bytearray(), bytearray()
-        for stdout, stderr in stream:
-            out += stdout or b""
-            err += stderr or b""
-        exit_code = int(container.wait().get("StatusCode", -1))
+        try:
+            for stdout, stderr in stream:
+                out += stdout or b""
+                err += stderr or b""
+            exit_code = int(container.wait().get("StatusCode", -1))
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if fired.is_set():
+            raise CommandTimeout(
+                f"command {command!r} timed out after {timeout:g} s (--timeout) in the minified image; "
+                "its container was killed"
+            )
     finally:
         container.remove(force=True)
     return CommandResult(command, exit_code, bytes(out), bytes(err), time.perf_counter() - start)
 
 
-def rerun(client: Any, tag: str, commands: Sequence[str], mounts: Sequence[Mount]) -> tuple[CommandResult, ...]:
-    return tuple(run_in_image(client, tag, command, mounts) for command in commands)
+def rerun(
+    client: Any, tag: str, commands: Sequence[str], mounts: Sequence[Mount], timeout: float | None = DEFAULT_TIMEOUT
+) -> tuple[CommandResult, ...]:
+    return tuple(run_in_image(client, tag, command, mounts, timeout) for command in commands)
+
+
+def _kill(container: Any, fired: threading.Event) -> None:
+    import docker.errors
+
+    fired.set()
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass  # it ended meanwhile
 
 
 # -- compare ---------------------------------------------------------------------------------
@@ -219,11 +250,13 @@ def likely_missing(
     config: ImageConfig,
     commands: Sequence[str],
     mounts: Sequence[Mount],
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> tuple[str, ...]:
     """Re-trace `commands` with ptrace in the minified tree; ENOENTs present in the source."""
     from neurodocker_nd.minify.ptrace import PtraceTracer
 
-    again = PtraceTracer().trace(minified_root, config, commands, mounts, stop_on_failure=False)
+    again = PtraceTracer().trace(minified_root, config, commands, mounts, stop_on_failure=False, timeout=timeout)
     targets = tuple(m.target for m in mounts)
     return tuple(
         path
