@@ -256,3 +256,61 @@ def test_write_tar_skips_sockets(tmp_path):
     keep_set = keep.KeepSet(paths=frozenset({"/sock", "/f"}), trees=frozenset(), traced=0, reasons={}, image_entries=0)
     assert image.write_tar(tmp_path, keep_set, io.BytesIO()) == (1, 1)
     server.close()
+
+
+def _escapes(monkeypatch, root: Path) -> list[str]:
+    """Record every file-system call under `root` whose real target lies outside it."""
+    import builtins
+
+    real_root = os.path.realpath(root)
+    escapes: list[str] = []
+    realpath, join, dirname, basename = os.path.realpath, os.path.join, os.path.dirname, os.path.basename
+
+    def check(path, follow: bool) -> None:
+        if isinstance(path, int) or not str(os.fsdecode(path)).startswith(str(root)):
+            return
+        text = os.fsdecode(path)
+        target = realpath(text) if follow else join(realpath(dirname(text)), basename(text))
+        if not (target == real_root or target.startswith(real_root + "/")):
+            escapes.append(text)
+
+    def wrap(module, name: str, follow) -> None:
+        original = getattr(module, name)
+
+        def spy(path, *args, **kwargs):
+            nofollow = kwargs.get("follow_symlinks") is False or (name == "open" and module is os and args and args[0] & os.O_NOFOLLOW)
+            check(path, follow and not nofollow)
+            return original(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    for name, follow in (("lstat", False), ("readlink", False), ("stat", True), ("scandir", True), ("listdir", True), ("open", True)):
+        wrap(os, name, follow)
+    wrap(builtins, "open", True)
+    return escapes
+
+
+def test_lookups_stay_inside_the_image_root(rootfs, tmp_path, monkeypatch):
+    """Symlinks out of the image (absolute, /proc/self/root) are followed inside it, never on the host."""
+    host = tmp_path / "host-only"
+    host.mkdir()
+    (host / "passwd").write_text("ghost:x:4242:4242::/home/ghost:/bin/sh\n")
+    (host / "secret").write_text("host")
+    (rootfs / "opt/s").mkdir(parents=True)
+    (rootfs / "opt/s/x").symlink_to("/etc")  # the image's /etc, not the host's
+    (rootfs / "opt/procroot").symlink_to("/proc/self/root")  # the host's / when followed on the host
+    (rootfs / "opt/out").symlink_to(host)  # an absolute host path: absent in the image
+    (rootfs / "etc/passwd").unlink()
+    (rootfs / "etc/passwd").symlink_to(host / "passwd")
+    escapes = _escapes(monkeypatch, rootfs)
+    keep.closure(rootfs, _config(), _record("/bin/true"), keep=("/opt/s/**",))
+    assert escapes == []  # before the walk below: on the host it would roam the whole machine
+    kept = keep.closure(rootfs, _config(), _record("/bin/true"), keep=("/opt/s/**", "/opt/**")).paths
+    with pytest.raises(NdgenError, match="no such user"):
+        resolve_user(rootfs, "ghost")  # the host file names ghost; the image has no such file
+    present = verify.present_in_source(rootfs, ["/opt/s/x/unrelated.conf", "/opt/out/secret", "/opt/s/x/secret"], ())
+    monkeypatch.undo()
+    assert escapes == []
+    assert {"/opt/s/x", "/opt/procroot", "/opt/out", "/etc/unrelated.conf", "/etc/ld.so.conf.d"} <= kept
+    assert not any(p.startswith(("/opt/procroot/", "/opt/out/", "/proc/")) for p in kept)
+    assert present == ("/opt/s/x/unrelated.conf",)

@@ -117,3 +117,34 @@ def test_timeout_kills_the_command_and_names_it(docker_client, source, new_tag, 
     assert not docker_client.containers.list(all=True, filters={"ancestor": new_tag}) if where == "verify" else True
     with pytest.raises(Exception):
         docker_client.images.get(new_tag)
+
+
+def _ls(client, image: str, path: str) -> str:
+    # the shell's own globbing: `ls` is not in a minified image
+    return client.containers.run(image, ["-c", f"echo {path}/* {path}/.[!.]*"], entrypoint=["/bin/sh"], remove=True,
+                                 network_mode="none").decode()  # fmt: skip
+
+
+def test_keep_globs_follow_symlinks_inside_the_image(docker_client, source, new_tag):
+    """/opt/s/x -> /etc keeps the image's /etc; /opt/procroot -> /proc/self/root walks nothing."""
+    proc = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", "true", "--keep", "/opt/s/**", "--keep", "/opt/**")
+    assert proc.returncode == 0, proc.stderr
+    assert _ls(docker_client, new_tag, "/etc") == _ls(docker_client, f"{REPO}:src", "/etc")
+    assert _ls(docker_client, new_tag, "/opt") == "/opt/data /opt/procroot /opt/s /opt/.[!.]*\n"
+
+
+def test_passwd_linking_out_of_the_image_is_not_read_on_the_host(docker_client, source, new_tag, tmp_path):
+    """USER ghost exists only in a host file the image's /etc/passwd points at: like
+    `docker run`, minify finds no such user."""
+    (tmp_path / "passwd").write_text("ghost:x:4242:4242::/home/ghost:/bin/sh\n")
+    tag = f"{REPO}:passwd-{uuid.uuid4().hex[:6]}"
+    dockerfile = f"FROM {REPO}:src\nRUN ln -sf {tmp_path}/passwd /etc/passwd\nUSER ghost\n"
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
+    try:
+        proc = run_ndgen("minify", tag, "-t", new_tag, "-c", "id -u")
+        assert proc.returncode == 2 and "no such user" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        with pytest.raises(Exception, match="ghost"):  # docker run agrees: the image has no such user
+            docker_client.containers.run(tag, ["id"], remove=True, network_mode="none")
+    finally:
+        docker_client.images.remove(tag, force=True)

@@ -8,10 +8,11 @@ and readlink an in-image path.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 MAX_SYMLINK_HOPS = 40  # the kernel's ELOOP limit
 
@@ -71,3 +72,103 @@ def rootfs_lstat(root: str) -> Callable[[str], os.stat_result | None]:
             return None
 
     return _lstat
+
+
+def _readlink(root: str) -> Callable[[str], str]:
+    return lambda path: os.readlink(root + path)
+
+
+def resolve_in_root(root: str, path: str, *, strict: bool = True) -> str | None:
+    """`path` resolved inside the image under host directory `root` (see :func:`resolve`)."""
+    return resolve(path, rootfs_lstat(root), _readlink(root), strict=strict)
+
+
+def lstat_in_root(root: str, path: str) -> os.stat_result | None:
+    """lstat of in-image `path`: its directories resolved inside the image, the last
+    component taken as it is (so a dangling symlink exists, as with `lexists`)."""
+    parent, name = posixpath.split(posixpath.normpath("/" + path.lstrip("/")))
+    real_parent = resolve_in_root(root, parent)
+    if real_parent is None:
+        return None
+    return rootfs_lstat(root)(posixpath.join(real_parent, name) if name else real_parent)
+
+
+def read_bytes(root: str, path: str, limit: int = -1) -> bytes | None:
+    """The content of in-image file `path` (symlinks followed inside the image), else None."""
+    resolved = resolve_in_root(root, path)
+    if resolved is None:
+        return None
+    try:
+        # O_NOFOLLOW: the resolved path is symlink-free; a link swapped in since is refused.
+        fd = os.open(root + resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(limit)
+
+
+def glob(root: str, pattern: str) -> list[str]:
+    """In-image paths matching `pattern`, every directory looked up inside the image.
+
+    fnmatch per component; `**` matches zero or more directories and never descends
+    through a symlink (a link to `/proc/self/root` or `/etc` is a match, not a walk);
+    names starting with '.' match only a pattern starting with '.', as with `glob`.
+    Paths are returned as spelled by the pattern (not resolved).
+    """
+    lstat = rootfs_lstat(root)
+    parts = [p for p in pattern.split("/") if p and p != "."]
+    found: list[str] = []
+
+    def real_dir(spelled: str) -> str | None:
+        real = resolve_in_root(root, spelled)
+        st = lstat(real) if real is not None else None
+        return real if st is not None and stat.S_ISDIR(st.st_mode) else None
+
+    def below(real: str) -> Iterator[tuple[str, bool]]:
+        """(relative path, is a real directory) of everything below in-image dir `real`."""
+        for dirpath, dirnames, filenames in os.walk(root + real):  # never follows symlinks
+            rel = dirpath[len(root + real):].lstrip("/")
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in dirnames:
+                yield posixpath.join(rel, name), True
+            for name in filenames:
+                if not name.startswith("."):
+                    yield posixpath.join(rel, name), False
+
+    def walk(spelled: str, index: int) -> None:
+        if index == len(parts):
+            found.append(spelled)
+            return
+        part = parts[index]
+        real = real_dir(spelled)
+        if real is None:
+            return
+        if part == "**":
+            if index == len(parts) - 1:
+                found.append(spelled)
+                found.extend(posixpath.join(spelled, rel) for rel, _ in below(real))
+                return
+            walk(spelled, index + 1)
+            for rel, is_dir in below(real):
+                if is_dir:
+                    walk(posixpath.join(spelled, rel), index + 1)
+            return
+        if not has_magic(part):
+            if lstat(posixpath.join(real, part)) is not None:
+                walk(posixpath.join(spelled, part), index + 1)
+            return
+        try:
+            names = sorted(os.listdir(root + real))
+        except OSError:
+            return
+        for name in names:
+            if (name.startswith(".") and not part.startswith(".")) or not fnmatch.fnmatchcase(name, part):
+                continue
+            walk(posixpath.join(spelled, name), index + 1)
+
+    walk("/", 0)
+    return sorted(set(found))
+
+
+def has_magic(text: str) -> bool:
+    return any(ch in text for ch in "*?[")

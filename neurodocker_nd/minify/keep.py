@@ -23,7 +23,6 @@ the trace come the rules for what a trace cannot show:
 from __future__ import annotations
 
 import fnmatch
-import glob
 import os
 import posixpath
 import re
@@ -97,7 +96,13 @@ class _Image:
         return imagefs.resolve(path, self.lstat, lambda p: os.readlink(self.host(p)), chain=chain)
 
     def is_dir(self, path: str) -> bool:
+        """For a path whose directories are real ones in the image (resolved, or a chain entry)."""
         st = self.lstat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def is_real_dir(self, path: str) -> bool:
+        """For any in-image path: its directories are resolved in the image first."""
+        st = imagefs.lstat_in_root(self.root, path)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
 
@@ -124,7 +129,7 @@ class _Closure:
         if not path.startswith("/"):
             return None
         path = posixpath.normpath(path)
-        if _outside_image(path, self.excluded) and not self.image.is_dir(path):
+        if _outside_image(path, self.excluded) and not self.image.is_real_dir(path):
             return None
         chain: set[str] = set()
         resolved = self.image.resolve(path, chain)
@@ -155,25 +160,20 @@ class _Closure:
 
     def add_pattern(self, pattern: str, reason: str) -> bool:
         """A path or glob, in-image; a directory keeps its whole tree.  False: nothing matched."""
-        if not glob.has_magic(pattern):
+        if not imagefs.has_magic(pattern):
             return self.add_tree(pattern, reason)
-        # Resolve the literal prefix in the image, then glob below it on the host view.
-        head, _, _ = pattern.partition("*")
-        literal = posixpath.dirname(head.split("?")[0].split("[")[0]) or "/"
-        resolved = self.image.resolve(literal, set())
-        if resolved is None:
-            return False
-        rest = posixpath.relpath(pattern, literal)
-        matches = glob.glob(posixpath.join(self.image.host(resolved), rest), recursive=True)
+        # Matched in the image: a symlink on the way (`/opt/s/x -> /etc`) is followed
+        # inside it, and `**` never walks through a link (`-> /proc/self/root`).
+        matches = imagefs.glob(self.image.root, pattern)
         for match in matches:
-            self.add_tree(posixpath.join(resolved, posixpath.relpath(match, self.image.host(resolved))), reason)
+            self.add_tree(match, reason)
         return bool(matches)
 
     # -- rules --------------------------------------------------------------------------------
 
     def essentials(self, mounts: Sequence[Mount]) -> None:
         for pattern in ESSENTIALS:
-            if glob.has_magic(pattern):
+            if imagefs.has_magic(pattern):
                 self.add_pattern(pattern, "essential")
             else:
                 self.add(pattern, "essential")

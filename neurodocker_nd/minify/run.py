@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 
 from neurodocker_nd.errors import NdgenError, TraceError
-from neurodocker_nd.minify import oci
+from neurodocker_nd.minify import imagefs, oci
 from neurodocker_nd.minify.record import CommandResult
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
 
@@ -80,10 +80,12 @@ class UserIds:
 
 
 def _read_table(rootfs: Path, name: str) -> list[list[str]]:
-    try:
-        text = (rootfs / "etc" / name).read_text(errors="replace")
-    except OSError:
+    # Read inside the image: an /etc/passwd linking to an absolute path names the image's
+    # file of that name, never the host's.
+    data = imagefs.read_bytes(str(rootfs), f"/etc/{name}")
+    if data is None:
         return []
+    text = data.decode(errors="replace")
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from neurodocker_nd.errors import EngineError
+from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import RUNTIME_DIRS
 from neurodocker_nd.minify.record import CommandResult
 from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, HOSTNAME, SHELL, CommandTimeout, Mount
@@ -257,10 +258,15 @@ def likely_missing(
     from neurodocker_nd.minify.ptrace import PtraceTracer
 
     again = PtraceTracer().trace(minified_root, config, commands, mounts, stop_on_failure=False, timeout=timeout)
-    targets = tuple(m.target for m in mounts)
+    return present_in_source(pristine, sorted(again.missing), tuple(m.target for m in mounts))
+
+
+def present_in_source(pristine: Path, paths: Sequence[str], mount_targets: Sequence[str]) -> tuple[str, ...]:
+    """The `paths` that exist in the source image, looked up inside it (never on the host),
+    outside the runtime directories and mount points."""
     return tuple(
         path
-        for path in sorted(again.missing)
-        if os.path.lexists(str(pristine) + path)
-        and not any(path == t or path.startswith(t + "/") for t in (*RUNTIME_DIRS, *targets))
+        for path in paths
+        if imagefs.lstat_in_root(str(pristine), path) is not None
+        and not any(path == t or path.startswith(t + "/") for t in (*RUNTIME_DIRS, *mount_targets))
     )
