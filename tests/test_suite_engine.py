@@ -101,6 +101,7 @@ default_timeout: 60
 tests:
   - name: fine
     command: tool
+    tags: [quick]
   - name: wrong exit
     command: exit 3
   - name: after wrong exit
@@ -222,6 +223,12 @@ def test_failing_suite_exit_1_timeouts_and_skips(images, docker_client, tmp_path
     kept = re.search(r"^work: (\S+) \(kept: a test failed\)$", proc.stdout, re.M)
     assert kept and Path(kept.group(1)).is_dir()
     shutil.rmtree(kept.group(1))
+
+
+def test_tagged_runs_only_those_tests(images, tmp_path):
+    proc = run_ndgen("test", images["good"], "--suite", str(_suite(tmp_path, FAILING)), "--tagged", "quick", "--no-deploy-check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert table_rows(proc.stdout) == {"fine": ("PASS", "exit 0")}
 
 
 def test_setup_failure_skips_every_test(images, tmp_path):

@@ -28,7 +28,7 @@ import click
     type=click.Path(file_okay=False, path_type=Path),
     help="Data cache holding required_files as DATASET/FILE (default: WORK/.data_cache).",
 )
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Run only tests with this tag (and what they depend on).")
+@click.option("--tagged", "tags", multiple=True, metavar="TAG", help="Run only tests tagged TAG (and what they depend on); repeat for more.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JUnit XML report here.")
 @click.option("--no-deploy-check", is_flag=True, help="Skip the DEPLOY_BINS/DEPLOY_PATH check.")
 @click.option(
