@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import remove_images, run_ndgen, unique_tag
+from test_build_engine import META  # the fixture registry entry's meta.yaml
 
 
 def _one_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -65,26 +66,13 @@ def test_upstream_pr_with_an_empty_token_file_is_one_line(tmp_path, content):
 
 # --------------------------------------------------------------------------- on the engine
 
-HANG_META = """\
-name: {name}
-description: "ndgen test fixture: a package test that never ends"
-homepage: https://example.org/{name}
-categories: [test]
-commands: [sleep]
-test: "sleep 300"
-system:
-  apt: [gzip]
-upstream:
-  status: ndgen-only
-"""
-
 
 @pytest.fixture(scope="module")
 def hang_registry(tmp_path_factory):
     name = unique_tag("h7-hang")  # its test container's label is this run's alone
     root = tmp_path_factory.mktemp("h7-registry")
     (root / name).mkdir()
-    (root / name / "meta.yaml").write_text(HANG_META.format(name=name))
+    (root / name / "meta.yaml").write_text(META.format(name=name, test="sleep 300", apt="gzip"))
     return root, name
 
 
