@@ -152,7 +152,7 @@ def test_show_reports_provenance_checksums_and_requirements():
     d = json.loads(run_ndgen("show", "jq", "--json").stdout)
     assert d["provenance"]["1.8.1"]["sha256"] == JQ_181 and d["provenance"]["1.8.1"]["status"] == "verified"
     assert d["provenance"]["1.8.1"]["sources"][0]["url"].endswith("/sig/v1.8.1/sha256sum.txt")
-    assert "sha256:   1.8.1, 1.8.0, 1.7.1, 1.7, 1.6" in run_ndgen("show", "jq").stdout
+    assert "sha256:   1.8.2, 1.8.1, 1.8.0, 1.7.1, 1.7, 1.6" in run_ndgen("show", "jq").stdout
     assert "requires: glibc >= 2.35 for 5.3.1" in run_ndgen("show", "elastix").stdout
 
 
