@@ -128,12 +128,21 @@ def stage_work(plan: SuitePlan, data_cache: Path | None) -> None:
                     f"{cache / needed.dataset} && datalad get -d {cache / needed.dataset} {name}`, or pass --data DIR)"
                 )
             target = plan.data_dir / needed.dataset / name
+            _check_inside(target.parent, plan.work_dir)  # before mkdir: resolve() follows the existing part
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
             shutil.copy2(source, target)  # follows datalad's annex symlinks to the content
     if plan.output_dir is not None:  # inside the work directory (checked when the suite was loaded)
+        if plan.output_dir.is_symlink():  # left by an earlier run's commands: never follow it on the host
+            plan.output_dir.unlink()
         shutil.rmtree(plan.output_dir, ignore_errors=True)
         plan.output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_inside(path: Path, work_dir: Path) -> None:
+    """A reused work directory may hold symlinks an earlier run's commands made: host writes never follow them out."""
+    if not path.resolve().is_relative_to(work_dir.resolve()):
+        raise NdgenError(f"{path} leads out of the work directory {work_dir} (a symlink?); use a fresh --work")
 
 
 def write_junit(run: SuiteRun, path: Path) -> None:
@@ -259,6 +268,7 @@ def write_scripts(plan: SuitePlan) -> None:
     if plan.cleanup:
         files.append((plan.work_dir / f"{SCRIPT_PREFIX}cleanup.sh", plan.cleanup + "\n"))
     for path, text in files:
+        path.unlink(missing_ok=True)  # a link an earlier run's commands left there is replaced, not followed
         path.write_text(text or "", encoding="utf-8")
         path.chmod(0o755)
 

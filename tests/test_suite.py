@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 import textwrap
@@ -230,3 +231,27 @@ def test_neurocontainers_suites_load_and_plan(tmp_path_factory):
     assert len(failures) <= len(paths) // 100, failures
     assert all("depends_on" in message and "\n" not in message for message in failures.values()), failures
 
+
+
+def test_staging_never_writes_through_a_symlink_out_of_the_work_dir(tmp_path):
+    from neurodocker_nd.testrun import stage_work
+
+    suite = load_suite(write(tmp_path, FULL))
+    work, data, outside = tmp_path / "work", tmp_path / "data", tmp_path / "outside"
+    (data / "ds000001/sub-01/anat").mkdir(parents=True)
+    (data / "ds000001/sub-01/anat/T1w.nii.gz").write_bytes(b"nifti")
+    outside.mkdir()
+    plan = plan_suite(suite, work)
+    stage_work(plan, data)
+    assert (work / "demo/ds000001/sub-01/anat/T1w.nii.gz").read_bytes() == b"nifti"
+    # An earlier run's commands planted symlinks in a reused work directory.
+    (outside / "keep.txt").write_text("mine")
+    (work / "test_output").rmdir()
+    (work / "test_output").symlink_to(outside)
+    stage_work(plan, data)
+    assert (work / "test_output").is_dir() and not (work / "test_output").is_symlink()  # unlinked, not emptied
+    shutil.rmtree(work / "demo/ds000001")
+    (work / "demo/ds000001").symlink_to(outside)
+    with pytest.raises(NdgenError, match="leads out of the work directory"):
+        stage_work(plan, data)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
