@@ -180,6 +180,7 @@ def passing_run(images, tmp_path_factory):
 def test_passing_suite_exit_0_with_table_and_junit(passing_run):
     proc, work, junit = passing_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""  # no live display and no warnings off a terminal
     rows = table_rows(proc.stdout)
     for name in ("version", "reads required data, writes outputs", "expected failure", "any failure", "ignored exit", "script"):
         assert rows[name][0] == "PASS", (name, rows)
