@@ -188,3 +188,54 @@ def test_steps_refuse_to_break_out_of_an_instruction():
         with pytest.raises(st.StepError):
             bad()
     assert st.Run("echo a\n# note\necho b").command == "echo a\n# note\necho b"  # a comment inside is fine
+
+
+def _recipe(tmp_path, directives: str, extra: str = "") -> Path:
+    d = tmp_path / "r"
+    d.mkdir(exist_ok=True)
+    (d / "build.yaml").write_text(RECIPE_HEAD.replace("bad", "r").replace("readme: hi\n", "readme: hi\n" + extra) + directives)
+    return d
+
+
+def test_templates_dir_both_forms_searched_before_the_registry(tmp_path):
+    tdir = tmp_path / "templates"
+    tdir.mkdir()
+    # neurocontainers' `directives:` form, more than [environment, run]: split in order
+    (tdir / "mytool.yaml").write_text(
+        "name: mytool\nurl: https://example.org\nbinaries:\n  arguments:\n    required: [version]\n"
+        "    optional: {prefix: '/opt/mytool-{{ self.version }}', arch: x86_64}\n"
+        "  urls: {'1.0': https://example.org/mytool-1.0.tgz}\n"
+        "  dependencies: {apt: ['lib{{ self.arch }}-dev', curl]}\n"
+        "  directives:\n"
+        "    - environment: {MYTOOL: '{{ self.prefix }}'}\n"
+        "    - run: ['{{ self.install_dependencies() }}', 'echo {{ self.urls[self.version] }} {{ self.arch }}']\n"
+        "    - environment: {AFTER: '1'}\n"
+    )
+    # neurodocker's form under a registry name: the directory wins over the registry
+    (tdir / "jq.yaml").write_text(
+        "name: jq\nurl: https://example.org\nsource:\n  instructions: echo from-templates-dir\n"
+    )
+    recipe = _recipe(tmp_path, "    - template:\n        name: mytool\n        version: '1.0'\n"
+                               "    - template:\n        name: jq\n")
+    ins = instructions(render(load_recipe(recipe, templates=[tdir]), "docker"))
+    i = ins.index('ENV MYTOOL="/opt/mytool-1.0"')
+    run = ins[i + 1]
+    # dependency Jinja rendered before sorting; the recipe's arch reaches a template that declares it
+    assert run.startswith("RUN apt-get update -qq && apt-get install -y -q --no-install-recommends curl libx86_64-dev")
+    assert run.endswith("&& echo https://example.org/mytool-1.0.tgz x86_64")
+    assert ins[i + 2] == 'ENV AFTER="1"' and ins[i + 3] == "RUN echo from-templates-dir"
+    with pytest.raises(NdgenError, match="unknown template 'mytool'"):  # without the directory
+        load_recipe(recipe)
+
+
+def test_arch_and_options(tmp_path):
+    recipe = _recipe(tmp_path, "    - condition: context.options.extra\n      run: ['echo extra {{ context.version }}']\n",
+                     extra="options:\n  extra:\n    default: false\n    version_suffix: '.x'\n")
+    assert "echo extra" not in render(load_recipe(recipe), "docker")
+    assert "echo extra 1.x" in render(load_recipe(recipe, options={"extra": "true"}), "docker")
+    with pytest.raises(NdgenError, match="--option nosuch: r has no such option"):
+        load_recipe(recipe, options={"nosuch": "1"})
+    with pytest.raises(NdgenError, match="r does not support aarch64"):
+        load_recipe(recipe, arch="aarch64")
+    with pytest.raises(NdgenError, match="not a directory"):
+        load_recipe(recipe, templates=[tmp_path / "nope"])
