@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from neurodocker_nd import outfile
 from neurodocker_nd import steps as st
 from neurodocker_nd.errors import NdgenError
 
@@ -48,19 +48,10 @@ def _copy_in(src: Path, dest: Path) -> None:
 
 def write_context(plan: st.Plan, out: str | os.PathLike, fmt: str, text: str) -> Path:
     """Write `text` (the rendered recipe) and everything it needs into `out`."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NdgenError(f"--out {out}: exists and is not an empty directory")
     if plan.recipe_dir is None:
         raise NdgenError("--out needs a recipe (ndgen recipe PATH --out DIR)")
     recipe_dir = Path(plan.recipe_dir)
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise NdgenError(f"--out {out}: {exc.strerror or exc}") from None
-    try:
+    with outfile.new_directory(out) as tmp:
         (tmp / RECIPE_FILES[fmt]).write_text(text, encoding="utf-8")
         (tmp / "README.md").write_text((plan.readme or "").rstrip() + "\n", encoding="utf-8")
         shutil.copyfile(recipe_dir / "build.yaml", tmp / "build.yaml")
@@ -82,16 +73,4 @@ def write_context(plan: st.Plan, out: str | os.PathLike, fmt: str, text: str) ->
                 else:
                     _file_source(plan.file(name), target)
                     staged[name] = target
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except NdgenError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise NdgenError(f"--out {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)

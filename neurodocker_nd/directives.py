@@ -27,7 +27,8 @@ def _one_line(flag: str, value: str) -> str:
     return value
 
 
-def _pairs(flag: str, words: Sequence[str]) -> dict[str, str]:
+def key_values(flag: str, words: Sequence[str]) -> dict[str, str]:
+    """`K=V` words (a value may contain `=`); NdgenError names the flag and the word."""
     out: dict[str, str] = {}
     for w in words:
         key, eq, value = w.partition("=")
@@ -54,9 +55,9 @@ def _step(name: str, value: str | tuple[str, ...]) -> st.Step:
         key, eq, val = words[0].partition("=")
         return st.Arg(key, val if eq else None)
     if name == "env":
-        return st.Env(_pairs(flag, words))
+        return st.Env(key_values(flag, words))
     if name == "label":
-        return st.Label(_pairs(flag, words))
+        return st.Label(key_values(flag, words))
     if name == "copy":
         if len(words) < 2:
             raise NdgenError(f"--copy {' '.join(words)}: give at least one source and a destination")

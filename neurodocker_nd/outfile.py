@@ -124,3 +124,35 @@ def write_text(path: str | os.PathLike, text: str, *, mkdir: bool = False) -> No
     with replacing(path, mkdir=mkdir) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
+
+
+@contextlib.contextmanager
+def new_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging directory beside `path`; rename it to `path` if the block succeeds.
+
+    `path` must not exist, or be an empty directory; on any error the staging
+    tree is removed and nothing appears at `path` (a build context, a matrix).
+    """
+    import shutil
+
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise _fail(path, "exists and is not an empty directory")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise _fail(path, exc) from None
+    try:
+        yield stage
+        stage.chmod(0o777 & ~umask())  # mkdtemp made it 0700; a new directory honours the umask
+        if out.exists():
+            out.rmdir()
+        os.rename(stage, out)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise _fail(path, exc) from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

@@ -489,7 +489,7 @@ class _Loader:
             if not cache_id:
                 import yaml
 
-                cache_id.append("h" + hashlib.sha256(yaml.dump(_plain(d)).encode("utf-8")).hexdigest()[:8])
+                cache_id.append("h" + hashlib.sha256(yaml.dump(st.thaw(d)).encode("utf-8")).hexdigest()[:8])
             return cache_id[0]
 
         self.ctx.used, self.ctx.run_key = used, run_key
@@ -607,21 +607,13 @@ class _Loader:
             raise RecipeError(f"{where.line()}: boutique must be a mapping (a Boutique descriptor)")
         fname = f"{value.get('name', 'tool')}.json"
         st.check_line("boutique name", fname, forbid='"\\/', spaces=False)
-        self.files.setdefault(fname, st.File(name=fname, guest_filename=fname, contents=json.dumps(_plain(value), indent=2)))
+        self.files.setdefault(fname, st.File(name=fname, guest_filename=fname, contents=json.dumps(st.thaw(value), indent=2)))
         self.context_files.append((fname, fname))
         self.steps.append(st.Run("mkdir -p /boutique"))
         self.steps.append(st.Copy((fname,), f"/boutique/{fname}"))
 
     def d_test(self, d, value, where):
         return  # tests run with `ndgen test` (fulltest.yaml), not while building
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _help(readme: str) -> str:

@@ -238,7 +238,7 @@ class RecipeRenderer:
             try:
                 if step.schema == "neurodocker":
                     tmpl = Template(
-                        _thaw(step.template),
+                        st.thaw(step.template),
                         binaries_kwds=args if step.method == "binaries" else None,
                         source_kwds=args if step.method == "source" else None,
                     )
@@ -431,16 +431,7 @@ def _unchecked_template(step: st.Template, args: Mapping[str, str]):
             bound = sandbox.BoundMethod(self, pkg_manager if pkg_manager in ("apt", "yum") else "apt")
             return [sandbox.render_string(str(d), bound) for d in super().dependencies(pkg_manager)]
 
-    return SimpleNamespace(**{step.method: Method(_thaw(step.template[step.method]), **args)})
-
-
-def _thaw(value: Any) -> Any:
-    """Plain dicts/lists for neurodocker's jsonschema validation (steps hold read-only views)."""
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_thaw(v) for v in value]
-    return value
+    return SimpleNamespace(**{step.method: Method(st.thaw(step.template[step.method]), **args)})
 
 
 def _masthead(plan: st.Plan, fmt: Format) -> str:

@@ -306,6 +306,15 @@ class Package:
     alert: str | None = None
 
 
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists again (for jsonschema, yaml.dump): steps hold read-only views."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
         return MappingProxyType({k: _freeze(v) for k, v in value.items()})

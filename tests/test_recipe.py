@@ -74,13 +74,7 @@ def test_demo_singularity_sections_parse():
 
 
 def test_default_template_entrypoint_is_the_runscript(tmp_path):
-    recipe = tmp_path / "r"
-    recipe.mkdir()
-    (recipe / "build.yaml").write_text(
-        "name: r\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\n"
-        "build:\n  kind: neurodocker\n  base-image: ubuntu:24.04\n  pkg-manager: apt\n"
-        "  directives:\n    - run: [echo hi]\n"
-    )
+    recipe = _recipe(tmp_path, "    - run: [echo hi]\n")
     text = render(load_recipe(recipe), "singularity")
     assert '%runscript\n/neurodocker/startup.sh "$@"' in text
     assert 'export DEBIAN_FRONTEND="noninteractive"' in text

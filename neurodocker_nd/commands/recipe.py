@@ -10,13 +10,10 @@ from neurodocker_nd.errors import NdgenError
 
 
 def parse_options(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values:
-        key, eq, raw = v.partition("=")
-        if not eq or not key:
-            raise NdgenError(f"--option {v!r}: expected KEY=VALUE")
-        out[key] = raw
-    return out
+    """`--option KEY=VALUE` (repeatable) → {KEY: VALUE}."""
+    from neurodocker_nd.directives import key_values
+
+    return key_values("--option", values)
 
 
 @click.command("recipe")
