@@ -96,6 +96,15 @@ def ndgen_cli():
     return run_ndgen
 
 
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """minify tests: point ndgen's scratch at a directory the test can inspect afterwards."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    monkeypatch.setenv("NDGEN_SCRATCH", str(path))
+    return path
+
+
 def _no_engine(reason: str) -> None:
     if os.environ.get("NDGEN_REQUIRE_DOCKER") == "1":
         pytest.fail(f"Docker engine required (NDGEN_REQUIRE_DOCKER=1) but: {reason}")

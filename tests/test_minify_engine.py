@@ -90,15 +90,6 @@ def _remove(client, tag: str) -> None:
 
 
 @pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """Point ndgen's scratch at a directory the test can inspect afterwards."""
-    path = tmp_path / "scratch"
-    path.mkdir()
-    monkeypatch.setenv("NDGEN_SCRATCH", str(path))
-    return path
-
-
-@pytest.fixture
 def new_tag(docker_client):
     tag = f"{PREFIX}-out:{uuid.uuid4().hex[:8]}"
     yield tag

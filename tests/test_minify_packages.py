@@ -171,14 +171,6 @@ def new_tag(docker_client):
     _remove(docker_client, tag)
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    path = tmp_path / "scratch"
-    path.mkdir()
-    monkeypatch.setenv("NDGEN_SCRATCH", str(path))
-    return path
-
-
 def _remove(client, tag: str) -> None:
     try:
         client.images.remove(tag, force=True)
