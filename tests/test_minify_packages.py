@@ -83,11 +83,15 @@ def test_database_is_read_inside_the_root_only(tmp_path):
         packages.read_database(str(root))
 
 
-def test_rpm_image_is_one_clear_error(tmp_path):
+def test_rpm_database_needs_the_images_rpm(tmp_path):
     root = tmp_path / "root"
-    (root / "var/lib/rpm").mkdir(parents=True)
-    with pytest.raises(NdgenError, match="rpm database; only dpkg"):
+    (root / "var/lib/rpm").mkdir(parents=True)  # an empty directory is no database
+    with pytest.raises(NdgenError, match="no package database"):
         packages.read_database(str(root))
+    (root / "var/lib/rpm/rpmdb.sqlite").write_bytes(b"")
+    with pytest.raises(NdgenError, match=r"rpm database \(/var/lib/rpm\) needs its rpm"):
+        packages.read_database(str(root))
+    assert packages.rpm_command("/var/lib/rpm") == "rpm --dbpath /var/lib/rpm -qa --qf '[%{=NAME}\\t%{FILENAMES}\\n]'"
 
 
 def test_docs_and_foreign_translations_are_not_package_content():
@@ -351,3 +355,47 @@ def test_tests_suite_failing_on_the_source_is_one_line(docker_client, pkg_image,
     assert list(scratch.iterdir()) == []
     with pytest.raises(Exception):
         docker_client.images.get(new_tag)
+
+
+# ---------------------------------------------------------------------------- rpm
+
+RPM_DOCKERFILE = """\
+FROM {base}
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rpm \\
+ && rm -rf /var/lib/apt/lists/*
+RUN mkdir -p /root/rpmbuild/SPECS && printf '%s\\n' \\
+  'Name: ndgen-hello' 'Version: 1.0' 'Release: 1' 'Summary: test' 'License: MIT' 'BuildArch: noarch' \\
+  '%description' 'test' '%install' \\
+  'mkdir -p %{{buildroot}}/opt/hello/bin %{{buildroot}}/opt/hello/share %{{buildroot}}/usr/share/doc/ndgen-hello' \\
+  'printf "#!/bin/sh\\\\necho hello\\\\n" > %{{buildroot}}/opt/hello/bin/hello' \\
+  'chmod 755 %{{buildroot}}/opt/hello/bin/hello' \\
+  'echo data > %{{buildroot}}/opt/hello/share/data.txt' \\
+  'echo readme > %{{buildroot}}/usr/share/doc/ndgen-hello/README' \\
+  '%files' '/opt/hello' '/usr/share/doc/ndgen-hello' > /root/rpmbuild/SPECS/hello.spec \\
+ && rpmbuild -bb /root/rpmbuild/SPECS/hello.spec >/dev/null 2>&1 \\
+ && rpm -i --nodeps --dbpath /var/lib/rpm /root/rpmbuild/RPMS/noarch/ndgen-hello-1.0-1.noarch.rpm 2>/dev/null \\
+ && rm -rf /root/rpmbuild /var/lib/dpkg/status
+"""
+
+
+@pytest.mark.docker
+def test_keep_packages_on_an_rpm_image_reads_it_with_the_images_rpm(docker_client, base_image, new_tag, scratch, tmp_path):
+    # An rpm database (as on Rocky/CentOS, /var/lib/rpm) and no dpkg one, made with Debian's rpm.
+    source = f"{PREFIX}-rpm:{uuid.uuid4().hex[:8]}"
+    dockerfile = RPM_DOCKERFILE.format(base=base_image)
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=source, network_mode="host", rm=True)
+    try:
+        report = tmp_path / "report.json"
+        proc = run_ndgen(
+            "minify", source, "-t", new_tag, "-c", "/opt/hello/bin/hello", "--keep-packages", "--report", str(report),
+            timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert [p["name"] for p in json.loads(report.read_text())["packages"]] == ["ndgen-hello"]
+        # data of the package nobody read is there; its docs are not
+        # (shell builtins only: no coreutils here, their dpkg database is gone)
+        probe = 'read -r line < /opt/hello/share/data.txt; echo "$line"; [ -e /usr/share/doc/ndgen-hello/README ] || echo no-doc'
+        assert _outputs(docker_client, new_tag, [probe]) == [(0, b"data\nno-doc\n")]
+        assert list(scratch.iterdir()) == []
+    finally:
+        _remove(docker_client, source)

@@ -16,10 +16,12 @@ merged-/usr image live elsewhere (``/usr/bin/bash``): a listed path is mapped
 to its canonical in-image path by resolving its *directory* (cached; the last
 component is the owned entry itself, symlink or not).
 
-rpm images are not supported: their database (sqlite, ndb or Berkeley DB)
-needs rpm's own code to read, and running the host's ``rpm --root`` follows
-symlinks out of the root.  An image with an rpm database and no dpkg one is a
-one-line error rather than a silently package-less result.
+rpm images: the database (sqlite, ndb or Berkeley DB, by rpm version) needs
+rpm's own code, and the host's ``rpm --root`` follows symlinks out of the
+root.  So the image's *own* ``rpm`` lists it — ``rpm --dbpath DB -qa`` with
+the in-image database directory, run by the caller in the same sandbox as any
+workload (untraced), its output treated as untrusted text: every path it
+names is resolved inside the image like a dpkg one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import posixpath
 import re
 import stat
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 
 import attrs
@@ -36,7 +39,10 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import imagefs
 
 DPKG_DIR = "/var/lib/dpkg"
-RPM_DBS = ("/var/lib/rpm", "/usr/lib/sysimage/rpm")
+RPM_DBS = ("/usr/lib/sysimage/rpm", "/var/lib/rpm")  # newest location first (rpm >= 4.17 moved it)
+_RPM_FILES = ("rpmdb.sqlite", "Packages.db", "Packages")  # sqlite, ndb, Berkeley DB
+# One line per owned path; %{=NAME} repeats the scalar inside the file-array iteration.
+_RPM_QUERY = r"[%{=NAME}\t%{FILENAMES}\n]"  # rpm expands the escapes
 # Documentation and translations of a kept package are dropped unless traced: they are most of
 # a package's size and no program reads them to compute its output.  Translations of a language
 # the image's ENV selects are kept (see `translations_kept`), since messages would differ.
@@ -100,14 +106,20 @@ class _Root:
         return posixpath.join(parent, name)
 
 
-def read_database(root: str) -> PackageDb:
-    """The image's dpkg database; an error naming the problem when there is none to read."""
+RpmQuery = Callable[[str], str]  # runs a shell command in the image's sandbox, returns its stdout
+
+
+def read_database(root: str, rpm_query: RpmQuery | None = None) -> PackageDb:
+    """The image's dpkg database, else its rpm one; an error naming the problem when there is none."""
     image = _Root(root)
     status = image.read_text(f"{DPKG_DIR}/status")
     if status is None:
-        if any(image.resolve(db) is not None for db in RPM_DBS):
-            raise NdgenError("--keep-packages: the image has an rpm database; only dpkg (Debian, Ubuntu) is supported")
-        raise NdgenError(f"--keep-packages: the image has no package database ({DPKG_DIR}/status)")
+        rpm_db = next((db for db in RPM_DBS if _has_rpm_db(image, db)), None)
+        if rpm_db is not None and rpm_query is not None:
+            return _read_rpm(image, rpm_db, rpm_query)
+        if rpm_db is not None:
+            raise NdgenError(f"--keep-packages: the image's rpm database ({rpm_db}) needs its rpm to read")
+        raise NdgenError(f"--keep-packages: the image has no package database ({DPKG_DIR}/status or an rpm one)")
     diverted = _diversions(image.read_text(f"{DPKG_DIR}/diversions") or "")
     packages: dict[str, Package] = {}
     owners: dict[str, list[str]] = {}
@@ -130,6 +142,33 @@ def read_database(root: str) -> PackageDb:
             owners.setdefault(path, []).append(name)
         packages[name] = Package(name=name, files=tuple(dict.fromkeys(files)))
     return PackageDb(packages=packages, owners={path: tuple(names) for path, names in owners.items()})
+
+
+def _has_rpm_db(image: _Root, directory: str) -> bool:
+    return any(image.resolve(f"{directory}/{name}") is not None for name in _RPM_FILES)
+
+
+def rpm_command(db: str) -> str:
+    """The query the image's own rpm runs: every installed package's paths, one per line."""
+    return f"rpm --dbpath {shlex.quote(db)} -qa --qf {shlex.quote(_RPM_QUERY)}"
+
+
+def _read_rpm(image: _Root, db: str, rpm_query: RpmQuery) -> PackageDb:
+    files: dict[str, list[str]] = {}
+    owners: dict[str, list[str]] = {}
+    for line in rpm_query(rpm_command(db)).splitlines():
+        name, tab, listed = line.partition("\t")
+        if not tab or not name or not listed.startswith("/"):
+            continue  # "(none)" for a package without files, or noise
+        path = image.canonical(listed)
+        if path is None:
+            continue
+        files.setdefault(name, []).append(path)
+        owners.setdefault(path, []).append(name)
+    if not files:
+        raise NdgenError(f"--keep-packages: the image's rpm lists no files in {db}")
+    packages = {name: Package(name=name, files=tuple(dict.fromkeys(paths))) for name, paths in files.items()}
+    return PackageDb(packages=packages, owners={path: tuple(dict.fromkeys(n)) for path, n in owners.items()})
 
 
 def _installed(status: str) -> list[str]:

@@ -328,11 +328,23 @@ def _package_db(source: Source, options: MinifyOptions) -> PackageDb | None:
     """The image's package database when asked for; an unknown --keep-package is an error now."""
     if not (options.keep_packages or options.package_names):
         return None
-    db = read_database(str(source.pristine))
+    db = read_database(str(source.pristine), lambda command: _rpm_query(source, command))
     for name in options.package_names:
         if not db.lookup(name):
             raise NdgenError(f"--keep-package {name}: no such package installed in {options.image}")
     return db
+
+
+def _rpm_query(source: Source, command: str) -> str:
+    """An rpm image's database, listed by its own rpm in the sandbox (untraced, on a throwaway view)."""
+    result = run_plain(source.view("packages"), source.config, command)
+    if not result.ok:
+        last = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-1:]
+        raise NdgenError(
+            f"--keep-packages: the image's rpm could not list its database (exit {result.exit_code})"
+            f"{': ' + last[0][:200] if last else ''}"
+        )
+    return result.stdout.decode("utf-8", errors="surrogateescape")
 
 
 def _closure(
