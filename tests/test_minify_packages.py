@@ -322,12 +322,18 @@ tests:
 def test_tests_suite_is_the_workload_and_passes_on_the_result(docker_client, pkg_image, new_tag, scratch, tmp_path):
     suite = tmp_path / "fulltest.yaml"
     suite.write_text(SUITE)
+    profile = tmp_path / "sums.yaml"
+    profile.write_text(
+        "name: sums\ndescription: gawk on setup-made input\nmounts: [/work]\n"
+        "setup:\n  - seq 5 > /work/n.txt\ncommands:\n  - gawk '{ s += $1 } END { print s }' /work/n.txt\n"
+    )
     report = tmp_path / "report.json"
     source_id = docker_client.images.get(pkg_image).id
-    # Combined with -c and --keep-packages; the suite's bc, gawk, sort, tr and the deploy check are traced.
+    # Combined with --profile, -c and --keep-packages; the suite's bc, gawk, sort, tr and the
+    # deploy check are traced.
     proc = run_ndgen(
-        "minify", pkg_image, "-t", new_tag, "--tests", str(suite), "-c", "TZ=Europe/Paris date -d @0 +%H",
-        "--keep-packages", "--report", str(report), timeout=900,
+        "minify", pkg_image, "-t", new_tag, "--tests", str(suite), "--profile", str(profile),
+        "-c", "TZ=Europe/Paris date -d @0 +%H", "--keep-packages", "--report", str(report), timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f"test suite {suite}: every test and the deploy check passed" in " ".join(proc.stderr.split())
@@ -335,6 +341,11 @@ def test_tests_suite_is_the_workload_and_passes_on_the_result(docker_client, pkg
     assert list(scratch.iterdir()) == []
     data = json.loads(report.read_text())
     assert data["verified"] is True and data["suite"] == str(suite)
+    # the profile's and -c commands are compared byte for byte; the suite is judged by its runner
+    assert [c["command"] for c in data["commands"]] == [
+        "gawk '{ s += $1 } END { print s }' /work/n.txt",
+        "TZ=Europe/Paris date -d @0 +%H",
+    ]
     assert "/etc/ndgen-flag" in data["repaired"]  # only ever stat()ed: found by verify's re-trace
     assert {"gawk", "bc"} <= {p["name"] for p in data["packages"]}
     # The runner agrees, on its own: every test and the deploy check pass in the minified image.
