@@ -89,7 +89,7 @@ def test_junit_and_a_failing_suite_on_the_built_image(built, tmp_path):
     failing.write_text(
         (RECIPE / "fulltest.yaml").read_text().replace('expected_output_contains: home=/opt/ndtool', "expected_output_contains: home=/elsewhere")
     )
-    proc = run_ndgen("test", tag, "--suite", str(failing))
+    proc = run_ndgen("test", tag, "--suite", str(failing), "--work", str(tmp_path / "w"))
     assert proc.returncode == 1
     assert table_rows(proc.stdout)["environment"][0] == "FAIL"
     assert proc.stderr.startswith(f"ndgen: error: 1 of 11 checks failed in {tag}: environment (output lacks 'home=/elsewhere'")

@@ -233,7 +233,8 @@ def test_tagged_runs_only_those_tests(images, tmp_path):
 
 
 def test_setup_failure_skips_every_test(images, tmp_path):
-    proc = run_ndgen("test", images["good"], "--suite", str(_suite(tmp_path, SETUP_FAILS)), "--no-deploy-check")
+    suite = _suite(tmp_path, SETUP_FAILS)
+    proc = run_ndgen("test", images["good"], "--suite", str(suite), "--no-deploy-check", "--work", str(tmp_path / "w"))
     assert proc.returncode == 1
     rows = table_rows(proc.stdout)
     assert rows["setup: setup"] == ("FAIL", "exit 7") and rows["never runs"] == ("SKIP", "setup failed")
@@ -256,7 +257,8 @@ def test_deploy_check_finds_every_defect(images):
 
 
 def test_an_image_without_bash_fails_its_tests_not_the_run(images, docker_client, tmp_path):
-    proc = run_ndgen("test", images["nobash"], "--suite", str(_suite(tmp_path, SETUP_FAILS.replace("setup:\n  script: exit 7\n", ""))))
+    suite = _suite(tmp_path, SETUP_FAILS.replace("setup:\n  script: exit 7\n", ""))
+    proc = run_ndgen("test", images["nobash"], "--suite", str(suite), "--work", str(tmp_path / "w"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     status, detail = table_rows(proc.stdout)["never runs"]
     assert status == "FAIL" and detail.startswith("expected exit 0, got 127: ") and "bash" in detail
