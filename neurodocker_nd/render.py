@@ -43,6 +43,8 @@ FORMATS: tuple[Format, ...] = ("docker", "singularity")
 CACHE_STAGE = "neurocontainer-cache"
 # Where --out stages declared files in the build context (neurocontainers' layout).
 CACHE_DIR = "cache"
+# Where a Singularity build stages COPY sources until %post puts them in place.
+COPY_STAGE = "/.ndgen-copy"
 
 # hadolint rules a rendered Dockerfile may still trigger, each caused by
 # upstream template text we render unchanged (see docs/render.md).
@@ -123,6 +125,7 @@ def _renderer_classes():
 
     class NdgenSingularityRenderer(SingularityRenderer):
         help_text: str = ""
+        staged_copies: int = 0  # COPY steps staged through %files (see _singularity_copy)
 
         def _get_instructions(self) -> str:
             # neurodocker continues the printf's lines with ` \`, which a
@@ -285,6 +288,9 @@ class RecipeRenderer:
         r.from_(plan.target.base_image)
         for step in plan.steps:
             self._apply(r, step, fmt, pm, plan.target.install_opts)
+        if fmt == "singularity" and (r.staged_copies or plan.cache_mounts):
+            # Staged COPY sources and get_file() files are build inputs, not image content.
+            r.run(f"rm -rf {COPY_STAGE} /.neurocontainer-cache")
         if fmt == "singularity" and plan.help_text:
             r.help_text = plan.help_text
         return f"{_masthead(plan, fmt)}\n{r.render()}\n"
@@ -314,8 +320,10 @@ class RecipeRenderer:
         elif isinstance(step, st.Copy):
             if fmt == "docker" and step.from_ is not None:
                 r.copy(list(step.srcs), step.dst, from_=step.from_)
-            else:
+            elif fmt == "docker":
                 r.copy(list(step.srcs), step.dst)
+            else:
+                _singularity_copy(r, step)
         elif isinstance(step, st.Workdir):
             r.workdir(step.path)
         elif isinstance(step, st.User):
@@ -432,6 +440,41 @@ def _unchecked_template(step: st.Template, args: Mapping[str, str]):
             return [sandbox.render_string(str(d), bound) for d in super().dependencies(pkg_manager)]
 
     return SimpleNamespace(**{step.method: Method(st.thaw(step.template[step.method]), **args)})
+
+
+def _singularity_copy(r, step: st.Copy) -> None:
+    """A COPY at its place in the build, as Docker does it.
+
+    Apptainer copies all `%files` before `%post` runs, so a COPY into a tree a
+    later command creates (or one that must follow a RUN) would land too early.
+    Each source goes through `%files` to a staging path, and `%post` copies it
+    into place where the COPY stood, with Docker's rules: a directory's
+    contents are copied; several sources or a `/`-ended destination mean a
+    directory.  Wildcard sources stay plain `%files` entries (no staging name).
+    """
+    import shlex
+    from pathlib import PurePosixPath
+
+    if any(ch in src for src in step.srcs for ch in "*?["):
+        r.copy(list(step.srcs), step.dst)
+        return
+    n = r.staged_copies
+    r.staged_copies += 1
+    dst = shlex.quote(step.dst)
+    into_dir = len(step.srcs) > 1 or step.dst.endswith("/")
+    lines = []
+    for i, src in enumerate(step.srcs):
+        stage = f"{COPY_STAGE}/{n}/{i}/{PurePosixPath(src.rstrip('/')).name or 'src'}"
+        r.copy([src], stage)
+        s = shlex.quote(stage)
+        if into_dir:
+            lines.append(f"mkdir -p {dst} && if [ -d {s} ]; then cp -a {s}/. {dst}/; else cp -a {s} {dst}/; fi")
+        else:
+            lines.append(
+                f'if [ -d {s} ]; then mkdir -p {dst} && cp -a {s}/. {dst}/; '
+                f'else mkdir -p "$(dirname {dst})" && cp -a {s} {dst}; fi'
+            )
+    r.run("\n".join(lines))
 
 
 def _masthead(plan: st.Plan, fmt: Format) -> str:

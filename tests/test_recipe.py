@@ -61,7 +61,9 @@ def test_demo_singularity_sections_parse():
     env = "\n".join(recipe.environ)
     assert 'DEPLOY_BINS="ndgen-greet"' in env and 'DEPLOY_PATH="/opt/ndgen-demo/bin"' in env
     files = [tuple(f.split()) for f in recipe.files]
-    assert ("README.md", "/README.md") in files
+    # COPY goes through %files to a staging path, and into place where it stood in %post
+    assert ("README.md", "/.ndgen-copy/0/0/README.md") in files
+    assert "cp -a /.ndgen-copy/0/0/README.md /README.md" in "\n".join(recipe.install)
     assert any(dst.endswith("/greet.sh") and src.startswith("cache/h") for src, dst in files)
     assert "/neurodocker" not in (recipe.cmd or "")  # add-default-template: false → no runscript
     text2 = render(load_recipe(HERE / "recipes" / "ndgen-demo"), "singularity")
