@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -183,18 +184,11 @@ def _remove(client, tag: str) -> None:
 
 
 def _outputs(client, tag: str, commands) -> list[tuple[int, bytes]]:
-    """Exit code and stdout+stderr of each command under `docker run --network none`."""
-    results = []
-    for command in commands:
-        container = client.containers.run(
-            tag, ["/bin/sh", "-c", command], network_mode="none", detach=True, stdout=True, stderr=True
-        )
-        try:
-            code = container.wait(timeout=120)["StatusCode"]
-            results.append((code, container.logs(stdout=True, stderr=True)))
-        finally:
-            container.remove(force=True)
-    return results
+    """Exit code and stdout+stderr of each command (each in a subshell), in one `docker run --network none`."""
+    script = "".join(f"( {command}\n) 2>&1; echo \"@@rc=$?@@\"\n" for command in commands)
+    out = client.containers.run(tag, ["/bin/sh", "-c", script], network_mode="none", remove=True, stderr=True)
+    parts = re.split(rb"@@rc=(\d+)@@\n", out)  # output, code, output, code, …, ""
+    return [(int(parts[i + 1]), parts[i]) for i in range(0, len(parts) - 1, 2)]
 
 
 def _minify(client, source: str, tag: str, *args: str) -> subprocess.CompletedProcess[str]:
