@@ -124,6 +124,17 @@ def test_family_roots():
     assert families.locale_variants("sr_RS.UTF-8@latin") == ["sr_RS.UTF-8@latin", "sr_RS.utf8@latin"]
 
 
+def test_bad_suite_is_one_line_before_any_engine_work(tmp_path):
+    bad = tmp_path / "fulltest.yaml"
+    bad.write_text("name: a\ntests: 3\n")
+    for suite, message in (
+        (bad, f"ndgen: error: {bad}:2: tests: 3 is not of type 'array' (fulltest schema)\n"),
+        (tmp_path / "none.yaml", f"ndgen: error: test suite not found: {tmp_path / 'none.yaml'}\n"),
+    ):
+        proc = run_ndgen("minify", "no-such-image:1", "-t", "x:1", "--tests", str(suite))
+        assert (proc.returncode, proc.stderr) == (2, message)
+
+
 # ---------------------------------------------------------------------------- engine
 
 DOCKERFILE = """\
