@@ -483,8 +483,7 @@ def closure(
     sizes = [
         (name, packages_step.package_bytes(image.root, package_db.packages[name].files, c.kept.__contains__))
         for name in kept_packages
-        if package_db is not None
-    ]
+    ] if package_db is not None else []  # fmt: skip
     return KeepSet(
         paths=frozenset(c.kept),
         trees=frozenset(c.trees),
