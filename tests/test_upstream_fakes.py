@@ -232,6 +232,35 @@ class FakeGitHub(_LocalServer):
         return 404, {"message": "Not Found"}
 
 
+def merge_pull(fake: FakeGitHub, repo: str, number: int) -> None:
+    """What the merge button does: the head lands on the base branch, the PR is closed and merged."""
+    pr = fake.repos[repo].pulls[number]
+    up = str(fake.git_root / f"{repo}.git")
+    head_repo = pr["head"]["repo"]["full_name"]
+    subprocess.run(["git", "--git-dir", up, "fetch", "-q", str(fake.git_root / f"{head_repo}.git"),
+                    f"+refs/heads/{pr['head']['ref']}:refs/heads/{pr['base']['ref']}"], check=True)
+    pr.update(state="closed", merged_at="2026-01-01T00:00:00Z")
+
+
+def commit_to(git_root: Path, repo: str, branch: str, edits: dict[str, tuple[str, str]],
+              who: str = "A Maintainer", email: str = "maintainer@example.org") -> str:
+    """Commit `edits` (path: (old, new)) on `branch` of the bare repo as someone else; return the sha."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = Path(tmp) / "wt"
+        subprocess.run(["git", "clone", "-q", "-b", branch, str(git_root / f"{repo}.git"), str(wt)], check=True)
+        for rel, (old, new) in edits.items():
+            text = (wt / rel).read_text()
+            assert old in text, (rel, old)
+            (wt / rel).write_text(text.replace(old, new, 1))
+        ident = ["-c", f"user.name={who}", "-c", f"user.email={email}"]
+        subprocess.run(["git", *ident, "commit", "-qam", "maintainer edit"], cwd=wt, check=True)
+        subprocess.run(["git", "push", "-q", "origin", f"HEAD:refs/heads/{branch}"], cwd=wt, check=True)
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=wt, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+
 def make_upstream_and_fork(root: Path, upstream: str, fork: str) -> None:
     """Bare repos: `upstream` seeded with the installed neurodocker tree, `fork` a clone of it."""
     from neurodocker_nd.upstream.tree import prepare

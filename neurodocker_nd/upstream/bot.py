@@ -123,9 +123,6 @@ class _Git:
         self.token = token
         self.base = f"refs/remotes/upstream/{base_branch}"
         init_repo(self.repo)
-        attributes = self.repo / ".git" / "info" / "attributes"
-        attributes.parent.mkdir(parents=True, exist_ok=True)
-        attributes.write_text("".join(f"{f} merge=union\n" for f in UNION_FILES), encoding="utf-8")
         # Reading a public repository needs no credentials: the token only goes to pushes.
         git("fetch", "-q", config.git_url(config.upstream_repo), f"+refs/heads/{base_branch}:{self.base}",
             cwd=self.repo, what=f"fetching {config.upstream_repo} {base_branch}")
@@ -157,6 +154,9 @@ class _Git:
 
 def apply_series(repo: Path, base: str, patches: tuple[Path, ...], name: str, identity: Identity, what: str) -> str:
     """`git am -3` the series onto `base` in `repo`, committed by `identity`; return the commit."""
+    attributes = repo / ".git" / "info" / "attributes"
+    attributes.parent.mkdir(parents=True, exist_ok=True)
+    attributes.write_text("".join(f"{f} merge=union\n" for f in UNION_FILES), encoding="utf-8")
     git("checkout", "-q", "--detach", base, cwd=repo)
     try:
         git("am", "-q", "-3", *[str(p) for p in patches], cwd=repo, identity=identity, what=f"{name}: {what}")

@@ -139,7 +139,11 @@ def git(
         raise NdgenError(f"git {args[0]} timed out after 600 s") from exc
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
-        last = next((line for line in reversed(err) if line.strip()), "no message")
+        # The line naming the cause: a push's "! [rejected] … (stale info)" rather than
+        # its generic "error: failed to push some refs", and never a "hint:".
+        useful = [line.strip() for line in err
+                  if line.strip() and not line.startswith("hint:") and "failed to push some refs" not in line]
+        last = (useful or [line for line in err if line.strip()] or ["no message"])[-1]
         label = what or f"git {args[0]}"
         raise NdgenError(redact(f"{label} failed: {last}", token))
     return proc.stdout.decode(errors="replace")

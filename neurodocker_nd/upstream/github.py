@@ -179,7 +179,8 @@ class GitHub:
             if missing_ok and status == 404:
                 return None
             headers = getattr(exc.response, "headers", None) or {}
-            self._raise(what, status, headers, exc.message)
+            message = _payload_message(exc.raw) if isinstance(exc.raw, dict) else exc.message
+            self._raise(what, status, headers, message)
 
     def _raise(self, what: str, status: int, headers: Any, message: str) -> None:
         text = redact(_describe(what, status, headers, message), self._token)
@@ -227,6 +228,11 @@ def _message(resp: Any) -> str:
         data = resp.json()
     except Exception:  # noqa: BLE001 - not JSON: use the text
         return resp.text.strip()[:200]
+    return _payload_message(data)
+
+
+def _payload_message(data: Any) -> str:
+    """GitHub's error body: `message` plus each `errors[]` entry's message or code (422s)."""
     if isinstance(data, dict):
         msg = str(data.get("message", ""))
         errors = data.get("errors")
