@@ -162,3 +162,14 @@ def test_a_known_dead_download_is_named_at_render_time():
         "ndgen: note: ants 2.3.4 downloads from Dropbox, which answers 403 (neurodocker#635): "
         "the build will fail; choose another version")
     assert run_ndgen("--pkg", "ants", "--os", "debian:bookworm").stderr == ""
+
+
+def test_checksums_travel_upstream_in_the_pr_body_not_the_template():
+    """Upstream's template schema has no place for checksums: the exported template stays
+    schema-clean and the PR body lists each version's sources and sha256 for reviewers
+    (test_upstream_export keeps upstream-patches/ equal to a fresh export)."""
+    body = (REPO / "upstream-patches" / "jq" / "PR.md").read_text()
+    assert "## Sources" in body and f"`1.8.1` (verified; sha256 `{JQ_181}`)" in body
+    assert "sig/v1.8.1/sha256sum.txt" in body
+    exported = yaml.safe_load((REPO / "upstream-patches" / "jq" / "jq.yaml").read_text())
+    assert "sha256" not in str(exported) and set(exported["binaries"]) <= {"arguments", "dependencies", "env", "instructions", "urls"}

@@ -63,6 +63,9 @@ class Candidate:
     kept: tuple[str, ...] = ()  # upstream's own changes since the base, kept
     conflicts: tuple[str, ...] = ()  # keys both changed: ndgen's value proposed
     glibc: Mapping[str, str] = attrs.field(factory=dict)  # version -> minimum glibc
+    # meta `versions:` of this template's versions: (version, status, sha256, ((url, confirms), …));
+    # upstream's template schema has no place for them, so the PR body carries them to reviewers.
+    provenance: tuple[tuple[str, str, str | None, tuple[tuple[str, str], ...]], ...] = ()
 
 
 @attrs.frozen
@@ -145,6 +148,7 @@ def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
                 kept=kept,
                 conflicts=conflicts,
                 glibc=_glibc_needs(meta, entry.name, data),
+                provenance=_provenance(meta, data),
             )
         )
     return found
@@ -390,6 +394,29 @@ def _commit_series(base: UpstreamTree, c: Candidate, out: Path, author: Identity
     return [Path(n) if os.path.isabs(n) else repo / n for n in names], tree
 
 
+def _provenance(meta, data: Mapping[str, Any]):
+    urls = {str(v) for v in ((data.get("binaries") or {}).get("urls") or {})}
+    return tuple(
+        (v, i.status, i.sha256, tuple((src.url, src.confirms) for src in i.sources))
+        for v, i in meta.versions.items()
+        if v in urls
+    )
+
+
+def _provenance_lines(c: Candidate) -> list[str]:
+    """`## Sources`: where each version and asset name was read, and its sha256 when known."""
+    if not c.provenance:
+        return []
+    out = ["## Sources", ""]
+    for version, status, sha, sources in c.provenance:
+        digest = f"; sha256 `{sha}`" if sha else ""
+        out.append(f"- `{version}` ({status}{digest}):")
+        for url, confirms in sources:
+            where = f"a public file found through a code search index ({url})" if url.startswith("search-index:") else url
+            out.append(f"  - {where}: {confirms}")
+    return [*out, ""]
+
+
 def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path], digest: str) -> str:
     what = []
     if c.upstream_data is None:
@@ -413,6 +440,7 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
         "## What", "", *what, "",
         "## Why", "", why.strip(), "",
         "## Versions", "", ", ".join(versions), "",
+        *_provenance_lines(c),
         "## How it was tested", "",
         f"- the series ({', '.join(files)}) applies with `git am` to {base.description};",
         f"- neurodocker {proof.neurodocker_version}'s own `import neurodocker` registers it among"
