@@ -89,8 +89,9 @@ def reference(checkout: Path, out: Path, arch: str, names: list[str], python: st
     return errors
 
 
-def reference_dockerfile(out: Path, name: str) -> str | None:
-    found = sorted((out / name).glob("*.Dockerfile")) if (out / name).is_dir() else []
+def reference_dockerfile(out: Path, name: str, arch: str) -> str | None:
+    d = out / (f"{name}_arm64" if arch == "aarch64" else name)  # their aarch64 identity
+    found = sorted(d.glob("*.Dockerfile")) if d.is_dir() else []
     return found[0].read_text() if found else None
 
 
@@ -155,7 +156,7 @@ def main() -> int:
         for name in names:
             if name in errors:
                 continue
-            theirs = reference_dockerfile(ref_dir, name)
+            theirs = reference_dockerfile(ref_dir, name, args.arch)
             if theirs is None:
                 diffs[name] = f"reference failed: {ref_errors.get(name, '?')}"
             else:
@@ -170,6 +171,9 @@ def main() -> int:
             else:
                 parse_fail[name] = why
         print(f"docker equivalent to the builder's: {equivalent}/{n} ({100 * equivalent / n:.1f}%)")
+        rendered_by_ref = n - len(ref_errors)
+        if rendered_by_ref != n:
+            print(f"  of the {rendered_by_ref} recipes their builder renders: {equivalent}/{rendered_by_ref}")
         print(f"singularity parsed by spython: {parsed}/{n} ({100 * parsed / n:.1f}%)")
         print(f"not rendered by ndgen: {len(errors)}")
         for name, msg in sorted(errors.items()):

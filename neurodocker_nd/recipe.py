@@ -279,12 +279,14 @@ class _Loader:
         full_version = version + "".join(
             str((declared[k] or {}).get("version_suffix") or "") for k in declared if opts.get(str(k))
         )
+        # neurocontainers names the aarch64 build of a recipe NAME_arm64 (variant "arm64").
+        variant = "arm64" if self.arch == "aarch64" else ""
         self.ctx = _Context(
-            name=name,
+            name=f"{name}_{variant}" if variant else name,
             version=full_version,
             original_version=version,
             arch=self.arch,
-            variant="",
+            variant=variant,
             parallel_jobs=self.parallel_jobs,
             options=SimpleNamespace(**opts),
             values={},
@@ -344,7 +346,7 @@ class _Loader:
             files=tuple(self.files.values()),
             context_files=tuple(dict.fromkeys(self.context_files)),
             readme=readme,
-            name=name,
+            name=self.ctx.name,
             version=full_version,
             arch=self.arch,
             recipe_dir=str(self.dir),
