@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -148,3 +150,57 @@ def test_passwd_linking_out_of_the_image_is_not_read_on_the_host(docker_client, 
             docker_client.containers.run(tag, ["id"], remove=True, network_mode="none")
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def _wait_for(predicate, seconds: float = 120) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_sigkill_leftovers_are_removed_by_the_next_run_and_live_runs_kept(docker_client, source, new_tag, tmp_path):
+    """Killed mid-trace: its mounts, scratch and running workload stay until the next run,
+    which removes them — but never those of a run that is still alive."""
+    from neurodocker_nd.scratchdir import mounts_below
+
+    naps = f"{uuid.uuid4().int % 1000 + 1000}.{os.getpid()}"
+    env = {**os.environ, "NDGEN_SCRATCH": str(tmp_path)}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "neurodocker_nd.cli", "minify", f"{REPO}:src", "-t", new_tag, "-c", f"sleep {naps}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert _wait_for(lambda: _processes_running(f"sleep {naps}")), "the workload never started"
+        live = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", "true", env={"NDGEN_SCRATCH": str(tmp_path)})
+        assert live.returncode == 0, live.stderr
+        assert victim.poll() is None and _processes_running(f"sleep {naps}"), "a live run's sandbox was touched"
+        victim.kill()  # SIGKILL: no cleanup runs
+        victim.wait()
+        assert mounts_below(tmp_path) and list(tmp_path.iterdir()) and _processes_running(f"sleep {naps}")
+        again = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", "true", env={"NDGEN_SCRATCH": str(tmp_path)})
+        assert again.returncode == 0, again.stderr
+        assert mounts_below(tmp_path) == [] and list(tmp_path.iterdir()) == []
+        assert _wait_for(lambda: not _processes_running(f"sleep {naps}"), 20)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+
+
+def test_repair_rounds_leave_no_dangling_images(docker_client, source, new_tag):
+    """A stat-only file (invisible to fanotify) is repaired in a second round; the first
+    round's image does not stay behind untagged."""
+    before = {image.id for image in docker_client.images.list(filters={"dangling": True})}
+    proc = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", "test -e /opt/data/file && echo yes")
+    assert proc.returncode == 0, proc.stderr
+    assert "/opt/data/file" in proc.stderr  # the summary's "verify repaired" line
+    ours = f"ndgen minify {REPO}:src"
+    leftovers = [
+        image.id
+        for image in docker_client.images.list(filters={"dangling": True})
+        if image.id not in before
+        and any(ours in (step.get("CreatedBy") or "") for step in image.history())
+    ]
+    assert leftovers == []

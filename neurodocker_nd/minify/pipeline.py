@@ -31,7 +31,8 @@ from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, Mount, run_plain
-from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source
+from neurodocker_nd.minify import stale
+from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source, scratch_base
 from neurodocker_nd.minify.trace import FanotifyIncomplete, FanotifyUnavailable
 from neurodocker_nd.suite import Suite
 
@@ -132,6 +133,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
     tracer, tracer_note = choose_tracer(options.tracer)
     client = engine.connect()
     _refuse_source_tag(client, options)
+    stale.reap(client, scratch_base())  # what killed runs left: mounts, scratch, containers, tags
     steps: list[tuple[str, float]] = []
     with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
         with _step("open", progress, steps):
@@ -167,7 +169,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 raise NdgenError(f"--keep {keep.unmatched[0]}: no such path in {options.image}")
         # The import goes to a temporary tag: a user's existing NEW_TAG is replaced only by
         # a verified result, and whatever happens the temporary tag is removed on exit.
-        work_tag = f"ndgen-minify-tmp:{uuid.uuid4().hex[:12]}"
+        work_tag = stale.temporary_tag(uuid.uuid4().hex[:12])
         stack.callback(image_step.remove_tag, client, work_tag)
         written = None
         if "docker" in options.formats or options.verify:

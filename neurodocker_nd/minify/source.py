@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from neurodocker_nd import engine, scratchdir
+from neurodocker_nd.minify import stale
 from neurodocker_nd.errors import NdgenError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -256,10 +257,14 @@ def interrupts_as_exceptions() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def scratch_base() -> Path:
+    return Path(os.environ.get("NDGEN_SCRATCH") or tempfile.gettempdir())
+
+
 def make_scratch(prefix: str = "ndgen-minify-") -> Path:
-    base = os.environ.get("NDGEN_SCRATCH") or None
-    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_base()))
     scratch.chmod(0o711)  # an image's non-root USER must reach its rootfs view below
+    stale.mark(scratch)  # a later run removes it should this one be killed
     return scratch
 
 
