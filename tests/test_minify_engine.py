@@ -320,7 +320,7 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
     out = tmp_path / "app.sqfs"
     _minify(
         docker_client, app_image, new_tag, scratch,
-        "-c", "python3 /opt/app/tool.py x", "--format", "both", "--squashfs", str(out),
+        "-c", "python3 /opt/app/tool.py x", "--format", "both", "--squashfs", str(out), "--keep", "/opt/app/cap",
     )  # fmt: skip
     listing = subprocess.run(["unsquashfs", "-l", "-d", "", str(out)], capture_output=True, text=True, check=True)
     names = set(listing.stdout.split())
@@ -336,6 +336,10 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
 
     tree = tmp_path / "tree"
     subprocess.run(["unsquashfs", "-q", "-d", str(tree), str(out)], check=True, capture_output=True)
+    # the file capability survives into the SquashFS (as `setcap cap_net_raw+ep` wrote it)
+    assert os.getxattr(tree / "opt/app/cap", "security.capability") == struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
+    if shutil.which("getcap"):
+        assert "cap_net_raw=ep" in subprocess.run(["getcap", str(tree / "opt/app/cap")], capture_output=True, text=True).stdout
     bare = ImageConfig(image_id="", name="sqfs")  # no Docker ENV: the image must bring its own
     run = run_plain(tree, bare, "/.singularity.d/actions/run python3 /opt/app/tool.py x")
     assert (run.exit_code, run.stdout) == (0, b"X\n"), run.stderr

@@ -89,6 +89,26 @@ def write_tar(root: Path, keep: KeepSet, out: IO[bytes]) -> tuple[int, int]:
     return entries, file_bytes
 
 
+def unpack_tar(archive: Path, target: Path) -> None:
+    """Unpack a tar written by :func:`write_tar` into `target`, extended attributes included.
+
+    tarfile restores owners, modes and times but not xattrs: file capabilities would be
+    lost on the way to a SquashFS (or the tree a repair re-traces).  They are set after
+    everything is unpacked, since a chown clears `security.capability`.
+    """
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, numeric_owner=True, filter="fully_trusted")
+        for member in tar.getmembers():
+            for key, value in member.pax_headers.items():
+                if key.startswith("SCHILY.xattr."):
+                    os.setxattr(
+                        target / member.name,
+                        key[len("SCHILY.xattr."):],
+                        value.encode("utf-8", "surrogateescape"),
+                        follow_symlinks=False,
+                    )
+
+
 class _TarPipe:
     """Runs write_tar in a thread feeding an OS pipe; iterating yields the stream's chunks."""
 
@@ -319,8 +339,7 @@ def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: lis
     tree.mkdir()
     with open(scratch / "layer.tar", "wb") as fh:
         entries, file_bytes = write_tar(root, keep, fh)
-    with tarfile.open(scratch / "layer.tar") as tar:
-        tar.extractall(tree, numeric_owner=True, filter="fully_trusted")
+    unpack_tar(scratch / "layer.tar", tree)
     (scratch / "layer.tar").unlink()
     _singularity_layout(tree, config, commands)
     # never a half-written image under the final name

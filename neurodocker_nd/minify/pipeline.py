@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -120,8 +119,7 @@ def _materialize(root: Path, keep: keep_step.KeepSet, target: Path) -> Path:
     archive = target.with_suffix(".tar")
     with open(archive, "wb") as fh:
         image_step.write_tar(root, keep, fh)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, numeric_owner=True, filter="fully_trusted")
+    image_step.unpack_tar(archive, target)
     archive.unlink()
     return target
 
