@@ -314,3 +314,16 @@ def test_lookups_stay_inside_the_image_root(rootfs, tmp_path, monkeypatch):
     assert {"/opt/s/x", "/opt/procroot", "/opt/out", "/etc/unrelated.conf", "/etc/ld.so.conf.d"} <= kept
     assert not any(p.startswith(("/opt/procroot/", "/opt/out/", "/proc/")) for p in kept)
     assert present == ("/opt/s/x/unrelated.conf",)
+
+
+def test_every_kept_entry_says_why(rootfs):
+    from neurodocker_nd.minify import report
+
+    kept = keep.closure(rootfs, _config(), _record("/bin/true"), keep=("/etc/unrelated.conf",))
+    assert set(kept.why) == set(kept.paths)
+    assert {report.reason_kind(r) for r in kept.why.values()} <= set(report.REASONS)
+    assert kept.why["/usr/bin/true"] == "traced" and kept.why["/bin"] == "traced"  # the symlink hop
+    assert kept.why[f"{MULTIARCH}/libc.so.6"] == "elf-needed" and kept.why["/lib64"] in ("elf-interp", "symlink")
+    assert kept.why["/etc/unrelated.conf"] == "--keep" and kept.why["/etc/passwd"] == "essential"
+    assert kept.why["/usr"] == "parent" or kept.why["/usr"] == "traced"
+    assert sum(kept.reasons.values()) == len(kept.paths)

@@ -204,3 +204,20 @@ def test_repair_rounds_leave_no_dangling_images(docker_client, source, new_tag):
         and any(ours in (step.get("CreatedBy") or "") for step in image.history())
     ]
     assert leftovers == []
+
+
+def test_report_lists_every_kept_path_with_its_reason_and_top_dir_sizes(docker_client, source, new_tag, tmp_path):
+    import json
+
+    from neurodocker_nd.minify.report import REASONS, reason_kind
+
+    out = tmp_path / "report.json"
+    proc = run_ndgen("minify", f"{REPO}:src", "-t", new_tag, "-c", "cat /opt/data/file", "--keep", "/opt/s",
+                     "--report", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    kept, top = report["kept"], report["top_dirs"]
+    assert len(kept) == report["entries_kept"] and {reason_kind(r) for r in kept.values()} <= set(REASONS)
+    assert kept["/opt/data/file"] == "traced" and kept["/usr/bin/cat"] == "traced" and kept["/opt/s/x"] == "--keep"
+    assert "elf-needed" in kept.values() and kept["/opt"] in ("parent", "traced")
+    assert "/usr/lib" in top and "/opt/data" in top and sum(top.values()) == report["kept_file_bytes"]

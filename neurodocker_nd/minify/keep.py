@@ -69,6 +69,7 @@ class KeepSet:
     image_entries: int  # entries in the whole image (outside runtime dirs), for the report
     unmatched: tuple[str, ...] = ()  # --keep patterns that matched nothing in the image
     packages: tuple[tuple[str, int], ...] = ()  # (package, kept bytes), largest first (--keep-packages)
+    why: dict[str, str] = attrs.field(factory=dict)  # entry -> why it was kept (report.REASONS)
 
 
 class _Image:
@@ -119,6 +120,7 @@ class _Closure:
         self.kept: set[str] = set()
         self.trees: set[str] = set()
         self.reasons: dict[str, int] = {}
+        self.why: dict[str, str] = {}  # entry -> the rule that kept it first (report.REASONS)
         self._elf_done: set[str] = set()
         self.image_entries = 0
         self._lib_dirs = self._library_dirs()
@@ -135,11 +137,20 @@ class _Closure:
         chain: set[str] = set()
         resolved = self.image.resolve(path, chain)
         chain = {p for p in chain if not _outside_image(p, self.excluded) or self.image.is_dir(p)}
-        new = chain - self.kept
-        if new:
-            self.kept |= new
-            self.reasons[reason] = self.reasons.get(reason, 0) + len(new)
+        self._note(chain - self.kept, reason)
         return resolved
+
+    def _note(self, new: Iterable[str], reason: str) -> None:
+        """Keep `new` entries for `reason` ("package:NAME" counts as "package")."""
+        count = 0
+        for path in new:
+            if path not in self.kept:
+                self.kept.add(path)
+                self.why[path] = reason
+                count += 1
+        if count:
+            kind = reason.split(":", 1)[0]
+            self.reasons[kind] = self.reasons.get(kind, 0) + count
 
     def add_tree(self, path: str, reason: str) -> bool:
         """Keep `path`, and everything below it when it is a directory; False when absent."""
@@ -153,8 +164,7 @@ class _Closure:
                 entry = posixpath.join(rel, name)
                 if entry in self.kept:
                     continue
-                self.kept.add(entry)
-                self.reasons[reason] = self.reasons.get(reason, 0) + 1
+                self._note((entry,), reason)
                 if os.path.islink(os.path.join(dirpath, name)):
                     self.add(entry, reason)  # a link out of the tree keeps its target too
         return True
@@ -258,7 +268,7 @@ class _Closure:
         for name in wanted:
             for path in db.packages[name].files:
                 if path not in self.kept and not packages_step.is_doc(path, languages):
-                    self.add(path, "package")
+                    self.add(path, f"package:{name}")
         return wanted
 
     # -- ELF ----------------------------------------------------------------------------------
@@ -374,8 +384,7 @@ class _Closure:
         chain: set[str] = set()
         target = self.image.resolve(path, chain)
         if target is not None and target != "/" and target in self.kept:
-            self.kept |= chain
-            self.reasons["symlink"] = self.reasons.get("symlink", 0) + 1
+            self._note(chain, "symlink")
 
     # -- result -------------------------------------------------------------------------------
 
@@ -384,7 +393,7 @@ class _Closure:
         for path in list(self.kept):
             parent = posixpath.dirname(path)
             while parent not in self.kept and parent != "/":
-                self.kept.add(parent)
+                self._note((parent,), "parent")
                 parent = posixpath.dirname(parent)
 
 
@@ -483,6 +492,7 @@ def closure(
     c.parents()
     c.symlinks_to_kept()
     c.kept.discard("/")
+    c.why.pop("/", None)
     sizes = [
         (name, packages_step.package_bytes(image.root, package_db.packages[name].files, c.kept.__contains__))
         for name in kept_packages
@@ -495,4 +505,5 @@ def closure(
         image_entries=c.image_entries,
         unmatched=unmatched,
         packages=tuple(sorted(sizes, key=lambda item: (-item[1], item[0]))),
+        why=c.why,
     )

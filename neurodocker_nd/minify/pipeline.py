@@ -222,6 +222,8 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             squashfs=str(squashfs.squashfs) if squashfs else None,
             keep_reasons=dict(keep.reasons),
             packages=keep.packages,
+            kept=dict(keep.why),
+            top_dirs=report_step.top_dirs(source.pristine, keep),
             suite=str(options.suite.path) if options.suite is not None else None,
         )
 

@@ -16,6 +16,30 @@ from neurodocker_nd import outfile
 from neurodocker_nd.minify.keep import KeepSet
 
 
+# Why an entry was kept (the report's "kept": path -> reason).  A reason is one of these
+# kinds, alone or as "KIND:DETAIL" (e.g. "package:dcmtk", "family:zoneinfo").
+REASONS: dict[str, str] = {
+    "traced": "the workload opened, executed or looked it up (and every symlink hop on the way)",
+    "repair": "verify's re-trace of the minified image looked it up in vain",
+    "elf-interp": "the ELF program interpreter of a kept binary",
+    "elf-needed": "a DT_NEEDED library of a kept binary or library",
+    "python-landmark": "CPython's prefix search (os.py, lib-dynload): stat()ed, never opened",
+    "python-source": "the .py source of a kept __pycache__ file",
+    "symlink": "a symlink whose target is kept",
+    "essential": "what every container needs (/etc/passwd, /bin/sh, WORKDIR, HOME, mount points …)",
+    "entrypoint": "the image's ENTRYPOINT/CMD program and its #! interpreters",
+    "family": "a data family a traced member belongs to (family:zoneinfo, family:gconv, family:locale)",
+    "package": "an OS package kept whole (package:NAME): --keep-packages or --keep-package",
+    "--keep": "a --keep path or glob",
+    "profile": "the profile's keep rules",
+    "parent": "a directory above a kept entry (its mode and owner)",
+}
+
+
+def reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
 @attrs.frozen
 class CommandReport:
     command: str
@@ -48,6 +72,8 @@ class Report:
     squashfs: str | None
     keep_reasons: dict[str, int]
     packages: tuple[tuple[str, int], ...] = ()  # --keep-packages: (package, kept bytes), largest first
+    kept: dict[str, str] = attrs.field(factory=dict)  # every kept entry -> why (REASONS)
+    top_dirs: tuple[tuple[str, int], ...] = ()  # kept file bytes by top directory (/usr/lib, /etc …)
     suite: str | None = None  # --tests: the fulltest.yaml traced and run on the result
 
     @property
@@ -64,6 +90,8 @@ class Report:
         data = attrs.asdict(self, recurse=True)
         data["biggest_dirs"] = [{"path": p, "bytes": b} for p, b in self.biggest_dirs]
         data["packages"] = [{"name": n, "bytes": b} for n, b in self.packages]
+        data["kept"] = dict(sorted(self.kept.items()))
+        data["top_dirs"] = dict(self.top_dirs)
         data["steps"] = {name: round(sec, 3) for name, sec in self.steps}
         data["entries_removed"] = self.entries_in_image - self.entries_kept
         data["ratio"] = round(self.ratio, 2)
@@ -72,22 +100,36 @@ class Report:
         return data
 
 
-def biggest_dirs(root: Path, keep: KeepSet, depth: int = 4, top: int = 8) -> tuple[tuple[str, int], ...]:
-    """Kept bytes per directory prefix of at most `depth` components, largest first."""
-    totals: dict[str, int] = {}
+def _kept_files(root: Path, keep: KeepSet) -> Iterable[tuple[str, int]]:
+    """(path, bytes) of every kept regular file, hard links once."""
     seen: set[tuple[int, int]] = set()
     for path in keep.paths:
         try:
-            st = os.lstat(str(root) + path)
+            st = os.lstat(str(root) + path)  # kept paths are resolved: no symlink on the way
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        parts = posixpath.dirname(path).strip("/").split("/")[:depth]
-        key = "/" + "/".join(p for p in parts if p)
-        totals[key] = totals.get(key, 0) + st.st_size
-    return tuple(sorted(totals.items(), key=lambda kv: -kv[1])[:top])
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            yield path, st.st_size
+
+
+def _bytes_by_prefix(root: Path, keep: KeepSet, depth: int) -> list[tuple[str, int]]:
+    totals: dict[str, int] = {}
+    for path, size in _kept_files(root, keep):
+        key = "/" + "/".join([p for p in posixpath.dirname(path).split("/") if p][:depth])
+        totals[key] = totals.get(key, 0) + size
+    return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def biggest_dirs(root: Path, keep: KeepSet, depth: int = 4, top: int = 8) -> tuple[tuple[str, int], ...]:
+    """Kept bytes per directory prefix of at most `depth` components, largest first."""
+    return tuple(_bytes_by_prefix(root, keep, depth)[:top])
+
+
+def top_dirs(root: Path, keep: KeepSet) -> tuple[tuple[str, int], ...]:
+    """Kept file bytes by top directory — the first two components (/usr/lib, /usr/share,
+    /etc/ssl; /etc for a file directly in /etc) — largest first; hard links counted once."""
+    return tuple(_bytes_by_prefix(root, keep, 2))
 
 
 def write_json(report: Report, path: Path) -> None:
