@@ -141,16 +141,16 @@ class _Closure:
         return resolved
 
     def _note(self, new: Iterable[str], reason: str) -> None:
-        """Keep `new` entries for `reason` ("package:NAME" counts as "package")."""
+        """Keep `new` entries for `reason` (report.REASONS)."""
         count = 0
         for path in new:
             if path not in self.kept:
                 self.kept.add(path)
                 self.why[path] = reason
                 count += 1
-        if count:
-            kind = reason.split(":", 1)[0]
-            self.reasons[kind] = self.reasons.get(kind, 0) + count
+        if count:  # counted per package together, per family apart (a handful of those)
+            key = "package" if reason.startswith("package:") else reason
+            self.reasons[key] = self.reasons.get(key, 0) + count
 
     def add_tree(self, path: str, reason: str) -> bool:
         """Keep `path`, and everything below it when it is a directory; False when absent."""
