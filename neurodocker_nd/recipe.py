@@ -340,6 +340,8 @@ class _Loader:
             reproduce += f" --arch {self.arch}"
         for k, v in sorted(self.option_args.items()):
             reproduce += f" --option {shlex.quote(f'{k}={v}')}"
+        for d in self.templates.dirs:
+            reproduce += f" --templates {shlex.quote(str(d))}"
         return st.Plan(
             target=Target(base_image=base, pkg_manager=pm, os_name=base),  # type: ignore[arg-type]
             steps=tuple(self.steps),

@@ -213,7 +213,9 @@ def test_templates_dir_both_forms_searched_before_the_registry(tmp_path):
     )
     recipe = _recipe(tmp_path, "    - template:\n        name: mytool\n        version: '1.0'\n"
                                "    - template:\n        name: jq\n")
-    ins = instructions(render(load_recipe(recipe, templates=[tdir]), "docker"))
+    text = render(load_recipe(recipe, templates=[tdir]), "docker")
+    assert f"# Reproduce: ndgen recipe {recipe} --templates {tdir}\n" in text
+    ins = instructions(text)
     i = ins.index('ENV MYTOOL="/opt/mytool-1.0"')
     run = ins[i + 1]
     # dependency Jinja rendered before sorting; the recipe's arch reaches a template that declares it
@@ -235,3 +237,11 @@ def test_arch_and_options(tmp_path):
         load_recipe(recipe, arch="aarch64")
     with pytest.raises(NdgenError, match="not a directory"):
         load_recipe(recipe, templates=[tmp_path / "nope"])
+
+
+def test_a_newline_in_the_recipe_path_stays_in_the_comment(tmp_path):
+    recipe = _recipe(tmp_path, "    - run: [echo hi]\n")
+    odd = tmp_path / "x\nRUN touch pwned"
+    recipe.rename(odd)
+    text = render(load_recipe(odd), "docker")
+    assert "\nRUN touch pwned" not in text and "x\\x0aRUN touch pwned" in text
