@@ -96,6 +96,14 @@ def ndgen_cli():
     return run_ndgen
 
 
+def remove_image(client, tag: str) -> None:
+    """Remove a test's image tag; already gone is fine (cleanup must not hide the test's result)."""
+    try:
+        client.images.remove(tag, force=True)
+    except Exception:  # already gone
+        pass
+
+
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
     """minify tests: point ndgen's scratch at a directory the test can inspect afterwards."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import docker.errors
 import pytest
-from conftest import run_ndgen
+from conftest import remove_image, run_ndgen
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import families, packages
@@ -177,21 +177,14 @@ def pkg_image(docker_client, base_image):
     dockerfile = DOCKERFILE.format(base=base_image)
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
     yield tag
-    _remove(docker_client, tag)
+    remove_image(docker_client, tag)
 
 
 @pytest.fixture
 def new_tag(docker_client):
     tag = f"{PREFIX}-out-{os.getpid()}:{uuid.uuid4().hex[:8]}"
     yield tag
-    _remove(docker_client, tag)
-
-
-def _remove(client, tag: str) -> None:
-    try:
-        client.images.remove(tag, force=True)
-    except Exception:  # already gone
-        pass
+    remove_image(docker_client, tag)
 
 
 def _outputs(client, tag: str, commands) -> list[tuple[int, bytes]]:
@@ -414,4 +407,4 @@ def test_keep_packages_on_an_rpm_image_reads_it_with_the_images_rpm(docker_clien
         assert _outputs(docker_client, new_tag, [probe]) == [(0, b"data\nno-doc\n")]
         assert list(scratch.iterdir()) == []
     finally:
-        _remove(docker_client, source)
+        remove_image(docker_client, source)
