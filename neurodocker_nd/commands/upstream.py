@@ -32,11 +32,28 @@ def upstream_group() -> None:
 )
 @click.option("--author", metavar="'NAME <EMAIL>'",
               help="Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).")
-def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None) -> None:
+@click.option("--target", type=click.Choice(["neurodocker", "neurocontainers"]), default="neurodocker",
+              show_default=True, help="neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.")
+def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None, target: str) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
     from neurodocker_nd import paths
     from neurodocker_nd.upstream.export import export
     from neurodocker_nd.upstream.gitcmd import resolve_identity
+
+    if target == "neurocontainers":
+        from neurodocker_nd.upstream import neurocontainers
+
+        if upstream is not None:  # a neurocontainers checkout: patch series for `pr --target neurocontainers`
+            made = neurocontainers.export_series(registry or paths.registry_dir(), upstream, out, resolve_identity(author))
+            for s in made:
+                click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
+            click.echo(f"exported {len(made)} series to {out}")
+            return
+        done = neurocontainers.export(registry or paths.registry_dir(), out)
+        for r in done:
+            click.echo(f"{r.name}: recipes/{r.name}/build.yaml + fulltest.yaml ({r.version})")
+        click.echo(f"exported {len(done)} neurocontainers recipes to {out}")
+        return
 
     series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author))
     for s in series:
@@ -59,10 +76,12 @@ def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: 
               help="Git URL of a repository; {repo} is OWNER/NAME.")
 @click.option("--max-wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
               help="Longest wait for a GitHub rate limit to reset, in seconds.")
+@click.option("--target", type=click.Choice(["neurodocker", "neurocontainers"]), default="neurodocker",
+              show_default=True, help="What the series in --patches are for (see `export --target`).")
 @click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
               help="Append a Markdown report to this file (e.g. $GITHUB_STEP_SUMMARY).")
 def pr_cmd(dry_run: bool, upstream_repo: str, fork: str, patches: Path, token_file: Path | None, author: str | None,
-           api_url: str, git_url_template: str, max_wait: float, summary: Path | None) -> None:
+           api_url: str, git_url_template: str, max_wait: float, target: str, summary: Path | None) -> None:
     """Push each series to the fork and open, update or close its pull request.
 
     Each series is handled on its own; exit status 1 when any failed.
@@ -81,7 +100,7 @@ def pr_cmd(dry_run: bool, upstream_repo: str, fork: str, patches: Path, token_fi
     else:
         identity = resolve_identity(author)
     config = BotConfig(upstream_repo=upstream_repo, fork=fork, api_url=api_url, git_url_template=git_url_template,
-                       apply=not dry_run, identity=identity, max_wait=max_wait)
+                       apply=not dry_run, identity=identity, max_wait=max_wait, target=target)
     outcome = Outcome()
     lines = []
     for line in run(config, patches, token, outcome):

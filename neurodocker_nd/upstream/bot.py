@@ -57,6 +57,7 @@ class BotConfig:
     apply: bool = False
     identity: Identity = SCRATCH  # commits the bot makes (required with --apply)
     max_wait: float = 120.0  # longest rate-limit wait, seconds
+    target: str = "neurodocker"  # what the series are for: neurodocker templates or neurocontainers recipes
 
     def git_url(self, repo: str) -> str:
         return self.git_url_template.format(repo=repo)
@@ -178,6 +179,10 @@ def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcom
     if "{repo}" not in config.git_url_template:
         raise NdgenError(f"--git-url-template {config.git_url_template!r} must contain {{repo}}")
     series = read_series_dir(patches_dir)
+    wrong = [s.name for s in series if s.target != config.target]
+    if wrong:
+        raise NdgenError(f"{patches_dir}: {', '.join(wrong)} exported for {series[0].target if len(wrong) == len(series) else 'another target'},"
+                         f" not --target {config.target}")
     gh = GitHub(config.api_url, token, config.max_wait)
     base_branch = gh.default_branch(config.upstream_repo)
     ours = _ours(gh.pulls(config.upstream_repo, "open"), config)
@@ -197,7 +202,7 @@ def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcom
         for pr in prs:
             try:
                 if config.apply:
-                    _close(gh, config, pr, "ndgen no longer exports this template (it landed upstream or left ndgen's registry).")
+                    _close(gh, config, pr, "ndgen no longer exports this (it landed upstream or left ndgen's registry).")
                 yield f"{name}: {prefix}close #{pr.number} (no longer exported)"
                 outcome.status.setdefault(name, "ok")
             except NdgenError as exc:
@@ -224,7 +229,7 @@ def _ours(pulls: list[PullRequest], config: BotConfig) -> dict[str, list[PullReq
 
 def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: list[PullRequest],
           base_branch: str, prefix: str) -> Iterator[str]:
-    upstream_file = gh.file_text(config.upstream_repo, f"{TEMPLATES}/{s.name}.yaml", base_branch)
+    upstream_file = gh.file_text(config.upstream_repo, s.landed_path or f"{TEMPLATES}/{s.name}.yaml", base_branch)
     if _same_template(upstream_file, s.template_text):
         if not prs:
             yield f"{s.name}: landed upstream, no open PR"

@@ -1,0 +1,279 @@
+"""`ndgen upstream export --target neurocontainers`: registry entries → neurocontainers recipes.
+
+neurocontainers (Neurodesk's container recipes) no longer builds through neurodocker's
+templates, so a template PR to neurodocker does not reach them. This writes, per
+registry entry with a template (not `ndgen-only`), a recipe in *their* format:
+
+* ``recipes/<name>/build.yaml``: name (their names cannot hold ``_``: it becomes ``-``),
+  the newest version, ``build.kind: neurodocker`` on ``ubuntu:24.04`` (glibc 2.39, which
+  every registry glibc floor allows) with install directives — an ``install:`` of the
+  template's apt dependencies, an ``environment:`` and a ``run:`` holding the template's
+  instructions rendered for that version by neurodocker's own renderer (their builder
+  has no copy of most of our templates, so no ``template:`` directive), a ``deploy:``
+  of meta ``commands``, a ``test:`` running meta ``test``; copyright (a pointer to the
+  homepage: the registry records no license), a readme, one category from their fixed
+  list (mapped from meta ``categories``) and an icon (their validation requires an
+  inline image; ndgen draws a neutral SVG with the name's initials);
+* ``recipes/<name>/fulltest.yaml``: name, version and meta ``test`` as the one test.
+
+Their own validator (``builder/validation.py`` of a neurocontainers checkout) accepts
+the result; tests run it when ``NDGEN_NEUROCONTAINERS`` points at a checkout.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+import yaml
+
+from neurodocker_nd.errors import NdgenError
+
+BASE_IMAGE = "ubuntu:24.04"
+# ndgen meta category → one of neurocontainers' categories (their validation.CATEGORIES).
+CATEGORY_MAP: dict[str, str] = {
+    "registration": "image registration",
+    "segmentation": "image segmentation",
+    "skull-stripping": "image segmentation",
+    "fmri": "functional imaging",
+    "diffusion": "diffusion imaging",
+    "tractography": "diffusion imaging",
+    "structural": "structural imaging",
+    "morphometry": "structural imaging",
+    "visualization": "visualization",
+    "surface": "visualization",
+    "conversion": "data organisation",
+    "dicom": "data organisation",
+    "bids": "data organisation",
+    "image-math": "data organisation",
+    "minc": "data organisation",
+}
+FALLBACK_CATEGORY = "data organisation"
+
+
+@attrs.frozen
+class NcRecipe:
+    name: str  # their name
+    entry: str  # ndgen registry name
+    version: str
+    build: str  # build.yaml text
+    fulltest: str  # fulltest.yaml text
+
+
+def recipe_name(entry: str) -> str:
+    return entry.replace("_", "-")
+
+
+def _category(categories: tuple[str, ...]) -> str:
+    return next((CATEGORY_MAP[c] for c in categories if c in CATEGORY_MAP), FALLBACK_CATEGORY)
+
+
+def _icon(name: str) -> str:
+    """A neutral SVG (the name's initials on grey), ndgen's own drawing, as a data URI."""
+    initials = "".join(part[0] for part in name.replace("_", "-").split("-") if part)[:3].upper() or "?"
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64" viewBox="0 0 64 64">'
+           '<rect width="64" height="64" rx="8" fill="#5a6270"/>'
+           f'<text x="32" y="40" font-family="sans-serif" font-size="20" fill="#fff" text-anchor="middle">{initials}</text>'
+           "</svg>")
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def _rendered(template: Mapping[str, Any], version: str) -> tuple[list[str], dict[str, str], list[str]]:
+    """(apt packages, env, instruction lines) of the binaries method at `version`, rendered by reproenv."""
+    import types
+
+    from neurodocker.reproenv.renderers import _render_string_from_template
+    from neurodocker.reproenv.template import Template
+
+    tmpl = Template(dict(template), binaries_kwds={"version": version})
+    method = tmpl.binaries
+    # Dependencies become an `install:` directive; the template's own calls render empty.
+    method.install_dependencies = types.MethodType(lambda self, opts=None: "", method)
+    method.install = types.MethodType(lambda self, pkgs, opts=None: "", method)
+    method.pkg_manager = "apt"
+    env = {_render_string_from_template(k, method): _render_string_from_template(v, method)
+           for k, v in (method.env or {}).items()}
+    text = _render_string_from_template(method.instructions or "", method)
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return list(method.dependencies("apt")), env, lines
+
+
+def build_recipe(entry: Any) -> NcRecipe | None:
+    """One registry entry → their recipe (None: nothing to build from, e.g. no binaries)."""
+    from neurodocker_nd.registry import sort_versions
+
+    meta, template = entry.meta, entry.template
+    urls = ((template or {}).get("binaries") or {}).get("urls") or {}
+    fixed = [v for v in sort_versions(map(str, urls)) if v.lower() not in ("latest", "master", "main")]
+    if meta is None or not fixed:
+        return None
+    version = fixed[0]
+    deps, env, lines = _rendered(template, version)
+    name = recipe_name(entry.name)
+    directives: list[dict[str, Any]] = []
+    if deps:
+        directives.append({"install": deps})
+    if env:
+        directives.append({"environment": env})
+    directives.append({"run": lines})
+    directives.append({"deploy": {"bins": list(meta.commands)}})
+    directives.append({"test": {"name": f"{name} registry test",
+                                "script": f"#!/usr/bin/env bash\nset -e\n{meta.test}\n"}})
+    readme = [f"## {name}/{{{{ context.version }}}} ##", "", meta.description, "",
+              f"Homepage: {meta.homepage}"]
+    alert = (template or {}).get("alert")
+    if alert:
+        readme += ["", str(alert)]
+    readme += ["", f"Commands: {', '.join(meta.commands)}", "",
+               f"To run container outside of this environment: ml {name}/{{{{ context.version }}}}",
+               "", f"Generated by ndgen from its registry entry `{entry.name}`."]
+    build = {
+        "name": name,
+        "version": version,
+        "copyright": [{"name": f"{entry.name} license (see its homepage)", "url": meta.homepage}],
+        "architectures": ["x86_64"],
+        "build": {"kind": "neurodocker", "base-image": BASE_IMAGE, "pkg-manager": "apt", "directives": directives},
+        "categories": [_category(meta.categories)],
+        "readme": "\n".join(readme) + "\n",
+        "icon": _icon(entry.name),
+    }
+    fulltest = {
+        "name": name,
+        "version": version,
+        "tests": [{"name": "registry test", "description": f"ndgen's test for {entry.name}",
+                   "command": meta.test}],
+    }
+    return NcRecipe(name, entry.name, version, _dump(build), _dump(fulltest))
+
+
+def _dump(data: Any) -> str:
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, value: str):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True)
+
+
+def recipes(registry_dir: Path) -> list[NcRecipe]:
+    from neurodocker_nd.registry import Registry
+
+    registry = Registry(registry_dir=registry_dir)
+    root = registry_dir.resolve()
+    found = []
+    for entry in registry.entries():
+        path = entry.template_path
+        if entry.meta is None or path is None or path.resolve().parent.parent != root:
+            continue
+        if entry.meta.upstream_status == "ndgen-only":
+            continue
+        r = build_recipe(entry)
+        if r is not None:
+            found.append(r)
+    return found
+
+
+def export(registry_dir: Path, out: Path) -> list[NcRecipe]:
+    """Write `out/recipes/<name>/{build,fulltest}.yaml`, replacing `out` whole."""
+    found = recipes(registry_dir)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        for r in found:
+            d = staging / "recipes" / r.name
+            d.mkdir(parents=True)
+            (d / "build.yaml").write_text(r.build, encoding="utf-8")
+            (d / "fulltest.yaml").write_text(r.fulltest, encoding="utf-8")
+        if out.exists():
+            if not out.is_dir():
+                raise NdgenError(f"--out {out}: not a directory")
+            shutil.rmtree(out)
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return found
+
+
+# ---------------------------------------------------------------- series for the bot
+
+
+def export_series(registry_dir: Path, checkout: Path, out: Path, author: Any) -> list[Any]:
+    """Per recipe, a proven patch series against a neurocontainers checkout (what `ndgen upstream pr
+    --target neurocontainers` reads): adds or updates recipes/<name>/{build,fulltest}.yaml."""
+    from neurodocker_nd.upstream.export import HASH_MARKER, NC_RECIPE_FILE, Series, _write_atomically, series_hash
+    from neurodocker_nd.upstream.gitcmd import git
+
+    if not (checkout / "recipes").is_dir():
+        raise NdgenError(f"--upstream {checkout}: not a neurocontainers checkout (no recipes/)")
+    found = recipes(registry_dir)
+    series = []
+    with tempfile.TemporaryDirectory(prefix="ndgen-nc-export-") as tmp:
+        repo = Path(tmp) / "upstream"
+        git("clone", "-q", "--no-checkout", str(checkout), str(repo), what=f"cloning --upstream {checkout}")
+        base = git("rev-parse", "HEAD", cwd=checkout, what=f"--upstream {checkout}").strip()
+        git("checkout", "-q", "--detach", base, cwd=repo)
+        for r in found:
+            rel = Path("recipes") / r.name
+            theirs = repo / rel / NC_RECIPE_FILE
+            if theirs.is_file() and yaml.safe_load(theirs.read_text(encoding="utf-8")) == yaml.safe_load(r.build):
+                continue  # landed
+            kind = "update" if theirs.is_file() else "new"
+            title = f"{'Update' if kind == 'update' else 'Add'} {r.name} recipe ({r.version})"
+            git("checkout", "-q", "--detach", base, cwd=repo)
+            (repo / rel).mkdir(parents=True, exist_ok=True)
+            (repo / rel / NC_RECIPE_FILE).write_text(r.build, encoding="utf-8")
+            (repo / rel / "fulltest.yaml").write_text(r.fulltest, encoding="utf-8")
+            git("add", str(rel), cwd=repo)
+            msg = f"{title}\n\nGenerated by ndgen from its registry entry {r.entry}.\n"
+            git("commit", "-q", "-F", "-", cwd=repo, input_bytes=msg.encode(), identity=author)
+            pdir = Path(tmp) / "patches" / r.name
+            pdir.mkdir(parents=True)
+            names = git("format-patch", "--zero-commit", "--full-index", "--no-signature", "--numbered",
+                        "-o", str(pdir), f"{base}..HEAD", cwd=repo).splitlines()
+            patches = [Path(n) if os.path.isabs(n) else repo / n for n in names]
+            evidence = _prove(repo, rel, r)
+            git("checkout", "-q", "--detach", base, cwd=repo)
+            contents = tuple((p.name, p.read_bytes()) for p in patches)
+            digest = series_hash(contents)
+            body = "\n".join([
+                "## What", "", f"{'Adds' if kind == 'new' else 'Updates'} the **{r.name}** recipe, version {r.version}:"
+                f" `recipes/{r.name}/build.yaml` and `fulltest.yaml`.", "",
+                "## How it was tested", "", *[f"- {line};" for line in evidence],
+                "- not built by ndgen: its downloads are unreachable from ndgen's build machines.", "",
+                "---", "", f"Generated by ndgen (`ndgen upstream export --target neurocontainers`) from its registry entry `{r.entry}`.",
+                f"<!-- {HASH_MARKER}: {r.name} {digest} -->",
+            ]) + "\n"
+            series.append(Series(r.name, kind, contents, title, body, digest, r.build, NC_RECIPE_FILE))
+        _write_atomically(series, out, "neurocontainers")
+    return series
+
+
+def _prove(repo: Path, rel: Path, r: NcRecipe) -> list[str]:
+    """Their validator (when the checkout has it) and `ndgen recipe` accept the recipe."""
+    import subprocess
+    import sys
+
+    done = []
+    if (repo / "builder" / "validation.py").is_file():
+        proc = subprocess.run([sys.executable, "-m", "builder.validation", str(rel / "build.yaml")], cwd=repo,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise NdgenError(f"{r.name}: neurocontainers' validation rejects the recipe: {last}")
+        done.append("neurocontainers' own `python -m builder.validation` accepts build.yaml and fulltest.yaml")
+    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "recipe", str(repo / rel)],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise NdgenError(f"{r.name}: `ndgen recipe` cannot render the recipe: {proc.stderr.strip()[-200:]}")
+    done.append("`ndgen recipe` renders it to a Dockerfile")
+    return done
