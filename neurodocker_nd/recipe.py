@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shlex
 import urllib.parse
 from pathlib import Path
@@ -123,6 +124,53 @@ def _compiled(text: str):
     return _jinja_env().from_string(text)
 
 
+_SIMPLE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*)\s*\}\}")
+_MISSING = object()
+
+
+def _lookup(ns: Mapping[str, Any], dotted: str) -> Any:
+    """`a.b.c` as Jinja resolves it, for the plain cases only (else _MISSING: Jinja decides)."""
+    head, *rest = dotted.split(".")
+    value = ns.get(head, _MISSING)
+    for attr in rest:
+        if value is _MISSING:
+            return _MISSING
+        if isinstance(value, dict):
+            # Jinja tries the attribute first: dict methods (`items`) are not plain values.
+            value = value[attr] if attr in value and not hasattr(dict, attr) else _MISSING
+        elif isinstance(value, (_Context, SimpleNamespace)):
+            value = getattr(value, attr, _MISSING)
+        else:
+            return _MISSING
+    if isinstance(value, (str, int)):  # bool is an int: str(True) == "True", as Jinja prints it
+        return str(value)
+    return _MISSING
+
+
+def _substitute(text: str, ns: Mapping[str, Any]) -> str | None:
+    """`{{ context.version }}`-only strings without compiling a template (most of a
+    recipe's Jinja); None when anything else is in the string."""
+    if "{%" in text or "{#" in text:
+        return None
+    out, pos = [], 0
+    for m in _SIMPLE.finditer(text):
+        value = _lookup(ns, m.group(1))
+        if value is _MISSING:
+            return None
+        out += [text[pos:m.start()], value]
+        pos = m.end()
+    out.append(text[pos:])
+    result = "".join(out)
+    if "{{" in "".join(out[::2]):
+        return None
+    return _drop_final_newline(result) if text.endswith("\n") else result
+
+
+def _drop_final_newline(text: str) -> str:
+    # Jinja with keep_trailing_newline=False drops one final newline of the template.
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 def _has_jinja(text: str) -> bool:
     # Shell's ${VAR} is not Jinja: only {{ }}, {% %} and {# #} need the engine.
     return "{{" in text or "{%" in text or "{#" in text
@@ -214,10 +262,13 @@ class _Loader:
         import jinja2
 
         if not _has_jinja(text):  # the common case: nothing to evaluate
-            # ...but as Jinja would (keep_trailing_newline=False): one final newline goes.
-            return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+            return _drop_final_newline(text)  # ...but as Jinja would
+        ns = self._ns()
+        fast = _substitute(text, ns)
+        if fast is not None:
+            return fast
         try:
-            return _compiled(text).render(**self._ns())
+            return _compiled(text).render(**ns)
         except RecipeError as exc:
             raise RecipeError(f"{where.line()}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:

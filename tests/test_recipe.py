@@ -245,3 +245,21 @@ def test_a_newline_in_the_recipe_path_stays_in_the_comment(tmp_path):
     recipe.rename(odd)
     text = render(load_recipe(odd), "docker")
     assert "\nRUN touch pwned" not in text and "x\\x0aRUN touch pwned" in text
+
+
+def test_plain_substitutions_skip_jinja_but_match_it(tmp_path):
+    """The no-compile path for `{{ a.b }}` strings gives exactly Jinja's text; anything else goes to Jinja."""
+    from neurodocker_nd import recipe as rc
+
+    recipe = _recipe(tmp_path, "    - run: ['echo {{ context.version }}']\n", extra="variables:\n  d: {k: v, items: x}\n  n: 3\n")
+    loader = rc._Loader(rc.find_recipe(recipe), "x86_64", {}, (), None, 2)
+    loader.load()
+    ns = loader._ns()
+    cases = ["v{{ context.version }}-{{arch}}\n", "{{ d.k }} {{ n }} {{ parallel_jobs }}", "{{ d.items }}",
+             "{{ context.get_file }}", "{{ n + 1 }}", "{% if arch %}x{% endif %}", "${HOME} {{ context.name }}"]
+    for text in cases:
+        fast = rc._substitute(text, ns)
+        slow = rc._compiled(text).render(**ns)
+        assert fast is None or fast == slow, text
+    assert rc._substitute(cases[0], ns) == "v1-x86_64" and rc._substitute(cases[1], ns) == "v 3 2"
+    assert rc._substitute("{{ d.items }}", ns) is None and rc._substitute("{{ n + 1 }}", ns) is None
