@@ -248,19 +248,10 @@ def test_new_template_series_apply_alone_and_in_every_order(tmp_path):
     every pair applies in both orders (the second after the first landed)."""
     from neurodocker_nd.upstream.bot import apply_series
     from neurodocker_nd.upstream.gitcmd import git
-    from neurodocker_nd.upstream.tree import prepare
 
-    from test_upstream_export import CREATE_WORKFLOWS, EXAMPLES_RST
+    from test_upstream_export import full_checkout
 
-    checkout = tmp_path / "neurodocker"
-    base = prepare(None, tmp_path / "seed")
-    subprocess.run(["git", "clone", "-q", str(base.path), str(checkout)], check=True)
-    (checkout / "docs" / "user_guide").mkdir(parents=True)
-    (checkout / "docs" / "user_guide" / "examples.rst").write_text(EXAMPLES_RST)
-    (checkout / ".github" / "workflows").mkdir(parents=True)
-    (checkout / ".github" / "workflows" / "create_workflows.py").write_text(CREATE_WORKFLOWS)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=checkout, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "docs"], cwd=checkout, check=True)
+    checkout = full_checkout(tmp_path)
     out = tmp_path / "out"
     export(write_registry(tmp_path, real=("niimath", "robex")), checkout, out, author())
     new = [s for s in read_series_dir(out) if len(s.patches) == 2]  # template + docs/CI registration

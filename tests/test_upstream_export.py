@@ -190,7 +190,8 @@ def get_versions_from_neurodocker_template(software):
 '''
 
 
-def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
+def full_checkout(tmp_path: Path) -> Path:
+    """The installed neurodocker tree plus upstream's docs list and CI matrix, as a git checkout."""
     checkout = tmp_path / "neurodocker"
     base = prepare(None, tmp_path / "seed")
     subprocess.run(["git", "clone", "-q", str(base.path), str(checkout)], check=True)
@@ -201,6 +202,11 @@ def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "add", "-A"], cwd=checkout, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "docs"], cwd=checkout, check=True)
+    return checkout
+
+
+def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
+    checkout = full_checkout(tmp_path)
 
     out = tmp_path / "out"
     export(write_registry(tmp_path), checkout, out, author())

@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
 import yaml
@@ -107,20 +107,25 @@ def series_hash(patches: Iterable[tuple[str, bytes]]) -> str:
 # ---------------------------------------------------------------- candidates
 
 
-def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
-    """Registry templates that differ from (or are missing in) the upstream tree."""
+def exportable_entries(registry_dir: Path) -> Iterator[Any]:
+    """Registry entries with their own template whose meta does not say `ndgen-only`."""
     from neurodocker_nd.registry import Registry
 
     registry = Registry(registry_dir=registry_dir)
     root = registry_dir.resolve()
-    found = []
     for entry in registry.entries():
         path = entry.template_path
         if entry.meta is None or path is None or path.resolve().parent.parent != root:
             continue  # upstream-only, or system-only (ndgen-only by definition)
-        meta = entry.meta
-        if meta.upstream_status == "ndgen-only":
-            continue
+        if entry.meta.upstream_status != "ndgen-only":
+            yield entry
+
+
+def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
+    """Registry templates that differ from (or are missing in) the upstream tree."""
+    found = []
+    for entry in exportable_entries(registry_dir):
+        path, meta = entry.template_path, entry.meta
         ours = format_for_upstream(path.read_text(encoding="utf-8"))
         theirs_path = base.path / TEMPLATES / f"{entry.name}.yaml"
         theirs_text = theirs_path.read_text(encoding="utf-8") if theirs_path.is_file() else None

@@ -164,21 +164,9 @@ def _dump(data: Any) -> str:
 
 
 def recipes(registry_dir: Path) -> list[NcRecipe]:
-    from neurodocker_nd.registry import Registry
+    from neurodocker_nd.upstream.export import exportable_entries
 
-    registry = Registry(registry_dir=registry_dir)
-    root = registry_dir.resolve()
-    found = []
-    for entry in registry.entries():
-        path = entry.template_path
-        if entry.meta is None or path is None or path.resolve().parent.parent != root:
-            continue
-        if entry.meta.upstream_status == "ndgen-only":
-            continue
-        r = build_recipe(entry)
-        if r is not None:
-            found.append(r)
-    return found
+    return [r for r in map(build_recipe, exportable_entries(registry_dir)) if r is not None]
 
 
 def export(registry_dir: Path, out: Path) -> list[NcRecipe]:
