@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import export, format_for_upstream, read_series_dir
 from neurodocker_nd.upstream.tree import installed_package_dir, prepare
 
@@ -347,3 +348,19 @@ def test_export_requires_an_author(tmp_path):
     ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "From: Some One <someone@example.org>" in next((tmp_path / "o" / "jq").glob("*.patch")).read_text()
+
+
+@pytest.mark.docker
+def test_build_evidence_builds_the_debian_package_and_runs_the_entry_test(tmp_path):
+    # jq (ndgen's own entry) has method=system on apt: a real build on the engine, its test run.
+    reg = write_registry(tmp_path, real=("jq",))
+    out = tmp_path / "out"
+    export(reg, None, out, author(), build=True)
+    jq = (out / "jq" / "PR.md").read_text()
+    assert "the registry entry's test passes in a real `ndgen build --pkg jq,method=system --os debian:bookworm`" in jq
+    assert "ndgen build" not in (out / "tinytool" / "PR.md").read_text()  # no method=system: no such claim
+    # A test that fails in the built image stops the export with one line.
+    meta = reg / "jq" / "meta.yaml"
+    meta.write_text(meta.read_text().replace("test: ", "test: false && ", 1))
+    with pytest.raises(NdgenError, match="jq: ndgen build of its method=system: the entry's test failed"):
+        export(reg, None, tmp_path / "out2", author(), build=True)

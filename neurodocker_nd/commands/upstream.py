@@ -34,7 +34,10 @@ def upstream_group() -> None:
               help="Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).")
 @click.option("--target", type=click.Choice(["neurodocker", "neurocontainers"]), default="neurodocker",
               show_default=True, help="neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.")
-def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None, target: str) -> None:
+@click.option("--build-evidence", is_flag=True,
+              help="Also build each entry's Debian-packaged method=system on the Docker engine and run its test (PR.md says so).")
+def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None, target: str,
+               build_evidence: bool) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
     from neurodocker_nd import paths
     from neurodocker_nd.upstream.export import export
@@ -55,7 +58,7 @@ def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: 
         click.echo(f"exported {len(done)} neurocontainers recipes to {out}")
         return
 
-    series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author))
+    series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author), build_evidence)
     for s in series:
         click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
     click.echo(f"exported {len(series)} series to {out}")
