@@ -159,7 +159,9 @@ def run_workload_in(client, image: str, scratch: Path, name: str, commands: Sequ
 
 def ndgen_minify(tag: str, scratch: Path, commands: Sequence[str], tracer: str, *extra: str) -> tuple[float, dict]:
     report = scratch / f"report-{tag}.json"
-    argv = ["ndgen", "minify", TAG, "-t", tag, "--tracer", tracer, "--report", str(report), *extra]
+    # This interpreter's ndgen (the checkout under test), whether or not `ndgen` is on PATH.
+    argv = [sys.executable, "-m", "neurodocker_nd.cli", "minify", TAG, "-t", tag, "--tracer", tracer,
+            "--report", str(report), *extra]  # fmt: skip
     if commands:
         argv += ["-v", f"{fresh_dir(scratch, tag)}:/data"]
     for command in commands:
