@@ -127,29 +127,39 @@ def write_text(path: str | os.PathLike, text: str, *, mkdir: bool = False) -> No
 
 
 @contextlib.contextmanager
-def new_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a staging directory beside `path`; rename it to `path` if the block succeeds.
+def new_directory(path: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
+    """Yield a staging directory whose content appears at `path` only if the block succeeds.
 
-    `path` must not exist, or be an empty directory; on any error the staging
-    tree is removed and nothing appears at `path` (a build context, a matrix).
+    Without `merge`, `path` must not exist, or be an empty directory: the stage
+    is made beside it and renamed to it (a build context). With `merge`, an
+    existing directory keeps what the block does not write: the stage is made
+    inside it and each staged entry is renamed over its namesake (a matrix) —
+    a rename allocates no data, so ENOSPC cannot strike after the first entry
+    is replaced. On any error the stage is removed and `path` is as it was.
     """
     import shutil
 
     out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    into = merge and out.is_dir()
+    if not into and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _fail(path, "exists and is not an empty directory")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out if into else parent))
     except OSError as exc:
         raise _fail(path, exc) from None
     try:
         yield stage
-        stage.chmod(0o777 & ~umask())  # mkdtemp made it 0700; a new directory honours the umask
-        if out.exists():
-            out.rmdir()
-        os.rename(stage, out)
+        if into:
+            for entry in sorted(os.listdir(stage)):
+                os.replace(stage / entry, out / entry)
+            stage.rmdir()
+        else:
+            stage.chmod(0o777 & ~umask())  # mkdtemp made it 0700; a new directory honours the umask
+            if out.exists():
+                out.rmdir()
+            os.rename(stage, out)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
         raise _fail(path, exc) from None

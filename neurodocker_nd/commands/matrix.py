@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.oses import PRESETS, preset_names, resolve_target
 
 
@@ -60,42 +59,12 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
 
 
 def write_all(outdir: Path, files: dict[str, str]) -> None:
-    """Write every file, or none: a full disk must not leave half a matrix.
-
-    All files are written into a staging directory first — beside a new
-    --out, which is then renamed into place; inside an existing --out, whose
-    files are then renamed over one by one (a rename allocates no data, so
-    ENOSPC cannot strike after the first file is replaced).
-    """
-    import os
-    import shutil
-    import tempfile
-
+    """Write every file, or none: a full disk must not leave half a matrix."""
     from neurodocker_nd import outfile
 
-    fresh = not outdir.exists()
-    try:
-        if fresh:
-            outdir.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=outdir.parent if fresh else outdir))
-    except OSError as exc:
-        raise NdgenError(f"cannot write {outdir}: {exc.strerror or exc}") from None
-    try:
+    with outfile.new_directory(outdir, merge=True) as stage:
         for name, text in files.items():
             _write_one(stage / name, text)
-        if fresh:
-            stage.chmod(0o777 & ~outfile.umask())  # mkdtemp made it 0700; a new directory honours the umask
-            os.rename(stage, outdir)
-        else:
-            for name in files:
-                os.replace(stage / name, outdir / name)
-            stage.rmdir()
-    except OSError as exc:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise NdgenError(f"cannot write {outdir}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def _write_one(path: Path, text: str) -> None:
