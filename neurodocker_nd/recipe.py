@@ -462,11 +462,10 @@ class _Loader:
                 guest = base
         path = None
         if "filename" in r:
-            src = Path(str(r["filename"]))
-            src = src if src.is_absolute() else self.dir / src
+            src = self.inside(str(r["filename"]), f"file {name!r}: filename", where.child("filename"))
             if not src.is_file():
-                raise RecipeError(f"{where.line()}: file {name!r}: {src} does not exist")
-            path = str(src.resolve())
+                raise RecipeError(f"{where.line()}: file {name!r}: {self.dir / str(r['filename'])} does not exist")
+            path = str(src)
         if url is None and path is None and "contents" not in r:
             raise RecipeError(f"{where.line()}: file {name!r} has no url, filename or contents")
         st.check_line(f"file {name}", guest, forbid='"\\/', spaces=False) if guest else None
@@ -599,10 +598,19 @@ class _Loader:
                 srcs.append(src)
         self.steps.append(self.make(where, st.Copy, tuple(srcs), parts[-1]))
 
-    def check_context_path(self, src: str, where: _Where) -> None:
+    def inside(self, src: str, what: str, where: _Where) -> Path:
+        """`src` resolved, symlinks included, inside the recipe directory.
+
+        A recipe is untrusted: an absolute path, a `..` or a symlink out of the
+        directory would stage a host file (say /etc/shadow) into the image.
+        """
         p = (self.dir / src).resolve()
         if not p.is_relative_to(self.dir):
-            raise RecipeError(f"{where.line()}: copy source {src!r} is outside the recipe directory")
+            raise RecipeError(f"{where.line()}: {what} {src!r} is outside the recipe directory")
+        return p
+
+    def check_context_path(self, src: str, where: _Where) -> None:
+        p = self.inside(src, "copy source", where)
         if not p.exists():
             raise RecipeError(f"{where.line()}: copy source {src!r} does not exist in {self.dir}")
 

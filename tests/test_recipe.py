@@ -115,6 +115,8 @@ BAD = [
     ("unknown-version", "    - template:\n        name: ants\n        version: 0.0.1\n", "unknown version '0.0.1'"),
     ("bad-condition", "    - condition: arch ==\n      run: [echo]\n", "condition 'arch ==' does not parse"),
     ("missing-file", "    - file:\n        name: f\n        filename: nothere.txt\n", "nothere.txt does not exist"),
+    ("file-absolute", "    - file:\n        name: f\n        filename: /etc/hostname\n", "file 'f': filename '/etc/hostname' is outside the recipe directory"),
+    ("file-dotdot", "    - file:\n        name: f\n        filename: ../../etc/hostname\n", "is outside the recipe directory"),
     ("missing-copy", "    - copy: nothere.txt /opt/\n", "copy source 'nothere.txt' does not exist"),
     ("undefined-var", "    - run: ['echo {{ context.nosuch }}']\n", "build.yaml:10: UndefinedError"),
     ("unknown-get-file", "    - run: ['cat {{ get_file(\"x\") }}']\n", "get_file('x'): no such declared file"),
@@ -263,3 +265,14 @@ def test_plain_substitutions_skip_jinja_but_match_it(tmp_path):
         assert fast is None or fast == slow, text
     assert rc._substitute(cases[0], ns) == "v1-x86_64" and rc._substitute(cases[1], ns) == "v 3 2"
     assert rc._substitute("{{ d.items }}", ns) is None and rc._substitute("{{ n + 1 }}", ns) is None
+
+
+def test_a_file_or_copy_linking_out_of_the_recipe_is_refused(tmp_path):
+    # An untrusted recipe must not stage a host file into the image through a symlink.
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    (recipe / "leak").symlink_to("/etc/hostname")
+    for body in ("    - file:\n        name: f\n        filename: leak\n", "    - copy: leak /opt/\n"):
+        (recipe / "build.yaml").write_text(RECIPE_HEAD + body)
+        with pytest.raises(NdgenError, match="'leak' is outside the recipe directory"):
+            load_recipe(recipe)
