@@ -174,6 +174,17 @@ def ndgen_minify(tag: str, scratch: Path, commands: Sequence[str], tracer: str, 
     return seconds, json.loads(report.read_text())
 
 
+def print_ceiling(before: int, report: dict) -> None:
+    """What the files the workload itself opened weigh: no minifier that keeps the output
+    identical can go below them, so source/traced bounds the ratio of this run."""
+    by_reason = report.get("reason_bytes") or {}
+    traced = by_reason.get("traced")
+    if not traced:
+        return
+    added = ", ".join(f"{r} {mb(b)}" for r, b in by_reason.items() if r != "traced")
+    print(f"            opened by the workload: {mb(traced)} -> ceiling {before / traced:.1f}x; rules add: {added}")
+
+
 # ------------------------------------------------------------------ neurodocker baseline
 
 
@@ -311,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             steps = report.get("steps") or report.get("timings")
             if steps:
                 print(f"            steps: {json.dumps(steps)}")
+            print_ceiling(before, report)
 
         # --keep-packages: every Debian package owning a traced file, whole (docs excluded), so
         # other programs and inputs of mrtrix3, numpy, nibabel keep working.  Its price in size:

@@ -122,10 +122,13 @@ def cli(ctx: click.Context, **options: Any) -> None:
         options["pkgs"] = ordered_items(ctx, options["pkgs"], directives)
     render_default(**options)
 
+COMPLETE_VAR = "_NDGEN_COMPLETE"
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line on stderr and a non-zero exit for any error."""
     args = sys.argv[1:] if argv is None else list(argv)
+    _maybe_complete()
     try:
         # Not `cli.main()`: its own EPIPE handler exits 1 without a word, whichever
         # pipe broke, and it returns (not raises) a `ctx.exit(code)`.
@@ -156,6 +159,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the edge: no traceback for users
         _internal_error(exc)
+
+
+def _maybe_complete() -> None:
+    """Shell completion (`eval "$(_NDGEN_COMPLETE=bash_source ndgen)"`): click does this in
+    `cli.main()`, which `main` bypasses, so the completion variable is honoured here."""
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:
+        from click.shell_completion import shell_complete
+
+        code = shell_complete(cli, {}, "ndgen", COMPLETE_VAR, instruction)
+        if code:  # click says nothing about a shell or instruction it does not know
+            click.echo(f"ndgen: error: {COMPLETE_VAR}={instruction}: expected SHELL_source or SHELL_complete "
+                       "with SHELL one of bash, zsh, fish", err=True)  # fmt: skip
+        sys.exit(code)
 
 
 def _internal_error(exc: Exception) -> None:

@@ -221,3 +221,7 @@ def test_report_lists_every_kept_path_with_its_reason_and_top_dir_sizes(docker_c
     assert kept["/opt/data/file"] == "traced" and kept["/usr/bin/cat"] == "traced" and kept["/opt/s/x"] == "--keep"
     assert "elf-needed" in kept.values() and kept["/opt"] in ("parent", "traced")
     assert "/usr/lib" in top and "/opt/data" in top and sum(top.values()) == report["kept_file_bytes"]
+    # bytes by reason: the same total split by why; /opt/s/x is a symlink, so --keep adds no bytes
+    by_reason = report["reason_bytes"]
+    assert sum(by_reason.values()) == report["kept_file_bytes"] and set(by_reason) <= set(kept.values())
+    assert "--keep" not in by_reason and by_reason["traced"] > len("image-data\n")

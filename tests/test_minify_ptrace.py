@@ -71,6 +71,20 @@ def test_bwrap_setup_paths_stay_out(source, rootfs):
     assert str(rootfs) not in " ".join(rec.paths)
 
 
+def test_strace_runs_inside_the_sandbox_and_outside_the_image_tree(source, rootfs):
+    """strace is the workload's parent inside the sandbox (runc is never traced), from /dev."""
+    from neurodocker_nd.minify.run import run_plain
+
+    listing = "ls -a / /etc"
+    rec = trace(source, rootfs, ["tr '\\0' ' ' < /proc/$PPID/cmdline", listing])
+    assert rec.results[0].stdout.startswith(b"/dev/.ndgen-strace/ld.so --library-path /dev/.ndgen-strace/lib ")
+    assert b"/dev/.ndgen-strace/strace -f --seccomp-bpf" in rec.results[0].stdout
+    # The bundle and logs live on the sandbox's /dev tmpfs: / and /etc list as without a tracer.
+    assert rec.results[1].stdout == run_plain(rootfs, source.config, listing).stdout
+    assert not any(p.startswith("/dev/.ndgen") for p in rec.paths | rec.missing)
+    assert not (rootfs / "dev/.ndgen-strace").exists()
+
+
 def test_script_interpreter_from_shebang_and_bind_mount(source, rootfs, tmp_path):
     script = tmp_path / "hello"
     script.write_text("#!/bin/dash\necho hello from script\n")

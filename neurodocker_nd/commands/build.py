@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from neurodocker_nd.commands.options import recipe_options
-from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.errors import ChecksFailed, NdgenError
 
 
 @click.command("build")
@@ -81,7 +81,8 @@ def build_cmd(
     _report(outcome)
     if outcome.failures:
         names = ", ".join(f"{t.name} ({t.reason})" for t in outcome.failures)
-        raise NdgenError(f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}")
+        # exit 1 like `ndgen test` and a recipe build's suite: the image was built and tested
+        raise ChecksFailed(f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}")
 
 
 def _build_recipe_dir(

@@ -224,6 +224,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             packages=keep.packages,
             kept=dict(keep.why),
             top_dirs=report_step.top_dirs(source.pristine, keep),
+            reason_bytes=report_step.reason_bytes(source.pristine, keep),
             suite=str(options.suite.path) if options.suite is not None else None,
         )
 

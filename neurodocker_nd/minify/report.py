@@ -74,6 +74,9 @@ class Report:
     packages: tuple[tuple[str, int], ...] = ()  # --keep-packages: (package, kept bytes), largest first
     kept: dict[str, str] = attrs.field(factory=dict)  # every kept entry -> why (REASONS)
     top_dirs: tuple[tuple[str, int], ...] = ()  # kept file bytes by top directory (/usr/lib, /etc …)
+    # kept file bytes by reason: how much the trace itself needs (traced) against what rules
+    # add (families, packages, closure) — the floor any minifier keeping output identical hits
+    reason_bytes: tuple[tuple[str, int], ...] = ()
     suite: str | None = None  # --tests: the fulltest.yaml traced and run on the result
 
     @property
@@ -92,6 +95,7 @@ class Report:
         data["packages"] = [{"name": n, "bytes": b} for n, b in self.packages]
         data["kept"] = dict(sorted(self.kept.items()))
         data["top_dirs"] = dict(self.top_dirs)
+        data["reason_bytes"] = dict(self.reason_bytes)
         data["steps"] = {name: round(sec, 3) for name, sec in self.steps}
         data["entries_removed"] = self.entries_in_image - self.entries_kept
         data["ratio"] = round(self.ratio, 2)
@@ -132,6 +136,15 @@ def top_dirs(root: Path, keep: KeepSet) -> tuple[tuple[str, int], ...]:
     return tuple(_bytes_by_prefix(root, keep, 2))
 
 
+def reason_bytes(root: Path, keep: KeepSet) -> tuple[tuple[str, int], ...]:
+    """Kept file bytes by why they were kept (traced, family:gconv, package, …), largest first."""
+    totals: dict[str, int] = {}
+    for path, size in _kept_files(root, keep):
+        reason = keep.why.get(path, "parent")
+        totals[reason] = totals.get(reason, 0) + size
+    return tuple(sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def write_json(report: Report, path: Path) -> None:
     outfile.write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
 
@@ -151,6 +164,8 @@ def summary_lines(report: Report) -> Iterable[str]:
         timing += f" vs untraced {report.untraced_seconds:.2f} s ({report.overhead or 0:.2f}x)"
     yield timing + (f" — {report.tracer_note}" if report.tracer_note else "")
     yield "biggest kept: " + ", ".join(f"{p} {_mb(b)}" for p, b in report.biggest_dirs[:5])
+    if report.reason_bytes:
+        yield "kept by reason: " + ", ".join(f"{r} {_mb(b)}" for r, b in report.reason_bytes[:6])
     yield "steps: " + ", ".join(f"{n} {s:.1f} s" for n, s in report.steps)
     if report.packages:
         total = sum(b for _, b in report.packages)

@@ -124,9 +124,12 @@ def sandbox_env(rootfs: Path, config: ImageConfig) -> dict[str, str]:
 
 
 def sandbox_command(
-    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = ()
+    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount] = (), inner: Sequence[str] = ()
 ) -> SandboxCommand:
     """The argv running ``/bin/sh -c COMMAND`` on `rootfs` like ``docker run --network none``.
+
+    `inner` is an argv prefix run *inside* the sandbox before the shell (the ptrace
+    tracer's strace, so that runc or bwrap themselves are never traced).
 
     As root: an OCI bundle run by runc with Docker's defaults (:mod:`oci`).  Bubblewrap
     as root cannot be as strict (writable /proc/sys) nor as loose (no setuid: it always
@@ -136,13 +139,14 @@ def sandbox_command(
     """
     ids = resolve_user(rootfs, config.user)
     env = sandbox_env(rootfs, config)
+    argv = (*inner, SHELL, "-c", command)
     if os.geteuid() == 0 and has_cap_sys_admin():
-        return _runc_command(rootfs, config, command, mounts, ids, env)
-    return _bwrap_command(rootfs, config, command, mounts, ids, env)
+        return _runc_command(rootfs, config, argv, mounts, ids, env)
+    return _bwrap_command(rootfs, config, argv, mounts, ids, env)
 
 
 def _runc_command(
-    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
+    rootfs: Path, config: ImageConfig, argv: Sequence[str], mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
 ) -> SandboxCommand:
     if oci.runc_binary() is None:
         # Never fall back to a laxer sandbox as root.
@@ -155,7 +159,7 @@ def _runc_command(
     oci.write_bundle(
         bundle,
         rootfs,
-        (SHELL, "-c", command),
+        argv,
         env,
         cwd=config.workdir or "/",
         uid=ids.uid,
@@ -173,7 +177,7 @@ def _runc_command(
 
 
 def _bwrap_command(
-    rootfs: Path, config: ImageConfig, command: str, mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
+    rootfs: Path, config: ImageConfig, process: Sequence[str], mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
 ) -> SandboxCommand:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -206,7 +210,7 @@ def _bwrap_command(
         argv += ["--bind", str(etc / name), f"/etc/{name}"]
     for mount in mounts:
         argv += ["--ro-bind" if mount.read_only else "--bind", str(mount.host), mount.target]
-    argv += ["--chdir", config.workdir or "/", "--", SHELL, "-c", command]
+    argv += ["--chdir", config.workdir or "/", "--", *process]
     return SandboxCommand(argv=tuple(argv), env=env)
 
 
