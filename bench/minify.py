@@ -188,6 +188,16 @@ def print_ceiling(before: int, report: dict) -> None:
 # ------------------------------------------------------------------ neurodocker baseline
 
 
+def neurodocker_cli() -> str:
+    """This interpreter's `neurodocker` (the venv's, on PATH or not), else PATH's; one line if none."""
+    beside = Path(sys.executable).parent / "neurodocker"
+    found = str(beside) if beside.is_file() else shutil.which("neurodocker")
+    if found is None:
+        raise SystemExit("bench: neurodocker is not installed beside this Python nor on PATH "
+                         "(pip install '.[test]'), or pass --skip-neurodocker")  # fmt: skip
+    return found
+
+
 def reprozip_stage() -> Path:
     """A /tmp/reprozip-miniconda tree: reprozip + deps from PyPI wheels, run by the image's python3."""
     stage = CACHE / "reprozip-miniconda"
@@ -240,7 +250,7 @@ def neurodocker_minify(client, scratch: Path, commands: Sequence[str], tag: str)
         container.put_archive("/tmp", buffer.getvalue())
         start = time.perf_counter()
         proc = subprocess.run(
-            ["neurodocker", "minify", "--container", name, "--dir", "/usr/lib", "--dir", "/usr/share", "--yes",
+            [neurodocker_cli(), "minify", "--container", name, "--dir", "/usr/lib", "--dir", "/usr/share", "--yes",
              "sh /bench/work.sh"],
             capture_output=True,
             text=True,
