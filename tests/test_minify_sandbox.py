@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -79,6 +80,18 @@ def test_sandbox_sees_what_docker_run_sees(docker_client, image, source, user):
     # and what that means, spelled out:
     assert "suid-id" not in docker_out and "\n0\n" in docker_out  # the setuid program ran as root
     assert "/proc/sys ro" in docker_out and "Seccomp:\t2" in docker_out and "NoNewPrivs:\t0" in docker_out
+
+
+def test_io_uring_is_refused_as_by_docker_25(source):
+    """io_uring_setup(1, NULL): EPERM from the filter (Docker >= 25 refuses io_uring too), where
+    an unfiltered kernel reads the NULL params and says EFAULT (14) — as this host does."""
+    probe = "perl -e 'print syscall(425, 1, 0) == -1 ? $!+0 : \"fd\"'"  # 425: io_uring_setup on x86-64
+    if os.uname().machine != "x86_64":
+        pytest.skip("syscall number 425 is x86-64's")
+    host = subprocess.run(["perl", "-e", "print syscall(425, 1, 0) == -1 ? $!+0 : 'fd'"], capture_output=True, text=True)
+    assert host.stdout == "14", host  # the probe tells the filter from the kernel
+    result = run_plain(source.view("io-uring"), source.config, probe)
+    assert (result.exit_code, result.stdout) == (0, b"1")  # EPERM
 
 
 def _host(path: str) -> str:

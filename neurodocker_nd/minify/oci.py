@@ -44,11 +44,14 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 # refuses exactly the syscalls its documentation lists as "blocked by the default
 # profile"; this deny-list is that list (default action: allow).  Names unknown to
 # an architecture are skipped by runc.  ptrace, process_vm_* and kcmp stay allowed
-# as in Docker >= 19.03 on kernels >= 4.8.
+# as in Docker >= 19.03 on kernels >= 4.8.  io_uring_* as Docker >= 25 (moby#46762):
+# its operations run past seccomp, and it has been a container-escape route; Debian's
+# docker.io 20.10 still allows it, so here the sandbox is the stricter of the two.
 SECCOMP_DENIED = (
     "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
     "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
-    "get_kernel_syms", "get_mempolicy", "init_module", "ioperm", "iopl", "kexec_file_load",
+    "get_kernel_syms", "get_mempolicy", "init_module", "io_uring_enter", "io_uring_register",
+    "io_uring_setup", "ioperm", "iopl", "kexec_file_load",
     "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount", "mount_setattr", "move_mount",
     "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
     "perf_event_open", "pivot_root", "query_module", "quotactl", "quotactl_fd", "reboot",
