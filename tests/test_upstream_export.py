@@ -364,3 +364,43 @@ def test_build_evidence_builds_the_debian_package_and_runs_the_entry_test(tmp_pa
     meta.write_text(meta.read_text().replace("test: ", "test: false && ", 1))
     with pytest.raises(NdgenError, match="jq: ndgen build of its method=system: the entry's test failed"):
         export(reg, None, tmp_path / "out2", author(), build=True)
+
+
+def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_path):
+    """Upstream renders with plain Jinja, so a template can run Python (shown first); the probe's
+    bubblewrap leaves it the interpreter and the tree, read-only, and nothing else."""
+    import socket
+
+    import jinja2
+
+    from neurodocker_nd.upstream.proof import _sandboxed
+
+    # Why: in an unsandboxed Jinja environment a template reaches `os`.
+    ssti = "{{ cycler.__init__.__globals__.os.getpid() }}"
+    assert jinja2.Environment().from_string(ssti).render() == str(os.getpid())
+
+    secret = Path.home() / f".ndgen-test-secret-{os.getpid()}"
+    secret.write_text("top secret")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = (
+        "import jinja2, neurodocker_nd, pathlib, socket\n"
+        f"print(pathlib.Path({str(secret)!r}).exists())\n"
+        "try:\n    (pathlib.Path.cwd() / 'x').write_text('x'); print('wrote')\nexcept OSError: print('read-only')\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\n"
+        "except OSError: print('no network')\n"
+    )
+    cmd = [sys.executable, "-I", "-c", code]
+    try:
+        # The same probe unsandboxed sees all three: the checks can fail.
+        bare = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=60)
+        assert bare.stdout.splitlines() == ["True", "wrote", "connected"], bare.stderr
+        (tree / "x").unlink()
+        boxed = subprocess.run(_sandboxed(cmd, tree), capture_output=True, text=True, cwd=tree, timeout=60)
+        assert boxed.stdout.splitlines() == ["False", "read-only", "no network"], boxed.stderr
+        assert not (tree / "x").exists()
+    finally:
+        secret.unlink()
+        listener.close()

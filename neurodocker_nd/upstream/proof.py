@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -143,12 +144,36 @@ def _beside_python(tool: str) -> str | None:
     return str(cand) if cand.is_file() else None
 
 
+# What the probe's interpreter needs to start, read-only: the system's programs and
+# libraries, the dynamic linker's cache.  The interpreter's own prefixes and sys.path
+# entries (a venv, a pyenv under /root, an editable checkout) are added per run.
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
+           "/etc/ld.so.conf.d", "/etc/alternatives")  # fmt: skip
+
+
+def _sandboxed(cmd: list[str], tree: Path) -> list[str]:
+    """`cmd` inside bubblewrap: upstream renders templates with plain Jinja (no sandbox), so a
+    template under test could run Python; here it sees no network, no writable host path, and
+    of the host only what the interpreter needs — not $HOME, /root, /work, tokens or keys."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise NdgenError("rendering with upstream neurodocker runs in bubblewrap, which is not installed: "
+                         "apt-get install bubblewrap")  # fmt: skip
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--setenv", "HOME", "/tmp"]  # fmt: skip
+    keep = {*_SYSTEM, sys.prefix, sys.base_prefix, *(p for p in sys.path if p), str(tree)}
+    for path in sorted(keep):
+        if os.path.lexists(path):
+            argv += ["--ro-bind", path, path] if not os.path.islink(path) else ["--symlink", os.readlink(path), path]
+    return [*argv, "--chdir", str(tree), "--", *cmd]
+
+
 def _run_probe(tree: Path, name: str) -> dict:
     # -I: ignore PYTHONPATH/user site and do not put the cwd on sys.path, so the
     # only neurodocker on the path ahead of the installed one is the tree's.
     cmd = [sys.executable, "-I", "-m", "neurodocker_nd.upstream.probe", str(tree), name]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tree)
+        proc = subprocess.run(_sandboxed(cmd, tree), capture_output=True, text=True, timeout=300, cwd=tree)
     except subprocess.TimeoutExpired as exc:
         raise NdgenError(f"{name}: rendering with upstream neurodocker timed out") from exc
     try:
