@@ -46,6 +46,7 @@ from neurodocker_nd.minify.ptrace import PtraceTracer
 from neurodocker_nd.minify.run import Mount, run_plain
 from neurodocker_nd.minify.source import open_source
 from neurodocker_nd.minify.trace import FanotifyTracer
+from neurodocker_nd.paths import beside_python
 
 TAG = "ndgen-bench-mrtrix3"
 BASE = os.environ.get("NDGEN_BENCH_BASE", "debian:bookworm")  # the reference image builds FROM it
@@ -190,8 +191,7 @@ def print_ceiling(before: int, report: dict) -> None:
 
 def neurodocker_cli() -> str:
     """This interpreter's `neurodocker` (the venv's, on PATH or not), else PATH's; one line if none."""
-    beside = Path(sys.executable).parent / "neurodocker"
-    found = str(beside) if beside.is_file() else shutil.which("neurodocker")
+    found = beside_python("neurodocker") or shutil.which("neurodocker")
     if found is None:
         raise SystemExit("bench: neurodocker is not installed beside this Python nor on PATH "
                          "(pip install '.[test]'), or pass --skip-neurodocker")  # fmt: skip
@@ -229,6 +229,7 @@ def _pip(*args: str) -> None:
 
 
 def neurodocker_minify(client, scratch: Path, commands: Sequence[str], tag: str) -> dict:
+    neurodocker = neurodocker_cli()  # before staging reprozip or starting a container
     stage = reprozip_stage()
     data = fresh_dir(scratch, "neurodocker")
     script = scratch / "work.sh"
@@ -250,7 +251,7 @@ def neurodocker_minify(client, scratch: Path, commands: Sequence[str], tag: str)
         container.put_archive("/tmp", buffer.getvalue())
         start = time.perf_counter()
         proc = subprocess.run(
-            [neurodocker_cli(), "minify", "--container", name, "--dir", "/usr/lib", "--dir", "/usr/share", "--yes",
+            [neurodocker, "minify", "--container", name, "--dir", "/usr/lib", "--dir", "/usr/share", "--yes",
              "sh /bench/work.sh"],
             capture_output=True,
             text=True,

@@ -122,6 +122,7 @@ def cli(ctx: click.Context, **options: Any) -> None:
         options["pkgs"] = ordered_items(ctx, options["pkgs"], directives)
     render_default(**options)
 
+
 COMPLETE_VAR = "_NDGEN_COMPLETE"
 
 

@@ -10,6 +10,7 @@ installed package is never taken for ndgen's data.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from neurodocker_nd.errors import NdgenError
@@ -49,3 +50,9 @@ def schemas_dir() -> Path:
 
 def profiles_dir() -> Path:
     return data_dir("minify")
+
+
+def beside_python(tool: str) -> str | None:
+    """A console script installed in this interpreter's environment (a venv not on PATH)."""
+    cand = Path(sys.executable).parent / tool
+    return str(cand) if cand.is_file() else None

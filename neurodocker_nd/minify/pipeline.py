@@ -196,6 +196,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 squashfs = image_step.write_squashfs(
                     source.pristine, keep, source.config, list(options.commands), out, source.scratch
                 )
+        files = report_step.kept_files(source.pristine, keep)
         return report_step.Report(
             source_image=options.image,
             source_id=source.config.image_id,
@@ -208,7 +209,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             entries_kept=len(keep.paths),
             entries_in_image=keep.image_entries,
             kept_file_bytes=written.file_bytes if written else 0,
-            biggest_dirs=report_step.biggest_dirs(source.pristine, keep),
+            biggest_dirs=report_step.biggest_dirs(files),
             traced_seconds=record.seconds,
             untraced_seconds=sum(r.seconds for r in untraced) if untraced else None,
             steps=tuple(steps),
@@ -223,8 +224,8 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
             keep_reasons=dict(keep.reasons),
             packages=keep.packages,
             kept=dict(keep.why),
-            top_dirs=report_step.top_dirs(source.pristine, keep),
-            reason_bytes=report_step.reason_bytes(source.pristine, keep),
+            top_dirs=report_step.top_dirs(files),
+            reason_bytes=report_step.reason_bytes(files, keep.why),
             suite=str(options.suite.path) if options.suite is not None else None,
         )
 

@@ -381,11 +381,11 @@ class PtraceTracer:
         executed: set[str] = set()
         results: list[CommandResult] = []
         with tempfile.TemporaryDirectory(prefix="ndgen-strace-") as tmp:
-            launcher = strace_bundle(strace, Path(tmp) / "bundle")
-            logs = Path(tmp) / "logs"
+            bundle, logs = Path(tmp) / "bundle", Path(tmp) / "logs"
+            launcher = strace_bundle(strace, bundle)
             logs.mkdir()
             logs.chmod(0o777)  # strace runs as the image's USER
-            own = [Mount(host=Path(tmp) / "bundle", target=STRACE_DIR, read_only=True), Mount(host=logs, target=LOG_DIR)]
+            own = [Mount(host=bundle, target=STRACE_DIR, read_only=True), Mount(host=logs, target=LOG_DIR)]
             for index, command in enumerate(commands):
                 log = logs / f"{index}.log"
                 inner = (*launcher, *STRACE_FLAGS, "-o", f"{LOG_DIR}/{index}.log", "--")

@@ -6,7 +6,7 @@ import json
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +104,11 @@ class Report:
         return data
 
 
-def _kept_files(root: Path, keep: KeepSet) -> Iterable[tuple[str, int]]:
-    """(path, bytes) of every kept regular file, hard links once."""
+def kept_files(root: Path, keep: KeepSet) -> tuple[tuple[str, int], ...]:
+    """(path, bytes) of every kept regular file, hard links once: one lstat pass that
+    every size breakdown below reads."""
     seen: set[tuple[int, int]] = set()
+    files: list[tuple[str, int]] = []
     for path in keep.paths:
         try:
             st = os.lstat(str(root) + path)  # kept paths are resolved: no symlink on the way
@@ -114,35 +116,37 @@ def _kept_files(root: Path, keep: KeepSet) -> Iterable[tuple[str, int]]:
             continue
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
             seen.add((st.st_dev, st.st_ino))
-            yield path, st.st_size
+            files.append((path, st.st_size))
+    return tuple(files)
 
 
-def _bytes_by_prefix(root: Path, keep: KeepSet, depth: int) -> list[tuple[str, int]]:
+def _totals(files: Iterable[tuple[str, int]], key: Callable[[str], str]) -> list[tuple[str, int]]:
+    """Bytes summed by `key(path)`, largest first."""
     totals: dict[str, int] = {}
-    for path, size in _kept_files(root, keep):
-        key = "/" + "/".join([p for p in posixpath.dirname(path).split("/") if p][:depth])
-        totals[key] = totals.get(key, 0) + size
+    for path, size in files:
+        name = key(path)
+        totals[name] = totals.get(name, 0) + size
     return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def biggest_dirs(root: Path, keep: KeepSet, depth: int = 4, top: int = 8) -> tuple[tuple[str, int], ...]:
+def _prefix(path: str, depth: int) -> str:
+    return "/" + "/".join([p for p in posixpath.dirname(path).split("/") if p][:depth])
+
+
+def biggest_dirs(files: Iterable[tuple[str, int]], depth: int = 4, top: int = 8) -> tuple[tuple[str, int], ...]:
     """Kept bytes per directory prefix of at most `depth` components, largest first."""
-    return tuple(_bytes_by_prefix(root, keep, depth)[:top])
+    return tuple(_totals(files, lambda path: _prefix(path, depth))[:top])
 
 
-def top_dirs(root: Path, keep: KeepSet) -> tuple[tuple[str, int], ...]:
+def top_dirs(files: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     """Kept file bytes by top directory — the first two components (/usr/lib, /usr/share,
     /etc/ssl; /etc for a file directly in /etc) — largest first; hard links counted once."""
-    return tuple(_bytes_by_prefix(root, keep, 2))
+    return tuple(_totals(files, lambda path: _prefix(path, 2)))
 
 
-def reason_bytes(root: Path, keep: KeepSet) -> tuple[tuple[str, int], ...]:
+def reason_bytes(files: Iterable[tuple[str, int]], why: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
     """Kept file bytes by why they were kept (traced, family:gconv, package, …), largest first."""
-    totals: dict[str, int] = {}
-    for path, size in _kept_files(root, keep):
-        reason = keep.why.get(path, "parent")
-        totals[reason] = totals.get(reason, 0) + size
-    return tuple(sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])))
+    return tuple(_totals(files, lambda path: why.get(path, "parent")))
 
 
 def write_json(report: Report, path: Path) -> None:

