@@ -85,6 +85,18 @@ def test_strace_runs_inside_the_sandbox_and_outside_the_image_tree(source, rootf
     assert not (rootfs / "dev/.ndgen-strace").exists()
 
 
+@pytest.mark.parametrize("swap", ["symlink", "fifo"])
+def test_a_workload_swapping_its_log_cannot_make_the_host_read_or_block(source, rootfs, tmp_path, swap):
+    """The logs directory is writable inside the sandbox: a log replaced by a symlink to a host
+    file (made to look like a log) or by a FIFO is refused, never followed nor waited on."""
+    secret = tmp_path / "host-only"
+    secret.write_text('1 execve("/bin/true", ["true"], 0x0 /* 0 vars */) = 0\n')
+    log = "/dev/.ndgen-strace-log/0.log"
+    replace = f"ln -s {secret} {log}" if swap == "symlink" else f"mkfifo {log}"
+    with pytest.raises(TraceError, match="replaced its trace log"):
+        trace(source, rootfs, [f"rm {log} && {replace}"], timeout=60)
+
+
 def test_script_interpreter_from_shebang_and_bind_mount(source, rootfs, tmp_path):
     script = tmp_path / "hello"
     script.write_text("#!/bin/dash\necho hello from script\n")

@@ -35,6 +35,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -343,13 +344,28 @@ def strace_bundle(strace: str, dest: Path) -> tuple[str, ...]:
     return (f"{STRACE_DIR}/ld.so", "--library-path", f"{STRACE_DIR}/lib", f"{STRACE_DIR}/strace")
 
 
-def _check_started(log: Path, result: CommandResult) -> None:
-    """strace itself failing (no ptrace permission, seccomp refused) leaves no exec in the log."""
+def read_log(log: Path, command: str) -> list[str]:
+    """The log strace wrote, never what the workload put in its place.
+
+    The logs directory is writable inside the sandbox (strace runs as the image's
+    USER): a workload could swap a log for a symlink to a host file or a FIFO.  So it is
+    opened without following a symlink and read only if it is a regular file.
+    """
     try:
-        with log.open(errors="replace") as handle:
-            first = handle.readline()
-    except OSError:
-        first = ""
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return []  # strace never started: _check_started says why
+    except OSError as exc:  # ELOOP: a symlink
+        raise TraceError(f"ptrace tracer: {command!r} replaced its trace log ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise TraceError(f"ptrace tracer: {command!r} replaced its trace log with a non-regular file")
+        return handle.read().decode(errors="surrogateescape").splitlines(keepends=True)
+
+
+def _check_started(lines: Sequence[str], result: CommandResult) -> None:
+    """strace itself failing (no ptrace permission, seccomp refused) leaves no exec in the log."""
+    first = lines[0] if lines else ""
     if " execve(" not in first:
         detail = next(
             # strace prefixes its own messages with its argv[0] ("/usr/bin/strace: …")
@@ -391,11 +407,11 @@ class PtraceTracer:
                 inner = (*launcher, *STRACE_FLAGS, "-o", f"{LOG_DIR}/{index}.log", "--")
                 sandbox = sandbox_command(rootfs, config, command, [*mounts, *own], inner=inner)
                 result = run_sandboxed(sandbox, command, timeout=timeout)
-                _check_started(log, result)
+                lines = read_log(log, command)
+                _check_started(lines, result)
                 collector = _Collector(workdir=config.workdir or "/")
-                with log.open(errors="surrogateescape") as handle:
-                    for call in parse_strace(handle):
-                        collector.feed(call)
+                for call in parse_strace(lines):
+                    collector.feed(call)
                 paths |= collector.paths
                 missing |= collector.missing
                 executed |= collector.executed
