@@ -368,7 +368,7 @@ def test_build_evidence_builds_the_debian_package_and_runs_the_entry_test(tmp_pa
 
 def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_path):
     """Upstream renders with plain Jinja, so a template can run Python (shown first); the probe's
-    bubblewrap leaves it the interpreter and the tree, read-only, and nothing else."""
+    bubblewrap leaves it the interpreter and the tree, read-only, no environment, nothing else."""
     import socket
 
     import jinja2
@@ -386,8 +386,9 @@ def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     code = (
-        "import jinja2, neurodocker_nd, pathlib, socket\n"
+        "import jinja2, neurodocker_nd, os, pathlib, socket\n"
         f"print(pathlib.Path({str(secret)!r}).exists())\n"
+        "print(os.environ.get('GITHUB_TOKEN', 'no token'))\n"
         "try:\n    (pathlib.Path.cwd() / 'x').write_text('x'); print('wrote')\nexcept OSError: print('read-only')\n"
         f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\n"
         "except OSError: print('no network')\n"
@@ -395,11 +396,12 @@ def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_
     cmd = [sys.executable, "-I", "-c", code]
     try:
         # The same probe unsandboxed sees all three: the checks can fail.
-        bare = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=60)
-        assert bare.stdout.splitlines() == ["True", "wrote", "connected"], bare.stderr
+        env = {**os.environ, "GITHUB_TOKEN": "ghp_ndgen_test_token"}
+        bare = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=60, env=env)
+        assert bare.stdout.splitlines() == ["True", "ghp_ndgen_test_token", "wrote", "connected"], bare.stderr
         (tree / "x").unlink()
-        boxed = subprocess.run(_sandboxed(cmd, tree), capture_output=True, text=True, cwd=tree, timeout=60)
-        assert boxed.stdout.splitlines() == ["False", "read-only", "no network"], boxed.stderr
+        boxed = subprocess.run(_sandboxed(cmd, tree), capture_output=True, text=True, cwd=tree, timeout=60, env=env)
+        assert boxed.stdout.splitlines() == ["False", "no token", "read-only", "no network"], boxed.stderr
         assert not (tree / "x").exists()
     finally:
         secret.unlink()

@@ -148,14 +148,18 @@ _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc
 
 def _sandboxed(cmd: list[str], tree: Path) -> list[str]:
     """`cmd` inside bubblewrap: upstream renders templates with plain Jinja (no sandbox), so a
-    template under test could run Python; here it sees no network, no writable host path, and
-    of the host only what the interpreter needs — not $HOME, /root, /work, tokens or keys."""
+    template under test could run Python; here it sees no network, no writable host path, no
+    environment, and of the host only what the interpreter needs — not $HOME, /root, /work,
+    tokens or keys."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise NdgenError("rendering with upstream neurodocker runs in bubblewrap, which is not installed: "
                          "apt-get install bubblewrap")  # fmt: skip
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--setenv", "HOME", "/tmp"]  # fmt: skip
+    # --clearenv: a GITHUB_TOKEN in the environment would otherwise reach the template, and
+    # through an error message the log.
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # fmt: skip
     keep = {*_SYSTEM, sys.prefix, sys.base_prefix, *(p for p in sys.path if p), str(tree)}
     for path in sorted(keep):
         if os.path.lexists(path):
