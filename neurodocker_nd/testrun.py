@@ -313,6 +313,10 @@ def _dimension_problem(first: str, second: str, work_dir: Path | None) -> str | 
     inside = [work_dir is not None and Path(p).resolve().is_relative_to(work_dir.resolve()) for p in (first, second)]
     if not all(inside):
         return f"same_dimensions: {first} and {second} must be in the work directory to be compared"
+    # The image wrote these: a FIFO (or device) would block the host's read forever.
+    odd = next((p for p in (first, second) if Path(p).exists() and not Path(p).is_file()), None)
+    if odd is not None:
+        return f"same_dimensions: {odd} is not a regular file"
     try:
         import nibabel
     except ImportError:

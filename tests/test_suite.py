@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import textwrap
 from pathlib import Path
@@ -255,3 +256,15 @@ def test_staging_never_writes_through_a_symlink_out_of_the_work_dir(tmp_path):
     with pytest.raises(NdgenError, match="leads out of the work directory"):
         stage_work(plan, data)
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+def test_same_dimensions_refuses_a_fifo_the_image_left_instead_of_blocking(tmp_path):
+    """The compared files are written by the image under test: a FIFO named out.nii must not
+    hang the host's nibabel read (run in a child with a timeout, so a regression fails)."""
+    fifo = tmp_path / "out.nii"
+    os.mkfifo(fifo)
+    code = ("import sys; from pathlib import Path; from neurodocker_nd.testrun import _dimension_problem;"
+            "print(_dimension_problem(sys.argv[1], sys.argv[1], Path(sys.argv[2])))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.stdout.strip() == f"same_dimensions: {fifo} is not a regular file", proc.stderr
