@@ -243,11 +243,12 @@ def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
 
 
 def scratch_parent() -> str:
-    """Where the rootfs is bootstrapped: NDGEN_SCRATCH (as for minify), else /var/tmp.
+    """Where the rootfs is bootstrapped unless NDGEN_SCRATCH says otherwise: scratchdir's
+    private base in /var/tmp (/var/tmp/ndgen-UID, 0700: see scratchdir.base).
 
     Not /tmp: it is often a tmpfs (RAM) mounted nodev, and debootstrap makes device nodes.
     """
-    return os.environ.get("NDGEN_SCRATCH") or "/var/tmp"
+    return "/var/tmp"
 
 
 def debootstrap_argv(spec: BaseSpec, target: Path) -> list[str]:

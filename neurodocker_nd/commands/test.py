@@ -77,14 +77,12 @@ def test_image(
     log_path: Path | None = None,
 ) -> Any:
     """Load, plan, run and report (shared by `ndgen test` and `ndgen build RECIPE_DIR`)."""
-    import tempfile
-
     from neurodocker_nd import scratchdir, suite, testrun
 
     loaded = suite.load_suite(suite_path) if suite_path else None  # bad suites fail before any engine work
     scratch = None
     if loaded is not None and work_dir is None:
-        scratch = Path(tempfile.mkdtemp(prefix="ndgen-test-", dir="/var/tmp"))
+        scratch = scratchdir.make("ndgen-test-", "/var/tmp")  # private: /var/tmp/ndgen-UID (0700)
     plan = suite.plan_suite(loaded, (work_dir or scratch).absolute(), tags=tags) if loaded else None
     try:
         run = testrun.run_suite(image, plan, data_cache=data_cache, deploy=deploy, log_path=log_path)
