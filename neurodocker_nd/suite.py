@@ -239,7 +239,8 @@ def _check_inside(data: Mapping[str, Any], path: Path) -> None:
 
 def _is_inside(value: str) -> bool:
     pure = PurePosixPath(value)
-    return bool(value) and not pure.is_absolute() and ".." not in pure.parts and "$" not in value
+    # `.` would name the work directory itself: emptying it would delete the staged data and scripts.
+    return bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts and "$" not in value
 
 
 def _scalars(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

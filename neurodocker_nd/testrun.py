@@ -21,16 +21,19 @@ ENV and a definition's `%environment` count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Sequence
-from pathlib import Path
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePath
 from typing import Any
 from xml.etree import ElementTree as ET
 
 import attrs
 
-from neurodocker_nd import defbuild, engine, outfile
+from neurodocker_nd import defbuild, engine, outfile, safefs
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.suite import SETUP_TIMEOUT_S, SCRIPT_PREFIX, PlannedTest, SuitePlan
 
@@ -98,7 +101,7 @@ def run_suite(
             try:
                 results += runner.suite(plan)
             finally:
-                _remove_scripts(plan.work_dir)
+                _remove_scripts(plan)
         if deploy:
             log.status(f"{image}: deploy check")
             results += runner.deploy()
@@ -115,34 +118,97 @@ def stage_work(plan: SuitePlan, data_cache: Path | None) -> None:
     """Make the work directory: required_files copied from the data cache, output_dir emptied.
 
     Copies (not links), as their runner makes them: some tools rewrite inputs in place.
+    A reused work directory holds whatever an earlier run's commands left (the
+    image writes into it): every host write, removal and read in it goes through
+    `safefs`, walking from the work directory's descriptor without following a
+    symlink, so nothing the image planted can steer it onto a host path.
     """
-    plan.work_dir.mkdir(parents=True, exist_ok=True)
-    cache = Path(data_cache) if data_cache else plan.work_dir / ".data_cache"
-    for needed in plan.suite.required_files:
-        for name in needed.files:
-            source = cache / needed.dataset / name
-            if not source.is_file():
-                raise NdgenError(
-                    f"{plan.suite.path}: required_files: {needed.dataset}/{name} is not in the data cache {cache} "
-                    f"(fetch it there, e.g. `datalad install -s https://github.com/OpenNeuroDatasets/{needed.dataset}.git "
-                    f"{cache / needed.dataset} && datalad get -d {cache / needed.dataset} {name}`, or pass --data DIR)"
-                )
-            target = plan.data_dir / needed.dataset / name
-            _check_inside(target.parent, plan.work_dir)  # before mkdir: resolve() follows the existing part
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.unlink(missing_ok=True)
-            shutil.copy2(source, target)  # follows datalad's annex symlinks to the content
-    if plan.output_dir is not None:  # inside the work directory (checked when the suite was loaded)
-        if plan.output_dir.is_symlink():  # left by an earlier run's commands: never follow it on the host
-            plan.output_dir.unlink()
-        shutil.rmtree(plan.output_dir, ignore_errors=True)
-        plan.output_dir.mkdir(parents=True, exist_ok=True)
+    work = plan.work_dir
+    try:
+        work.mkdir(parents=True, exist_ok=True)  # the user's --work (or a fresh scratch): trusted
+    except OSError as exc:
+        raise NdgenError(f"cannot create the work directory {work}: {exc.strerror}") from None
+    cache = Path(data_cache) if data_cache else work / ".data_cache"
+    with safefs.opened(safefs.open_trusted_dir(work)) as work_fd:
+        for needed in plan.suite.required_files:
+            for name in needed.files:
+                with _cache_file(plan, cache, needed.dataset, name) as source:
+                    _copy_in(work_fd, _relative(plan.data_dir / needed.dataset / name, work), source, work)
+        if plan.output_dir is not None:  # inside the work directory (checked when the suite was loaded)
+            relative = _relative(plan.output_dir, work)
+            with safefs.opened(_open_in_work(work_fd, relative.parent, work, create=True)) as parent:
+                # The output directory itself (or a link to anywhere an earlier run left in its
+                # place) is removed without following links, then made afresh.
+                safefs.remove_at(parent, relative.name, shown=plan.output_dir)
+                os.close(safefs.open_dir_at(parent, relative.name, create=True, shown=plan.output_dir))
 
 
-def _check_inside(path: Path, work_dir: Path) -> None:
-    """A reused work directory may hold symlinks an earlier run's commands made: host writes never follow them out."""
-    if not path.resolve().is_relative_to(work_dir.resolve()):
-        raise NdgenError(f"{path} leads out of the work directory {work_dir} (a symlink?); use a fresh --work")
+def _relative(path: Path, work_dir: Path) -> PurePath:
+    """`path` below the work directory (plans only make such paths; an empty one names nothing)."""
+    relative = PurePath(os.path.normpath(path)).relative_to(os.path.normpath(work_dir))
+    if not relative.parts:
+        raise NdgenError(f"{path} is the work directory itself, not a path inside it")
+    return relative
+
+
+def _open_in_work(work_fd: int, relative: PurePath, work_dir: Path, *, create: bool = False) -> int:
+    """A directory below the work directory, reached without following any link an earlier run left."""
+    try:
+        return safefs.open_dir(work_fd, relative, create=create, shown=work_dir)
+    except safefs.UnsafePath as exc:
+        raise NdgenError(
+            f"{exc}: it leads out of the work directory {work_dir} (left by an earlier run's commands?); "
+            "remove it or use a fresh --work"
+        ) from None
+
+
+@contextlib.contextmanager
+def _cache_file(plan: SuitePlan, cache: Path, dataset: str, name: str) -> Iterator[int]:
+    """An open descriptor of DATASET/NAME in the data cache (a regular file), or the exit-2 line.
+
+    The cache is the user's (datalad's annex symlinks are followed to their
+    content), unless it lies in the work directory, as the default does: there
+    the image may have planted links, so the file must resolve inside the work
+    directory (to a datalad annex object, say), never to a host file that
+    would be copied where the image can read it.
+    """
+    source = cache / dataset / name
+    work = plan.work_dir.resolve()
+    real = Path(os.path.realpath(source))
+    contained = Path(os.path.realpath(cache)).is_relative_to(work)
+    if contained and not real.is_relative_to(work):
+        raise NdgenError(f"{source} leads out of the work directory {plan.work_dir} (a symlink?); use a fresh --work")
+    try:
+        # O_NOFOLLOW on the resolved path: no link may appear after it was resolved (and no
+        # container of this run is running while the work directory is staged).
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if contained else 0))
+    except OSError:
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise NdgenError(
+            f"{plan.suite.path}: required_files: {dataset}/{name} is not in the data cache {cache} "
+            f"(fetch it there, e.g. `datalad install -s https://github.com/OpenNeuroDatasets/{dataset}.git "
+            f"{cache / dataset} && datalad get -d {cache / dataset} {name}`, or pass --data DIR)"
+        )
+    os.set_blocking(fd, True)
+    with safefs.opened(fd):
+        yield fd
+
+
+def _copy_in(work_fd: int, relative: PurePath, source: int, work_dir: Path) -> None:
+    """Copy the open `source` to `relative` in the work directory: a new file, mode and times kept."""
+    shown = work_dir / relative
+    with safefs.opened(_open_in_work(work_fd, relative.parent, work_dir, create=True)) as parent:
+        info = os.fstat(source)
+        with safefs.opened(safefs.create_file_at(parent, relative.name, stat.S_IMODE(info.st_mode), shown=shown)) as target:
+            try:
+                with os.fdopen(os.dup(source), "rb") as reader, os.fdopen(os.dup(target), "wb") as writer:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+                os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+            except OSError as exc:
+                raise NdgenError(f"cannot copy {shown}: {exc.strerror}") from None
 
 
 def write_junit(run: SuiteRun, path: Path) -> None:
@@ -259,23 +325,38 @@ class _Runner:
         return results
 
 
-def write_scripts(plan: SuitePlan) -> None:
-    """The plan's scripts into its work directory (also used by `minify --tests` to trace them)."""
+def _script_files(plan: SuitePlan) -> list[tuple[Path, str]]:
     files = [(t.script_path, t.script) for t in plan.tests]
-    files += [(t.extra_path, t.extra_script) for t in plan.tests if t.extra_path is not None]
+    files += [(t.extra_path, t.extra_script or "") for t in plan.tests if t.extra_path is not None]
     if plan.setup:
         files.append((plan.work_dir / f"{SCRIPT_PREFIX}setup.sh", plan.setup + "\n"))
     if plan.cleanup:
         files.append((plan.work_dir / f"{SCRIPT_PREFIX}cleanup.sh", plan.cleanup + "\n"))
-    for path, text in files:
-        path.unlink(missing_ok=True)  # a link an earlier run's commands left there is replaced, not followed
-        path.write_text(text or "", encoding="utf-8")
-        path.chmod(0o755)
+    for path, _ in files:
+        if path.parent != plan.work_dir:  # suite.plan_suite puts every script there
+            raise NdgenError(f"internal: script {path} is not directly in the work directory {plan.work_dir}")
+    return files
 
 
-def _remove_scripts(work_dir: Path) -> None:
-    for path in work_dir.glob(f"{SCRIPT_PREFIX}*"):
-        path.unlink(missing_ok=True)
+def write_scripts(plan: SuitePlan) -> None:
+    """The plan's scripts into its work directory (also used by `minify --tests` to trace them).
+
+    Each is a new file made through the work directory's descriptor: whatever an
+    earlier run's commands left under that name (a link, a directory) is removed,
+    never followed.
+    """
+    with safefs.opened(safefs.open_trusted_dir(plan.work_dir)) as work_fd:
+        for path, text in _script_files(plan):
+            with safefs.opened(safefs.create_file_at(work_fd, path.name, 0o755, shown=path)) as fd:
+                with os.fdopen(os.dup(fd), "w", encoding="utf-8") as handle:
+                    handle.write(text)
+
+
+def _remove_scripts(plan: SuitePlan) -> None:
+    """The plan's own script names (a listing of the image-written work directory is not needed)."""
+    with safefs.opened(safefs.open_trusted_dir(plan.work_dir)) as work_fd:
+        for path, _ in _script_files(plan):
+            safefs.remove_at(work_fd, path.name, shown=path)
 
 
 def _in_work(path: str, work_dir: Path | None) -> str:
@@ -310,22 +391,48 @@ def _verdict(test: PlannedTest, run: engine.RunResult, probe: Sequence[str], wor
 
 def _dimension_problem(first: str, second: str, work_dir: Path | None) -> str | None:
     """`same_dimensions`: both NIfTI files (in the work directory) have the same shape (nibabel, as theirs)."""
-    inside = [work_dir is not None and Path(p).resolve().is_relative_to(work_dir.resolve()) for p in (first, second)]
-    if not all(inside):
+    relatives = [_below(p, work_dir) for p in (first, second)]
+    if work_dir is None or None in relatives:
         return f"same_dimensions: {first} and {second} must be in the work directory to be compared"
-    # The image wrote these: a FIFO (or device) would block the host's read forever.
-    odd = next((p for p in (first, second) if Path(p).exists() and not Path(p).is_file()), None)
-    if odd is not None:
-        return f"same_dimensions: {odd} is not a regular file"
-    try:
-        import nibabel
-    except ImportError:
-        return "same_dimensions needs nibabel on the host (pip install nibabel)"
-    try:
-        shapes = [nibabel.load(p).shape for p in (first, second)]
-    except Exception as exc:  # noqa: BLE001 - any unreadable file fails the check, with the reason
-        return f"same_dimensions: cannot read: {exc}"
+    with contextlib.ExitStack() as stack:
+        # The image wrote these: opened from the work directory without following a link (one
+        # could name any host file), and only as regular files (a FIFO would block the read forever).
+        try:
+            work_fd = stack.enter_context(safefs.opened(safefs.open_trusted_dir(work_dir)))
+            fds = [stack.enter_context(safefs.opened(_open_output(work_fd, rel, work_dir))) for rel in relatives if rel]
+        except NdgenError as exc:
+            return f"same_dimensions: {exc}"
+        try:
+            import nibabel
+        except ImportError:
+            return "same_dimensions needs nibabel on the host (pip install nibabel)"
+        # nibabel picks the format by the file name's suffix and opens by name: give it a private
+        # name that is a magic link to the descriptor already checked, never the image's path again.
+        links = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ndgen-dims-")))
+        try:
+            shapes = []
+            for index, (fd, path) in enumerate(zip(fds, (first, second))):
+                named = links / str(index) / Path(path).name
+                named.parent.mkdir()
+                named.symlink_to(f"/proc/self/fd/{fd}")
+                shapes.append(nibabel.load(named).shape)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file fails the check, with the reason
+            return f"same_dimensions: cannot read: {exc}"
     return None if shapes[0] == shapes[1] else f"dimension mismatch: {shapes[0]} vs {shapes[1]}"
+
+
+def _below(path: str, work_dir: Path | None) -> PurePath | None:
+    """`path` relative to the work directory, by its text alone (no link is ever followed), or None."""
+    if work_dir is None:
+        return None
+    base = PurePath(os.path.normpath(work_dir))
+    normal = PurePath(os.path.normpath(path))
+    return normal.relative_to(base) if normal.is_relative_to(base) and normal != base else None
+
+
+def _open_output(work_fd: int, relative: PurePath, work_dir: Path) -> int:
+    with safefs.opened(safefs.open_dir(work_fd, relative.parent, shown=work_dir)) as parent:
+        return safefs.open_regular_at(parent, relative.name, shown=work_dir / relative)
 
 
 def _last_line(run: engine.RunResult) -> str:
