@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import tarfile
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +117,8 @@ class Source:
         self._can_mount = mount
         # Without overlay mounts the exported copy is the only view (runs write into it).
         self.pristine = self._mount("pristine", writable=False) if mount else Path(lowers[0])
+        if not mount:  # the copy is every run's root: runc's state goes beside it, in scratch
+            _own_runc_dirs(scratch, ".")
 
     def view(self, name: str) -> Path:
         """A fresh writable overlay of the image; unmounted when the source closes."""
@@ -128,7 +129,8 @@ class Source:
     def _mount(self, name: str, *, writable: bool) -> Path:
         base = self.scratch / name
         merged = base / "rootfs"
-        merged.mkdir(parents=True, exist_ok=True)
+        base.mkdir(mode=0o700, exist_ok=True)  # exists when an overlay was refused and export retries
+        merged.mkdir(exist_ok=True)
         # The image's layer directories are only ever read-only lowers.  An empty
         # bottom layer: overlayfs wants two lowers when there is no upper.
         empty = self.scratch / "empty-layer"
@@ -139,8 +141,17 @@ class Source:
             (base / "upper").mkdir()
             (base / "work").mkdir()
             options.append(f"upperdir={base / 'upper'},workdir={base / 'work'}")
+            # A writable view is a sandbox's root.  runc bind-mounts the root it is given, and a
+            # bind mount inherits nosuid: the image's setuid programs would then run without
+            # privilege, unlike under `docker run` (measured).  So this mount keeps suid; other
+            # users never reach it (0700 scratch in a 0700 base), and the host never runs what
+            # it holds (host code reads the pristine view).  nodev still: inside the container
+            # the device cgroup refuses an image's device nodes anyway.
+            options.append("nodev")
+            _own_runc_dirs(self.scratch, name)
         else:
-            options.append("ro")
+            # The host-side view: what ndgen reads and writes the new image from.
+            options.append("ro,nosuid,nodev")
         _mount_overlay(",".join(options), merged, cwd)
         self._stack.callback(_umount, merged)
         return merged
@@ -199,15 +210,32 @@ class _MountRefused(Exception):
     """The kernel or our privileges refused an overlay mount."""
 
 
+def _own_runc_dirs(scratch: Path, name: str) -> None:
+    """Create the view's runc state root and bundle directory (run.py puts them beside the
+    rootfs) 0700, and record the view: the stale-run reaper runs runc only on state below
+    views listed in that record, which ndgen alone writes."""
+    base = scratch / name
+    (base / stale.RUNC_STATE).mkdir(mode=0o700, exist_ok=True)
+    (base / stale.OCI_BUNDLES).mkdir(mode=0o700, exist_ok=True)
+    stale.record_view(scratch, name)
+
+
 def _umount(path: Path) -> None:
     # Lazy unmount: a stray process still holding a file must not keep the scratch alive.
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _export(client: Any, config: ImageConfig, scratch: Path) -> Path:
-    """Fallback: stream `docker export` of a never-started container into scratch."""
+def _export(client: Any, config: ImageConfig, scratch: Path, stack: contextlib.ExitStack) -> Path:
+    """Fallback: stream `docker export` of a never-started container into scratch.
+
+    The copy holds the image's setuid files and device nodes, so it is written into a
+    nosuid,nodev bind mount of itself when ndgen may mount (as root it may; without
+    privileges tar can create neither, and the 0700 scratch keeps other users out).
+    """
     rootfs = scratch / "exported"
-    rootfs.mkdir()
+    rootfs.mkdir(mode=0o700)
+    if _nosuid_nodev_bind(rootfs):
+        stack.callback(_umount, rootfs)
     container = client.containers.create(config.image_id, entrypoint=["/"], network_mode="none")
     try:
         reader = io.BufferedReader(_ChunkReader(container.export(chunk_size=1 << 20)), 1 << 20)
@@ -216,6 +244,18 @@ def _export(client: Any, config: ImageConfig, scratch: Path) -> Path:
     finally:
         container.remove(force=True)
     return rootfs
+
+
+def _nosuid_nodev_bind(path: Path) -> bool:
+    """Bind-mount `path` onto itself, then remount that bind nosuid,nodev; False when not permitted."""
+    bound = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True)
+    if bound.returncode != 0:
+        return False
+    flags = subprocess.run(["mount", "-o", "remount,bind,nosuid,nodev", str(path)], capture_output=True, text=True)
+    if flags.returncode != 0:  # a bind without the flags would only pretend: undo it, say why
+        _umount(path)
+        raise NdgenError(f"cannot mount the exported copy {path} nosuid,nodev: {flags.stderr.strip()}")
+    return True
 
 
 class _ChunkReader(io.RawIOBase):
@@ -258,12 +298,14 @@ def interrupts_as_exceptions() -> Iterator[None]:
 
 
 def scratch_base() -> Path:
-    return Path(os.environ.get("NDGEN_SCRATCH") or tempfile.gettempdir())
+    """Where minify's scratch directories live (and the reaper looks): scratchdir's private base."""
+    return scratchdir.base()
 
 
 def make_scratch(prefix: str = "ndgen-minify-") -> Path:
-    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_base()))
-    scratch.chmod(0o711)  # an image's non-root USER must reach its rootfs view below
+    # 0700, and stays so: runc enters the view as root, and the image's USER then sees only
+    # its own root.  No other local user may reach the image's files through it.
+    scratch = scratchdir.make(prefix)
     stale.mark(scratch)  # a later run removes it should this one be killed
     return scratch
 
@@ -284,7 +326,7 @@ def open_source(client: Any, name: str, *, prefer_overlay: bool = True) -> Itera
                 source = None  # e.g. no CAP_SYS_ADMIN: fall back to a copy
         if source is None:
             try:
-                exported = _export(client, config, scratch)
+                exported = _export(client, config, scratch, stack)
             except OSError as exc:
                 raise NdgenError(f"cannot export {name} into {scratch}: {exc.strerror or exc}") from exc
             try:

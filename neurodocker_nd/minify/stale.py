@@ -7,13 +7,23 @@ process's start time (a PID alone is reused) — in an ``owner`` file in its
 scratch directory and in its temporary tags (``ndgen-minify-tmp:PID-START-…``),
 and each run starts by removing what belongs to owners that are gone.  A live
 run's things are never touched.
+
+The reaper runs as root and runc acts on whatever a state directory says (its
+cgroups get SIGKILLed, its poststop hooks run): it must only ever see what ndgen
+wrote.  So it looks only in scratchdir's private base, only at directories this
+uid created 0700 (checked on a no-follow descriptor), and runs runc only on the
+views its ``runc-views`` record lists — a file ndgen alone writes — never on a
+state directory found by a glob (a workload's writable mount lives in the same
+scratch directory).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +31,32 @@ from neurodocker_nd import scratchdir
 from neurodocker_nd.minify import oci
 
 OWNER_FILE = "owner"
+VIEWS_FILE = "runc-views"  # one view name a line: its runc root and bundles are ndgen's
 TMP_REPO = "ndgen-minify-tmp"
 _TAG = re.compile(rf"^{TMP_REPO}:(?P<pid>\d+)-(?P<start>\d+)-")
+_OWNER = re.compile(r"^(?P<pid>\d{1,10})-(?P<start>\d{1,20})\n?$")
+# A single path component; "." is the scratch directory itself (the export-copy source,
+# whose one view is the copy: its runc root sits beside it).
+_VIEW = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99}|\.)$")
+# Bounds for one pass (the base is private, but a loop still ends): entries looked at,
+# bytes of a record read, views and containers acted on.
+MAX_SCRATCH_DIRS = 256
+MAX_RECORD_BYTES = 64 << 10
+MAX_VIEWS = 512
+MAX_CONTAINERS = 64
+RUNC_SECONDS = 30
+# Beside each view's rootfs, as run.py creates them (source.py pre-creates both 0700).
+RUNC_STATE = "runc"
+OCI_BUNDLES = "oci"
 
 
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat_ = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return int(stat_.rsplit(")", 1)[1].split()[19])
 
 
 def owner() -> str:
@@ -43,15 +68,25 @@ def _alive(pid: int, start: int) -> bool:
     return _start_time(pid) == start
 
 
-def _owner_alive(text: str) -> bool:
-    pid, _, start = text.strip().partition("-")
-    if not (pid.isdigit() and start.isdigit()):
-        return True  # not ours to judge
-    return _alive(int(pid), int(start))
+def _write_new(path: Path, text: str, *, append: bool = False) -> None:
+    """Write a root-only record file without following a link planted at its name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def mark(scratch: Path) -> None:
-    (scratch / OWNER_FILE).write_text(owner() + "\n")
+    _write_new(scratch / OWNER_FILE, owner() + "\n")
+
+
+def record_view(scratch: Path, name: str) -> None:
+    """Record that ndgen made the view `name` (and its runc root) in `scratch`."""
+    if not _VIEW.match(name):
+        raise ValueError(f"view name {name!r} is not a single path component")
+    _write_new(scratch / VIEWS_FILE, name + "\n", append=True)
 
 
 def temporary_tag(suffix: str) -> str:
@@ -61,18 +96,11 @@ def temporary_tag(suffix: str) -> str:
 def reap(client: Any, scratch_base: Path, prefix: str = "ndgen-minify-") -> list[str]:
     """Remove the leftovers of dead runs; returns what was removed (for a note)."""
     removed: list[str] = []
-    try:
-        candidates = sorted(scratch_base.glob(prefix + "*"))
-    except OSError:
-        candidates = []
-    for scratch in candidates:
+    for scratch, fd, dead_pid in _dead_scratch_dirs(scratch_base, prefix):
         try:
-            marker = (scratch / OWNER_FILE).read_text()
-        except OSError:
-            continue  # no owner file: not a run of this kind, or still being created
-        if _owner_alive(marker):
-            continue
-        _kill_containers(scratch)
+            _kill_containers(scratch, fd, dead_pid)
+        finally:
+            os.close(fd)
         if scratchdir.remove(scratch):
             removed.append(str(scratch))
     for image in client.images.list(name=TMP_REPO):
@@ -87,13 +115,101 @@ def reap(client: Any, scratch_base: Path, prefix: str = "ndgen-minify-") -> list
     return removed
 
 
-def _kill_containers(scratch: Path) -> None:
-    """Kill and delete every runc container whose state lives in `scratch` (a view's runc dir)."""
+def _dead_scratch_dirs(scratch_base: Path, prefix: str) -> Iterator[tuple[Path, int, int]]:
+    """(path, no-follow fd, owner PID) of each scratch directory this uid made whose owner is gone.
+
+    A directory that is a symlink, not ours, not 0700, or without a well-formed
+    owner record is not ours to judge: left alone.
+    """
+    base_fd = scratchdir.owned_directory_fd(scratch_base, allowed=0o055)
+    if base_fd is None:
+        return
+    try:
+        names = sorted(n for n in _listdir(base_fd, MAX_SCRATCH_DIRS) if n.startswith(prefix))
+    finally:
+        os.close(base_fd)
+    for name in names:
+        fd = scratchdir.owned_directory_fd(scratch_base / name)
+        if fd is None:
+            continue
+        match = _OWNER.match(_read_record(fd, OWNER_FILE, 64) or "")
+        if match is None or _alive(int(match["pid"]), int(match["start"])):
+            os.close(fd)
+            continue
+        yield scratch_base / name, fd, int(match["pid"])
+
+
+def _listdir(fd: int, limit: int) -> list[str]:
+    names: list[str] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            names.append(entry.name)
+            if len(names) >= limit:
+                break
+    return names
+
+
+def _read_record(dir_fd: int, name: str, limit: int) -> str | None:
+    """A small regular file ndgen wrote (ours, not group/other writable), else None."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        return os.read(fd, limit).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _kill_containers(scratch: Path, scratch_fd: int, dead_pid: int) -> None:
+    """Kill and delete the dead run's runc containers — only those whose state root is a
+    recorded view's and whose bundle ndgen wrote (its id names the dead PID)."""
     runc = oci.runc_binary()
     if runc is None:
         return
-    for state in scratch.glob("*/runc"):
-        listing = subprocess.run([runc, "--root", str(state), "list", "-q"], capture_output=True, text=True)
-        for cid in listing.stdout.split():
-            subprocess.run(oci.kill_argv(state, cid), capture_output=True)
-            subprocess.run(oci.delete_argv(state, cid), capture_output=True)
+    views = (_read_record(scratch_fd, VIEWS_FILE, MAX_RECORD_BYTES) or "").splitlines()
+    ids = re.compile(rf"^{re.escape(oci.CONTAINER_PREFIX)}{dead_pid}-[0-9a-f]{{10}}$")
+    acted = 0
+    for view in dict.fromkeys(v for v in views[:MAX_VIEWS] if _VIEW.match(v)):
+        for cid in _recorded_containers(scratch_fd, view, ids):
+            state = scratch / view / RUNC_STATE
+            for argv in (oci.kill_argv(state, cid), oci.delete_argv(state, cid)):
+                try:
+                    subprocess.run(argv, capture_output=True, timeout=RUNC_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass  # the next run tries again
+            acted += 1
+            if acted >= MAX_CONTAINERS:
+                return
+
+
+def _recorded_containers(scratch_fd: int, view: str, ids: re.Pattern[str]) -> list[str]:
+    """Container ids with both an ndgen-written bundle and a runc state directory in `view`."""
+    view_fd = scratchdir.owned_directory_fd(view, scratch_fd)
+    if view_fd is None:
+        return []
+    try:
+        found = []
+        bundles = scratchdir.owned_directory_fd(OCI_BUNDLES, view_fd)
+        states = scratchdir.owned_directory_fd(RUNC_STATE, view_fd)
+        try:
+            if bundles is None or states is None:
+                return []
+            for cid in _listdir(bundles, MAX_CONTAINERS):
+                if not ids.match(cid):
+                    continue
+                # runc makes a container's state directory 0711
+                state = scratchdir.owned_directory_fd(cid, states, allowed=0o011)
+                if state is not None:
+                    found.append(cid)
+                    os.close(state)
+        finally:
+            for fd in (bundles, states):
+                if fd is not None:
+                    os.close(fd)
+        return found
+    finally:
+        os.close(view_fd)
