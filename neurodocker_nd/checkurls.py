@@ -9,6 +9,11 @@ upstream version gets `status: inherited` with the URL as its source) or a
 recipe's `files[].sha256`, with ruamel.yaml so comments and layout survive, and
 whole-or-nothing: every new file text is checked against its schema first, then
 all are replaced.
+
+Probing goes through fetch's download policy (http(s) only at every hop, no
+loopback/link-local/private address, size cap, deadline): a refused URL is a
+failed target, so `write` records nothing for it — a registry URL can never make
+ndgen hash and record a host file or a host-local service's answer.
 """
 
 from __future__ import annotations

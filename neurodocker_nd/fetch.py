@@ -512,12 +512,12 @@ def stage(
 ) -> Path:
     """Put the verified bytes of `source` at `dest`: `stage_url` or `stage_file`.
 
-    A `str` is a URL field and goes to `stage_url` (http and https only),
-    except an absolute path string: the form recipe.py gives a `filename:`
-    file today.  Callers should pass a local file as a `Path` (or call
-    `stage_file`) so that no URL field can ever name a host file here.
+    The type decides, never the text: a `str` is a URL field (a recipe's or
+    template's `url:`) and must be http(s) — `/etc/shadow` or `file:///…`
+    there is refused, not read from the host; a local file is passed as a
+    `Path` (os.PathLike) by a caller that has contained it.
     """
-    if isinstance(source, str) and not os.path.isabs(source):
+    if isinstance(source, str):
         return stage_url(source, sha256, dest, timeout, max_bytes=max_bytes)
     return stage_file(Path(source), sha256, dest, max_bytes=max_bytes)
 

@@ -132,9 +132,10 @@ def test_only_http_and_https_are_fetched(cache, tmp_path):
         assert p.error == f"{url.split(':', 1)[0]}: only http and https URLs are fetched", p.error
     with pytest.raises(NdgenError, match="secret: .*only http and https URLs are fetched"):
         fetch.stage(secret.as_uri(), None, tmp_path / "x")
-    # A recipe's `url:` field holding a host path: the URL entry point never reads it.
-    with pytest.raises(NdgenError, match="only http and https URLs are fetched"):
-        fetch.stage_url(str(secret), None, tmp_path / "y")
+    # A recipe's `url:` field holding a host path (a str): never read from the host.
+    for stager in (fetch.stage, fetch.stage_url):
+        with pytest.raises(NdgenError, match=f"^{secret}: only http and https URLs are fetched$"):
+            stager(str(secret), None, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
@@ -270,5 +271,5 @@ def test_a_local_source_is_a_regular_file_read_without_following_a_link(cache, t
     link = tmp_path / "link"
     link.symlink_to("/etc/hostname")
     with pytest.raises(NdgenError, match=r"link: cannot be read: Too many levels of symbolic links$"):
-        fetch.stage(str(link), None, tmp_path / "y")
+        fetch.stage(link, None, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -25,13 +25,19 @@ def _size(n: int | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results.")
 @click.option("--fetch", "do_fetch", is_flag=True, help="Download each file and compute its sha256 (compared with the recorded one).")
 @click.option("--write", "do_write", is_flag=True, help="Record fetched digests into meta.yaml / the recipe (implies --fetch).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each server.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each answer from a server (NDGEN_DOWNLOAD_DEADLINE bounds the whole request).")
 def check_urls_cmd(names: tuple[str, ...], recipe: str | None, as_json: bool, do_fetch: bool, do_write: bool, timeout: float) -> None:
     """Check the download URLs of the registry (all entries, or NAME…) or of a recipe:
     HTTP status, redirects and size; --fetch also verifies sha256.
 
     Exit status 2 (one error line after the report) when any URL fails or a digest
     differs; URLs waived as `dropbox` (known dead) are reported as `dead` only.
+
+    A download server is untrusted: only http(s) URLs are checked, at the first URL
+    and at every redirect hop, and a hop to a loopback, link-local or private address
+    is a failure (NDGEN_ALLOW_LOOPBACK_PORTS=PORT,… opts a local mirror's port in).
+    --fetch reads at most NDGEN_MAX_DOWNLOAD bytes (default 16G) per file, and each
+    request ends after NDGEN_DOWNLOAD_DEADLINE seconds in all (default 7200).
     """
     from neurodocker_nd.checkurls import check, recipe_targets, registry_targets, write_digests
     from neurodocker_nd.registry import Registry
