@@ -212,6 +212,8 @@ class RecipeRenderer:
             bound = getattr(tmpl, step.method)
             bound.validate_kwds()
             env, command = sandbox.render_method(bound, pkg_manager, install_opts)
+        except sandbox.RenderLimit as exc:
+            raise NdgenError(f"{step.key}: template refused: {exc}") from None
         except jinja2.exceptions.SecurityError as exc:
             raise NdgenError(f"{step.key}: unsafe template, refused to render: {exc}") from None
         except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:

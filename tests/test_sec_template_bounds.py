@@ -1,0 +1,111 @@
+"""Issue 17, finding 14: the one template sandbox is bounded in size and time.
+
+A template that computes too much (`9**(9**9)`), allocates too much (`"a"*3000000000`)
+or loops too long ends within seconds, one line, exit 2 — never a hang or an internal error.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ndgen
+
+# Each must end in a few seconds with one error line (on 157b632 the first and the nested
+# loops hang, the others end in an internal error, exit 70).
+HEAVY = {
+    "power": "{{ 9**(9**9) }}",
+    "repeat": '{{ "a"*3000000000 }}',
+    "range": "{% for i in range(10**9) %}x{% endfor %}",
+    "nested-loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "ljust": '{{ "a".ljust(3000000000) }}',
+    # 2**60 leaves through shared references: its repr is one C call no in-process check
+    # interrupts; only the worker's deadline ends it.
+    "shared-repr": "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}"
+                   "{% endfor %}{{ ns.l }}",
+}
+# The sandbox's deadline is 5 s per render; `validate` renders on apt and on yum.
+FAST = 45.0
+
+
+def _template(payload: str, where: str = "instructions", name: str = "evil") -> str:
+    body = f"echo {payload}" if where == "instructions" else "echo hi"
+    env = f"\n    env:\n      EVIL: '{payload}'" if where == "env" else ""
+    return (f"name: {name}\nurl: https://example.org\nbinaries:\n  arguments:\n    required: [version]\n"
+            f"  urls:\n    '1.0': https://example.org/{name}-1.0\n"
+            f"  instructions: |\n    {body}{env}\n")
+
+
+def _entry(reg: Path, payload: str, where: str = "instructions", name: str = "evil") -> Path:
+    d = reg / name
+    d.mkdir(parents=True)
+    (d / "template.yaml").write_text(_template(payload, where, name), encoding="utf-8")
+    (d / "meta.yaml").write_text(
+        f"name: {name}\ndescription: d\nhomepage: https://example.org\ncommands: [{name}]\ntest: {name} --help\n"
+        "upstream: {status: new}\n", encoding="utf-8")
+    return d
+
+
+def _one_error_line(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr[-500:]
+    assert "internal error" not in lines[0] and "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _timed(*args: str, env: dict[str, str] | None = None):
+    start = time.monotonic()
+    proc = run_ndgen(*args, env=env, timeout=120)
+    return proc, time.monotonic() - start
+
+
+# ---------------------------------------------------------------- finding 14
+
+
+@pytest.mark.parametrize("kind", sorted(HEAVY))
+def test_heavy_registry_template_ends_fast_with_one_line(tmp_path, kind):
+    entry = _entry(tmp_path / "reg", HEAVY[kind])
+    for args, env in ((("--pkg", "evil==1.0", "--os", "debian:bookworm"), {"NDGEN_REGISTRY": str(entry.parent)}),
+                      (("validate", str(entry)), None)):
+        proc, took = _timed(*args, env=env)
+        _one_error_line(proc, "evil")
+        assert took < FAST, f"{kind}: ndgen {args[0]} took {took:.0f} s"
+
+
+@pytest.mark.parametrize("kind", ["power", "repeat", "nested-loops"])
+def test_heavy_recipe_template_ends_fast_with_one_line(tmp_path, kind):
+    """The same through `ndgen recipe --templates DIR` (a recipe's `template:` directive)."""
+    tdir = tmp_path / "templates"
+    tdir.mkdir()
+    (tdir / "evil.yaml").write_text(_template(HEAVY[kind]), encoding="utf-8")
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    (recipe / "build.yaml").write_text(
+        "name: r\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n"
+        "  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
+        "    - template:\n        name: evil\n        version: '1.0'\n", encoding="utf-8")
+    proc, took = _timed("recipe", str(recipe), "--templates", str(tdir))
+    _one_error_line(proc, "evil")
+    assert took < FAST, f"{kind}: ndgen recipe took {took:.0f} s"
+
+
+def test_bounded_sandbox_keeps_ordinary_templates_working():
+    """Loops, `~`, `*`, `%`, filters and method calls within the bounds render as before."""
+    from neurodocker_nd import sandbox
+
+    env = sandbox.environment()
+    text = env.from_string(
+        "{% for p in 'a b'.split() %}{{ p ~ '-' ~ loop.index }}{% if not loop.last %},{% endif %}{% endfor %} "
+        "{{ '%s=%d' % ('x', 2 ** 10) }} {{ 'ab' * 3 }} {{ [1, 2] + [3] }} {{ ['q', 'r'] | join('/') }} "
+        "{{ '6.0.7'.split('.') | map('int') | list >= [6, 0, 6] }} {{ '{}!'.format('hi') }}"
+    ).render()
+    assert text == "a-1,b-2 x=1024 ababab [1, 2, 3] q/r True hi!"
+    with pytest.raises(sandbox.RenderLimit):
+        env.from_string("{{ 'x' | center(10 ** 9) }}").render()
+    with pytest.raises(sandbox.RenderLimit):
+        env.from_string("{{ (2).to_bytes(10 ** 9, 'big') }}").render()
