@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import attrs
 import yaml
@@ -108,24 +108,43 @@ def series_hash(patches: Iterable[tuple[str, bytes]]) -> str:
 # ---------------------------------------------------------------- candidates
 
 
-def exportable_entries(registry_dir: Path) -> Iterator[Any]:
-    """Registry entries with their own template whose meta does not say `ndgen-only`."""
+def exportable_entries(registry_dir: Path) -> list[Any]:
+    """Registry entries with their own template whose meta does not say `ndgen-only`,
+    each passing `ndgen validate`'s template checks (schema, test renders in the sandbox):
+    an entry validate refuses never travels toward an upstream PR. Raises on the first."""
     from neurodocker_nd.registry import Registry
 
     registry = Registry(registry_dir=registry_dir)
     root = registry_dir.resolve()
+    found = []
     for entry in registry.entries():
         path = entry.template_path
         if entry.meta is None or path is None or path.resolve().parent.parent != root:
             continue  # upstream-only, or system-only (ndgen-only by definition)
         if entry.meta.upstream_status != "ndgen-only":
-            yield entry
+            found.append(entry)
+    for entry in found:
+        _validated(registry, entry)
+    return found
 
 
-def candidates(registry_dir: Path, base: UpstreamTree) -> list[Candidate]:
-    """Registry templates that differ from (or are missing in) the upstream tree."""
+def _validated(registry: Any, entry: Any) -> None:
+    """`ndgen validate registry/<name>`'s template checks of one entry — its schema (checked
+    when the registry read it) and test renders in ndgen's sandbox on apt and yum — as an
+    export error: what makes a template unsafe or broken. (The provenance lint stays `validate`'s.)"""
+    from neurodocker_nd.render import check_renders
+
+    try:
+        check_renders(registry, [entry])
+    except NdgenError as exc:
+        raise NdgenError(f"{entry.name}: not exported, `ndgen validate` refuses it: {exc.message}") from None
+
+
+def candidates(registry_dir: Path, base: UpstreamTree, entries: list[Any] | None = None) -> list[Candidate]:
+    """Registry templates that differ from (or are missing in) the upstream tree
+    (`entries`: exportable_entries(registry_dir), when the caller has them already)."""
     found = []
-    for entry in exportable_entries(registry_dir):
+    for entry in entries if entries is not None else exportable_entries(registry_dir):
         path, meta = entry.template_path, entry.meta
         ours = format_for_upstream(path.read_text(encoding="utf-8"))
         theirs_path = base.path / TEMPLATES / f"{entry.name}.yaml"
@@ -560,11 +579,12 @@ def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identit
     `author` signs the commits (and so the patches' From: lines): configured by the
     user, so no commit is attributed to an account that did not make it.
     """
+    entries = exportable_entries(registry_dir)  # refuses an invalid entry before any work
     with tempfile.TemporaryDirectory(prefix="ndgen-export-") as tmp:
         work = Path(tmp)
         base = prepare(upstream, work)
         series = [build_series(base, c, work, author, registry_dir if build else None)
-                  for c in candidates(registry_dir, base)]
+                  for c in candidates(registry_dir, base, entries)]
         _write_atomically(series, out)
     return series
 

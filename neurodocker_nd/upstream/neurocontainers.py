@@ -8,7 +8,7 @@ registry entry with a template (not `ndgen-only`), a recipe in *their* format:
   the newest version, ``build.kind: neurodocker`` on ``ubuntu:24.04`` (glibc 2.39, which
   every registry glibc floor allows) with install directives — an ``install:`` of the
   template's apt dependencies, an ``environment:`` and a ``run:`` holding the template's
-  instructions rendered for that version by neurodocker's own renderer (their builder
+  instructions rendered for that version in ndgen's bounded sandbox (their builder
   has no copy of most of our templates, so no ``template:`` directive), a ``deploy:``
   of meta ``commands``, a ``test:`` running meta ``test``; copyright (a pointer to the
   homepage: the registry records no license), a readme, one category from their fixed
@@ -33,6 +33,7 @@ import attrs
 import yaml
 
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.sandbox import BoundMethod
 
 BASE_IMAGE = "ubuntu:24.04"
 # ndgen meta category → one of neurocontainers' categories (their validation.CATEGORIES).
@@ -83,24 +84,42 @@ def _icon(name: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
-def _rendered(template: Mapping[str, Any], version: str) -> tuple[list[str], dict[str, str], list[str]]:
-    """(apt packages, env, instruction lines) of the binaries method at `version`, rendered by reproenv."""
-    import types
+def _rendered(name: str, template: Mapping[str, Any], version: str) -> tuple[list[str], dict[str, str], list[str]]:
+    """(apt packages, env, instruction lines) of the binaries method at `version`.
 
-    from neurodocker.reproenv.renderers import _render_string_from_template
+    Rendered by ndgen's bounded sandbox (neurodocker_nd.sandbox), never by neurodocker's
+    own unsandboxed Jinja: a registry template is untrusted input, and this runs with the
+    exporter's privileges and environment (a GITHUB_TOKEN among them).
+    """
+    import jinja2
+    from neurodocker.reproenv.exceptions import RendererError, TemplateError
     from neurodocker.reproenv.template import Template
 
-    tmpl = Template(dict(template), binaries_kwds={"version": version})
-    method = tmpl.binaries
-    # Dependencies become an `install:` directive; the template's own calls render empty.
-    method.install_dependencies = types.MethodType(lambda self, opts=None: "", method)
-    method.install = types.MethodType(lambda self, pkgs, opts=None: "", method)
-    method.pkg_manager = "apt"
-    env = {_render_string_from_template(k, method): _render_string_from_template(v, method)
-           for k, v in (method.env or {}).items()}
-    text = _render_string_from_template(method.instructions or "", method)
+    from neurodocker_nd import sandbox
+
+    try:
+        method = Template(dict(template), binaries_kwds={"version": version}).binaries
+        env, text = sandbox.render_method(method, "apt", bound=_ExportMethod(method, "apt"))
+        deps = list(method.dependencies("apt"))
+    except sandbox.RenderLimit as exc:
+        raise NdgenError(f"{name}: template refused: {exc}") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise NdgenError(f"{name}: unsafe template, refused to render: {exc}") from None
+    except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
+        raise NdgenError(f"{name}: template error: {exc}") from None
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-    return list(method.dependencies("apt")), env, lines
+    return deps, dict(env), lines
+
+
+class _ExportMethod(BoundMethod):
+    """`self` for the export: dependencies become an `install:` directive, so the
+    template's own install calls render empty."""
+
+    def install(self, pkgs: list[str], opts: str | None = None) -> str:
+        return ""
+
+    def install_dependencies(self, opts: str | None = None) -> str:
+        return ""
 
 
 def build_recipe(entry: Any) -> NcRecipe | None:
@@ -113,7 +132,7 @@ def build_recipe(entry: Any) -> NcRecipe | None:
     if meta is None or not fixed:
         return None
     version = fixed[0]
-    deps, env, lines = _rendered(template, version)
+    deps, env, lines = _rendered(entry.name, template, version)
     name = recipe_name(entry.name)
     directives: list[dict[str, Any]] = []
     if deps:
