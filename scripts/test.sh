@@ -21,6 +21,26 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# Docker's default seccomp profile for the minify sandbox (neurodocker_nd/minify/oci.py reads
+# it at run time): moby's profiles/seccomp/default.json as Debian's golang-github-docker-docker-dev
+# ships it. Installing that package pulls a Go toolchain and ~245 packages, so only this one
+# file is extracted from its .deb (apt-get download checks the .deb against the signed archive).
+moby_profile=/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json
+ndgen_profile=/usr/local/share/ndgen/docker-seccomp/default.json
+if [ ! -f "$moby_profile" ] && [ ! -f "$ndgen_profile" ]; then
+  echo "test.sh: extracting Docker's seccomp profile from golang-github-docker-docker-dev"
+  deb_dir="$(mktemp -d)"
+  if ! (cd "$deb_dir" && apt-get download -qq golang-github-docker-docker-dev 2>/dev/null); then
+    apt-get update -qq
+    (cd "$deb_dir" && apt-get download -qq golang-github-docker-docker-dev)
+  fi
+  deb="$(echo "$deb_dir"/golang-github-docker-docker-dev_*.deb)"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$deb_dir" ".$moby_profile"
+  install -D -m 0644 "$deb_dir$moby_profile" "$ndgen_profile"
+  echo "golang-github-docker-docker-dev $(dpkg-deb -f "$deb" Version) $moby_profile" >"${ndgen_profile%/*}/SOURCE"
+  rm -rf "$deb_dir"
+fi
+
 # A virtualenv per checkout, outside the tree: Debian's python3 refuses system-wide
 # pip installs (PEP 668), and an editable install of *this* checkout must not
 # re-point a shared environment's `ndgen` at it. --system-site-packages reuses
