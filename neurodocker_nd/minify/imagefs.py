@@ -1,18 +1,27 @@
-"""Symlink resolution inside an image's root filesystem, never out to the host.
+"""Symlink resolution inside an image's root filesystem, never out to the host, and
+the one way the host reads an image's file.
 
 Both the keep-set closure and the ptrace tracer must follow symlinks the way the
 kernel would inside the container (an absolute target restarts at the image
 root, not the host's `/`), so there is one walker, parameterised by how to lstat
 and readlink an in-image path.
+
+Every host-side read of an image file in the minify package goes through
+:func:`open_regular` / :func:`read_bytes`: regular files only (a FIFO would block
+ndgen forever, a device such as ``/dev/zero`` never ends), no link followed on
+the way, and a size cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import posixpath
 import stat
 from collections.abc import Callable, Iterator
+
+from neurodocker_nd.errors import NdgenError
 
 MAX_SYMLINK_HOPS = 40  # the kernel's ELOOP limit
 
@@ -93,18 +102,107 @@ def lstat_in_root(root: str, path: str) -> os.stat_result | None:
     return rootfs_lstat(root)(posixpath.join(real_parent, name) if name else real_parent)
 
 
-def read_bytes(root: str, path: str, limit: int = -1) -> bytes | None:
-    """The content of in-image file `path` (symlinks followed inside the image), else None."""
+class ImageFileError(NdgenError):
+    """An image file the host must read is not a regular file, or is larger than allowed."""
+
+
+# How much of an image file the host reads at most, unless the caller asks for less.
+DEFAULT_READ_LIMIT = 4 << 20
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symlink"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+@contextlib.contextmanager
+def open_regular(root: str, path: str) -> Iterator[tuple[int, os.stat_result] | None]:
+    """A read-only fd on in-image regular file `path` and its fstat; None when it is absent.
+
+    The one way the host opens an image's file (images are hostile): the path is
+    resolved inside the image (:func:`resolve_in_root`), then walked from `root`
+    one component at a time relative to its parent's fd, never following a link
+    (a directory swapped for a symlink since is refused, not followed out of the
+    image).  The file itself is first opened ``O_PATH``, which never blocks on a
+    FIFO nor opens a device, and only once ``fstat`` shows a regular file is that
+    same inode reopened for reading (``O_NONBLOCK``, through ``/proc/self/fd``).
+    Anything but a regular file raises :class:`ImageFileError` naming it.
+    """
     resolved = resolve_in_root(root, path)
     if resolved is None:
-        return None
+        yield None
+        return
+    names = [p for p in resolved.split("/") if p]
+    fds: list[int] = []
     try:
-        # O_NOFOLLOW: the resolved path is symlink-free; a link swapped in since is refused.
-        fd = os.open(root + resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(limit)
+        try:
+            fds.append(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+            for name in names[:-1]:
+                fds.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1]))
+            if names:
+                fds.append(os.open(names[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1]))
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:  # ENOTDIR/ELOOP: the image changed under the walk
+            raise ImageFileError(f"image file {path}: {exc.strerror}") from None
+        st = os.fstat(fds[-1])
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageFileError(f"image file {path} is {_kind(st.st_mode)}, not a regular file")
+        fd = os.open(f"/proc/self/fd/{fds[-1]}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            yield fd, st
+        finally:
+            os.close(fd)
+    finally:
+        for opened in fds:
+            os.close(opened)
+
+
+def read_bytes(root: str, path: str, limit: int = DEFAULT_READ_LIMIT, *, head: bool = False) -> bytes | None:
+    """The content of in-image regular file `path` (see :func:`open_regular`), None when absent.
+
+    At most `limit` bytes are read.  `head`: the first `limit` bytes are all the
+    caller wants (a ``#!`` line, an ELF header); otherwise a larger file raises
+    :class:`ImageFileError` instead of being silently cut.
+    """
+    with open_regular(root, path) as opened:
+        if opened is None:
+            return None
+        fd, st = opened
+        if not head and st.st_size > limit:
+            raise ImageFileError(f"image file {path} is larger than {limit} bytes ({st.st_size})")
+        chunks: list[bytes] = []
+        left = limit if head else limit + 1  # one byte more tells a file that grew since fstat
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise ImageFileError(f"image file {path} is larger than {limit} bytes")
+    return data
+
+
+def shebang(root: str, path: str) -> list[str]:
+    """The words of in-image file `path`'s ``#!`` line (the kernel reads at most 256 bytes);
+    [] when it has none, is absent, or is not a regular file (nothing to interpret)."""
+    try:
+        head = read_bytes(root, path, 256, head=True)
+    except ImageFileError:
+        return []
+    if head is None or not head.startswith(b"#!"):
+        return []
+    return head[2:].split(b"\n", 1)[0].decode("utf-8", "surrogateescape").split()
 
 
 def glob(root: str, pattern: str) -> list[str]:

@@ -23,6 +23,7 @@ the trace come the rules for what a trace cannot show:
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import mmap
 import os
 import posixpath
@@ -30,11 +31,13 @@ import re
 import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from neurodocker_nd.minify import families, imagefs
 from neurodocker_nd.minify import packages as packages_step
+from neurodocker_nd.minify.ptrace import shebang_interpreters
 from neurodocker_nd.minify.record import TraceRecord
 from neurodocker_nd.minify.run import SHELL, Mount, resolve_user
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
@@ -56,6 +59,13 @@ _DEFAULT_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib")
 _PYC = re.compile(r"^(?P<dir>.*)/__pycache__/(?P<name>[^/.]+)\.[^/]+\.pyc$")
 _PYTHON_EXE = re.compile(r"^(?P<prefix>.*)/bin/python(?P<ver>\d+\.\d+)$")
 _PYTHON_LIB = re.compile(r"^(?P<prefix>.*)/lib/python(?P<ver>\d+\.\d+)/")
+# Bounds on what the image's own files make the host do (real systems: a handful of
+# ld.so.conf files and directories, a few dozen ELF headers and dynamic entries).
+_LD_CONF_LIMIT = 1 << 20  # bytes per ld.so.conf file
+_LD_CONF_MAX_FILES = 1024
+_LD_CONF_MAX_DIRS = 4096
+_ELF_MAX_HEADERS = 4096  # program headers, section headers
+_ELF_MAX_DYNAMIC = 4096  # dynamic entries per dynamic section
 
 
 @attrs.frozen
@@ -222,12 +232,8 @@ class _Closure:
         resolved = self.add(program, reason)
         if resolved is None or depth > 4:
             return
-        try:
-            with open(self.image.host(resolved), "rb") as fh:
-                first = fh.readline(256)
-        except OSError:
-            return
-        words = first[2:].decode("utf-8", "surrogateescape").split() if first.startswith(b"#!") else []
+        # Read like every image file: a FIFO or device as ENTRYPOINT has no #! line, it never blocks.
+        words = imagefs.shebang(self.image.root, resolved)
         if words:
             self.add_program(words[0], reason, depth + 1)
             if posixpath.basename(words[0]) == "env" and len(words) > 1 and not words[1].startswith("-"):
@@ -275,23 +281,25 @@ class _Closure:
 
     def _library_dirs(self) -> list[str]:
         """ld.so's search list after RPATH/LD_LIBRARY_PATH/RUNPATH: ld.so.conf, then defaults."""
-        dirs: list[str] = []
-        self._read_ld_conf("/etc/ld.so.conf", dirs, depth=0)
+        dirs: dict[str, None] = {}  # ordered, and a membership test that stays cheap
+        self._read_ld_conf("/etc/ld.so.conf", dirs, depth=0, seen=set())
         for d in _DEFAULT_LIB_DIRS:
-            if d not in dirs:
-                dirs.append(d)
-        return dirs
+            dirs.setdefault(d)
+        return list(dirs)
 
-    def _read_ld_conf(self, path: str, dirs: list[str], depth: int) -> None:
-        chain: set[str] = set()
-        resolved = self.image.resolve(path, chain)
-        if resolved is None or depth > 8:
+    def _read_ld_conf(self, path: str, dirs: dict[str, None], depth: int, seen: set[str]) -> None:
+        """ld.so.conf and its includes, read as image files (regular, capped), each file once:
+        an include of itself or a glob of thousands of files must not multiply the work."""
+        resolved = self.image.resolve(path, set())
+        if resolved is None or depth > 8 or resolved in seen:
             return
-        try:
-            lines = Path(self.image.host(resolved)).read_text(errors="replace").splitlines()
-        except OSError:
+        seen.add(resolved)
+        if len(seen) > _LD_CONF_MAX_FILES:
+            raise imagefs.ImageFileError(f"image file {path}: more than {_LD_CONF_MAX_FILES} ld.so.conf files included")
+        data = imagefs.read_bytes(self.image.root, resolved, _LD_CONF_LIMIT)
+        if data is None:
             return
-        for line in lines:
+        for line in data.decode(errors="replace").splitlines():
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -301,13 +309,15 @@ class _Closure:
                     pattern = posixpath.join(posixpath.dirname(path), pattern)
                 parent = posixpath.dirname(pattern)
                 rparent = self.image.resolve(parent, set())
-                if rparent is None:
+                if rparent is None or not self.image.is_dir(rparent):
                     continue
                 for name in sorted(os.listdir(self.image.host(rparent))):
                     if fnmatch.fnmatch(name, posixpath.basename(pattern)):
-                        self._read_ld_conf(posixpath.join(rparent, name), dirs, depth + 1)
+                        self._read_ld_conf(posixpath.join(rparent, name), dirs, depth + 1, seen)
             elif line.startswith("/") and line not in dirs:
-                dirs.append(line)
+                if len(dirs) >= _LD_CONF_MAX_DIRS:
+                    raise imagefs.ImageFileError(f"image file {path}: more than {_LD_CONF_MAX_DIRS} library directories")
+                dirs[line] = None
 
     def elf_closure(self) -> None:
         """Keep PT_INTERP and DT_NEEDED of every kept ELF file, transitively."""
@@ -400,11 +410,10 @@ class _Closure:
 def _elf_ident(image: _Image, path: str) -> tuple[int, int] | None:
     """(EI_CLASS, e_machine) of an ELF file, None for anything else: a cheap 20-byte read."""
     try:
-        with open(image.host(path), "rb") as fh:
-            head = fh.read(20)
-    except OSError:
-        return None
-    if len(head) < 20 or head[:4] != b"\x7fELF":
+        head = imagefs.read_bytes(image.root, path, 20, head=True)
+    except (imagefs.ImageFileError, OSError):
+        return None  # a FIFO or device named like a library is no candidate
+    if head is None or len(head) < 20 or head[:4] != b"\x7fELF":
         return None
     machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
     return head[4], machine
@@ -420,34 +429,48 @@ def _read_elf(
     if ident is None:
         return None
     from elftools.common.exceptions import ELFError
-    from elftools.elf.dynamic import DynamicSection
     from elftools.elf.elffile import ELFFile
+
+    try:
+        # pyelftools seeks before every small read: on a file object each read is a syscall,
+        # on a read-only mapping it is a memory copy (≈10x faster on big shared libraries).
+        with imagefs.open_regular(image.root, path) as opened:
+            if opened is None:
+                return None
+            with mmap.mmap(opened[0], 0, access=mmap.ACCESS_READ) as mapped:
+                elf = ELFFile(mapped)
+                # Real objects have a few dozen headers and dynamic entries; a crafted one with
+                # 65,535 of each, times thousands of files, would stall the closure.
+                if elf.num_segments() > _ELF_MAX_HEADERS or elf.num_sections() > _ELF_MAX_HEADERS:
+                    return None
+                interp, needed, rpath, runpath = _dynamic(elf)
+    except (ELFError, OSError, ValueError, KeyError, imagefs.ImageFileError):
+        return None  # a damaged or exotic ELF: the traced run already showed what it opened
+    return interp, needed, rpath, runpath, ident
+
+
+def _dynamic(elf: Any) -> tuple[str | None, list[str], list[str], list[str]]:
+    """PT_INTERP, DT_NEEDED, DT_RPATH and DT_RUNPATH of a parsed ELF file, with bounded loops."""
+    from elftools.elf.dynamic import DynamicSection
 
     interp: str | None = None
     needed: list[str] = []
     rpath: list[str] = []
     runpath: list[str] = []
-    try:
-        # pyelftools seeks before every small read: on a file object each read is a syscall,
-        # on a read-only mapping it is a memory copy (≈10x faster on big shared libraries).
-        with open(image.host(path), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            elf = ELFFile(mapped)
-            for segment in elf.iter_segments():
-                if segment["p_type"] == "PT_INTERP":
-                    interp = segment.get_interp_name()  # type: ignore[attr-defined]
-            for section in elf.iter_sections():
-                if not isinstance(section, DynamicSection):
-                    continue
-                for tag in section.iter_tags():
-                    if tag.entry.d_tag == "DT_NEEDED":
-                        needed.append(tag.needed)  # type: ignore[attr-defined]
-                    elif tag.entry.d_tag == "DT_RPATH":
-                        rpath += tag.rpath.split(":")  # type: ignore[attr-defined]
-                    elif tag.entry.d_tag == "DT_RUNPATH":
-                        runpath += tag.runpath.split(":")  # type: ignore[attr-defined]
-    except (ELFError, OSError, ValueError, KeyError):
-        return None  # a damaged or exotic ELF: the traced run already showed what it opened
-    return interp, needed, rpath, runpath, ident
+    for segment in elf.iter_segments():
+        if segment["p_type"] == "PT_INTERP":
+            interp = segment.get_interp_name()
+    for section in elf.iter_sections():
+        if not isinstance(section, DynamicSection):
+            continue
+        for tag in itertools.islice(section.iter_tags(), _ELF_MAX_DYNAMIC):
+            if tag.entry.d_tag == "DT_NEEDED":
+                needed.append(tag.needed)
+            elif tag.entry.d_tag == "DT_RPATH":
+                rpath += tag.rpath.split(":")
+            elif tag.entry.d_tag == "DT_RUNPATH":
+                runpath += tag.runpath.split(":")
+    return interp, needed, rpath, runpath
 
 
 def closure(
@@ -474,6 +497,11 @@ def closure(
     for path in sorted(record.paths):
         before = len(c.kept)
         if c.add(path, "traced") is not None or len(c.kept) > before:
+            traced += 1
+    # Script interpreters the kernel loaded unseen by the tracer, read here in the pristine image.
+    for interpreter in sorted(shebang_interpreters(rootfs, record.executed, mounts)):
+        before = len(c.kept)
+        if c.add(interpreter, "traced") is not None or len(c.kept) > before:
             traced += 1
     seeds = set(c.kept)  # traced entries and the symlink hops to them: what packages are chosen by
     for path in extra_paths:  # verify's repairs: paths a rerun looked for in vain

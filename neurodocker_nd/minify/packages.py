@@ -48,6 +48,11 @@ _RPM_QUERY = r"[%{=NAME}\t%{FILENAMES}\n]"  # rpm expands the escapes
 # the image's ENV selects are kept (see `translations_kept`), since messages would differ.
 _DOC_DIRS = ("/usr/share/doc/", "/usr/share/man/", "/usr/share/info/", "/usr/share/lintian/")
 _TRANSLATION = re.compile(r"^/usr/share/locale/(?P<lang>[^/]+)/LC_MESSAGES/")
+# The database is the image's, hence untrusted: read as regular files with caps far above
+# real ones (status: ~3 MB for 2,000 packages; the biggest .list files a few MB).
+_STATUS_LIMIT = 256 << 20
+_LIST_LIMIT = 64 << 20  # per .list file, and the diversions file
+_DB_TOTAL_LIMIT = 1 << 30  # status, diversions and every .list together
 
 
 @attrs.frozen
@@ -83,17 +88,21 @@ class _Root:
         self.root = root
         self.lstat = imagefs.rootfs_lstat(root)
         self._dirs: dict[str, str | None] = {}
+        self.budget = _DB_TOTAL_LIMIT  # bytes of database text still allowed, over all files
 
     def resolve(self, path: str) -> str | None:
         return imagefs.resolve(path, self.lstat, lambda p: os.readlink(self.root + p))
 
-    def read_text(self, path: str) -> str | None:
-        resolved = self.resolve(path)
-        st = self.lstat(resolved) if resolved else None
-        if resolved is None or st is None or not stat.S_ISREG(st.st_mode):
+    def read_text(self, path: str, limit: int) -> str | None:
+        """An image file's text, None when absent; a FIFO, device or a file over `limit`
+        bytes is an error naming it (:func:`imagefs.read_bytes`)."""
+        if self.budget <= 0:
+            raise imagefs.ImageFileError(f"--keep-packages: the package database is larger than {_DB_TOTAL_LIMIT} bytes")
+        data = imagefs.read_bytes(self.root, path, min(limit, self.budget))
+        if data is None:
             return None
-        with open(self.root + resolved, encoding="utf-8", errors="surrogateescape") as fh:
-            return fh.read()
+        self.budget -= len(data)
+        return data.decode("utf-8", "surrogateescape")
 
     def canonical(self, path: str) -> str | None:
         """`path` with its directory resolved in the image (the last component stays as is)."""
@@ -112,7 +121,7 @@ RpmQuery = Callable[[str], str]  # runs a shell command in the image's sandbox, 
 def read_database(root: str, rpm_query: RpmQuery | None = None) -> PackageDb:
     """The image's dpkg database, else its rpm one; an error naming the problem when there is none."""
     image = _Root(root)
-    status = image.read_text(f"{DPKG_DIR}/status")
+    status = image.read_text(f"{DPKG_DIR}/status", _STATUS_LIMIT)
     if status is None:
         rpm_db = next((db for db in RPM_DBS if _has_rpm_db(image, db)), None)
         if rpm_db is not None and rpm_query is not None:
@@ -120,11 +129,13 @@ def read_database(root: str, rpm_query: RpmQuery | None = None) -> PackageDb:
         if rpm_db is not None:
             raise NdgenError(f"--keep-packages: the image's rpm database ({rpm_db}) needs its rpm to read")
         raise NdgenError(f"--keep-packages: the image has no package database ({DPKG_DIR}/status or an rpm one)")
-    diverted = _diversions(image.read_text(f"{DPKG_DIR}/diversions") or "")
+    diverted = _diversions(image.read_text(f"{DPKG_DIR}/diversions", _LIST_LIMIT) or "")
     packages: dict[str, Package] = {}
     owners: dict[str, list[str]] = {}
     for name in _installed(status):
-        listing = image.read_text(f"{DPKG_DIR}/info/{name}.list")
+        if "/" in name or name.startswith("."):
+            continue  # never a dpkg name: it would name another file than info/NAME.list
+        listing = image.read_text(f"{DPKG_DIR}/info/{name}.list", _LIST_LIMIT)
         if listing is None:
             continue
         files: list[str] = []

@@ -21,8 +21,10 @@ reference workload through the same bwrap sandbox, see bench/minify.py):
 
 What this tracer adds over fanotify: stat-only lookups (CPython's prefix
 search), readlink, access(), every path component a program names on its way
-(symlinks included), directories listed, and the interpreter of an executed
-script (read from its ``#!`` line, since the kernel opens it without a syscall).
+(symlinks included), directories listed, and every program exec'ed, whose ``#!``
+interpreter the kernel opens without a syscall: the closure reads that line in
+the pristine image (:func:`shebang_interpreters`), never in the view the
+workload wrote to nor through a mount's host side.
 
 A process counts once it has exec'ed the workload's program, or when it first
 appears after that: whatever strace's own child does before its exec is not
@@ -257,45 +259,28 @@ class _Collector:
         return False
 
 
-def resolve_in_image(root: Path, path: str, mounts: Sequence[Mount] = ()) -> tuple[Path | None, str | None]:
-    """Follow symlinks of in-image `path` inside the image (never out to the host).
-
-    Returns the host file to read and the resolved in-image path; a path under a
-    bind mount resolves to the host side and has no in-image path (None).
-    """
-    for mount in sorted(mounts, key=lambda m: len(m.target), reverse=True):
-        if path == mount.target or path.startswith(mount.target.rstrip("/") + "/"):
-            return mount.host / path[len(mount.target):].lstrip("/"), None
-    root_text = str(root)
-    resolved = imagefs.resolve(
-        path, imagefs.rootfs_lstat(root_text), lambda p: os.readlink(root_text + p), strict=False
-    )
-    if resolved is None:
-        return None, None  # ELOOP
-    return root / resolved.lstrip("/"), resolved
+def _under_mount(path: str, mounts: Sequence[Mount]) -> bool:
+    return any(path == m.target or path.startswith(m.target.rstrip("/") + "/") for m in mounts)
 
 
 def shebang_interpreters(root: Path, executed: Iterable[str], mounts: Sequence[Mount] = ()) -> set[str]:
-    """Interpreters named on the ``#!`` line of executed scripts (the kernel loads them unseen)."""
+    """Interpreters named on the ``#!`` line of executed scripts (the kernel loads them unseen).
+
+    `root` is the *pristine* image (the closure passes it): the trace's writable view
+    holds whatever the workload left there, a FIFO in place of a script included.
+    Files are read with :func:`imagefs.shebang` (regular files only, 256 bytes, no link
+    followed out of the image).  A script under a mount target is not read at all: its
+    host side is the user's directory or a run's copy, not the image.
+    """
     found: set[str] = set()
-    todo = list(executed)
+    todo = [path for path in executed if not _under_mount(path, mounts)]
     for _ in range(_MAX_SHEBANG_DEPTH):
         next_round: list[str] = []
         for path in todo:
-            host, _ = resolve_in_image(root, path, mounts)
-            if host is None:
-                continue
-            try:
-                with open(host, "rb") as handle:
-                    head = handle.read(256)
-            except OSError:
-                continue
-            if not head.startswith(b"#!"):
-                continue
-            words = head[2:].split(b"\n", 1)[0].split()
-            if words and words[0].startswith(b"/"):
-                interpreter = posixpath.normpath(words[0].decode("utf-8", "surrogateescape"))
-                if interpreter not in found:
+            words = imagefs.shebang(str(root), path)
+            if words and words[0].startswith("/"):
+                interpreter = posixpath.normpath(words[0])
+                if interpreter not in found and not _under_mount(interpreter, mounts):
                     found.add(interpreter)
                     next_round.append(interpreter)
         todo = next_round
@@ -418,15 +403,22 @@ class PtraceTracer:
                 results.append(result)
                 if stop_on_failure and not result.ok:
                     break
-        # The kernel opens a script's interpreter and follows the exec'ed path's
-        # symlinks without a syscall we see: add both, resolved in the image.
-        executed |= shebang_interpreters(rootfs, executed, mounts)
+        # The kernel follows the exec'ed path's symlinks without a syscall we see: add the
+        # targets, resolved in the image by lstat/readlink alone.  It also opens a script's
+        # interpreter unseen: that is read by the closure in the pristine image
+        # (`executed`), never here, where the workload's writes and mounts are.
         paths |= executed
-        paths |= {resolved for p in executed if (resolved := resolve_in_image(rootfs, p, mounts)[1])}
+        root = str(rootfs)
+        paths |= {
+            resolved
+            for p in executed
+            if not _under_mount(p, mounts) and (resolved := imagefs.resolve_in_root(root, p, strict=False))
+        }
         return TraceRecord(
             paths=frozenset(paths),
             missing=frozenset(missing - paths),
             results=tuple(results),
             tracer=self.name,
             seconds=sum(r.seconds for r in results),
+            executed=frozenset(executed),
         )

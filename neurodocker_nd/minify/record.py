@@ -50,6 +50,10 @@ class TraceRecord:
     results: tuple[CommandResult, ...]
     tracer: str  # "fanotify" | "ptrace"
     seconds: float  # wall time of all commands under the tracer
+    # programs exec'ed, when the tracer cannot see the #! interpreter the kernel loads for
+    # a script (ptrace): the closure reads those in the pristine image, never in the view
+    # the workload could change (fanotify sees the interpreter's exec itself: empty)
+    executed: frozenset[str] = frozenset()
 
     @property
     def failed(self) -> CommandResult | None:

@@ -79,10 +79,13 @@ class UserIds:
     groups: tuple[int, ...] = ()  # supplementary groups from the image's /etc/group, as Docker adds
 
 
+_TABLE_LIMIT = 16 << 20  # bytes of /etc/passwd or /etc/group: ~200,000 accounts
+
+
 def _read_table(rootfs: Path, name: str) -> list[list[str]]:
     # Read inside the image: an /etc/passwd linking to an absolute path names the image's
-    # file of that name, never the host's.
-    data = imagefs.read_bytes(str(rootfs), f"/etc/{name}")
+    # file of that name, never the host's; a FIFO or device there is an error, not a hang.
+    data = imagefs.read_bytes(str(rootfs), f"/etc/{name}", _TABLE_LIMIT)
     if data is None:
         return []
     text = data.decode(errors="replace")
