@@ -10,10 +10,9 @@ up in vain (ENOENT) that exist in the source image are the likely culprits.
 
 from __future__ import annotations
 
-import errno
-import filecmp
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from neurodocker_nd.errors import EngineError
+from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import RUNTIME_DIRS
 from neurodocker_nd.minify.record import CommandResult
@@ -88,31 +87,102 @@ class MountSet:
         return tuple(result)
 
 
-def _copy(source: Path, target: Path) -> None:
+# A mount's content is copied for every run (trace, untraced, each verify and repair):
+# bounded, so that what setup or a workload wrote there cannot fill the disk.
+MAX_COPY_BYTES = 64 << 30
+MAX_COPY_ENTRIES = 1_000_000
+_CHUNK = 1 << 20
+
+
+@attrs.define
+class _Budget:
+    """What one copy may still write; exceeding it is one clear error."""
+
+    source: Path
+    max_bytes: int
+    max_entries: int
+    bytes: int = 0
+    entries: int = 0
+
+    def take(self, entries: int = 0, size: int = 0) -> None:
+        self.entries += entries
+        self.bytes += size
+        if self.entries > self.max_entries:
+            raise NdgenError(f"mount copy of {self.source}: more than {self.max_entries} entries")
+        if self.bytes > self.max_bytes:
+            raise NdgenError(f"mount copy of {self.source}: more than {self.max_bytes} bytes")
+
+
+def _copy(source: Path, target: Path, max_bytes: int | None = None, max_entries: int | None = None) -> None:
+    """Copy a mount's content: regular files, directories and symlinks, never following one.
+
+    Setup runs the image's programs on the snapshots and every run writes into its
+    copy, so the tree is hostile: a FIFO would block the copy, a device node such as
+    ``/dev/zero`` would fill the disk.  Anything but those three kinds is an error
+    naming it, as is a tree over `max_bytes` or `max_entries`.  Owners, modes and
+    times are kept (the workload may run as the image's USER).
+    """
+    budget = _Budget(
+        source,
+        MAX_COPY_BYTES if max_bytes is None else max_bytes,
+        MAX_COPY_ENTRIES if max_entries is None else max_entries,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        try:
-            shutil.copytree(source, target, symlinks=True)
-        except shutil.Error as exc:  # one OSError per file, as text: keep the first, as an OSError
-            src, dst, why = exc.args[0][0]
-            code = errno.ENOSPC if f"[Errno {errno.ENOSPC}]" in why else errno.EIO
-            raise OSError(code, os.strerror(code), dst) from exc
-    else:
-        shutil.copy2(source, target)
-    # The workload may run as the image's USER: owners and modes as in the user's directory.
-    for src, dst in _pairs(source, target):
+    dirs: list[tuple[str, str]] = []  # (source, copy): their times are set last, after their content
+    stack = [(str(source), str(target))]
+    budget.take(entries=1)
+    while stack:
+        src, dst = stack.pop()
         st = os.lstat(src)
-        os.lchown(dst, st.st_uid, st.st_gid)
-    shutil.copystat(source, target, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(dst, 0o700)
+            dirs.append((src, dst))
+            with os.scandir(src) as entries:
+                for entry in entries:  # counted as listed: a huge directory stops here
+                    budget.take(entries=1)
+                    stack.append((entry.path, os.path.join(dst, entry.name)))
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(src, dst, budget)
+        else:
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device node"
+            raise NdgenError(
+                f"mount copy of {source}: {os.path.relpath(src, source)} is {kind}; "
+                "only regular files, directories and symlinks are copied"
+            )
+        _copy_stat(src, dst, st)
+    for src, dst in reversed(dirs):  # children first: creating an entry changes its directory's mtime
+        _copy_stat(src, dst, os.lstat(src))
 
 
-def _pairs(source: Path, target: Path) -> list[tuple[str, str]]:
-    pairs = [(str(source), str(target))]
-    if source.is_dir() and not source.is_symlink():
-        for dirpath, dirnames, filenames in os.walk(source):
-            rel = os.path.relpath(dirpath, source)
-            pairs += [(os.path.join(dirpath, n), os.path.join(target, rel, n)) for n in dirnames + filenames]
-    return pairs
+def _copy_file(src: str, dst: str, budget: _Budget) -> None:
+    """One regular file, bounded by the budget (it may grow while copied), never a swapped-in
+    FIFO or device (no-follow, non-blocking, fstat-checked)."""
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd_in)
+        if not stat.S_ISREG(st.st_mode):
+            raise NdgenError(f"mount copy: {src} changed into a non-regular file while copied")
+        if budget.bytes + st.st_size > budget.max_bytes:  # before writing any of it
+            budget.take(size=st.st_size)
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while chunk := os.read(fd_in, _CHUNK):
+                budget.take(size=len(chunk))
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd_out, view):]
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+def _copy_stat(src: str, dst: str, st: os.stat_result) -> None:
+    os.lchown(dst, st.st_uid, st.st_gid)
+    shutil.copystat(src, dst, follow_symlinks=False)  # mode (after chown, which clears setuid), times, xattrs
 
 
 # -- rerun in the new image ------------------------------------------------------------------
@@ -229,17 +299,62 @@ def compare_outputs(traced: Sequence[Mount], rerun_: Sequence[Mount]) -> Mismatc
 
 
 def _tree_diff(left: Path, right: Path) -> str | None:
-    if left.is_file() or right.is_file():
-        return None if filecmp.cmp(left, right, shallow=False) else "."
-    names = set()
+    """The first entry (relative path) whose kind or content differs, else None.
+
+    Both trees are what workloads wrote: nothing is followed (a symlink compares as its
+    target text, a FIFO or device by kind and number) and files are read no-follow and
+    non-blocking, so an output can neither block the host nor make it read a host file.
+    """
+    if not left.is_dir() or not right.is_dir() or left.is_symlink() or right.is_symlink():
+        return None if _same_entry(str(left), str(right)) else "."
+    names: set[str] = set()
     for base in (left, right):
-        for dirpath, _dirs, files in os.walk(base):
-            names |= {os.path.relpath(os.path.join(dirpath, f), base) for f in files}
+        for dirpath, dirs, files in os.walk(base):  # never descends through a symlink
+            # Directories themselves are not outputs (a run's empty scratch dirs may differ);
+            # a symlink to one is, listed among dirs by os.walk.
+            links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
+            names |= {os.path.relpath(os.path.join(dirpath, n), base) for n in files + links}
     for name in sorted(names):
-        a, b = left / name, right / name
-        if not (a.is_file() and b.is_file()) or not filecmp.cmp(a, b, shallow=False):
+        if not _same_entry(os.path.join(left, name), os.path.join(right, name)):
             return name
     return None
+
+
+def _same_entry(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
+        return False
+    if stat.S_ISDIR(sa.st_mode):
+        return True
+    if stat.S_ISLNK(sa.st_mode):
+        return os.readlink(a) == os.readlink(b)
+    if not stat.S_ISREG(sa.st_mode):
+        return sa.st_rdev == sb.st_rdev
+    if sa.st_size != sb.st_size:
+        return False
+    return _same_content(a, b)
+
+
+def _same_content(a: str, b: str) -> bool:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fa, fb = os.open(a, flags), None
+    try:
+        fb = os.open(b, flags)
+        if not (stat.S_ISREG(os.fstat(fa).st_mode) and stat.S_ISREG(os.fstat(fb).st_mode)):
+            return False  # swapped since the lstat
+        while True:
+            ca, cb = os.read(fa, _CHUNK), os.read(fb, _CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+    finally:
+        os.close(fa)
+        if fb is not None:
+            os.close(fb)
 
 
 # -- diagnose --------------------------------------------------------------------------------
