@@ -123,6 +123,16 @@ class Definition:
 # --------------------------------------------------------------------------- parse
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as Apptainer's parser sees them (bufio.ScanLines): split on \\n only, one
+    trailing \\r dropped.  Never str.splitlines: it also ends a line at U+2028,
+    U+0085, \\v, \\f… so a value holding one would open a section Apptainer never sees."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
 def parse_definition(text: str, source: str = "definition") -> Definition:
     """Parse Apptainer's definition-file grammar; NdgenError names file and line."""
     header: list[tuple[str, str]] = []
@@ -134,7 +144,7 @@ def parse_definition(text: str, source: str = "definition") -> Definition:
         if current is not None:
             sections.append(Section(current[0], current[1], "\n".join(body).strip("\n"), current[2]))
 
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(_lines(text), start=1):
         match = _SECTION_LINE.match(raw)
         if match and (match.group(1).lower() in SECTIONS | APP_SECTIONS or current is None):
             name = match.group(1).lower()
@@ -222,15 +232,23 @@ def _check_supported(definition: Definition, source: str) -> str:
 
 
 def _file_pairs(definition: Definition, source: str, root: Path) -> list[tuple[Path, str]]:
-    """`%files` lines: `SRC [DST]` (DST defaults to SRC), host paths relative to the build directory."""
+    """`%files` lines: `SRC [DST]` (DST defaults to SRC), paths inside the build directory.
+
+    Unlike Apptainer, which reads any host path, the stand-in builds a context:
+    a source that resolves (symlinks included) outside it is refused, so a
+    definition can never ship a host file such as /etc/shadow into the image.
+    """
     pairs = []
-    for line in definition.body("files").splitlines():
+    base = root.resolve()
+    for line in _lines(definition.body("files")):
         words = shlex.split(line.split("#", 1)[0]) if line.strip() else []
         if not words:
             continue
         if len(words) > 2:
             raise NdgenError(f"{source}: %files line {line.strip()!r}: expected SRC [DST]")
-        src = (root / words[0]).resolve()
+        src = (base / words[0]).resolve()
+        if not src.is_relative_to(base):
+            raise NdgenError(f"{source}: %files source {words[0]} is outside the build context {base}")
         if not src.exists():
             raise NdgenError(f"{source}: %files source {words[0]} does not exist (relative to {root})")
         dst = words[-1] if len(words) == 2 else words[0]
@@ -276,7 +294,7 @@ def _metadata_files(definition: Definition) -> list[ContextFile]:
 def parse_labels(body: str) -> dict[str, str]:
     """`%labels`: one `KEY VALUE…` per line (Apptainer splits at the first whitespace)."""
     labels: dict[str, str] = {}
-    for line in body.splitlines():
+    for line in _lines(body):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -3,8 +3,8 @@
 The values arrive in command-line order (the CLI records it); each flag
 occurrence becomes one step, as in `neurodocker generate`.  Values are
 command-line text, so on top of the step checks (steps.py) a value may not
-contain a newline: one `--run` is one command, and nothing a user types can
-start another instruction.
+contain a line break (any that str.splitlines honours): one `--run` is one
+command, and nothing a user types can start another instruction.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ NAMES = (*SINGLE, *MANY)
 
 
 def _one_line(flag: str, value: str) -> str:
-    for ch, what in (("\n", "a newline"), ("\r", "a carriage return"), ("\x00", "a NUL byte")):
-        if ch in value:
-            raise NdgenError(f"{flag} {value[:40]!r}: contains {what}; give one value per flag")
+    # Every boundary str.splitlines knows (U+2028 too), not only \n: a
+    # Python-side re-parse of the output must see one line per value as well.
+    for ch in value:
+        if ch == "\x00" or ch in st.LINE_BREAKS:
+            raise NdgenError(f"{flag} {value[:40]!r}: contains {st.describe_char(ch)}; give one value per flag")
     return value
 
 

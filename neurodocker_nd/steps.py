@@ -13,6 +13,13 @@ RUN commands may span lines (recipes' `run:` lists do), but a line may not
 start a Singularity section (`%post`…), and the last line may not continue
 into the next instruction (a trailing backslash or a trailing comment line,
 which Docker's parser skips while it keeps the continuation open).
+
+Line boundaries are those of every consumer, not only `\n`: str.splitlines
+(Python re-parsers, spython) also ends a line at \v \f \r \x1c-\x1e U+0085
+U+2028 U+2029, so none of them may hide in a value.  And a RUN command never
+starts with an option: BuildKit reads leading `--mount=…` words as RUN flags
+(a bind of another local image, a shared cache), which only ndgen's own
+cache stage may emit (render.py).
 """
 
 from __future__ import annotations
@@ -26,27 +33,52 @@ import attrs
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.oses import Target
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Every line boundary str.splitlines honours (a test checks the list against it).
+LINE_BREAKS = "\n\v\f\r\x1c\x1d\x1e\x85\u2028\u2029"
+# Single-line values: C0 controls, DEL, the C1 controls (U+0085 among them) and
+# U+2028/U+2029 - so no line boundary of any parser can hide in one.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Commands may span lines with \n only (the one boundary Docker and Apptainer use).
+_COMMAND_BAD_RE = re.compile("[\x00" + LINE_BREAKS.replace("\n", "") + "]")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
-_SECTION_RE = re.compile(r"^\s*%[A-Za-z]")
+# Apptainer opens a section at any line whose first word starts with `%`
+# (`%%files` included: it trims every leading `%`); \s is Unicode here, a
+# superset of Go's unicode.IsSpace that bufio.ScanWords skips.
+_SECTION_RE = re.compile(r"^\s*%")
+# What BuildKit's flag parser skips or unwraps before it looks for `--`: blanks,
+# escapes and quotes (`RUN "--mount=…"` and `RUN \\--mount=…` are flags too).
+_FLAG_NOISE = "\\\"'"
+
+_NAMES = {
+    "\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte",
+    "\v": "a vertical tab", "\f": "a form feed", "\x85": "a next-line character (U+0085)",
+    "\u2028": "a line separator (U+2028)", "\u2029": "a paragraph separator (U+2029)",
+}
 
 
 class StepError(NdgenError):
     """A step's value would break out of its instruction."""
 
 
-def _what(ch: str) -> str:
-    return {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte"}.get(ch, repr(ch))
+def describe_char(ch: str) -> str:
+    """The one name for a refused character, in every error message."""
+    return _NAMES.get(ch, f"{ch!r} (U+{ord(ch):04X})")
+
+
+def control_char(value: str) -> str | None:
+    """The first character a single-line value may not hold, or None."""
+    m = _CONTROL_RE.search(value)
+    return m.group(0) if m else None
 
 
 def check_line(what: str, value: str, *, forbid: str = '"', spaces: bool = True) -> str:
-    """A single-line value: no control characters, none of `forbid`, maybe no spaces."""
+    """A single-line value: no control or line-separator characters, none of `forbid`, maybe no spaces."""
     if not isinstance(value, str):
         raise StepError(f"{what}: expected a string, got {type(value).__name__}")
-    m = _CONTROL_RE.search(value)
-    if m:
-        raise StepError(f"{what}: value {value[:40]!r} contains {_what(m.group(0))}")
+    bad = control_char(value)
+    if bad is not None:
+        raise StepError(f"{what}: value {value[:40]!r} contains {describe_char(bad)}")
     for ch in forbid:
         if ch in value:
             raise StepError(f"{what}: value {value[:40]!r} contains {ch!r}")
@@ -73,13 +105,43 @@ def check_balanced(what: str, value: str) -> str:
     return value
 
 
+def leading_option(command: str) -> str | None:
+    """The first word of `command` when BuildKit would take it for a RUN flag, else None.
+
+    Docker joins continuation lines and drops comment lines inside them before
+    it reads flags, so blank, `\\`-only and `#` lines are skipped here too
+    (stricter than needed: a shell command never starts with `-` anyway).
+    """
+    for line in command.split("\n"):
+        text = line.lstrip()
+        while text and (text[0] in _FLAG_NOISE or text[0].isspace()):
+            text = text[1:]
+        if not text or text.startswith("#"):
+            continue
+        return text.split(maxsplit=1)[0] if text.startswith("-") else None
+    return None
+
+
+def check_no_flags(what: str, command: str) -> str:
+    """A user's RUN text never starts with an option (BuildKit would read `--mount=…` as a RUN flag)."""
+    word = leading_option(command)
+    if word is not None:
+        raise StepError(
+            f"{what}: the command starts with {word[:40]!r}, which Docker would read as a RUN flag; "
+            "only ndgen's own cache mounts may add RUN flags"
+        )
+    return command
+
+
 def check_command(what: str, command: str) -> str:
     """A RUN command: lines are fine, escaping the instruction is not."""
-    if "\x00" in command or "\r" in command:
-        raise StepError(f"{what}: command contains {'a NUL byte' if chr(0) in command else 'a carriage return'}")
-    lines = [ln for ln in command.splitlines() if ln.strip()]
+    m = _COMMAND_BAD_RE.search(command)
+    if m:
+        raise StepError(f"{what}: command contains {describe_char(m.group(0))}")
+    lines = [ln for ln in command.split("\n") if ln.strip()]
     if not lines:
         raise StepError(f"{what}: empty command")
+    check_no_flags(what, command)
     for ln in lines:
         if _SECTION_RE.match(ln):
             raise StepError(f"{what}: a line starts with {ln.strip()[:20]!r}, which would open a Singularity section")
@@ -333,7 +395,8 @@ class Plan:
     * `context_files`: COPY sources relative to the build context that come
       from the recipe directory (`--out` copies them there);
     * `readme`: README text (a recipe's README.md), None for --pkg plans;
-    * `metadata`: the recipe's top-level keys (read-only), for release tools.
+    * `metadata`: the recipe's top-level keys (read-only), for release tools;
+    * `recipe_text`: the recipe file as read (its build context's build.yaml).
     """
 
     target: Target
@@ -349,6 +412,9 @@ class Plan:
     packages: tuple[Package, ...] = ()
     reproduce: str | None = None  # the command line that renders this plan again
     help_text: str | None = None  # Singularity %help
+    # The recipe file's text as the loader read it (contained, regular, capped):
+    # `--out` writes these bytes as build.yaml, never the file again.
+    recipe_text: str | None = attrs.field(default=None, eq=False, repr=False)
 
     def file(self, name: str) -> File:
         for f in self.files:
