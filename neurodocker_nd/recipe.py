@@ -27,13 +27,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
+from neurodocker_nd import paths
 from neurodocker_nd import steps as st
 from neurodocker_nd.defaults import ENTRYPOINT, default_template
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.oses import Target, _check_image
 from neurodocker_nd.registry import Registry
 from neurodocker_nd.templatedir import TemplateSource
-from neurodocker_nd.yamlfile import line_of, read_yaml
+from neurodocker_nd.yamlfile import line_of
 
 ARCHES = ("x86_64", "aarch64")
 _ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -199,9 +200,53 @@ def find_recipe(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / "build.yaml"
-    if not p.is_file():
+    if not os.path.lexists(p):  # what is there (a link, a FIFO) is for the contained reader to judge
         raise RecipeError(f"{path}: no recipe here (expected a directory with build.yaml, or the file)")
     return p
+
+
+def _parse_yaml(text: str, shown: Path) -> Any:
+    """YAML text the loader read itself (contained, capped); malformed YAML is one file:line error."""
+    import yaml
+
+    try:
+        loader = yaml.CSafeLoader
+    except AttributeError:  # pragma: no cover - a PyYAML without libyaml
+        loader = yaml.SafeLoader
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{shown}{where}: malformed YAML: {problem}") from None
+
+
+def read_recipe_file(root: Path, rel: str, shown: Path) -> str:
+    """A file of a recipe tree (build.yaml, README.md, an include): the one contained reader.
+
+    A recipe is untrusted: the file must resolve inside `root` (symlinks
+    included), be regular (a FIFO would hang, /dev/zero never end) and stay
+    under paths.MAX_RECIPE_TEXT, or it is one RecipeError naming it.
+    """
+    try:
+        return paths.read_text_inside(root, rel, shown=str(shown))
+    except paths.UnsafePath as exc:
+        raise RecipeError(exc.message) from None
+
+
+def _http_url(url: str, what: str, where: "_Where") -> str:
+    """`url:` is a download: http(s) only — a path or file:// would stage a host file into the image."""
+    bad = st.control_char(url)
+    if bad is not None:
+        raise RecipeError(f"{where.line()}: {what} {url[:60]!r} contains {st.describe_char(bad)}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise RecipeError(
+            f"{where.line()}: {what} {url[:80]!r} is not an http(s) URL "
+            "(a file of the recipe directory is `filename:`)"
+        )
+    return url
 
 
 def repository_root(recipe_dir: Path) -> Path | None:
@@ -303,7 +348,8 @@ class _Loader:
 
     # ---- top level
     def load(self) -> st.Plan:
-        data = read_yaml(self.path)
+        self.text = read_recipe_file(self.dir, self.path.name, self.path)
+        data = _parse_yaml(self.text, self.path)
         top = _Where(self.path, ())
         if not isinstance(data, Mapping):
             raise RecipeError(f"{self.path}: a recipe must be a mapping")
@@ -406,6 +452,7 @@ class _Loader:
             metadata=dict(data),
             reproduce=reproduce,
             help_text=_help(readme),
+            recipe_text=self.text,
         )
 
     def add(self, step_or_fn, where: _Where) -> None:
@@ -422,8 +469,10 @@ class _Loader:
     def readme(self, top: _Where) -> str:
         data = self.data
         text = str(data.get("readme") or "")
-        if not text.strip() and (self.dir / "README.md").is_file():
-            text = (self.dir / "README.md").read_text(encoding="utf-8")
+        if not text.strip() and os.path.lexists(self.dir / "README.md"):
+            # Contained like copy:/file: — a README.md linking to a host file would
+            # otherwise land in /README.md and %help.
+            text = read_recipe_file(self.dir, "README.md", self.dir / "README.md")
         text = self.render_str(text, top.child("readme"))
         if not text.strip() and isinstance(data.get("structured_readme"), Mapping):
             sr = self.render(data["structured_readme"], top.child("structured_readme"))
@@ -454,7 +503,7 @@ class _Loader:
             raise RecipeError(f"{where.line()}: file {name!r} declared twice")
         r = {k: self.render(mapping[k], where.child(k)) for k in ("filename", "url", "contents") if mapping.get(k) is not None}
         sha = mapping.get("sha256") or mapping.get("checksum")
-        url = str(r["url"]) if "url" in r else None
+        url = _http_url(str(r["url"]), f"file {name!r}: url", where.child("url")) if "url" in r else None
         guest = name
         if url:
             base = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
@@ -463,8 +512,9 @@ class _Loader:
         path = None
         if "filename" in r:
             src = self.inside(str(r["filename"]), f"file {name!r}: filename", where.child("filename"))
-            if not src.is_file():
+            if not os.path.lexists(src):
                 raise RecipeError(f"{where.line()}: file {name!r}: {self.dir / str(r['filename'])} does not exist")
+            self.contained(str(r["filename"]), f"file {name!r}: filename", where.child("filename"))
             path = str(src)
         if url is None and path is None and "contents" not in r:
             raise RecipeError(f"{where.line()}: file {name!r} has no url, filename or contents")
@@ -609,10 +659,20 @@ class _Loader:
             raise RecipeError(f"{where.line()}: {what} {src!r} is outside the recipe directory")
         return p
 
+    def contained(self, src: str, what: str, where: _Where, *, directory_ok: bool = False) -> None:
+        """`src` opens through the contained reader context.py copies with (paths.copy_inside):
+        a regular file (or directory), never a FIFO or device, never through a link out."""
+        try:
+            fd, _ = paths.open_inside(self.dir, src, shown=f"{what} {src!r}", directory_ok=directory_ok)
+        except paths.UnsafePath as exc:
+            raise RecipeError(f"{where.line()}: {exc.message}") from None
+        os.close(fd)
+
     def check_context_path(self, src: str, where: _Where) -> None:
         p = self.inside(src, "copy source", where)
-        if not p.exists():
+        if not os.path.lexists(p):
             raise RecipeError(f"{where.line()}: copy source {src!r} does not exist in {self.dir}")
+        self.contained(src, "copy source", where, directory_ok=True)
 
     def d_variables(self, d, value, where):
         if not isinstance(value, Mapping):
@@ -633,9 +693,11 @@ class _Loader:
         if root is None:
             raise RecipeError(f"{where.line()}: include {name!r}: no repository root (a parent directory with macros/)")
         target = (root / name).resolve()
-        if not target.is_relative_to(root.resolve()) or not target.is_file():
-            raise RecipeError(f"{where.line()}: include {name!r} not found under {root}")
-        data = read_yaml(target)
+        try:
+            text = paths.read_text_inside(root, name, shown=name)
+        except paths.UnsafePath as exc:
+            raise RecipeError(f"{where.line()}: include {name!r} not found under {root} ({exc.message})") from None
+        data = _parse_yaml(text, target)
         inc = _Where(target, ())
         if not isinstance(data, Mapping) or not isinstance(data.get("directives", []), list):
             raise RecipeError(f"{target}: an include file is a mapping with a directives: list")
