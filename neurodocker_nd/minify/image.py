@@ -6,20 +6,41 @@ staged on disk.  PAX format keeps what a layer needs: hard links (same inode →
 LNKTYPE), setuid/setgid/sticky bits, owners, sub-second mtimes, and extended
 attributes such as file capabilities (``SCHILY.xattr.*`` records, which the
 engine applies when unpacking).
+
+The SquashFS is the same kind of stream piped into ``sqfstar`` (squashfs-tools
+4.5+), with the Singularity metadata appended as tar entries made here: the
+image is never unpacked on the host, so no path the image shaped (a symlinked
+``/.singularity.d``, ``/etc``) decides where the host writes, and its device
+nodes, setuid files and capabilities exist only inside the SquashFS.
+
+Sparse and zero-filled files (measured on Docker 20.10, overlay2): the engine stores
+every layer file densely — a build's commit and an import alike, a PAX sparse entry
+included — so a "sparse" file in an image already costs its full size there, and a
+minified copy costs it again.  So: the SquashFS stream carries files with real holes as
+GNU PAX 1.0 sparse entries (only data regions are read) and sqfstar stores zero blocks
+sparse, with no host copy; the Docker layer stays dense (the engine's tar-split record
+re-reads the unpacked dense file to rebuild the layer for `docker save`/push, which a
+sparse entry's bytes would not match), and :class:`ZeroBudget` refuses it, naming the
+file, once the kept files' all-zero 1 MiB blocks pass :data:`SPARSE_HOLE_LIMIT`.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import hashlib
 import io
 import json
 import os
+import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +55,12 @@ LABEL_PREFIX = "org.ndgen.minify"
 # xattrs worth carrying: capabilities and user data; overlay/selinux internals are not ours.
 _XATTR_PREFIXES = ("security.capability", "user.")
 _CHUNK = 1 << 20
+# All-zero 1 MiB blocks (holes read as zeros) the engine may be asked to store, summed over
+# the kept files: alignment padding in binaries stays far below (runs under 1 MiB rarely fill
+# an aligned block); a 1 TiB sparse file would otherwise fill the engine's disk.
+SPARSE_HOLE_LIMIT = 512 << 20
+# A longer data map is read whole instead (bounded by the file's size like any dense file).
+_SPARSE_MAX_EXTENTS = 1 << 16
 
 
 @attrs.frozen
@@ -67,63 +94,242 @@ def _tarinfo(tar: tarfile.TarFile, root: str, path: str) -> tarfile.TarInfo | No
     return info
 
 
-def write_tar(root: Path, keep: KeepSet, out: IO[bytes]) -> tuple[int, int]:
-    """Stream the kept entries of `root` as a PAX tar into `out`; returns (entries, file bytes)."""
+def _tar_stream(out: IO[bytes]) -> tarfile.TarFile:
+    # copybufsize: files are read in 1 MiB pieces (ZeroBudget counts whole zero MiBs).
+    return tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_CHUNK, copybufsize=_CHUNK)
+
+
+def _open_regular(path: str, info: tarfile.TarInfo) -> tuple[int, os.stat_result]:
+    """The kept file `path`, opened for reading: never through a final symlink, and only
+    while it is still the regular file of `info` (a FIFO swapped in would block the read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != info.size:
+        os.close(fd)
+        raise NdgenError(f"{path} changed while the image was written (no longer the regular file it was)")
+    return fd, st
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of each data region (SEEK_DATA/SEEK_HOLE); None when the filesystem
+    cannot tell or the map would be very long: the file is then written whole."""
+    extents: list[tuple[int, int]] = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole from here to the end
+                break
+            return None
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end <= start or len(extents) == _SPARSE_MAX_EXTENTS:
+            return None
+        extents.append((start, end - start))
+        offset = end
+    return extents
+
+
+class _SparseBody:
+    """The payload of a GNU PAX 1.0 sparse entry: the map, then each data region read in place."""
+
+    def __init__(self, fd: int, extents: list[tuple[int, int]], size: int) -> None:
+        if not extents or sum(extents[-1]) != size:
+            extents = [*extents, (size, 0)]  # the map must reach the end (sqfstar, GNU tar)
+        text = f"{len(extents)}\n" + "".join(f"{offset}\n{length}\n" for offset, length in extents)
+        self._map = text.encode() + b"\0" * (-len(text) % tarfile.BLOCKSIZE)
+        self._fd = fd
+        self._extents = extents
+        self._index = 0  # the extent being read …
+        self._done = 0  # … and how much of it was
+        self.size = len(self._map) + sum(length for _, length in extents)
+
+    def read(self, n: int) -> bytes:
+        # tarfile's copyfileobj expects exactly n bytes from every read but the last.
+        out = bytearray(self._map[:n])
+        self._map = self._map[len(out):]
+        while len(out) < n and self._index < len(self._extents):
+            offset, length = self._extents[self._index]
+            if self._done == length:
+                self._index, self._done = self._index + 1, 0
+                continue
+            chunk = os.pread(self._fd, min(n - len(out), length - self._done), offset + self._done)
+            if not chunk:
+                raise NdgenError("a kept sparse file shrank while the image was written")
+            out += chunk
+            self._done += len(chunk)
+        return bytes(out)
+
+
+def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, root: str, path: str, sparse: bool, zeros: ZeroBudget | None) -> None:
+    fd, st = _open_regular(root + path, info)
+    try:
+        extents = _data_extents(fd, info.size) if sparse and st.st_blocks * 512 < st.st_size else None
+        if extents is None or sum(n for _, n in extents) == info.size:
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                tar.addfile(info, zeros.reader(fh, path) if zeros else fh)  # type: ignore[arg-type]
+            return
+        body = _SparseBody(fd, extents, info.size)
+        # GNU tar's layout: the entry is named …/GNUSparseFile.0/NAME; readers take the real
+        # name and size from these records.
+        sparse_info = copy.copy(info)  # TarInfo.replace cannot set size or PAX records
+        sparse_info.name = posixpath.join(posixpath.dirname(info.name), "GNUSparseFile.0", posixpath.basename(info.name))
+        sparse_info.size = body.size
+        sparse_info.pax_headers = {
+            **info.pax_headers,
+            "GNU.sparse.major": "1",
+            "GNU.sparse.minor": "0",
+            "GNU.sparse.name": info.name,
+            "GNU.sparse.realsize": str(info.size),
+        }
+        tar.addfile(sparse_info, body)  # type: ignore[arg-type]  # read() is all tarfile needs
+    finally:
+        os.close(fd)
+
+
+def _add_kept(
+    tar: tarfile.TarFile,
+    root: Path,
+    keep: KeepSet,
+    *,
+    sparse: bool = False,
+    skip: Callable[[str], bool] | None = None,
+    zeros: ZeroBudget | None = None,
+) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """Add the kept entries of `root` (those `skip` does not name) to `tar`, sorted: parents
+    precede children, so the engine creates directories with their own modes.  Yields
+    (in-image path, entry)."""
+    for path in sorted(keep.paths):
+        if skip is not None and skip(path):
+            continue
+        try:
+            info = _tarinfo(tar, str(root), path)
+        except FileNotFoundError:
+            continue
+        if info is None:
+            continue
+        if info.isreg():
+            _add_file(tar, info, str(root), path, sparse, zeros)
+        else:
+            tar.addfile(info)
+        yield path, info
+
+
+def write_tar(
+    root: Path, keep: KeepSet, out: IO[bytes], *, sparse: bool = True, zeros: ZeroBudget | None = None
+) -> tuple[int, int]:
+    """Stream the kept entries of `root` as a PAX tar into `out`; returns (entries, file bytes).
+
+    `sparse`: files with holes as GNU PAX 1.0 sparse entries, which tarfile unpacks sparse
+    (the host copy a repair re-traces); the Docker layer is written dense, its zero blocks
+    counted by `zeros` (module docstring).
+    """
     entries = file_bytes = 0
-    # Sorted: parents precede children, so the engine creates directories with their own modes.
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_CHUNK) as tar:
-        for path in sorted(keep.paths):
-            try:
-                info = _tarinfo(tar, str(root), path)
-            except FileNotFoundError:
-                continue
-            if info is None:
-                continue
+    with _tar_stream(out) as tar:
+        for _, info in _add_kept(tar, root, keep, sparse=sparse, zeros=zeros):
             entries += 1
-            if info.isreg():
-                file_bytes += info.size
-                with open(str(root) + path, "rb") as fh:
-                    tar.addfile(info, fh)
-            else:
-                tar.addfile(info)
+            file_bytes += info.size if info.isreg() else 0
     return entries, file_bytes
 
 
-def unpack_tar(archive: Path, target: Path) -> None:
-    """Unpack a tar written by :func:`write_tar` into `target`, extended attributes included.
+class ZeroBudget:
+    """Counts the all-zero 1 MiB reads of the kept files (holes read as zeros) and refuses
+    past `limit`: the Docker engine stores every one of them in full."""
 
-    tarfile restores owners, modes and times but not xattrs: file capabilities would be
-    lost on the way to a SquashFS (or the tree a repair re-traces).  They are set after
-    everything is unpacked, since a chown clears `security.capability`.
+    def __init__(self, image: str, limit: int = SPARSE_HOLE_LIMIT) -> None:
+        self.image = image
+        self.limit = limit
+        self.total = 0
+        self._zeros = bytes(_CHUNK)
+
+    def reader(self, fh: IO[bytes], path: str) -> "_Counted":
+        return _Counted(fh, path, self)
+
+    def add(self, path: str, data: bytes) -> None:
+        if len(data) == _CHUNK and data == self._zeros:
+            self.total += _CHUNK
+            if self.total > self.limit:
+                raise NdgenError(
+                    f"{path} in {self.image} is sparse or zero-filled: the Docker engine would store the kept "
+                    f"files' zero blocks in full (over {_size(self.limit)}); a SquashFS keeps them sparse: "
+                    "--format singularity --no-verify"
+                )
+
+
+class _Counted:
+    def __init__(self, fh: IO[bytes], path: str, budget: ZeroBudget) -> None:
+        self._fh, self._path, self._budget = fh, path, budget
+
+    def read(self, n: int) -> bytes:
+        data = self._fh.read(n)
+        self._budget.add(self._path, data)
+        return data
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def unpack_tar(archive: Path, target: Path) -> None:
+    """Unpack a tar written by :func:`write_tar` into `target` for a host-side re-trace.
+
+    The host copy holds nothing that grants privilege, whoever can reach it: no device
+    nodes (never created on the host; the keep-set already has them, so a repair never
+    asks for them), no setuid/setgid bits on files and no file capabilities (a re-trace
+    runs under ptrace, where neither takes effect anyway).  Every name and hard-link target
+    must stay inside `target` after the symlinks unpacked before it.  `user.*` xattrs are set
+    after everything is unpacked (tarfile restores owners, modes and times, not xattrs).
     """
+    unpacked: list[tarfile.TarInfo] = []
+
+    def host_copy(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if member.ischr() or member.isblk():
+            return None
+        if member.islnk():
+            _inside(member, os.path.join(dest, member.linkname), dest)
+        checked = tarfile.tar_filter(member, dest)  # names: no absolute path, no escape via a link
+        mode = member.mode if member.isdir() else member.mode & ~(stat.S_ISUID | stat.S_ISGID)
+        checked = checked.replace(mode=mode, deep=False)  # tar_filter's go-w would break /tmp
+        unpacked.append(checked)
+        return checked
+
     with tarfile.open(archive) as tar:
-        tar.extractall(target, numeric_owner=True, filter="fully_trusted")
-        for member in tar.getmembers():
-            for key, value in member.pax_headers.items():
-                if key.startswith("SCHILY.xattr."):
-                    os.setxattr(
-                        target / member.name,
-                        key[len("SCHILY.xattr."):],
-                        value.encode("utf-8", "surrogateescape"),
-                        follow_symlinks=False,
-                    )
+        try:
+            tar.extractall(target, numeric_owner=True, filter=host_copy)
+        except tarfile.FilterError as exc:
+            raise NdgenError(f"refusing to unpack the minified tree into {target}: {exc}") from exc
+    for member in unpacked:
+        for key, value in member.pax_headers.items():
+            if key.startswith("SCHILY.xattr.user."):
+                os.setxattr(
+                    target / member.name,
+                    key[len("SCHILY.xattr."):],
+                    value.encode("utf-8", "surrogateescape"),
+                    follow_symlinks=False,
+                )
+
+
+def _inside(member: tarfile.TarInfo, path: str, dest: str) -> None:
+    real, base = os.path.realpath(path), os.path.realpath(dest)
+    if os.path.commonpath([real, base]) != base:
+        raise tarfile.OutsideDestinationError(member, real)
 
 
 class _TarPipe:
     """Runs write_tar in a thread feeding an OS pipe; iterating yields the stream's chunks."""
 
-    def __init__(self, root: Path, keep: KeepSet) -> None:
+    def __init__(self, root: Path, keep: KeepSet, zeros: ZeroBudget) -> None:
         read_fd, write_fd = os.pipe()
         self._reader = os.fdopen(read_fd, "rb", buffering=0)
         self._writer = os.fdopen(write_fd, "wb", buffering=_CHUNK)
         self.error: BaseException | None = None
         self.counts = (0, 0)
-        self._thread = threading.Thread(target=self._run, args=(root, keep), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(root, keep, zeros), daemon=True)
         self._thread.start()
 
-    def _run(self, root: Path, keep: KeepSet) -> None:
+    def _run(self, root: Path, keep: KeepSet, zeros: ZeroBudget) -> None:
         try:
-            self.counts = write_tar(root, keep, self._writer)
+            self.counts = write_tar(root, keep, self._writer, sparse=False, zeros=zeros)  # the engine's layer: dense
         except BaseException as exc:  # re-raised in the caller's thread by finish()
             self.error = exc
         finally:
@@ -198,20 +404,21 @@ def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, ta
     repository, version = engine.split_ref(tag)
     layer_ref = f"{repository}:{version}-layer"
     previous = engine.find_image(client, tag)
-    pipe = _TarPipe(root, keep)
+    pipe = _TarPipe(root, keep, ZeroBudget(config.name))
     try:
         response = client.api.import_image_from_stream(pipe, repository=repository, tag=f"{version}-layer")
     except docker.errors.APIError as exc:
-        pipe.finish()
+        pipe.finish()  # the stream's own error (a refusal) explains the engine's first
         raise EngineError(f"docker import of {tag} failed: {exc.explanation or exc}") from exc
     except BaseException:
         pipe.finish()
         raise
-    entries, file_bytes = pipe.finish()
-    status = _last_status(response)
-    if "error" in status:
-        raise EngineError(f"docker import of {tag} failed: {status['error']}")
     try:
+        # A failed stream (finish raises) may still have been imported, truncated: untag it too.
+        entries, file_bytes = pipe.finish()
+        status = _last_status(response)
+        if "error" in status:
+            raise EngineError(f"docker import of {tag} failed: {status['error']}")
         layers = client.images.get(layer_ref).attrs["RootFS"]["Layers"]
         _load(client, image_config(config, commands, layers), tag)
     finally:
@@ -304,52 +511,135 @@ _MOUNT_POINTS = ("proc", "sys", "dev", "tmp", "home", "root", "mnt", "srv", "opt
 _MOUNT_FILES = ("etc/hosts", "etc/resolv.conf", "etc/localtime")
 
 
-def _singularity_layout(tree: Path, config: ImageConfig, commands: list[str]) -> None:
-    """/.singularity.d (env, runscript, actions, labels) and the runtime's mount points."""
-    meta = tree / ".singularity.d"
-    for sub in ("env", "actions", "libs"):
-        (meta / sub).mkdir(parents=True)
+_META = "/.singularity.d"
+_META_DIRS = (_META, f"{_META}/env", f"{_META}/actions", f"{_META}/libs")
+
+
+def _check_meta_dirs(root: Path, image: str) -> None:
+    """Refuse an image whose /.singularity.d (or its env, actions, libs) is not a real directory:
+    the runtime's files go there, and a link would make them land wherever it points."""
+    for name in _META_DIRS:
+        try:
+            st = os.lstat(str(root) + name)  # its parents were checked to be directories
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise NdgenError(
+                f"{image}: {name} is {_kind(st.st_mode)}, not a directory: it must hold the "
+                "Singularity runtime files, so no SquashFS is written"
+            )
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_IFLNK: "a symlink", stat.S_IFREG: "a regular file", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(mode), "a device node")
+
+
+def _meta_files(config: ImageConfig, commands: list[str]) -> dict[str, tuple[bytes, int]]:
+    """/.singularity.d's files (env, runscript, actions, labels): in-image path → (content, mode)."""
     scripts = {
-        meta / "env" / "90-environment.sh": singularity_env(config),
-        meta / "runscript": singularity_runscript(config),
-        **{meta / "actions" / name: f"#!/bin/sh\n{_SOURCE_ENV}{body}" for name, body in _ACTIONS.items()},
+        f"{_META}/env/90-environment.sh": singularity_env(config),
+        f"{_META}/runscript": singularity_runscript(config),
+        **{f"{_META}/actions/{name}": f"#!/bin/sh\n{_SOURCE_ENV}{body}" for name, body in _ACTIONS.items()},
     }
-    for path, text in scripts.items():
-        path.write_text(text, encoding="utf-8")
-        path.chmod(0o755)
-    labels = dict(config.labels)
-    labels.update(minified_labels(config, commands))
-    (meta / "labels.json").write_text(json.dumps(labels, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    files = {path: (text.encode(), 0o755) for path, text in scripts.items()}
+    labels = {**dict(config.labels), **minified_labels(config, commands)}
+    files[f"{_META}/labels.json"] = ((json.dumps(labels, indent=2, ensure_ascii=False) + "\n").encode(), 0o644)
+    return files
+
+
+def _entry(path: str, kind: bytes, mode: int, now: int, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.type, info.mode, info.mtime, info.linkname = kind, mode, now, linkname
+    info.uname = info.gname = "root"
+    return info
+
+
+def _layout_entries(
+    written: dict[str, tarfile.TarInfo], files: dict[str, tuple[bytes, int]]
+) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+    """Tar entries for the Singularity layout: /.singularity.d and the runtime's mount points
+    (only where the kept image has no entry of that name), made here, never read from a path."""
+    now = int(time.time())
+    for name in _META_DIRS:
+        yield _entry(name, tarfile.DIRTYPE, 0o755, now), b""
+    for name, (data, mode) in files.items():
+        info = _entry(name, tarfile.REGTYPE, mode, now)
+        info.size = len(data)
+        yield info, data
     for name in _MOUNT_POINTS:
-        if not os.path.lexists(tree / name):
-            (tree / name).mkdir(mode=0o755)
+        if f"/{name}" not in written:
+            yield _entry(name, tarfile.DIRTYPE, 0o755, now), b""
     for name in _MOUNT_FILES:
-        if not os.path.lexists(tree / name) and (tree / name).parent.is_dir():
-            (tree / name).touch()
+        parent = written.get("/" + posixpath.dirname(name))
+        if f"/{name}" not in written and parent is not None and parent.isdir():
+            yield _entry(name, tarfile.REGTYPE, 0o644, now), b""
     for name, target in (("singularity", ".singularity.d/runscript"), ("environment", ".singularity.d/env/90-environment.sh")):
-        if not os.path.lexists(tree / name):
-            (tree / name).symlink_to(target)
+        if f"/{name}" not in written:
+            yield _entry(name, tarfile.SYMTYPE, 0o777, now, target), b""
+
+
+def _squashfs_tar(
+    out: IO[bytes], root: Path, keep: KeepSet, config: ImageConfig, commands: list[str]
+) -> tuple[int, int]:
+    """The kept entries (holes kept as sparse entries), then the layout's: (entries, file bytes)."""
+    files = _meta_files(config, commands)
+    generated = {*_META_DIRS, *files}
+
+    def skip(path: str) -> bool:
+        # "/" comes from sqfstar's -root-* options; the image's own copies of the generated
+        # names (and anything below a generated file) give way to the generated ones.
+        return path == "/" or path in generated or any(path.startswith(f + "/") for f in files)
+
+    written: dict[str, tarfile.TarInfo] = {}
+    file_bytes = 0
+    with _tar_stream(out) as tar:
+        for path, info in _add_kept(tar, root, keep, sparse=True, skip=skip):
+            written[path] = info
+            file_bytes += info.size if info.isreg() else 0
+        for info, data in _layout_entries(written, files):
+            tar.addfile(info, io.BytesIO(data))
+    return len(written), file_bytes
 
 
 def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: list[str], out: Path, scratch: Path) -> Written:
-    """A SquashFS with the Singularity layout (/.singularity.d env, runscript, labels)."""
-    if shutil.which("mksquashfs") is None:
-        raise NdgenError("mksquashfs not found: apt-get install squashfs-tools")
-    tree = scratch / "squashfs-tree"
-    tree.mkdir()
-    with open(scratch / "layer.tar", "wb") as fh:
-        entries, file_bytes = write_tar(root, keep, fh)
-    unpack_tar(scratch / "layer.tar", tree)
-    (scratch / "layer.tar").unlink()
-    _singularity_layout(tree, config, commands)
+    """A SquashFS with the Singularity layout (/.singularity.d env, runscript, labels).
+
+    The keep-set's tar is piped into sqfstar with the layout appended as entries made here:
+    nothing is unpacked on the host (`scratch` is not used), owners, modes, setuid bits,
+    xattrs, device nodes and holes go straight into the SquashFS.
+    """
+    del scratch  # nothing is staged: the image never shapes a host path
+    if shutil.which("sqfstar") is None:
+        raise NdgenError("sqfstar not found (squashfs-tools 4.5 or newer): apt-get install squashfs-tools")
+    _check_meta_dirs(root, config.name)
+    top = os.lstat(root)
     # never a half-written image under the final name
-    with outfile.replacing(out) as partial:
-        proc = subprocess.run(
-            ["mksquashfs", str(tree), str(partial), "-noappend", "-comp", "gzip", "-no-progress", "-quiet"],
-            capture_output=True,
-            text=True,
-        )
-        shutil.rmtree(tree, ignore_errors=True)
-        if proc.returncode != 0:
-            raise NdgenError(f"mksquashfs failed writing {out}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    with outfile.replacing(out) as partial, tempfile.TemporaryFile() as log:
+        command = [
+            "sqfstar", "-force", "-comp", "gzip", "-no-progress", "-quiet",
+            "-root-mode", f"{stat.S_IMODE(top.st_mode):o}", "-root-uid", str(top.st_uid), "-root-gid", str(top.st_gid),
+            str(partial),
+        ]  # fmt: skip
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=log)
+        assert proc.stdin is not None
+        broken = False
+        try:
+            entries, file_bytes = _squashfs_tar(proc.stdin, root, keep, config, commands)
+            proc.stdin.close()
+        except BrokenPipeError:  # sqfstar stopped reading: its log says why
+            broken, entries, file_bytes = True, 0, 0
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                broken = True
+        if proc.wait() != 0 or broken:
+            log.seek(0)
+            last = log.read().decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            raise NdgenError(f"sqfstar failed writing {out}: {last[0]}")
     return Written(tag=None, image_id=None, size=out.stat().st_size, entries=entries, file_bytes=file_bytes, squashfs=out)
