@@ -3,9 +3,15 @@
 Each command runs as neurocontainers' runner runs it under Apptainer — `bash
 SCRIPT` from the work directory, which is mounted at the same path, as the
 invoking user — but in a throw-away Docker container with no network at all
-(`engine.run_once`). Nothing from the suite ever runs on the host: setup,
+(`runcapture.run`). Nothing from the suite ever runs on the host: setup,
 `host_script` and cleanup run in the image too, and only the work directory is
 mounted (their runner also binds parents of absolute test_data paths).
+
+A command's output is streamed, never held whole (`runcapture`): ndgen keeps
+the last 64 KiB of stdout, stderr and both (the report, messages and JUnit show
+that tail, marked when cut), `expected_output_contains` texts are searched in
+the whole stream as it passes, the log gets the first 4 MiB then the tail, and
+the deploy check's report is kept up to 4 MiB (more is a FAIL row).
 
 Images built by ndgen's Apptainer stand-in (`defbuild`) are entered through
 `/.singularity.d/actions/exec`, so `%environment` applies as under `apptainer
@@ -33,12 +39,13 @@ from xml.etree import ElementTree as ET
 
 import attrs
 
-from neurodocker_nd import defbuild, engine, outfile, safefs
+from neurodocker_nd import defbuild, engine, outfile, runcapture, safefs
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.suite import SETUP_TIMEOUT_S, SCRIPT_PREFIX, PlannedTest, SuitePlan
 
 PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"
 DEPLOY_TIMEOUT_S = 600.0
+DEPLOY_OUTPUT_BYTES = 4 * 1024 * 1024  # the deploy report is parsed whole: kept up to this size
 _TAIL = 160  # characters of the last output line quoted in a failure message
 
 
@@ -263,10 +270,19 @@ class _Runner:
     work_dir: Path | None
     log: Any = None
 
-    def run(self, argv: list[str], timeout: float, label: str, probe: tuple[str, ...] = ()) -> engine.RunResult:
+    def run(
+        self,
+        argv: list[str],
+        timeout: float,
+        label: str,
+        probe: tuple[str, ...] = (),
+        expect: tuple[str, ...] = (),
+        tail_bytes: int = runcapture.TAIL_BYTES,
+    ) -> runcapture.CapturedRun:
         binds = (self.work_dir,) if self.work_dir else ()
         entry = self.prefix + argv[:1]
-        result = engine.run_once(
+        self.log.write(f"\n# {label}: {' '.join(argv)}\n")
+        result = runcapture.run(
             self.client,
             self.image_id,
             argv[1:],
@@ -277,8 +293,11 @@ class _Runner:
             user=self.user,
             labels={"org.ndgen.test": label[:200]},
             probe=probe,
+            expect=expect,
+            log=self.log.write,  # streamed, capped (runcapture.LOG_BYTES, then the tail)
+            tail_bytes=tail_bytes,
         )
-        self.log.write(f"\n# {label}: {' '.join(argv)} → {result.exit_code} ({result.seconds:.1f} s)\n{result.output}")
+        self.log.write(f"\n# {label} → {result.exit_code} ({result.seconds:.1f} s)\n")
         return result
 
     def suite(self, plan: SuitePlan) -> list[CaseResult]:
@@ -313,14 +332,17 @@ class _Runner:
 
     def test(self, test: PlannedTest) -> CaseResult:
         probe = tuple(_in_work(p, self.work_dir) for p in test.outputs)
-        run = self.run(["bash", str(test.script_path)], test.timeout, test.name, probe)
+        run = self.run(["bash", str(test.script_path)], test.timeout, test.name, probe, test.expected_output)
         return _row(test.name, "test", *_verdict(test, run, probe, self.work_dir), run)
 
     def deploy(self) -> list[CaseResult]:
-        run = self.run(["/bin/sh", "-c", DEPLOY_CHECK], DEPLOY_TIMEOUT_S, "deploy check")
+        run = self.run(["/bin/sh", "-c", DEPLOY_CHECK], DEPLOY_TIMEOUT_S, "deploy check", tail_bytes=DEPLOY_OUTPUT_BYTES)
         rows = [line.split("\t", 2) for line in run.stdout.splitlines() if line.count("\t") >= 2]
         results = [CaseResult(name, "deploy", status, message) for status, name, message in rows if status in (PASS, FAIL, SKIP)]
-        if run.exit_code != 0 or not results:
+        if run.stdout_cut:  # the first rows are lost: a FAIL among them must not pass unseen
+            message = f"{run.stdout_bytes} bytes of report, more than the {DEPLOY_OUTPUT_BYTES} kept (DEPLOY_BINS/DEPLOY_PATH too long?)"
+            results.append(CaseResult("deploy check", "deploy", FAIL, message))
+        elif run.exit_code != 0 or not results:
             results.append(_row("deploy check", "deploy", FAIL, _exit_text(run, DEPLOY_TIMEOUT_S), run))
         return results
 
@@ -364,7 +386,7 @@ def _in_work(path: str, work_dir: Path | None) -> str:
     return path if path.startswith("/") or work_dir is None else str(work_dir / path)
 
 
-def _verdict(test: PlannedTest, run: engine.RunResult, probe: Sequence[str], work_dir: Path | None) -> tuple[str, str]:
+def _verdict(test: PlannedTest, run: runcapture.CapturedRun, probe: Sequence[str], work_dir: Path | None) -> tuple[str, str]:
     """(status, message) by neurocontainers' rules, checked in their order."""
     spec = test.test
     if run.exit_code is None:
@@ -375,9 +397,8 @@ def _verdict(test: PlannedTest, run: engine.RunResult, probe: Sequence[str], wor
                 return FAIL, f"exit code should not be {spec.expected_exit_code_not}{_last_line(run)}"
         elif run.exit_code != spec.expected_exit_code:
             return FAIL, f"expected exit {spec.expected_exit_code}, got {run.exit_code}{_last_line(run)}"
-    combined = run.stdout + run.stderr
-    for expected in test.expected_output:
-        if expected not in combined:
+    for expected in test.expected_output:  # searched in the whole stream while it ran (runcapture)
+        if expected not in run.found:
             return FAIL, f"output lacks {expected[:60]!r}{_last_line(run)}"
     for path, shown in zip(probe, test.outputs):
         if path not in run.present:
@@ -435,18 +456,18 @@ def _open_output(work_fd: int, relative: PurePath, work_dir: Path) -> int:
         return safefs.open_regular_at(parent, relative.name, shown=work_dir / relative)
 
 
-def _last_line(run: engine.RunResult) -> str:
+def _last_line(run: runcapture.CapturedRun) -> str:
     last = next((ln.strip() for ln in reversed(run.output.splitlines()) if ln.strip()), "")
     return f": {last[:_TAIL]}" if last else ""
 
 
-def _exit_text(run: engine.RunResult, timeout: float) -> str:
+def _exit_text(run: runcapture.CapturedRun, timeout: float) -> str:
     if run.exit_code is None:
         return f"timed out after {timeout:g} s (killed)"
     return f"exit {run.exit_code}{_last_line(run)}"
 
 
-def _row(name: str, group: str, status: str, message: str, run: engine.RunResult) -> CaseResult:
+def _row(name: str, group: str, status: str, message: str, run: runcapture.CapturedRun) -> CaseResult:
     return CaseResult(
         name=name,
         group=group,
