@@ -36,6 +36,13 @@ GIB = 1 << 30
 _CAP = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)  # VFS_CAP_REVISION_2 | effective, cap_net_raw
 
 
+def _scratch(tmp_path: Path) -> Path:
+    """An empty scratch directory (write_squashfs stages nothing there any more)."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    return path
+
+
 def _keep(*paths: str) -> KeepSet:
     return KeepSet(paths=frozenset(paths), trees=frozenset(), traced=0, reasons={}, image_entries=0)
 
@@ -75,7 +82,7 @@ def test_singularity_dir_symlink_is_refused_and_the_host_dir_untouched(tmp_path)
     (root / ".singularity.d").symlink_to(host)  # absolute, as in the image
     out = tmp_path / "out.sqfs"
     with pytest.raises(NdgenError) as err:
-        image.write_squashfs(root, _keep("/", "/.singularity.d"), _config(), ["true"], out, tmp_path / "scratch-unused")
+        image.write_squashfs(root, _keep("/", "/.singularity.d"), _config(), ["true"], out, _scratch(tmp_path))
     assert "/.singularity.d is a symlink, not a directory" in str(err.value) and "\n" not in str(err.value)
     assert list(host.iterdir()) == [] and not out.exists()
 
@@ -84,17 +91,17 @@ def test_image_files_in_singularity_dir_never_redirect_host_writes(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("host file\n")
     root = tmp_path / "root"
-    (root / ".singularity.d/env").mkdir(parents=True)
+    (root / ".singularity.d").mkdir(parents=True)
     (root / ".singularity.d/runscript").symlink_to(victim)  # the image points its runscript at a host file
-    (root / ".singularity.d/env/90-environment.sh").symlink_to(victim)
+    (root / ".singularity.d/labels.json").symlink_to(victim)
     (root / ".singularity.d/own").write_text("the image's\n")
     (root / "etc").symlink_to(tmp_path)  # the mount files (/etc/hosts …) must not land in tmp_path
     out = tmp_path / "out.sqfs"
-    keep = _keep("/", "/etc", "/.singularity.d", "/.singularity.d/env", "/.singularity.d/env/90-environment.sh",
-                 "/.singularity.d/runscript", "/.singularity.d/own")  # fmt: skip
-    image.write_squashfs(root, keep, _config(), ["true"], out, tmp_path / "scratch-unused")
+    keep = _keep("/", "/etc", "/.singularity.d", "/.singularity.d/labels.json", "/.singularity.d/runscript",
+                 "/.singularity.d/own")  # fmt: skip
+    image.write_squashfs(root, keep, _config(), ["true"], out, _scratch(tmp_path))
     assert victim.read_text() == "host file\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqfs", "root", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqfs", "root", "scratch", "victim"]
     names = _listing(out)
     # ndgen's runscript (a regular 0755 file holding the ENTRYPOINT) replaced the image's link
     assert names["/.singularity.d/runscript"].startswith("-rwxr-xr-x")
@@ -115,7 +122,7 @@ def test_squashfs_keeps_devices_setuid_and_capabilities_without_a_host_copy(tmp_
     os.setxattr(root / "usr/bin/cap", "security.capability", _CAP)
     out = tmp_path / "out.sqfs"
     keep = _keep("/", "/dev", "/dev/kmsg", "/usr", "/usr/bin", "/usr/bin/suid", "/usr/bin/suid-link", "/usr/bin/cap")
-    image.write_squashfs(root, keep, _config(), ["true"], out, tmp_path / "scratch-unused")
+    image.write_squashfs(root, keep, _config(), ["true"], out, _scratch(tmp_path))
     names = _listing(out)
     assert names["/dev/kmsg"].startswith("crw-r--r--") and "1, 11" in names["/dev/kmsg"]
     assert names["/usr/bin/suid"].startswith("-rwsr-xr-x")
