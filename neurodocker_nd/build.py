@@ -2,7 +2,7 @@
 
 Flow: recipe (from `render`) → build context (the Dockerfile itself, or the
 Apptainer stand-in's translation of a `.def`, see `defbuild`) → streamed
-build on the engine with `network_mode="host"` (never a bridge) → each
+build on the engine on the network `--network` names (see `NETWORKS`) → each
 package's meta.yaml `test` run in the new image with `network_mode="none"`.
 
 A build is skipped when an image with the same `org.ndgen.recipe-hash` label
@@ -32,6 +32,23 @@ BUILDKIT_CLI = "/usr/bin/docker"  # Debian's docker.io (20.10): BuildKit offline
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 # The classic builder colours stderr (ESC[91m … ESC[0m) and splits output at arbitrary bytes.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# RUN steps run recipe code: untrusted.  "default" is the engine's default network —
+# a bridge on a normal Docker host, NATed out and cut off from the host's loopback;
+# with dockerd --bridge=none (this project's CI) the legacy builder gives it no
+# network at all and BuildKit refuses it ("network bridge not found").  "host" shares
+# the host's network namespace, so RUN steps reach every service on 127.0.0.1 and
+# link-local addresses: only ever an explicit opt-in, noted in the log and the report.
+NETWORKS = ("default", "none", "host")
+HOST_NETWORK_NOTE = (
+    "--network host: RUN steps share this host's network, including services listening on "
+    "its loopback (127.0.0.1, ::1) and link-local addresses"
+)
+# What a RUN step prints when it has no route to a mirror (apt, curl, wget, dnf, getent,
+# and BuildKit asked for the default network of an engine without a bridge).
+_NO_NETWORK = re.compile(
+    r"Temporary failure (?:resolving|in name resolution)|[Cc]ould(?:n't| not) resolve"
+    r"|unable to resolve host|Name or service not known|Network is unreachable|network bridge not found"
+)
 # docker's reference grammar, without a registry host (there is no registry here).
 _TAG = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$")
 
@@ -85,6 +102,7 @@ class BuildOutcome:
     recipe_path: Path
     tests: tuple[TestOutcome, ...]
     packages: tuple[PackageLike, ...]
+    network: str = "default"  # what RUN steps ran on (NETWORKS)
 
     @property
     def failures(self) -> tuple[TestOutcome, ...]:
@@ -114,9 +132,11 @@ def build_recipe(
     no_cache: bool = False,
     log_path: Path | None = None,
     test_timeout: float = TEST_TIMEOUT_S,
+    network: str = "default",
 ) -> BuildOutcome:
-    """Build `recipe` as `tag`, then (unless `run_tests` is False) run its tests."""
+    """Build `recipe` as `tag` on `network` (one of NETWORKS), then (unless `run_tests` is False) run its tests."""
     check_tag(tag)
+    check_network(network)
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     recipe_path = log_path.with_suffix(".def" if recipe.fmt == "singularity" else ".Dockerfile")
     outfile.write_text(recipe_path, recipe.text, mkdir=True)
@@ -131,10 +151,11 @@ def build_recipe(
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
         log.write(f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n")
+        _log_network(log, network)
         image_id = _reuse(client, digest, tag, no_cache, log)
         reused = image_id is not None
         if image_id is None:
-            image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt)
+            image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt, network)
         build_seconds = time.monotonic() - started
         tests: list[TestOutcome] = []
         if run_tests:
@@ -149,6 +170,7 @@ def build_recipe(
         recipe_path=recipe_path,
         tests=tuple(tests),
         packages=tuple(recipe.packages),
+        network=network,
     )
 
 
@@ -160,6 +182,7 @@ def build_context_dir(
     *,
     no_cache: bool = False,
     log_path: Path | None = None,
+    network: str = "default",
 ) -> BuildOutcome:
     """Build a complete build context (`ndgen recipe --out`: the recipe plus its files) as `tag`.
 
@@ -168,8 +191,10 @@ def build_context_dir(
     build API is the legacy builder, which has no RUN --mount. The cache is a
     named stage of the same Dockerfile (no buildx `--build-context` here).
     Singularity: the stand-in, with `%files` relative to the context.
+    RUN steps run on `network` (one of NETWORKS).
     """
     check_tag(tag)
+    check_network(network)
     context_dir = Path(context_dir)
     recipe_name = "Singularity.def" if fmt == "singularity" else "Dockerfile"
     recipe_path = context_dir / recipe_name
@@ -180,10 +205,11 @@ def build_context_dir(
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
         log.write(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n")
+        _log_network(log, network)
         image_id = _reuse(client, digest, tag, no_cache, log)
         reused = image_id is not None
         if image_id is None:
-            image_id = _build_dir(client, context_dir, recipe_path, fmt, tag, digest, no_cache, log)
+            image_id = _build_dir(client, context_dir, recipe_path, fmt, tag, digest, no_cache, log, network)
     saved = log_path.with_suffix(".def" if fmt == "singularity" else ".Dockerfile")
     outfile.write_text(saved, recipe_path.read_text(encoding="utf-8"), mkdir=True)
     return BuildOutcome(
@@ -196,20 +222,51 @@ def build_context_dir(
         recipe_path=saved,
         tests=(),
         packages=(),
+        network=network,
     )
 
 
 def _build_dir(
-    client: Any, context_dir: Path, recipe_path: Path, fmt: str, tag: str, digest: str, no_cache: bool, log: engine.StepLog
+    client: Any,
+    context_dir: Path,
+    recipe_path: Path,
+    fmt: str,
+    tag: str,
+    digest: str,
+    no_cache: bool,
+    log: engine.StepLog,
+    network: str,
 ) -> str:
     if fmt == "docker":
         labels = {HASH_LABEL: digest, "org.ndgen.format": fmt}
-        return _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log)
+        return _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log, _buildkit_network(client, network, log))
     text = recipe_path.read_text(encoding="utf-8")
     definition = defbuild.parse_definition(text, source=str(recipe_path))
     standin = defbuild.translate(definition, source=str(recipe_path), files_root=context_dir)
     labels = {**standin.labels, HASH_LABEL: digest, "org.ndgen.format": fmt}
-    return _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt)
+    return _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt, network)
+
+
+def _buildkit_network(client: Any, network: str, log: engine.StepLog) -> str:
+    """BuildKit's name for `network`: on an engine without a bridge, "default" is "none".
+
+    The legacy builder runs a "default" RUN step with no network when dockerd has
+    --bridge=none; BuildKit fails it instead ("network bridge not found").  Giving
+    BuildKit "none" there keeps one meaning of "default" for both builders.
+    """
+    if network == "default" and not client.networks.list(names=["bridge"]):
+        log.write("# the engine has no bridge network (dockerd --bridge=none): BuildKit gets --network none\n")
+        return "none"
+    return network
+
+
+def check_network(network: str) -> None:
+    if network not in NETWORKS:
+        raise NdgenError(f"bad build network {network!r}: choose one of {', '.join(NETWORKS)}")
+
+
+def _log_network(log: engine.StepLog, network: str) -> None:
+    log.write(f"# network: {network}" + (f" — {HOST_NETWORK_NOTE}\n" if network == "host" else "\n"))
 
 
 def check_tag(tag: str) -> None:
@@ -262,9 +319,15 @@ _BK_COUNT = re.compile(r"\[[^\]]*?(\d+)/(\d+)\]")
 
 
 def _buildkit_build(
-    context_dir: Path, dockerfile: Path, tag: str, labels: dict[str, str], no_cache: bool, log: engine.StepLog
+    context_dir: Path,
+    dockerfile: Path,
+    tag: str,
+    labels: dict[str, str],
+    no_cache: bool,
+    log: engine.StepLog,
+    network: str,
 ) -> str:
-    """`DOCKER_BUILDKIT=1 /usr/bin/docker build --network host …`; the new image's id."""
+    """`DOCKER_BUILDKIT=1 /usr/bin/docker build --network NETWORK …`; the new image's id."""
     import subprocess
     import tempfile
 
@@ -275,7 +338,7 @@ def _buildkit_build(
         )
     with tempfile.TemporaryDirectory(prefix="ndgen-iid-") as scratch:
         iidfile = Path(scratch) / "iid"
-        argv = [BUILDKIT_CLI, "build", "--network", "host", "--progress", "plain", "--pull=false"]
+        argv = [BUILDKIT_CLI, "build", "--network", network, "--progress", "plain", "--pull=false"]
         argv += ["-f", str(dockerfile), "-t", tag, "--iidfile", str(iidfile)]
         argv += [f"--label={k}={v}" for k, v in labels.items()] + (["--no-cache"] if no_cache else [])
         argv.append(str(context_dir))
@@ -305,7 +368,7 @@ def _buildkit_build(
                 tails[match[1]].append(match[2])
         code = proc.wait()
         if code != 0:
-            raise NdgenError(_buildkit_failure(tag, steps, tails, failed, log.path))
+            raise NdgenError(_buildkit_failure(tag, steps, tails, failed, log.path, network))
         image_id = iidfile.read_text().strip() if iidfile.exists() else ""
     if not image_id:
         raise EngineError(f"build of {tag} finished without an image; log: {log.path}")
@@ -313,7 +376,12 @@ def _buildkit_build(
 
 
 def _buildkit_failure(
-    tag: str, steps: dict[str, str], tails: dict[str, collections.deque], failed: tuple[str, str] | None, log_path: Path
+    tag: str,
+    steps: dict[str, str],
+    tails: dict[str, collections.deque],
+    failed: tuple[str, str] | None,
+    log_path: Path,
+    network: str,
 ) -> str:
     if failed is None:
         return f"build of {tag} failed before any step ran; log: {log_path}"
@@ -321,8 +389,21 @@ def _buildkit_failure(
     code = re.search(r"exit code: (\d+)", error)
     exit_part = f"exit {code[1]}" if code else _short(error, 120)
     where = steps.get(vertex, "the Dockerfile")
-    reason = _reason(tails.get(vertex, ())) or error
-    return f"build of {tag} failed at `{_short(where)}` ({exit_part}): {reason}; log: {log_path}"
+    tail = tails.get(vertex, ())
+    reason = _reason(tail) or error
+    hint = _network_hint(network, [*tail, error])
+    return f"build of {tag} failed at `{_short(where)}` ({exit_part}): {reason}{hint}; log: {log_path}"
+
+
+def _network_hint(network: str, output: Sequence[str]) -> str:
+    """Why a RUN step found no mirror, and the explicit way out; "" when that was not the failure."""
+    if network == "host" or not any(_NO_NETWORK.search(line) for line in output):
+        return ""
+    if any("network bridge not found" in line for line in output):
+        why = "this engine has no default bridge network (dockerd --bridge=none)"
+    else:
+        why = "RUN steps found no network"
+    return f" ({why}; to reach a package mirror, build with --network host, which also exposes this host's loopback services)"
 
 
 @attrs.define
@@ -354,7 +435,14 @@ class _StepTracker:
 
 
 def _stream_build(
-    client: Any, context_tar: Any, tag: str, labels: dict[str, str], no_cache: bool, log: engine.StepLog, fmt: str
+    client: Any,
+    context_tar: Any,
+    tag: str,
+    labels: dict[str, str],
+    no_cache: bool,
+    log: engine.StepLog,
+    fmt: str,
+    network: str,
 ) -> str:
     import docker.errors
 
@@ -366,7 +454,7 @@ def _stream_build(
             custom_context=True,
             tag=tag,
             labels=labels,
-            network_mode="host",  # never a bridge network: apt reaches the mirror through the host
+            network_mode=network,  # NETWORKS: "host" only when asked for
             rm=True,
             forcerm=True,
             pull=False,
@@ -387,7 +475,8 @@ def _stream_build(
                     step.feed(line)
                 detail = chunk.get("errorDetail") or {}
                 log.write(f"ERROR: {chunk['error']}\n")
-                raise NdgenError(_build_failure(tag, step, detail.get("code"), chunk["error"], fmt, log.path))
+                failure = _build_failure(tag, step, detail.get("code"), chunk["error"], fmt, log.path, network)
+                raise NdgenError(failure)
     except docker.errors.APIError as exc:
         log.write(f"ERROR: {exc}\n")
         raise EngineError(f"build of {tag} refused by the engine: {engine.first_line(exc)}; log: {log.path}") from exc
@@ -400,7 +489,9 @@ def _stream_build(
     return image_id
 
 
-def _build_failure(tag: str, step: _StepTracker, code: Any, error: str, fmt: str, log_path: Path) -> str:
+def _build_failure(
+    tag: str, step: _StepTracker, code: Any, error: str, fmt: str, log_path: Path, network: str
+) -> str:
     """One line naming the failing step (and, for %post, the failing command)."""
     reason = _reason(step.tail) or error
     exit_part = f"exit {code}" if code else error.strip().splitlines()[0][:120]
@@ -409,7 +500,8 @@ def _build_failure(tag: str, step: _StepTracker, code: Any, error: str, fmt: str
         where = f"%post command `{_short(traced[-1])}`" if traced else "%post"
     else:
         where = f"step {step.number}/{step.total} `{_short(step.instruction)}`" if step.number else "the Dockerfile"
-    return f"build of {tag} failed at {where} ({exit_part}): {reason}; log: {log_path}"
+    hint = _network_hint(network, [*step.tail, error])
+    return f"build of {tag} failed at {where} ({exit_part}): {reason}{hint}; log: {log_path}"
 
 
 def _reason(tail: Sequence[str]) -> str:

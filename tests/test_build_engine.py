@@ -95,7 +95,8 @@ def built(networks_before, docker_client, base_image, tmp_path_factory, ndgen_cl
         args = [arg for pkg in pkgs for arg in ("--pkg", pkg)]
         started = time.monotonic()
         log = logs / f"{tag.replace(':', '_')}-{len(cache)}.log"
-        proc = ndgen_cli("build", *args, "--os", OS, "--format", fmt, "-t", tag, "--log", str(log), env=env)
+        # --network host: the packages come from the mirror (the engine here has no bridge).
+        proc = ndgen_cli("build", *args, "--os", OS, "--format", fmt, "-t", tag, "--log", str(log), "--network", "host", env=env)
         result = Built(tag, proc, time.monotonic() - started)
         print(f"\n[ndgen build {tag}: {result.seconds:.0f} s, exit {proc.returncode}]", file=sys.stderr)
         cache[key] = result

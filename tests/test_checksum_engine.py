@@ -1,7 +1,7 @@
 """Downloads verified by sha256 on real builds, files served by a local HTTP server.
 
-Builds run with `--network host`, so the build container reaches the server on
-127.0.0.1. Two paths:
+Builds run with `--network host` (the explicit opt-in), so the build container
+reaches the server on 127.0.0.1. Two paths:
 
 * a registry template whose meta records a sha256: the rendered RUN line runs
   `sha256sum -c` right after the download; a wrong digest fails the build and
@@ -120,7 +120,7 @@ def test_template_download_is_verified_in_the_build(docker_client, base_image, r
     env = {"NDGEN_REGISTRY": str(registry)}
     rendered = run_ndgen("--pkg", "sumtest==1.0", "--os", "debian:bookworm", env=env)
     assert f'echo "{DIGEST}  /opt/sumtest.bin" | sha256sum -c --quiet -' in rendered.stdout, rendered.stderr
-    proc = run_ndgen("build", "--pkg", "sumtest==1.0", "--os", "debian:bookworm", "-t", tag,
+    proc = run_ndgen("build", "--pkg", "sumtest==1.0", "--os", "debian:bookworm", "-t", tag, "--network", "host",
                      "--log", str(tmp_path / "ok.log"), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _run(docker_client, tag, "sha256sum", "/opt/sumtest.bin").split()[0] == DIGEST
@@ -129,7 +129,7 @@ def test_template_download_is_verified_in_the_build(docker_client, base_image, r
 def test_wrong_template_digest_fails_the_build_and_tags_nothing(docker_client, base_image, registry, tags, tmp_path):
     tag = f"ndgen-test-sum-{RUN_ID}:wrong"
     tags.append(tag)
-    proc = run_ndgen("build", "--pkg", "sumtest==2.0", "--os", "debian:bookworm", "-t", tag,
+    proc = run_ndgen("build", "--pkg", "sumtest==2.0", "--os", "debian:bookworm", "-t", tag, "--network", "host",
                      "--log", str(tmp_path / "bad.log"), env={"NDGEN_REGISTRY": str(registry)})
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
@@ -169,7 +169,7 @@ def test_recipe_file_with_url_and_sha256_builds_with_ndgen_build(docker_client, 
     (server.root / "payload.bin").write_bytes(PAYLOAD)
     tag = f"ndgen-test-sumrecipe-{RUN_ID}:{'ok' if good else 'wrong'}"
     tags.append(tag)
-    proc = run_ndgen("build", str(recipe), "-t", tag, env={"NDGEN_CACHE": str(cache)})
+    proc = run_ndgen("build", str(recipe), "-t", tag, "--network", "host", env={"NDGEN_CACHE": str(cache)})
     cached = cache / "files" / "sha256"
     if not good:
         assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -81,7 +81,7 @@ def test_build_test_timeout_no_test_and_no_cache(docker_client, base_image, hang
     root, name = hang_registry
     tag = unique_tag("ndgen-test-build-hang", "1")
     env = {"NDGEN_REGISTRY": str(root)}
-    args = ("build", "--pkg", name, "--base-image", base_image, "--pkg-manager", "apt", "-t", tag)
+    args = ("build", "--pkg", name, "--base-image", base_image, "--pkg-manager", "apt", "-t", tag, "--network", "host")
     try:
         # --test-timeout: the hung test fails after 3 s, its container is gone.
         started = time.monotonic()

@@ -37,7 +37,7 @@ def built(docker_client, base_image):
     runs = {}
     for fmt in FORMATS:
         tag = unique_tag("ndgen-test-recipe-ndtool", fmt)
-        runs[fmt] = (tag, run_ndgen("build", str(RECIPE), "-t", tag, "--format", fmt))
+        runs[fmt] = (tag, run_ndgen("build", str(RECIPE), "-t", tag, "--format", fmt, "--network", "host"))  # apt
     yield runs
     remove_images(docker_client, [tag for tag, _ in runs.values()])
 
@@ -98,7 +98,7 @@ def test_junit_and_a_failing_suite_on_the_built_image(built, tmp_path):
 def test_unchanged_recipe_is_reused(built):
     tag, first = built["docker"]
     assert first.returncode == 0
-    again = run_ndgen("build", str(RECIPE), "-t", tag, "--no-test")
+    again = run_ndgen("build", str(RECIPE), "-t", tag, "--no-test", "--network", "host")
     assert again.returncode == 0 and f"image {tag} " in again.stdout and " reused [docker]" in again.stdout
     assert "│" not in again.stdout  # --no-test: no table
 

@@ -18,6 +18,15 @@ from neurodocker_nd.errors import ChecksFailed, NdgenError
 @click.option("--no-test", is_flag=True, help="Build only; do not run the packages' test commands.")
 @click.option("--no-cache", is_flag=True, help="Rebuild even when an identical build exists.")
 @click.option(
+    "--network",
+    type=click.Choice(["default", "none", "host"]),
+    default="default",
+    show_default=True,
+    help="Network of the RUN steps: the engine's default (a bridge, cut off from the host's loopback; "
+    "no network at all on an engine started with --bridge=none), none, or host — host lets recipe code "
+    "reach every service on this host's loopback (127.0.0.1) and link-local addresses.",
+)
+@click.option(
     "--test-timeout",
     type=click.FloatRange(min=1),
     default=600,
@@ -44,6 +53,7 @@ def build_cmd(
     tag: str,
     no_test: bool,
     no_cache: bool,
+    network: str,
     test_timeout: float,
     log_path: Path | None,
     arch: str,
@@ -54,15 +64,16 @@ def build_cmd(
 
     RECIPE_DIR: a neurocontainers recipe; its fulltest.yaml (when present) and
     the deploy check run in the image afterwards (exit 1 when one fails).
-    --pkg: each package's test runs in the image. Docker builds use the host
-    network (never a bridge). --format singularity runs the definition file on
+    --pkg: each package's test runs in the image. RUN steps use --network
+    (default: the engine's; host only when asked for, noted on stderr and in
+    the report). --format singularity runs the definition file on
     the Docker engine with ndgen's Apptainer stand-in and prints the
     equivalent `apptainer build` command.
     """
     if recipe_dir is not None:
         if pkgs or os_name or base_image or pkg_manager:
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
-        _build_recipe_dir(recipe_dir, fmt, tag, arch, options, templates, no_test, no_cache, log_path)
+        _build_recipe_dir(recipe_dir, fmt, tag, arch, options, templates, no_test, no_cache, log_path, network)
         return
     if not pkgs:
         raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
@@ -76,7 +87,13 @@ def build_cmd(
     for note in dead_download_notes(recipe.packages):
         click.echo(note, err=True)
     outcome = build_recipe(
-        recipe, tag, run_tests=not no_test, no_cache=no_cache, log_path=log_path, test_timeout=test_timeout
+        recipe,
+        tag,
+        run_tests=not no_test,
+        no_cache=no_cache,
+        log_path=log_path,
+        test_timeout=test_timeout,
+        network=network,
     )
     _report(outcome)
     if outcome.failures:
@@ -95,6 +112,7 @@ def _build_recipe_dir(
     no_test: bool,
     no_cache: bool,
     log_path: Path | None,
+    network: str,
 ) -> None:
     """Render the recipe into a staged build context, build it, then run its suite and the deploy check."""
     from neurodocker_nd import scratchdir
@@ -116,7 +134,9 @@ def _build_recipe_dir(
     text = render(plan, fmt, cache_stage=True)  # the Dockerfile's first stage holds the staged files
     with scratchdir.directory("ndgen-build-", "/var/tmp") as scratch:
         context = write_context(plan, scratch / "context", fmt, text)
-        outcome = build_context_dir(context, fmt, tag, plan.target.base_image, no_cache=no_cache, log_path=log_path)
+        outcome = build_context_dir(
+            context, fmt, tag, plan.target.base_image, no_cache=no_cache, log_path=log_path, network=network
+        )
     _report(outcome)
     if not no_test:
         fail_if_failed(test_image(tag, suite_path))
@@ -143,6 +163,10 @@ def _report(outcome: Any) -> None:
             table.add_row(*(Text(c) for c in cells), result, f"{test.seconds:.1f} s")
         Console(highlight=False).print(table)
     # Plain lines (never wrapped): paths must stay copy-pasteable.
+    if outcome.network == "host":  # an opt-in with a cost: said in the report as in the log
+        from neurodocker_nd.build import HOST_NETWORK_NOTE
+
+        click.echo(f"note: {HOST_NETWORK_NOTE}")
     click.echo(f"log: {outcome.log_path}")
     click.echo(f"recipe: {outcome.recipe_path}")
     if outcome.apptainer_command:
