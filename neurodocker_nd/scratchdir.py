@@ -39,7 +39,7 @@ def base(default_root: str | None = None) -> Path:
     """The directory every scratch directory is made in, created or verified now.
 
     ``$NDGEN_SCRATCH`` when set (it must exist: a real directory owned by this
-    uid that no one else may write to); else ``ndgen-<euid>`` in `default_root`
+    uid that no one else may write to, or reach: a tmpfs in a 0700 directory); else ``ndgen-<euid>`` in `default_root`
     (the system's temporary directory when None), created 0700 and refused on
     reuse unless it is still a real directory of ours with no group/other bits.
     Someone else's directory is refused, never "fixed": its owner could have
@@ -49,7 +49,9 @@ def base(default_root: str | None = None) -> Path:
     if configured:
         path = Path(os.path.abspath(configured))
         _check_ancestors(path, f"{ENV}={configured}")
-        _check_directory(path, f"{ENV}={configured}", allowed=_GROUP_OTHER & ~_GROUP_OTHER_WRITE)
+        # Group/other write bits are harmless only where no one else can get there at all.
+        writable = _GROUP_OTHER_WRITE if _shielded(path) else 0
+        _check_directory(path, f"{ENV}={configured}", allowed=_GROUP_OTHER & ~_GROUP_OTHER_WRITE | writable)
         return path
     path = Path(os.path.abspath(default_root or tempfile.gettempdir())) / f"ndgen-{os.geteuid()}"
     _check_ancestors(path, f"scratch base {path}")
@@ -101,6 +103,19 @@ def _check_directory(path: Path, what: str, *, allowed: int) -> None:
             f"{what}: mode {stat.S_IMODE(st.st_mode):04o} lets other users in "
             f"(expected {0o700 | allowed:04o} at most): refused"
         )
+
+
+def _shielded(path: Path) -> bool:
+    """Whether a directory above `path` is ours and closed to group and other (no search bit)."""
+    parent = Path(os.path.realpath(path.parent))
+    for directory in (parent, *parent.parents):
+        try:
+            st = os.lstat(directory)
+        except OSError:
+            return False
+        if st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IXGRP | stat.S_IXOTH):
+            return True
+    return False
 
 
 def _check_ancestors(path: Path, what: str) -> None:

@@ -121,7 +121,9 @@ def _dead_scratch_dirs(scratch_base: Path, prefix: str) -> Iterator[tuple[Path, 
     A directory that is a symlink, not ours, not 0700, or without a well-formed
     owner record is not ours to judge: left alone.
     """
-    base_fd = scratchdir.owned_directory_fd(scratch_base, allowed=0o055)
+    # scratchdir.base() has verified its mode (a configured base may be 0755, or a 1777
+    # tmpfs below a 0700 directory); what counts below is each entry's own owner and mode.
+    base_fd = scratchdir.owned_directory_fd(scratch_base, allowed=0o077)
     if base_fd is None:
         return
     try:
