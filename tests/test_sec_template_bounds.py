@@ -18,8 +18,10 @@ from conftest import run_ndgen
 HEAVY = {
     "power": "{{ 9**(9**9) }}",
     "repeat": '{{ "a"*3000000000 }}',
-    "range": "{% for i in range(10**9) %}x{% endfor %}",
-    "nested-loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    # Rendered only when `{{ }}` is present (neurodocker's rule), so each loop carries one.
+    "range": "{% for i in range(10**9) %}{{ i }}{% endfor %}",
+    "nested-loops": "{{ self.version }}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                    "{% endfor %}",
     "ljust": '{{ "a".ljust(3000000000) }}',
     # 2**60 leaves through shared references: its repr is one C call no in-process check
     # interrupts; only the worker's deadline ends it.
