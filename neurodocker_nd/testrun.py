@@ -209,7 +209,9 @@ def _copy_in(work_fd: int, relative: PurePath, source: int, work_dir: Path) -> N
     shown = work_dir / relative
     with safefs.opened(_open_in_work(work_fd, relative.parent, work_dir, create=True)) as parent:
         info = os.fstat(source)
-        with safefs.opened(safefs.create_file_at(parent, relative.name, stat.S_IMODE(info.st_mode), shown=shown)) as target:
+        # Permission bits only: a setuid bit on an image-written cache file must not become a
+        # setuid file of the (possibly root) host user.
+        with safefs.opened(safefs.create_file_at(parent, relative.name, stat.S_IMODE(info.st_mode) & 0o777, shown=shown)) as target:
             try:
                 with os.fdopen(os.dup(source), "rb") as reader, os.fdopen(os.dup(target), "wb") as writer:
                     shutil.copyfileobj(reader, writer, 1 << 20)
@@ -447,7 +449,7 @@ def _below(path: str, work_dir: Path | None) -> PurePath | None:
     if work_dir is None:
         return None
     base = PurePath(os.path.normpath(work_dir))
-    normal = PurePath(os.path.normpath(path))
+    normal = PurePath(os.path.normpath(base / path))  # a relative path is where the command ran
     return normal.relative_to(base) if normal.is_relative_to(base) and normal != base else None
 
 

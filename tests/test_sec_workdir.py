@@ -141,3 +141,15 @@ def test_output_dir_dot_is_refused_at_load(tmp_path):
     """`output_dir: .` would name the work directory itself, which emptying would wipe."""
     with pytest.raises(NdgenError, match="output_dir '.' must be a relative path inside the work directory"):
         load_suite(_suite(tmp_path, FULL.replace("output_dir: out", "output_dir: .")))
+
+
+def test_a_setuid_bit_in_the_data_cache_is_not_copied(tmp_path):
+    """Data copies keep permission bits only: an image-written (default) cache file marked setuid
+    must not become a setuid file owned by the host user running ndgen (root, often)."""
+    work = tmp_path / "work"
+    (work / ".data_cache/ds1/sub-01").mkdir(parents=True)
+    planted = work / ".data_cache/ds1/sub-01/T1w.nii"
+    planted.write_bytes(b"#!/bin/sh\nid\n")
+    planted.chmod(0o6755)
+    stage_work(plan_suite(load_suite(_suite(tmp_path, FULL)), work), None)
+    assert os.stat(work / "demo/ds1/sub-01/T1w.nii").st_mode & 0o7777 == 0o755
