@@ -515,9 +515,10 @@ _META = "/.singularity.d"
 _META_DIRS = (_META, f"{_META}/env", f"{_META}/actions", f"{_META}/libs")
 
 
-def _check_meta_dirs(root: Path, image: str) -> None:
+def check_singularity_layout(root: Path, image: str) -> None:
     """Refuse an image whose /.singularity.d (or its env, actions, libs) is not a real directory:
-    the runtime's files go there, and a link would make them land wherever it points."""
+    the runtime's files go there, and a link would make them land wherever it points.
+    write_squashfs checks it; a caller may check it first, before any other output exists."""
     for name in _META_DIRS:
         try:
             st = os.lstat(str(root) + name)  # its parents were checked to be directories
@@ -612,7 +613,7 @@ def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: lis
     del scratch  # nothing is staged: the image never shapes a host path
     if shutil.which("sqfstar") is None:
         raise NdgenError("sqfstar not found (squashfs-tools 4.5 or newer): apt-get install squashfs-tools")
-    _check_meta_dirs(root, config.name)
+    check_singularity_layout(root, config.name)
     top = os.lstat(root)
     # never a half-written image under the final name
     with outfile.replacing(out) as partial, tempfile.TemporaryFile() as log:
