@@ -36,13 +36,6 @@ GIB = 1 << 30
 _CAP = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)  # VFS_CAP_REVISION_2 | effective, cap_net_raw
 
 
-def _scratch(tmp_path: Path) -> Path:
-    """An empty scratch directory (write_squashfs stages nothing there any more)."""
-    path = tmp_path / "scratch"
-    path.mkdir()
-    return path
-
-
 def _keep(*paths: str) -> KeepSet:
     return KeepSet(paths=frozenset(paths), trees=frozenset(), traced=0, reasons={}, image_entries=0)
 
@@ -82,7 +75,7 @@ def test_singularity_dir_symlink_is_refused_and_the_host_dir_untouched(tmp_path)
     (root / ".singularity.d").symlink_to(host)  # absolute, as in the image
     out = tmp_path / "out.sqfs"
     with pytest.raises(NdgenError) as err:
-        image.write_squashfs(root, _keep("/", "/.singularity.d"), _config(), ["true"], out, _scratch(tmp_path))
+        image.write_squashfs(root, _keep("/", "/.singularity.d"), _config(), ["true"], out)
     assert "/.singularity.d is a symlink, not a directory" in str(err.value) and "\n" not in str(err.value)
     assert list(host.iterdir()) == [] and not out.exists()
 
@@ -99,9 +92,9 @@ def test_image_files_in_singularity_dir_never_redirect_host_writes(tmp_path):
     out = tmp_path / "out.sqfs"
     keep = _keep("/", "/etc", "/.singularity.d", "/.singularity.d/labels.json", "/.singularity.d/runscript",
                  "/.singularity.d/own")  # fmt: skip
-    image.write_squashfs(root, keep, _config(), ["true"], out, _scratch(tmp_path))
+    image.write_squashfs(root, keep, _config(), ["true"], out)
     assert victim.read_text() == "host file\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqfs", "root", "scratch", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqfs", "root", "victim"]
     names = _listing(out)
     # ndgen's runscript (a regular 0755 file holding the ENTRYPOINT) replaced the image's link
     assert names["/.singularity.d/runscript"].startswith("-rwxr-xr-x")
@@ -122,7 +115,7 @@ def test_squashfs_keeps_devices_setuid_and_capabilities_without_a_host_copy(tmp_
     os.setxattr(root / "usr/bin/cap", "security.capability", _CAP)
     out = tmp_path / "out.sqfs"
     keep = _keep("/", "/dev", "/dev/kmsg", "/usr", "/usr/bin", "/usr/bin/suid", "/usr/bin/suid-link", "/usr/bin/cap")
-    image.write_squashfs(root, keep, _config(), ["true"], out, _scratch(tmp_path))
+    image.write_squashfs(root, keep, _config(), ["true"], out)
     names = _listing(out)
     assert names["/dev/kmsg"].startswith("crw-r--r--") and "1, 11" in names["/dev/kmsg"]
     assert names["/usr/bin/suid"].startswith("-rwsr-xr-x")
@@ -187,9 +180,8 @@ def test_sparse_file_stays_sparse_in_the_squashfs_and_costs_no_scratch(tmp_path)
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(small)], check=True)
     try:
-        (small / "scratch").mkdir()
         out = small / "out.sqfs"
-        written = image.write_squashfs(root, _keep("/", "/opt", "/opt/big"), _config(), ["true"], out, small / "scratch")
+        written = image.write_squashfs(root, _keep("/", "/opt", "/opt/big"), _config(), ["true"], out)
         assert written.size < 1 << 20
         assert " 1073741824 " in _listing(out)["/opt/big"]
         piece = subprocess.run(["unsquashfs", "-cat", str(out), "/opt/big"], capture_output=True, check=True).stdout
@@ -274,6 +266,8 @@ def test_minify_never_writes_into_the_host_dir_the_image_names(docker_client, ho
     assert list(host_dir.iterdir()) == [], "minify wrote into the host directory the image's /.singularity.d names"
     assert "/.singularity.d is a symlink, not a directory" in _one_line_error(proc)
     assert not out.exists() and list(scratch.iterdir()) == []
+    with pytest.raises(ImageNotFound):  # --format both: the refusal leaves NEW_TAG untouched
+        docker_client.images.get(new_tag)
 
 
 @pytest.mark.docker

@@ -603,14 +603,13 @@ def _squashfs_tar(
     return len(written), file_bytes
 
 
-def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: list[str], out: Path, scratch: Path) -> Written:
+def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: list[str], out: Path) -> Written:
     """A SquashFS with the Singularity layout (/.singularity.d env, runscript, labels).
 
     The keep-set's tar is piped into sqfstar with the layout appended as entries made here:
-    nothing is unpacked on the host (`scratch` is not used), owners, modes, setuid bits,
-    xattrs, device nodes and holes go straight into the SquashFS.
+    nothing is unpacked on the host, so the image never shapes a host path; owners, modes,
+    setuid bits, xattrs, device nodes and holes go straight into the SquashFS.
     """
-    del scratch  # nothing is staged: the image never shapes a host path
     if shutil.which("sqfstar") is None:
         raise NdgenError("sqfstar not found (squashfs-tools 4.5 or newer): apt-get install squashfs-tools")
     check_singularity_layout(root, config.name)

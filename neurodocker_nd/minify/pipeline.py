@@ -136,6 +136,8 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
     with interrupts_as_exceptions(), contextlib.ExitStack() as stack:
         with _step("open", progress, steps):
             source = stack.enter_context(open_source(client, options.image))
+            if "singularity" in options.formats:  # refused before anything is traced or written
+                image_step.check_singularity_layout(source.pristine, options.image)
             if source.method == "export-copy" and tracer.name == "fanotify":
                 # No overlay of our own to mark: fanotify would watch the whole host filesystem.
                 tracer, tracer_note = _ptrace(), "no overlay mount possible: using the ptrace tracer"
@@ -183,19 +185,19 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 keep, written, verified, message, repaired = _verify_and_repair(
                     client, source, options, record, keep, written, work_tag, mount_set, trace_mounts, package_db
                 )
+        # The SquashFS comes before the tag: with --format both, a refused or failed SquashFS
+        # must not leave NEW_TAG moved.
+        squashfs = None
+        if "singularity" in options.formats and verified is not False:
+            with _step("squashfs", progress, steps):
+                out = options.squashfs_out or Path(_squashfs_name(options.tag))
+                squashfs = image_step.write_squashfs(source.pristine, keep, source.config, list(options.commands), out)
         tag = None
         if "docker" in options.formats and (verified is not False or options.keep_failed):
             client.images.get(work_tag).tag(*engine.split_ref(options.tag))
             tag = options.tag
             if verified is False:
                 message += f" (kept {tag} for inspection: --keep-failed)"
-        squashfs = None
-        if "singularity" in options.formats and verified is not False:
-            with _step("squashfs", progress, steps):
-                out = options.squashfs_out or Path(_squashfs_name(options.tag))
-                squashfs = image_step.write_squashfs(
-                    source.pristine, keep, source.config, list(options.commands), out, source.scratch
-                )
         files = report_step.kept_files(source.pristine, keep)
         return report_step.Report(
             source_image=options.image,
