@@ -21,13 +21,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from neurodocker_nd import safefs
 from neurodocker_nd.errors import NdgenError
 
 ENV = "NDGEN_SCRATCH"  # a base of the user's choosing, used as is (not created below)
@@ -154,7 +154,13 @@ def remove(root: Path) -> bool:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
     if mounts_below(root):
         return False
-    shutil.rmtree(root, ignore_errors=True)
+    # Not shutil.rmtree: the tree holds what images wrote (a test's work directory), and
+    # rmtree recurses, so a tree deeper than Python's recursion limit ended in a traceback.
+    try:
+        with safefs.opened(safefs.open_trusted_dir(root.parent)) as parent:
+            safefs.remove_at(parent, root.name, shown=root)
+    except NdgenError:
+        return False
     return True
 
 

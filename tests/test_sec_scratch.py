@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from neurodocker_nd import scratchdir
 from neurodocker_nd.errors import NdgenError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another uid, runc and mounts need root")
@@ -272,3 +274,22 @@ def test_views_are_private_and_host_views_nosuid_nodev(docker_client, suid_image
         )  # fmt: skip
         assert ours.stdout == docker_out == b"1234\n0\n", ours.stderr
     assert list(open_base.iterdir()) == []
+
+
+def test_remove_deletes_a_tree_deeper_than_the_recursion_limit(tmp_path):
+    """What an image wrote into a scratch work directory may be arbitrarily deep: shutil.rmtree
+    recursed and ended in RecursionError (a traceback), leaving the tree behind."""
+    root = tmp_path / "scratch"
+    root.mkdir(mode=0o700)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(sys.getrecursionlimit() + 500):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.symlink("/etc", "link", dir_fd=fd)  # a link at the bottom is removed, never followed
+    finally:
+        os.close(fd)
+    assert scratchdir.remove(root) is True
+    assert not root.exists() and Path("/etc/passwd").is_file()
