@@ -140,6 +140,8 @@ def open_regular(root: str, path: str) -> Iterator[tuple[int, os.stat_result] | 
         yield None
         return
     names = [p for p in resolved.split("/") if p]
+    # Errors name the file as asked for, and where the image's links led when elsewhere.
+    shown = path if posixpath.normpath("/" + path.lstrip("/")) == resolved else f"{path} (-> {resolved})"
     fds: list[int] = []
     try:
         try:
@@ -152,11 +154,14 @@ def open_regular(root: str, path: str) -> Iterator[tuple[int, os.stat_result] | 
             yield None
             return
         except OSError as exc:  # ENOTDIR/ELOOP: the image changed under the walk
-            raise ImageFileError(f"image file {path}: {exc.strerror}") from None
+            raise ImageFileError(f"image file {shown}: {exc.strerror}") from None
         st = os.fstat(fds[-1])
         if not stat.S_ISREG(st.st_mode):
-            raise ImageFileError(f"image file {path} is {_kind(st.st_mode)}, not a regular file")
-        fd = os.open(f"/proc/self/fd/{fds[-1]}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            raise ImageFileError(f"image file {shown} is {_kind(st.st_mode)}, not a regular file")
+        try:
+            fd = os.open(f"/proc/self/fd/{fds[-1]}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:  # EACCES without root
+            raise ImageFileError(f"image file {shown}: {exc.strerror}") from None
         try:
             yield fd, st
         finally:

@@ -296,7 +296,7 @@ class _Closure:
         seen.add(resolved)
         if len(seen) > _LD_CONF_MAX_FILES:
             raise imagefs.ImageFileError(f"image file {path}: more than {_LD_CONF_MAX_FILES} ld.so.conf files included")
-        data = imagefs.read_bytes(self.image.root, resolved, _LD_CONF_LIMIT)
+        data = imagefs.read_bytes(self.image.root, path, _LD_CONF_LIMIT)  # resolved again: errors name `path`
         if data is None:
             return
         for line in data.decode(errors="replace").splitlines():
