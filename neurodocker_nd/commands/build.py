@@ -65,7 +65,7 @@ def build_cmd(
     RECIPE_DIR: a neurocontainers recipe; its fulltest.yaml (when present) and
     the deploy check run in the image afterwards (exit 1 when one fails).
     --pkg: each package's test runs in the image. RUN steps use --network
-    (default: the engine's; host only when asked for, noted on stderr and in
+    (default: the engine's; host only when asked for, noted in the log and in
     the report). --format singularity runs the definition file on
     the Docker engine with ndgen's Apptainer stand-in and prints the
     equivalent `apptainer build` command.
