@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
-from neurodocker_nd import paths
+from neurodocker_nd import paths, sandbox
 from neurodocker_nd import steps as st
 from neurodocker_nd.defaults import ENTRYPOINT, default_template
 from neurodocker_nd.errors import NdgenError
@@ -110,19 +110,13 @@ class _Context:
         raise RecipeError(f"get_local({key!r}): local build contexts are not supported")
 
 
-@functools.cache
-def _jinja_env():
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-
-
 @functools.lru_cache(maxsize=8192)
 def _compiled(text: str):
     """Compile once per distinct string (conditions and macros repeat across recipes);
-    the environment holds no per-recipe state: the context is passed at render time."""
-    return _jinja_env().from_string(text)
+    the environment holds no per-recipe state: the context is passed at render time.
+    It is the one bounded sandbox (sandbox.environment): a recipe's Jinja is as hostile
+    as a template's, and `{{ 9**(9**9) }}` in a build.yaml hung `ndgen recipe`."""
+    return sandbox.environment().from_string(text)
 
 
 _SIMPLE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*)\s*\}\}")

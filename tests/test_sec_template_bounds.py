@@ -96,6 +96,22 @@ def test_heavy_recipe_template_ends_fast_with_one_line(tmp_path, kind):
     assert took < FAST, f"{kind}: ndgen recipe took {took:.0f} s"
 
 
+@pytest.mark.parametrize("kind", ["power", "repeat", "range", "ljust"])
+def test_heavy_jinja_in_build_yaml_ends_fast_with_one_line(tmp_path, kind):
+    """A build.yaml's own Jinja (not a template's) renders in the same bounded sandbox:
+    on the old second factory `{{ 9**(9**9) }}` hung `ndgen recipe`, the repetition exit 70."""
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    payload = HEAVY[kind].replace("'", "''")
+    (recipe / "build.yaml").write_text(
+        "name: r\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n"
+        "  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
+        f"    - run:\n        - 'echo {payload}'\n", encoding="utf-8")
+    proc, took = _timed("recipe", str(recipe))
+    _one_error_line(proc, "build.yaml:11")
+    assert took < FAST, f"{kind}: ndgen recipe took {took:.0f} s"
+
+
 def test_bounded_sandbox_keeps_ordinary_templates_working():
     """Loops, `~`, `*`, `%`, filters and method calls within the bounds render as before."""
     from neurodocker_nd import sandbox
