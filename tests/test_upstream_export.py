@@ -126,7 +126,8 @@ def test_template_upstream_cannot_render_is_rejected_and_nothing_written(tmp_pat
     proc = _ndgen("upstream", "export", "--registry", str(reg), "--out", str(out))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ndgen: error: tinytool: upstream neurodocker rejects")
+    # ndgen validate refuses it first (finding 20 of issue 17): nothing reaches upstream's renderer
+    assert len(lines) == 1 and lines[0].startswith("ndgen: error: tinytool: not exported, `ndgen validate` refuses it")
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
