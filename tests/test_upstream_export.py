@@ -356,7 +356,7 @@ def test_build_evidence_builds_the_debian_package_and_runs_the_entry_test(tmp_pa
     # jq (ndgen's own entry) has method=system on apt: a real build on the engine, its test run.
     reg = write_registry(tmp_path, real=("jq",))
     out = tmp_path / "out"
-    export(reg, None, out, author(), build=True)
+    export(reg, None, out, author(), build=True, network="host")  # apt reaches the mirror through the host
     jq = (out / "jq" / "PR.md").read_text()
     assert "the registry entry's test passes in a real `ndgen build --pkg jq,method=system --os debian:bookworm`" in jq
     assert "ndgen build" not in (out / "tinytool" / "PR.md").read_text()  # no method=system: no such claim
@@ -364,7 +364,7 @@ def test_build_evidence_builds_the_debian_package_and_runs_the_entry_test(tmp_pa
     meta = reg / "jq" / "meta.yaml"
     meta.write_text(meta.read_text().replace("test: ", "test: false && ", 1))
     with pytest.raises(NdgenError, match="jq: ndgen build of its method=system: the entry's test failed"):
-        export(reg, None, tmp_path / "out2", author(), build=True)
+        export(reg, None, tmp_path / "out2", author(), build=True, network="host")
 
 
 def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_path):
@@ -407,3 +407,16 @@ def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_
     finally:
         secret.unlink()
         listener.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--network", "host"), "--network applies to --build-evidence only"),
+        (("--target", "neurocontainers", "--build-evidence"), "--build-evidence applies to --target neurodocker only"),
+    ],
+)
+def test_export_options_are_never_silently_ignored(tmp_path, args, error):
+    proc = _ndgen("upstream", "export", "--out", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"ndgen: error: {error}"
+    assert not (tmp_path / "o").exists()

@@ -36,12 +36,19 @@ def upstream_group() -> None:
               show_default=True, help="neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.")
 @click.option("--build-evidence", is_flag=True,
               help="Also build each entry's Debian-packaged method=system on the Docker engine and run its test (PR.md says so).")
+@click.option("--network", type=click.Choice(["default", "none", "host"]), default=None,
+              help="With --build-evidence: the build's network, as `ndgen build --network` (default: default).")
 def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None, target: str,
-               build_evidence: bool) -> None:
+               build_evidence: bool, network: str | None) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
     from neurodocker_nd import paths
     from neurodocker_nd.upstream.export import export
     from neurodocker_nd.upstream.gitcmd import resolve_identity
+
+    if network is not None and not build_evidence:  # never silently ignored
+        raise NdgenError("--network applies to --build-evidence only")
+    if build_evidence and target == "neurocontainers":
+        raise NdgenError("--build-evidence applies to --target neurodocker only")
 
     if target == "neurocontainers":
         from neurodocker_nd.upstream import neurocontainers
@@ -58,7 +65,8 @@ def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: 
         click.echo(f"exported {len(done)} neurocontainers recipes to {out}")
         return
 
-    series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author), build_evidence)
+    series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author), build_evidence,
+                    network or "default")
     for s in series:
         click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
     click.echo(f"exported {len(series)} series to {out}")

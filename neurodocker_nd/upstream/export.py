@@ -522,11 +522,12 @@ def _why(c: Candidate) -> str:
     return " ".join(reasons) + notes
 
 
-def build_evidence(c: Candidate, registry_dir: Path) -> str:
+def build_evidence(c: Candidate, registry_dir: Path, network: str = "default") -> str:
     """Build the entry's Debian-packaged method=system on the engine and run its test ("" if none).
 
     The template's own downloads are unreachable here; this at least proves, on a real
     build, that the registry entry's test (what users of the template run) is right.
+    `network` is `ndgen build --network` (the engine's default unless the user opts in).
     """
     from neurodocker_nd import engine
     from neurodocker_nd.build import build_recipe
@@ -538,7 +539,7 @@ def build_evidence(c: Candidate, registry_dir: Path) -> str:
     tag = f"ndgen-upstream-evidence-{c.name.replace('_', '-')}:{os.getpid()}"
     recipe = render_recipe([f"{c.name},method=system"], os_name="debian:bookworm", registry=Registry(registry_dir=registry_dir))
     try:
-        outcome = build_recipe(recipe, tag)
+        outcome = build_recipe(recipe, tag, network=network)
     finally:
         try:
             engine.connect().images.remove(tag, force=True)
@@ -552,11 +553,11 @@ def build_evidence(c: Candidate, registry_dir: Path) -> str:
 
 
 def build_series(base: UpstreamTree, c: Candidate, workdir: Path, author: Identity,
-                 build_from: Path | None = None) -> Series:
+                 build_from: Path | None = None, network: str = "default") -> Series:
     patch_dir = workdir / "patches" / c.name
     patches, tree = _commit_series(base, c, patch_dir, author)
     proof = prove(base, patches, c.name, tree, workdir)
-    built = build_evidence(c, build_from) if build_from is not None else ""
+    built = build_evidence(c, build_from, network) if build_from is not None else ""
     contents = tuple((p.name, p.read_bytes()) for p in patches)
     digest = series_hash(contents)
     return Series(
@@ -573,7 +574,8 @@ def build_series(base: UpstreamTree, c: Candidate, workdir: Path, author: Identi
 # ---------------------------------------------------------------- the step
 
 
-def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identity, build: bool = False) -> list[Series]:
+def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identity, build: bool = False,
+           network: str = "default") -> list[Series]:
     """Write every proven series under `out` (replacing it whole); return them.
 
     `author` signs the commits (and so the patches' From: lines): configured by the
@@ -583,7 +585,7 @@ def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identit
     with tempfile.TemporaryDirectory(prefix="ndgen-export-") as tmp:
         work = Path(tmp)
         base = prepare(upstream, work)
-        series = [build_series(base, c, work, author, registry_dir if build else None)
+        series = [build_series(base, c, work, author, registry_dir if build else None, network)
                   for c in candidates(registry_dir, base, entries)]
         _write_atomically(series, out)
     return series
