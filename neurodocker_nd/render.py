@@ -123,6 +123,18 @@ def _renderer_classes():
         def _get_instructions(self) -> str:
             return _printf_spec(super()._get_instructions())
 
+        def run(self, command: str):
+            # Every RUN this renderer writes, whatever step or template it came
+            # from: BuildKit reads leading `--mount=…` words as RUN flags (a bind
+            # of another local image), which only run_with_cache_mounts may add.
+            st.check_no_flags("RUN", command)
+            return super().run(command)
+
+        def run_with_cache_mounts(self, mounts: str, command: str):
+            """`RUN <ndgen's own --mount flags> COMMAND`: the one RUN that starts with options."""
+            st.check_no_flags("RUN", command)
+            return DockerRenderer.run(self, f"{mounts} {command.lstrip(' ')}")
+
     class NdgenSingularityRenderer(SingularityRenderer):
         help_text: str = ""
         staged_copies: int = 0  # COPY steps staged through %files (see _singularity_copy)
@@ -134,6 +146,11 @@ def _renderer_classes():
             # writes it into the JSON. A newline alone is valid JSON whitespace.
             # (JSON text never contains a raw newline, so only continuations match.)
             return _printf_spec(super()._get_instructions()).replace(" \\\n", "\n")
+
+        def run(self, command: str):
+            # The same rule in both formats, so a plan renders in one only if it renders in both.
+            st.check_no_flags("RUN", command)
+            return super().run(command)
 
         def env(self, **kwds: str):
             # %environment applies when the container runs, not during %post
@@ -218,11 +235,22 @@ class RecipeRenderer:
             raise NdgenError(f"{step.key}: unsafe template, refused to render: {exc}") from None
         except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
             raise NdgenError(f"{step.key}: template error: {exc}") from None
+        if bound.instructions and not command.strip():
+            raise NdgenError(f"{step.key}: template error: empty rendered instructions")
+        try:
+            # A template (registry entry, --templates file) is as untrusted as a
+            # recipe: its rendered text obeys the rules of the steps a recipe
+            # makes, or an ENV value could close its quote and start a
+            # `RUN --mount=…`, a command start a RUN flag or a Singularity section.
+            if env:
+                st.Env(values=env)
+            if bound.instructions:
+                st.check_command("instructions", command)
+        except st.StepError as exc:
+            raise NdgenError(f"{step.key}: template refused: {exc}") from None
         if env:
             scratch.env(**env)
         if bound.instructions:
-            if not command.strip():
-                raise NdgenError(f"{step.key}: template error: empty rendered instructions")
             scratch.run(command)
         return tuple((i["name"], i["kwds"]) for i in json.loads(scratch.to_json())["instructions"])
 
@@ -314,7 +342,10 @@ class RecipeRenderer:
                 command = step.command
                 if step.shell == "bash":
                     command = f"bash -c '{command}'"
-                r.run(f"{mounts} {command.lstrip(' ')}" if mounts else command)
+                if mounts:
+                    r.run_with_cache_mounts(mounts, command)
+                else:
+                    r.run(command)
         elif isinstance(step, st.Install):
             r.install(list(step.pkgs), step.opts if step.opts is not None else install_opts)
         elif isinstance(step, st.Env):
