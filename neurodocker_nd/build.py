@@ -22,7 +22,7 @@ from typing import Any, Protocol, Sequence
 
 import attrs
 
-from neurodocker_nd import defbuild, engine, outfile
+from neurodocker_nd import defbuild, engine, outfile, runcapture
 from neurodocker_nd.engine import BuildContext
 from neurodocker_nd.errors import EngineError, NdgenError
 
@@ -77,7 +77,7 @@ class TestOutcome:
     command: str
     exit_code: int | None  # None: timed out (and killed)
     seconds: float
-    output: str  # stdout+stderr, as the container printed it
+    output: str  # stdout+stderr interleaved: the last runcapture.TAIL_BYTES, marked when cut
 
     @property
     def passed(self) -> bool:
@@ -545,12 +545,23 @@ def _run_one(
     log: engine.StepLog,
     timeout: float,
 ) -> TestOutcome:
-    """`command` under /bin/sh -c in a fresh container of the image, with no network at all."""
+    """`command` under /bin/sh -c in a fresh container of the image, with no network at all.
+
+    The image decides how much the test prints: its output streams into the log, capped
+    (`runcapture.LOG_BYTES`, a note, then the tail), and the outcome keeps a bounded tail.
+    """
     argv = ["/bin/sh", "-c", command] if command else None
-    result = engine.run_once(
-        client, image_id, argv, entrypoint=entrypoint, timeout=timeout, labels={"org.ndgen.test": name}
+    log.write(f"\n# test {name}: {command or '/.singularity.d/test'}\n")
+    result = runcapture.run(
+        client,
+        image_id,
+        argv,
+        entrypoint=entrypoint,
+        timeout=timeout,
+        labels={"org.ndgen.test": name},
+        log=log.write,
     )
-    log.write(f"\n# test {name}: {command or '/.singularity.d/test'} → {result.exit_code}\n{result.output}")
+    log.write(f"\n# test {name} → {result.exit_code}\n")
     return TestOutcome(
         name=name,
         command=command or "%test section",

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import attrs
 
+from neurodocker_nd import runcapture
 from neurodocker_nd.errors import EngineError, NdgenError
 
 # Builds and tests can take long (apt installs); the SDK's default 60 s read
@@ -218,16 +219,9 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> N
 # --------------------------------------------------------------------------- one-shot containers
 
 
-@attrs.frozen
-class RunResult:
-    """What one command printed and returned in a throw-away container."""
-
-    exit_code: int | None  # None: still running at the timeout (then killed)
-    stdout: str
-    stderr: str
-    output: str  # stdout and stderr interleaved, as the container printed them
-    seconds: float
-    present: tuple[str, ...] = ()  # which of the asked-for paths exist in the container afterwards
+# What one command printed and returned: its exit code (None: killed at the timeout), the
+# bounded tails of stdout, stderr and both interleaved, the seconds, the probed paths present.
+RunResult = runcapture.CapturedRun
 
 
 def run_once(
@@ -250,46 +244,23 @@ def run_once(
     container's own root by the engine (never on the host), so a path a test
     wrote anywhere in the container is seen, and a path can never reach out
     of it.
-    """
-    import docker.errors
-    from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
 
-    started = time.monotonic()
-    container = client.containers.create(
+    The image decides how much the command prints, so its output is streamed
+    (`runcapture.run`, the one mechanism for throw-away containers): ndgen keeps
+    the last `runcapture.TAIL_BYTES` of each stream, marked when cut, never the whole.
+    """
+    return runcapture.run(
+        client,
         image,
-        command=argv,
+        argv,
         entrypoint=entrypoint,
-        network_mode="none",
-        volumes={str(p): {"bind": str(p), "mode": "rw"} for p in binds},
-        working_dir=workdir,
+        timeout=timeout,
+        binds=binds,
+        workdir=workdir,
         user=user,
-        labels=labels or {},
+        labels=labels,
+        probe=probe,
     )
-    try:
-        try:
-            container.start()
-        except docker.errors.APIError as exc:
-            # The runtime could not start the command (e.g. no bash in the image): report it
-            # as the shell would (127), so a test fails with the reason instead of aborting the run.
-            message = first_line(exc)
-            return RunResult(127, "", message + "\n", message + "\n", time.monotonic() - started)
-        try:
-            exit_code: int | None = container.wait(timeout=timeout)["StatusCode"]
-        except RequestException:  # no answer within the timeout: a hung command
-            exit_code = None
-            try:
-                container.kill()
-            except docker.errors.APIError:  # it exited between the timeout and the kill
-                pass
-        seconds = time.monotonic() - started
-        logs = container.logs
-        stdout = logs(stdout=True, stderr=False).decode(errors="replace")
-        stderr = logs(stdout=False, stderr=True).decode(errors="replace")
-        output = logs(stdout=True, stderr=True).decode(errors="replace")
-        present = tuple(p for p in probe if _exists_in(client, container.id, p))
-    finally:
-        container.remove(force=True)
-    return RunResult(exit_code, stdout, stderr, output, seconds, present)
 
 
 def _exists_in(client: Any, container_id: str, path: str) -> bool:

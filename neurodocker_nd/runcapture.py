@@ -1,8 +1,9 @@
 """One command in a throw-away container, its output streamed with a bounded memory cost.
 
-`engine.run_once` reads a finished container's whole log three times (stdout,
-stderr, both) and decodes each: a test printing 300 MB cost ndgen 1.47 GB.
-Here the output is read while the command runs, from an attach made before
+Every throw-away container ndgen runs goes through :func:`run` (`ndgen test`,
+`engine.run_once` and so `ndgen build`'s package tests, minify's verify rerun).
+Reading a finished container's whole log three times (stdout, stderr, both) and
+decoding each cost ndgen 1.47 GB for a test printing 300 MB. Here the output is read while the command runs, from an attach made before
 the container starts (the engine keeps no log of its own: log driver `none`),
 and each chunk goes once through:
 
@@ -12,10 +13,12 @@ and each chunk goes once through:
   (stdout then stderr, as `expected in stdout + stderr` did), keeping only the
   last len(text) - 1 bytes between chunks;
 * the step log — the first `log_bytes` (default 4 MiB) of the interleaved
-  output, then a note of what was left out, then the tail.
+  output, then a note of what was left out, then the tail;
+* exact heads — only when asked (`keep_bytes`, for verify's byte comparison):
+  the first `keep_bytes` of stdout and of stderr, as raw bytes.
 
-So memory is O(tail + log chunk + longest expected text) whatever the command
-prints. A frame is at most the engine's copy buffer (32 KiB).
+So memory is O(tail + log chunk + longest expected text + keep_bytes) whatever
+the command prints. A frame is at most the engine's copy buffer (32 KiB).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class CapturedRun:
     stdout_bytes: int = 0  # the whole stream's size
     stderr_bytes: int = 0
     stdout_cut: bool = False  # `stdout` lacks the stream's beginning
+    # the first keep_bytes of each stream, exact (empty unless asked); whole when len == *_bytes
+    stdout_head: bytes = b""
+    stderr_head: bytes = b""
 
 
 @attrs.define
@@ -73,6 +79,19 @@ class _Tail:
         # A cut may split a UTF-8 sequence at the start: it decodes as U+FFFD, like any bad byte.
         body = bytes(self.data).decode(errors="replace")
         return f"[ndgen: the first {cut} bytes are not kept]\n{body}" if cut else body
+
+
+@attrs.define
+class _Head:
+    """The first `limit` bytes of a stream, exact (nothing kept when the limit is 0)."""
+
+    limit: int
+    data: bytearray = attrs.field(factory=bytearray)
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
 
 
 @attrs.define
@@ -136,6 +155,7 @@ class _Capture:
     """Every chunk once through the tails, the watchers and the log copy (thread-safe)."""
 
     tails: tuple[_Tail, _Tail, _Tail]  # stdout, stderr, both
+    heads: tuple[_Head, _Head]  # stdout, stderr
     watch: _Watch
     log: _LogCopy | None
     lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -144,6 +164,7 @@ class _Capture:
         with self.lock:
             self.tails[stream].add(chunk)
             self.tails[2].add(chunk)
+            self.heads[stream].add(chunk)
             self.watch.add(stream, chunk)
             if self.log is not None:
                 self.log.add(chunk)
@@ -155,9 +176,11 @@ def run(
     argv: list[str] | None,
     *,
     entrypoint: list[str] | None = None,
-    timeout: float,
+    timeout: float | None,
     binds: tuple[Path, ...] = (),
+    mounts: Sequence[tuple[Path, str, bool]] = (),
     workdir: str | None = None,
+    hostname: str | None = None,
     user: str | None = None,
     labels: dict[str, str] | None = None,
     probe: tuple[str, ...] = (),
@@ -165,12 +188,17 @@ def run(
     log: Callable[[str], None] | None = None,
     tail_bytes: int = TAIL_BYTES,
     log_bytes: int = LOG_BYTES,
+    keep_bytes: int = 0,
 ) -> CapturedRun:
     """Run `argv` in a fresh container of `image` with no network at all; always remove it.
 
-    As `engine.run_once` (binds at the same path, `probe` paths looked up by
-    the engine inside the stopped container), but the output is streamed:
-    `expect` texts are watched for, `log` receives the capped interleaved output.
+    `binds` are host directories mounted read-write at the same path (as
+    Apptainer binds them); `mounts` are (host, target, read_only) triples.
+    `probe` paths are looked up by the engine inside the stopped container
+    (never on the host). `timeout` None waits for the command however long it
+    runs. The output is streamed (module docstring): `expect` texts are watched
+    for, `log` receives the capped interleaved output, `keep_bytes` > 0 keeps
+    that much of each stream exact.
     """
     import docker.errors
     import docker.types
@@ -180,17 +208,21 @@ def run(
 
     capture = _Capture(
         tails=(_Tail(tail_bytes), _Tail(tail_bytes), _Tail(tail_bytes)),
+        heads=(_Head(keep_bytes), _Head(keep_bytes)),
         watch=_Watch(tuple(text.encode() for text in expect)),
         log=_LogCopy(log, log_bytes) if log is not None else None,
     )
+    volumes = {str(p): {"bind": str(p), "mode": "rw"} for p in binds}
+    volumes.update({str(host): {"bind": target, "mode": "ro" if ro else "rw"} for host, target, ro in mounts})
     started = time.monotonic()
     container = client.containers.create(
         image,
         command=argv,
         entrypoint=entrypoint,
         network_mode="none",
-        volumes={str(p): {"bind": str(p), "mode": "rw"} for p in binds},
+        volumes=volumes,
         working_dir=workdir,
+        hostname=hostname,
         user=user,
         labels=labels or {},
         # The output reaches ndgen through the attach below; the engine keeps no second copy on its disk.
@@ -248,6 +280,8 @@ def run(
             stdout_bytes=out.total,
             stderr_bytes=err.total,
             stdout_cut=out.total > len(out.data),
+            stdout_head=bytes(capture.heads[_STDOUT].data),
+            stderr_head=bytes(capture.heads[_STDERR].data),
         )
 
 

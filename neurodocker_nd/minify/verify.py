@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,75 +186,55 @@ def _copy_stat(src: str, dst: str, st: os.stat_result) -> None:
 # -- rerun in the new image ------------------------------------------------------------------
 
 
+# verify compares each stream byte for byte, so it keeps them whole: up to this much each.
+OUTPUT_BYTES = 64 * 1024 * 1024
+
+
 def run_in_image(
     client: Any, tag: str, command: str, mounts: Sequence[Mount], timeout: float | None = DEFAULT_TIMEOUT
 ) -> CommandResult:
     """`docker run --network none --entrypoint /bin/sh TAG -c CMD`, output captured exactly.
 
     After `timeout` seconds the container is killed and :class:`CommandTimeout` names the command.
+    The image decides how much the command prints: the output is streamed (`runcapture.run`)
+    and a stream longer than :data:`OUTPUT_BYTES` is refused, never held whole.
     """
     import docker.errors
 
-    volumes = {str(m.host): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in mounts}
-    start = time.perf_counter()
+    from neurodocker_nd import runcapture
+
     try:
-        container = client.containers.create(
+        run = runcapture.run(
+            client,
             tag,
-            command=["-c", command],
+            ["-c", command],
             entrypoint=[SHELL],
-            network_mode="none",
+            timeout=timeout,
+            mounts=tuple((m.host, m.target, m.read_only) for m in mounts),
             hostname=HOSTNAME,
-            volumes=volumes,
-            stdin_open=False,
-            tty=False,
+            keep_bytes=OUTPUT_BYTES,
         )
     except docker.errors.APIError as exc:
-        raise EngineError(f"cannot create a container of {tag}: {exc.explanation or exc}") from exc
-    try:
-        # Attach before start: the raw multiplexed stream keeps bytes exact (log drivers do not).
-        stream = client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-        try:
-            container.start()
-        except docker.errors.APIError as exc:
-            # e.g. the entrypoint shell is missing: Docker's own exit code for that is 127.
-            return CommandResult(command, 127, b"", str(exc.explanation or exc).encode(), time.perf_counter() - start)
-        fired = threading.Event()
-        timer = threading.Timer(timeout, _kill, (container, fired)) if timeout else None
-        if timer is not None:
-            timer.start()
-        out, err = bytearray(), bytearray()
-        try:
-            for stdout, stderr in stream:
-                out += stdout or b""
-                err += stderr or b""
-            exit_code = int(container.wait().get("StatusCode", -1))
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if fired.is_set():
-            raise CommandTimeout(
-                f"command {command!r} timed out after {timeout:g} s (--timeout) in the minified image; "
-                "its container was killed"
+        raise EngineError(f"cannot run a container of {tag}: {exc.explanation or exc}") from exc
+    if run.exit_code is None:
+        raise CommandTimeout(
+            f"command {command!r} timed out after {timeout:g} s (--timeout) in the minified image; "
+            "its container was killed"
+        )
+    for name, size in (("stdout", run.stdout_bytes), ("stderr", run.stderr_bytes)):
+        if size > OUTPUT_BYTES:
+            raise NdgenError(
+                f"verify: command {command!r} printed more than {OUTPUT_BYTES >> 20} MiB on {name} in the "
+                "minified image; verify compares outputs byte for byte and holds at most that much: "
+                "write it to a file on a -v mount, or skip the check with --no-verify"
             )
-    finally:
-        container.remove(force=True)
-    return CommandResult(command, exit_code, bytes(out), bytes(err), time.perf_counter() - start)
+    return CommandResult(command, run.exit_code, run.stdout_head, run.stderr_head, run.seconds)
 
 
 def rerun(
     client: Any, tag: str, commands: Sequence[str], mounts: Sequence[Mount], timeout: float | None = DEFAULT_TIMEOUT
 ) -> tuple[CommandResult, ...]:
     return tuple(run_in_image(client, tag, command, mounts, timeout) for command in commands)
-
-
-def _kill(container: Any, fired: threading.Event) -> None:
-    import docker.errors
-
-    fired.set()
-    try:
-        container.kill()
-    except docker.errors.APIError:
-        pass  # it ended meanwhile
 
 
 # -- compare ---------------------------------------------------------------------------------
