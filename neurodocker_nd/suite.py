@@ -20,6 +20,7 @@ is untrusted input and never names host paths for ndgen to delete or mount.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -29,9 +30,10 @@ import attrs
 
 from neurodocker_nd import paths
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.yamlfile import DataFileError, check_schema, item_lines, line_of, read_yaml, schema_validator
+from neurodocker_nd.yamlfile import DataFileError, check_schema, item_lines, line_of, parse_yaml, read_text, schema_validator
 
 SCHEMA_NAME = "fulltest.schema.json"
+RECIPE_SUITE = "fulltest.yaml"  # a recipe directory's suite (neurocontainers' layout)
 DEFAULT_TIMEOUT_S = 120.0  # neurocontainers' runner default
 SETUP_TIMEOUT_S = 120.0  # their runner gives setup scripts 120 s
 OUTPUT_DIR = "output_dir"
@@ -157,18 +159,46 @@ class SuitePlan:
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Read and check a `fulltest.yaml`; every problem is one NdgenError line naming file:line."""
+    """Read and check a `fulltest.yaml` the user named; every problem is one NdgenError line naming file:line.
+
+    The user's own path (a link they made included) is followed; what it
+    names must be a regular file of at most yamlfile.MAX_YAML_BYTES, checked
+    on the open descriptor, so a FIFO or a device is refused, never waited on.
+    A recipe directory's suite is untrusted: see load_recipe_suite.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise NdgenError(f"test suite not found: {path}")
-    data = read_yaml(path)
+    return parse_suite(read_text(path), path)
+
+
+def load_recipe_suite(recipe_dir: Path) -> Suite | None:
+    """A recipe directory's fulltest.yaml, or None when it has none.
+
+    Read like every other file of a recipe tree (paths.read_text_inside): a
+    link may not lead out of the directory, only a regular file is read, and
+    at most paths.MAX_RECIPE_TEXT bytes of it.
+    """
+    shown = recipe_dir / RECIPE_SUITE
+    if not os.path.lexists(shown):  # whatever is there (a link, a FIFO) is for the contained reader to judge
+        return None
+    try:
+        text = paths.read_text_inside(recipe_dir, RECIPE_SUITE, shown=str(shown))
+    except paths.UnsafePath as exc:
+        raise DataFileError(exc.message) from None
+    return parse_suite(text, shown)
+
+
+def parse_suite(text: str, path: Path) -> Suite:
+    """Check a suite's YAML `text`, read from `path` (named in every error); nothing is read again."""
+    data = parse_yaml(text, path)
     if not isinstance(data, dict):
         raise DataFileError(f"{path}:1: a test suite is a mapping with name: and tests:")
-    check_schema(data, path, schema_validator(paths.schemas_dir() / SCHEMA_NAME), "fulltest")
-    lines = item_lines(path, "tests")
+    check_schema(data, path, schema_validator(paths.schemas_dir() / SCHEMA_NAME), "fulltest", text)
+    lines = item_lines(path, "tests", text)
     tests = tuple(_test(item, lines[index]) for index, item in enumerate(data["tests"]))
     _check_depends(tests, path)
-    _check_inside(data, path)
+    _check_inside(data, path, text)
     scalars = _scalars(data)
     setup = data.get("setup") or {}
     return Suite(
@@ -229,11 +259,11 @@ def _check_depends(tests: Sequence[SuiteTest], path: Path) -> None:
         seen.add(test.name)
 
 
-def _check_inside(data: Mapping[str, Any], path: Path) -> None:
+def _check_inside(data: Mapping[str, Any], path: Path, text: str) -> None:
     """`output_dir` is emptied before a run, so it must be a path inside the work directory."""
     value = (data.get("test_data") or {}).get(OUTPUT_DIR)
     if value is not None and not _is_inside(str(value)):
-        line = line_of(path, ["test_data", OUTPUT_DIR])
+        line = line_of(path, ["test_data", OUTPUT_DIR], text)
         raise DataFileError(f"{path}:{line}: test_data.output_dir {value!r} must be a relative path inside the work directory")
 
 

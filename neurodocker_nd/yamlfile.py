@@ -33,14 +33,28 @@ def _yaml_path(parts: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
-def line_of(path: Path, parts: list[Any]) -> int:
+def _compose(path: Path, text: str | None):
+    """The node tree of `text` (or of the file, read safely): for line numbers only.
+
+    A file that changed since it was parsed may no longer be YAML; the error
+    being reported matters more than its line, so that is line 1, not a traceback.
+    """
+    try:
+        return yaml.compose(read_text(path) if text is None else text, Loader=_Loader)
+    except yaml.YAMLError:
+        return None
+
+
+def line_of(path: Path, parts: list[Any], text: str | None = None) -> int:
     """1-based line of the entry at JSON path `parts` in a YAML file.
 
     Uses yaml's node marks; for a mapping entry it is the key's line, where a
     reader looks for "binaries: 'instructions' is a required property".  The
-    file is parsed again only on this error path, so valid files parse once.
+    text is parsed again only on this error path, so valid files parse once.
+    Pass the `text` that was parsed: the file is then not read again (it may
+    have changed, or have been read through a contained reader).
     """
-    node = yaml.compose(read_text(path), Loader=_Loader)
+    node = _compose(path, text)
     if node is None:
         return 1
     for i, p in enumerate(parts):
@@ -58,40 +72,48 @@ def line_of(path: Path, parts: list[Any]) -> int:
     return node.start_mark.line + 1
 
 
-def item_lines(path: Path, key: str) -> list[int]:
+def item_lines(path: Path, key: str, text: str | None = None) -> list[int]:
     """1-based line of each item of the top-level list `key`, from one compose pass.
 
     For files with thousands of items, where calling `line_of` per item would
     parse the file once per item.
     """
-    root = yaml.compose(read_text(path), Loader=_Loader)
+    root = _compose(path, text)
     node = next((v for k, v in root.value if k.value == key), None) if isinstance(root, yaml.MappingNode) else None
     return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
 
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+# Largest YAML data file read (registry entries, profiles, suites are KBs): a
+# bigger one is refused before it is read, and a file that grows while it is
+# read stops at the cap.
+MAX_YAML_BYTES = 8 << 20
+_CHUNK = 1 << 20
 
 
-def read_text(path: Path) -> str:
-    """A regular file's UTF-8 text; anything else is one DataFileError line.
+def read_text(path: Path, *, limit: int = MAX_YAML_BYTES) -> str:
+    """A regular file's UTF-8 text, at most `limit` bytes; anything else is one DataFileError line.
 
     Opened non-blocking and checked with fstat before reading: a FIFO would
     block a plain open() until a writer comes, /dev/zero would never end.
+    The path itself is followed (a user names it); files of an untrusted tree
+    go through paths.read_text_inside instead.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise DataFileError(f"{path}: cannot read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a file")
             raise DataFileError(f"{path}: not a regular file ({kind})")
-        try:
-            data = fh.read()
-        except OSError as exc:
-            raise DataFileError(f"{path}: cannot read: {exc.strerror}") from None
+        if info.st_size > limit:
+            raise DataFileError(f"{path}: {info.st_size} bytes, larger than {limit}")
+        data = _read_capped(fd, limit, path)
+    finally:
+        os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -100,9 +122,23 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; malformed YAML becomes one DataFileError line."""
-    text = read_text(path)
+def _read_capped(fd: int, limit: int, path: Path) -> bytes:
+    chunks, total = [], 0
+    while True:
+        try:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+        except OSError as exc:
+            raise DataFileError(f"{path}: cannot read: {exc.strerror}") from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise DataFileError(f"{path}: larger than {limit} bytes")
+
+
+def parse_yaml(text: str, path: Path | str) -> Any:
+    """YAML text read from `path` (by read_text or a contained reader); malformed YAML is one file:line DataFileError."""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
@@ -110,6 +146,11 @@ def read_yaml(path: Path) -> Any:
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise DataFileError(f"{path}{where}: malformed YAML: {problem}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; malformed YAML becomes one DataFileError line."""
+    return parse_yaml(read_text(path), path)
 
 
 def schema_validator(schema_path: Path):
@@ -121,15 +162,17 @@ def schema_validator(schema_path: Path):
     return cls(schema)
 
 
-def check_schema(data: Any, path: Path, validator, what: str) -> None:
-    """Raise DataFileError naming file:line, YAML path and the first (best) violation."""
+def check_schema(data: Any, path: Path, validator, what: str, text: str | None = None) -> None:
+    """Raise DataFileError naming file:line, YAML path and the first (best) violation.
+
+    `text`: what `data` was parsed from, for the line number (else the file is read again)."""
     import jsonschema
 
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is None:
         return
     parts = list(error.absolute_path)
-    raise DataFileError(f"{path}:{line_of(path, parts)}: {_yaml_path(parts)}: {_short(error)} ({what} schema)")
+    raise DataFileError(f"{path}:{line_of(path, parts, text)}: {_yaml_path(parts)}: {_short(error)} ({what} schema)")
 
 
 def _short(error) -> str:

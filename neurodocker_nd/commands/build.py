@@ -122,14 +122,13 @@ def _build_recipe_dir(
     from neurodocker_nd.context import write_context
     from neurodocker_nd.recipe import find_recipe, load_recipe
     from neurodocker_nd.render import render
-    from neurodocker_nd.suite import load_suite
+    from neurodocker_nd.suite import load_recipe_suite
 
     check_tag(tag)
-    suite_path = find_recipe(recipe_dir).parent / "fulltest.yaml"
-    if not suite_path.is_file() or no_test:
-        suite_path = None
-    else:
-        load_suite(suite_path)  # a bad suite fails before any build time is spent
+    # Read once, through the recipe tree's contained reader (no link out of it,
+    # regular files only, capped), and tested as read: a bad suite fails before
+    # any build time is spent, and the file is not read again after the build.
+    suite = None if no_test else load_recipe_suite(find_recipe(recipe_dir).parent)
     plan = load_recipe(recipe_dir, arch=arch, options=parse_options(options), templates=templates)
     text = render(plan, fmt, cache_stage=True)  # the Dockerfile's first stage holds the staged files
     with scratchdir.directory("ndgen-build-", "/var/tmp") as scratch:
@@ -139,7 +138,7 @@ def _build_recipe_dir(
         )
     _report(outcome)
     if not no_test:
-        fail_if_failed(test_image(tag, suite_path))
+        fail_if_failed(test_image(tag, suite))
 
 
 def _report(outcome: Any) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from neurodocker_nd.suite import Suite
 
 
 @click.command("test")
@@ -67,7 +70,7 @@ def test_cmd(
 
 def test_image(
     image: str,
-    suite_path: Path | None,
+    suite_source: Suite | Path | None,
     *,
     work_dir: Path | None = None,
     data_cache: Path | None = None,
@@ -76,10 +79,17 @@ def test_image(
     deploy: bool = True,
     log_path: Path | None = None,
 ) -> Any:
-    """Load, plan, run and report (shared by `ndgen test` and `ndgen build RECIPE_DIR`)."""
+    """Load, plan, run and report (shared by `ndgen test` and `ndgen build RECIPE_DIR`).
+
+    `suite_source`: a suite path the user named, a Suite already loaded (a
+    recipe directory's, read by its contained reader), or None (deploy check only).
+    """
     from neurodocker_nd import scratchdir, suite, testrun
 
-    loaded = suite.load_suite(suite_path) if suite_path else None  # bad suites fail before any engine work
+    if isinstance(suite_source, suite.Suite) or suite_source is None:
+        loaded = suite_source
+    else:
+        loaded = suite.load_suite(suite_source)  # bad suites fail before any engine work
     scratch = None
     if loaded is not None and work_dir is None:
         scratch = scratchdir.make("ndgen-test-", "/var/tmp")  # private: /var/tmp/ndgen-UID (0700)
