@@ -28,7 +28,9 @@ _KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 # Characters the shell (or Jinja, which neurodocker re-renders values with)
 # would interpret; spaces stay allowed (e.g. conda_install="numpy scipy").
-_UNSAFE_RE = re.compile(r"[;&|$`<>(){}\\'\"!#*?\[\]\x00-\x1f\x7f]")
+# Control and line-separator characters are steps.control_char's, the one
+# list every single-line value is checked against (U+0085, U+2028, C1…).
+_UNSAFE_RE = re.compile(r"[;&|$`<>(){}\\'\"!#*?\[\]]")
 # Arguments the template splits into package specs (neurodocker's miniconda).
 PKG_LIST_ARGS = frozenset({"conda_install", "pip_install"})
 # One conda match spec / pip requirement / VCS URL: no quotes, `$`, backticks,
@@ -119,19 +121,21 @@ class RecipeSpec:
 
 
 def _unsafe(value: str) -> str | None:
-    m = _UNSAFE_RE.search(value)
-    if m is None:
-        return None
-    ch = m.group(0)
-    return {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(ch, repr(ch))
+    """The first character of `value` a template argument may not hold, described, or None."""
+    for ch in value:
+        if st.control_char(ch) is not None:
+            return st.describe_char(ch)
+        if _UNSAFE_RE.match(ch):
+            return repr(ch)
+    return None
 
 
 def _check_value(name: str, key: str, value: str) -> None:
     """Refuse a template argument value that could break out of its RUN line."""
     if key in PKG_LIST_ARGS:
-        control = re.search(r"[\x00-\x1f\x7f]", value)
-        if control:
-            raise NdgenError(f"--pkg {name}: value of {key} contains {_unsafe(control.group(0))}")
+        control = st.control_char(value)
+        if control is not None:
+            raise NdgenError(f"--pkg {name}: value of {key} contains {st.describe_char(control)}")
         for word in value.split():
             if not _PKG_WORD_RE.match(word):
                 bad = _unsafe(next(c for c in word if not _PKG_WORD_RE.match(c)))
