@@ -34,7 +34,7 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.oses import Target, _check_image
 from neurodocker_nd.registry import Registry
 from neurodocker_nd.templatedir import TemplateSource
-from neurodocker_nd.yamlfile import line_of
+from neurodocker_nd.yamlfile import line_of, parse_yaml
 
 ARCHES = ("x86_64", "aarch64")
 _ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -178,15 +178,18 @@ def _has_jinja(text: str) -> bool:
 class _Where:
     path: Path
     parts: tuple[Any, ...]
+    # The text the loader parsed: line numbers come from it, never from reading the path
+    # again (that would go around the contained reader, and the file may have changed).
+    text: str = attrs.field(default="", repr=False)
 
     def line(self) -> str:
         try:
-            return f"{self.path}:{line_of(self.path, list(self.parts))}"
+            return f"{self.path}:{line_of(self.path, list(self.parts), self.text)}"
         except Exception:  # noqa: BLE001 - best effort: the file name alone still names the culprit
             return str(self.path)
 
     def child(self, *parts: Any) -> _Where:
-        return _Where(self.path, self.parts + parts)
+        return _Where(self.path, self.parts + parts, self.text)
 
 
 def find_recipe(path: str | Path) -> Path:
@@ -197,23 +200,6 @@ def find_recipe(path: str | Path) -> Path:
     if not os.path.lexists(p):  # what is there (a link, a FIFO) is for the contained reader to judge
         raise RecipeError(f"{path}: no recipe here (expected a directory with build.yaml, or the file)")
     return p
-
-
-def _parse_yaml(text: str, shown: Path) -> Any:
-    """YAML text the loader read itself (contained, capped); malformed YAML is one file:line error."""
-    import yaml
-
-    try:
-        loader = yaml.CSafeLoader
-    except AttributeError:  # pragma: no cover - a PyYAML without libyaml
-        loader = yaml.SafeLoader
-    try:
-        return yaml.load(text, Loader=loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{shown}{where}: malformed YAML: {problem}") from None
 
 
 def read_recipe_file(root: Path, rel: str, shown: Path) -> str:
@@ -343,8 +329,8 @@ class _Loader:
     # ---- top level
     def load(self) -> st.Plan:
         self.text = read_recipe_file(self.dir, self.path.name, self.path)
-        data = _parse_yaml(self.text, self.path)
-        top = _Where(self.path, ())
+        data = parse_yaml(self.text, self.path)
+        top = _Where(self.path, (), self.text)
         if not isinstance(data, Mapping):
             raise RecipeError(f"{self.path}: a recipe must be a mapping")
         for key in ("name", "version", "build"):
@@ -691,8 +677,8 @@ class _Loader:
             text = paths.read_text_inside(root, name, shown=name)
         except paths.UnsafePath as exc:
             raise RecipeError(f"{where.line()}: include {name!r} not found under {root} ({exc.message})") from None
-        data = _parse_yaml(text, target)
-        inc = _Where(target, ())
+        data = parse_yaml(text, target)
+        inc = _Where(target, (), text)
         if not isinstance(data, Mapping) or not isinstance(data.get("directives", []), list):
             raise RecipeError(f"{target}: an include file is a mapping with a directives: list")
         for i, child in enumerate(data.get("directives") or []):
