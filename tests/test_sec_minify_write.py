@@ -310,3 +310,21 @@ def test_minify_keeps_a_sparse_file_sparse_in_the_squashfs(docker_client, specia
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_kept_paths_below_an_image_symlink_never_read_host_files(tmp_path):
+    """An image link `/a -> <host dir>` with `/a/secret` in the keep-set: the host read
+    `root + /a/secret`, following the link out of the image, and put a host file in the image."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("host only\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").symlink_to(host)  # absolute: resolved on the host, it leaves the image
+    out = io.BytesIO()
+    image.write_tar(root, _keep("/", "/a", "/a/secret"), out)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        names = {m.name: m for m in tar.getmembers()}
+    assert "a/secret" not in names and names["a"].issym()
+    assert b"host only" not in out.getvalue()

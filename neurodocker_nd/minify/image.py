@@ -48,6 +48,7 @@ import attrs
 
 from neurodocker_nd import __version__, engine, outfile
 from neurodocker_nd.errors import EngineError, NdgenError
+from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import KeepSet
 from neurodocker_nd.minify.source import ImageConfig
 
@@ -199,9 +200,12 @@ def _add_kept(
     """Add the kept entries of `root` (those `skip` does not name) to `tar`, sorted: parents
     precede children, so the engine creates directories with their own modes.  Yields
     (in-image path, entry)."""
+    real_dirs: dict[str, bool] = {}
     for path in sorted(keep.paths):
         if skip is not None and skip(path):
             continue
+        if not _under_real_dirs(str(root), path, real_dirs):
+            continue  # a parent is an image symlink: the host would follow it (out of the image)
         try:
             info = _tarinfo(tar, str(root), path)
         except FileNotFoundError:
@@ -213,6 +217,19 @@ def _add_kept(
         else:
             tar.addfile(info)
         yield path, info
+
+
+def _under_real_dirs(root: str, path: str, known: dict[str, bool]) -> bool:
+    """Whether every directory above in-image `path` is a real directory of the image.
+
+    The host reads a kept entry as `root + path`, which follows any symlink on the way; an
+    image link `/a -> /etc` with `/a/passwd` kept would read the *host's* /etc/passwd. The
+    link itself is kept as a link; what lies behind it is kept under its real path.
+    """
+    parent = posixpath.dirname(path)
+    if parent not in known:
+        known[parent] = imagefs.resolve_in_root(root, parent) == parent
+    return known[parent]
 
 
 def write_tar(
