@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def source(docker_client, base_image):
 
 @pytest.fixture()
 def rootfs(source, request) -> Path:
-    return source.view(f"ptrace-{request.node.name}")
+    # A view name is one plain path component (stale.record_view): parametrized ids carry [ ].
+    return source.view("ptrace-" + re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name))
 
 
 def trace(source, rootfs, commands, mounts=(), **kw):
@@ -97,13 +99,17 @@ def test_a_workload_swapping_its_log_cannot_make_the_host_read_or_block(source, 
         trace(source, rootfs, [f"rm {log} && {replace}"], timeout=60)
 
 
-def test_script_interpreter_from_shebang_and_bind_mount(source, rootfs, tmp_path):
+def test_script_under_a_mount_is_traced_but_never_read_on_the_host(source, rootfs, tmp_path):
+    """Issue 17, finding 10: the host reads `#!` lines only in the pristine image, never through
+    a mount (the workload may have replaced the script with a FIFO or a link); the interpreter
+    of a script under a mount is left to fanotify and to verify's repair loop."""
     script = tmp_path / "hello"
     script.write_text("#!/bin/dash\necho hello from script\n")
     script.chmod(0o755)
     rec = trace(source, rootfs, ["/data/hello"], [Mount(host=tmp_path, target="/data", read_only=True)])
     assert rec.results[0].stdout == b"hello from script\n"
-    assert {"/data/hello", "/bin/dash"} <= rec.paths
+    assert "/data/hello" in rec.paths and "/data/hello" in rec.executed
+    assert "/bin/dash" not in rec.paths
 
 
 def test_failing_command_stops_the_trace(source, rootfs):

@@ -307,6 +307,7 @@ def _merged(record: TraceRecord, suite_record: TraceRecord) -> TraceRecord:
         record,
         paths=record.paths | suite_record.paths,
         missing=record.missing | suite_record.missing,
+        executed=record.executed | suite_record.executed,  # their #! interpreters are kept too
         tracer=suite_record.tracer if not record.results else record.tracer,
         seconds=record.seconds + suite_record.seconds,
     )
