@@ -395,3 +395,17 @@ def test_output_comparison_does_not_follow_or_block(tmp_path):
     (b / "link").unlink()
     (b / "link").symlink_to("/etc/group")
     assert verify._tree_diff(a, b) == "link"
+
+
+def test_a_trace_log_over_the_cap_is_one_error_not_held(tmp_path, monkeypatch):
+    """The strace log directory is writable by the workload: its log is read with a bound."""
+    from neurodocker_nd.errors import TraceError
+    from neurodocker_nd.minify import ptrace
+
+    log = tmp_path / "0.log"
+    log.write_bytes(b'1 execve("/bin/true", ["true"], 0x0 /* 0 vars */) = 0\n' * 64)
+    monkeypatch.setattr(ptrace, "MAX_LOG_BYTES", 1024)
+    with pytest.raises(TraceError, match="larger than"):
+        ptrace.read_log(log, "true")
+    monkeypatch.setattr(ptrace, "MAX_LOG_BYTES", 1 << 20)
+    assert len(ptrace.read_log(log, "true")) == 64

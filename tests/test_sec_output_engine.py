@@ -61,6 +61,16 @@ elif what == "verify":
         print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode("latin-1"), "stderr": r.stderr.decode("latin-1")}))
     except NdgenError as exc:
         print(json.dumps({"error": str(exc)}))
+elif what == "trace":
+    from neurodocker_nd.errors import NdgenError
+    from neurodocker_nd.minify.run import run_plain
+    from neurodocker_nd.minify.source import open_source
+    with open_source(client, image) as source:
+        try:
+            r = run_plain(source.view("loud"), source.config, sys.argv[6], timeout=600)
+            print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode("latin-1"), "stderr": r.stderr.decode("latin-1")}))
+        except NdgenError as exc:
+            print(json.dumps({"error": str(exc)}))
 """
 
 
@@ -109,4 +119,13 @@ def test_verify_rerun_refuses_output_it_cannot_hold_and_keeps_bytes_exact(base_i
     assert "--no-verify" in result["error"]
     # Under the cap: the streams come back exact, invalid UTF-8 and all.
     exact, _, _ = _measure("verify", base_image, r"printf 'a\377b\n'; printf 'err\n' >&2; exit 4", tmp_path)
+    assert exact == {"exit": 4, "stdout": "a\xffb\n", "stderr": "err\n"}
+
+
+def test_a_traced_command_cannot_make_ndgen_hold_its_output(base_image, tmp_path: Path):
+    """The trace side (minify/run.py) kept every byte too (communicate()): the same bound as verify."""
+    result, maxrss_mb, _ = _measure("trace", base_image, LOUD, tmp_path)
+    assert maxrss_mb < MAX_RSS_MB, result
+    assert result["error"].startswith("command ") and "printed more than 64 MiB on stdout" in result["error"]
+    exact, _, _ = _measure("trace", base_image, r"printf 'a\377b\n'; printf 'err\n' >&2; exit 4", tmp_path)
     assert exact == {"exit": 4, "stdout": "a\xffb\n", "stderr": "err\n"}

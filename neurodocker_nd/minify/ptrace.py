@@ -329,6 +329,10 @@ def strace_bundle(strace: str, dest: Path) -> tuple[str, ...]:
     return (f"{STRACE_DIR}/ld.so", "--library-path", f"{STRACE_DIR}/lib", f"{STRACE_DIR}/strace")
 
 
+# One command's strace log, read whole: ~100 bytes a traced syscall, so room for millions.
+MAX_LOG_BYTES = 512 * 1024 * 1024
+
+
 def read_log(log: Path, command: str) -> list[str]:
     """The log strace wrote, never what the workload put in its place.
 
@@ -345,7 +349,13 @@ def read_log(log: Path, command: str) -> list[str]:
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             raise TraceError(f"ptrace tracer: {command!r} replaced its trace log with a non-regular file")
-        return handle.read().decode(errors="surrogateescape").splitlines(keepends=True)
+        data = handle.read(MAX_LOG_BYTES + 1)  # the workload can write to it: read a bounded amount
+    if len(data) > MAX_LOG_BYTES:
+        raise TraceError(
+            f"ptrace tracer: the trace log of {command!r} is larger than {MAX_LOG_BYTES >> 20} MiB "
+            "(a workload this busy is for the fanotify tracer)"
+        )
+    return data.decode(errors="surrogateescape").splitlines(keepends=True)
 
 
 def _check_started(lines: Sequence[str], result: CommandResult) -> None:

@@ -11,6 +11,7 @@ process is the same whichever tracer watches it.
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,9 @@ HOSTNAME = "ndgen-minify"  # verify uses the same name, so `hostname` output com
 SHELL = "/bin/sh"
 RUNC_STATE = "runc"  # runc's --root beside each view (see pipeline cleanup)
 DEFAULT_TIMEOUT = 600.0  # seconds per command: a hung workload must not hang ndgen
+# Output of one command kept per stream, in the trace and in verify alike (they are compared
+# byte for byte): the image's program decides how much it prints, ndgen's memory must not.
+OUTPUT_BYTES = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -267,11 +271,17 @@ def run_sandboxed(
         start_new_session=True,  # one process group to kill: tracer, launcher, sandbox
     )
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = _bounded_output(proc, timeout)
     except subprocess.TimeoutExpired:
         _kill_tree(sandbox, proc)
         raise CommandTimeout(
             f"command {command!r} timed out after {timeout:g} s (--timeout); its sandbox was killed"
+        ) from None
+    except _TooMuchOutput as exc:
+        _kill_tree(sandbox, proc)
+        raise TraceError(
+            f"command {command!r} printed more than {OUTPUT_BYTES >> 20} MiB on {exc.stream}; verify compares "
+            "outputs byte for byte and holds at most that much: write it to a file on a -v mount"
         ) from None
     except BaseException:  # Ctrl-C, SIGTERM: no sandbox may outlive ndgen
         _kill_tree(sandbox, proc)
@@ -291,6 +301,42 @@ def run_sandboxed(
         stderr=stderr,
         seconds=time.perf_counter() - start,
     )
+
+
+class _TooMuchOutput(Exception):
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+
+
+def _bounded_output(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[bytes, bytes]:
+    """stdout and stderr of `proc`, each at most OUTPUT_BYTES (the image's program decides how
+    much it prints: communicate() held all of it). Raises _TooMuchOutput past that, and
+    subprocess.TimeoutExpired after `timeout` seconds."""
+    assert proc.stdout is not None and proc.stderr is not None
+    end = None if timeout is None else time.monotonic() + timeout
+    streams = {proc.stdout.fileno(): ("stdout", bytearray()), proc.stderr.fileno(): ("stderr", bytearray())}
+    with selectors.DefaultSelector() as sel:
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                name, buf = streams[key.fd]
+                buf += chunk
+                if len(buf) > OUTPUT_BYTES:
+                    raise _TooMuchOutput(name)
+    try:
+        proc.wait(timeout=None if end is None else max(0.0, end - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise subprocess.TimeoutExpired(proc.args, timeout or 0) from None
+    out, err = (bytes(buf) for _, buf in streams.values())
+    return out, err
 
 
 def _runc_failure(stderr: bytes) -> str:

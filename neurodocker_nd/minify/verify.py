@@ -23,7 +23,7 @@ from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import RUNTIME_DIRS
 from neurodocker_nd.minify.record import CommandResult
-from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, HOSTNAME, SHELL, CommandTimeout, Mount
+from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, HOSTNAME, OUTPUT_BYTES, SHELL, CommandTimeout, Mount
 from neurodocker_nd.minify.source import ImageConfig
 
 
@@ -184,10 +184,6 @@ def _copy_stat(src: str, dst: str, st: os.stat_result) -> None:
 
 
 # -- rerun in the new image ------------------------------------------------------------------
-
-
-# verify compares each stream byte for byte, so it keeps them whole: up to this much each.
-OUTPUT_BYTES = 64 * 1024 * 1024
 
 
 def run_in_image(
