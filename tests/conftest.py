@@ -35,6 +35,18 @@ RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 KEEP_IMAGES = os.environ.get("NDGEN_TEST_KEEP_IMAGES") == "1"
 
 
+# The smallest build.yaml the recipe loader accepts, up to its directives: list (tests append).
+RECIPE_HEAD = """name: r
+version: "1"
+readme: hi
+build:
+  kind: neurodocker
+  base-image: debian:bookworm
+  add-default-template: false
+  directives:
+"""
+
+
 def unique_tag(repo: str, tag: str | None = None) -> str:
     """`repo-RUN_ID[:tag]`: an image name no other test run uses."""
     return f"{repo}-{RUN_ID}" + (f":{tag}" if tag else "")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_ndgen
+from conftest import RECIPE_HEAD, run_ndgen
 from neurodocker_nd import defbuild
 from neurodocker_nd import steps as st
 from neurodocker_nd.errors import NdgenError
@@ -23,15 +23,7 @@ from neurodocker_nd.recipe import load_recipe
 
 SEPARATORS = [chr(i) for i in range(0x110000) if len(f"a{chr(i)}b".splitlines()) > 1]
 
-HEAD = """name: r
-version: "1"
-readme: hi
-build:
-  kind: neurodocker
-  base-image: debian:bookworm
-  add-default-template: false
-  directives:
-"""
+HEAD = RECIPE_HEAD
 
 
 def test_the_refused_set_is_every_boundary_splitlines_knows():

@@ -14,21 +14,13 @@ import uuid
 
 import pytest
 
-from conftest import remove_images, run_ndgen, unique_tag
+from conftest import RECIPE_HEAD, remove_images, run_ndgen, unique_tag
 from neurodocker_nd import steps as st
 from neurodocker_nd.build import BUILDKIT_CLI
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.recipe import load_recipe
 
-HEAD = """name: r
-version: "1"
-readme: hi
-build:
-  kind: neurodocker
-  base-image: debian:bookworm
-  add-default-template: false
-  directives:
-"""
+HEAD = RECIPE_HEAD
 
 FLAGGED = [
     "--mount=type=bind,from=x,source=/,target=/x cat /x/etc/shadow",

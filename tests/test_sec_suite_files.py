@@ -18,20 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_ndgen, unique_tag
+from conftest import RECIPE_HEAD, run_ndgen, unique_tag
 from neurodocker_nd import yamlfile
 from neurodocker_nd.errors import NdgenError
 
-BUILD_YAML = """name: r
-version: "1"
-readme: hi
-build:
-  kind: neurodocker
-  base-image: debian:bookworm
-  add-default-template: false
-  directives:
-    - run: [\"true\"]
-"""
+BUILD_YAML = RECIPE_HEAD + '    - run: ["true"]\n'
 SUITE = "name: r\nversion: '1'\ntests:\n  - name: t\n    command: 'true'\n"
 # A refusal comes at once; anything near this means ndgen waited on the file.
 QUICK_S = 60

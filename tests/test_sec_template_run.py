@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_ndgen
+from conftest import RECIPE_HEAD, run_ndgen
 from neurodocker_nd import steps as st
 from neurodocker_nd.recipe import load_recipe
 from neurodocker_nd.render import _renderer_classes, render
@@ -24,15 +24,7 @@ HERE = Path(__file__).parent
 FIXTURES = HERE / "golden" / "registry"
 MOUNT = "--mount=type=bind,from=secret-image,source=/,target=/x"
 
-RECIPE = """name: r
-version: "1"
-readme: hi
-build:
-  kind: neurodocker
-  base-image: debian:bookworm
-  add-default-template: false
-  directives:
-    - template:
+RECIPE = RECIPE_HEAD + """    - template:
         name: evil
 """
 
