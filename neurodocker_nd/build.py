@@ -8,14 +8,22 @@ package's meta.yaml `test` run in the new image with `network_mode="none"`.
 A build is skipped when an image with the same `org.ndgen.recipe-hash` label
 exists: the hash covers the whole build context and the base image id, so an
 unchanged recipe on an unchanged base is never built twice (CI relies on it).
+
+An apt caching proxy (`AptProxy`, `--apt-proxy`) reaches RUN steps only as
+Docker's predefined proxy build args: no ARG line, so the recipe is unchanged,
+and the builders keep them out of the image's config and history.  It is not
+part of the recipe-hash: an image built with or without it is the same image.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import ipaddress
 import os
 import re
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -49,6 +57,14 @@ _NO_NETWORK = re.compile(
     r"Temporary failure (?:resolving|in name resolution)|[Cc]ould(?:n't| not) resolve"
     r"|unable to resolve host|Name or service not known|Network is unreachable|network bridge not found"
 )
+# An apt caching proxy (apt-cacher-ng) is plain http on host:port; nothing else is a proxy here.
+APT_PROXY_ENV = "NDGEN_APT_PROXY"
+APT_PROXY_TIMEOUT_S = 3.0  # the reachability check before a build: a dead proxy is an error, never a hang
+_PROXY_URL = re.compile(
+    r"^http://(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(?P<port>[0-9]{1,5})/?"
+)
+# Never proxied: the host's own loopback (a local download server, as in the tests).
+NO_PROXY = "localhost,127.0.0.1,::1"
 # docker's reference grammar, without a registry host (there is no registry here).
 _TAG = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$")
 
@@ -114,6 +130,112 @@ class BuildOutcome:
 
 
 @attrs.frozen
+class AptProxy:
+    """An apt caching proxy for RUN steps, and where the setting came from (for messages)."""
+
+    url: str  # http://host:port, as given minus a trailing "/"
+    host: str  # an IPv6 address without its brackets
+    port: int
+    origin: str = "--apt-proxy"  # or APT_PROXY_ENV: the default from the environment
+
+    @property
+    def loopback(self) -> bool:
+        """The host's own loopback: reached only by RUN steps on --network host."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: whatever it resolves to, the build network decides
+
+    def build_args(self) -> dict[str, str]:
+        """Docker's predefined proxy build args: RUN steps see them, the image keeps none of them.
+
+        Only http: apt-cacher-ng is no https proxy, and the bases' mirrors are http.
+        Both spellings, since tools differ (curl reads only the lower-case http_proxy).
+        """
+        return {"http_proxy": self.url, "HTTP_PROXY": self.url, "no_proxy": NO_PROXY, "NO_PROXY": NO_PROXY}
+
+
+def parse_apt_proxy(url: str, origin: str = "--apt-proxy") -> AptProxy:
+    """`url` as an AptProxy: http://HOST:PORT only (no user, path, query or https)."""
+    match = _PROXY_URL.fullmatch(url)  # fullmatch: `$` would let a trailing newline through
+    port = int(match["port"]) if match else 0
+    if match is None or not 0 < port < 65536:
+        raise NdgenError(f"{origin} {url!r}: expected http://HOST:PORT (an apt caching proxy, e.g. http://127.0.0.1:3142)")
+    host = match["host"]
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise NdgenError(f"{origin} {url!r}: {host!r} is not an IPv6 address") from None
+    return AptProxy(url=url.rstrip("/"), host=host, port=port, origin=origin)
+
+
+def check_apt_proxy(proxy: AptProxy, timeout: float = APT_PROXY_TIMEOUT_S) -> None:
+    """A TCP connect to the proxy within `timeout` seconds, name resolution included; else one line."""
+    deadline = time.monotonic() + timeout
+    failure: OSError = OSError(f"no address for {proxy.host}")
+    try:
+        for family, kind, proto, _, address in _resolve(proxy.host, proxy.port, timeout):
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(max(deadline - time.monotonic(), 0.01))
+                try:
+                    sock.connect(address)
+                    return
+                except OSError as exc:
+                    failure = exc
+        raise failure
+    except TimeoutError:
+        reason = f"no connection within {timeout:g} s"
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    raise NdgenError(f"{proxy.origin} {proxy.url}: no answer ({reason})")
+
+
+def _resolve(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
+    """getaddrinfo, bounded: it has no timeout of its own (a dead DNS server takes many seconds)."""
+    found: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=lookup, daemon=True)  # a lookup still running is left behind, daemon
+    worker.start()
+    worker.join(timeout)
+    if not found:
+        raise TimeoutError
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
+
+
+def apt_proxy_for(proxy: AptProxy | None, network: str) -> tuple[AptProxy | None, str]:
+    """The proxy RUN steps on `network` get, and the log's note about it.
+
+    A proxy they cannot reach is an error when asked for with --apt-proxy; the
+    environment's default is only a default, so it is left out (said in the log).
+    A proxy used is checked first: a dead one fails the build in seconds.
+    """
+    if proxy is None:
+        return None, ""
+    if network == "none":
+        why = "RUN steps on --network none have no network"
+    elif proxy.loopback and network != "host":
+        why = f"a loopback address is reached only by RUN steps on --network host, not --network {network}"
+    else:
+        check_apt_proxy(proxy)
+        return proxy, f"# apt proxy: {proxy.url} (http_proxy for RUN steps, no_proxy={NO_PROXY}; not kept in the image)\n"
+    if proxy.origin != APT_PROXY_ENV:
+        raise NdgenError(f"{proxy.origin} {proxy.url}: {why}")
+    return None, f"# apt proxy: {APT_PROXY_ENV}={proxy.url} not used: {why}\n"
+
+
+@attrs.frozen
 class _Plan:
     context: BuildContext
     labels: dict[str, str]
@@ -133,10 +255,15 @@ def build_recipe(
     log_path: Path | None = None,
     test_timeout: float = TEST_TIMEOUT_S,
     network: str = "default",
+    apt_proxy: AptProxy | None = None,
 ) -> BuildOutcome:
-    """Build `recipe` as `tag` on `network` (one of NETWORKS), then (unless `run_tests` is False) run its tests."""
+    """Build `recipe` as `tag` on `network` (one of NETWORKS), then (unless `run_tests` is False) run its tests.
+
+    `apt_proxy`: given to RUN steps that can reach it (see `apt_proxy_for`), never kept in the image.
+    """
     check_tag(tag)
     check_network(network)
+    proxy, proxy_note = apt_proxy_for(apt_proxy, network)
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     recipe_path = log_path.with_suffix(".def" if recipe.fmt == "singularity" else ".Dockerfile")
     outfile.write_text(recipe_path, recipe.text, mkdir=True)
@@ -152,10 +279,11 @@ def build_recipe(
     with engine.step_log(log_path, f"building {tag}") as log:
         log.write(f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n")
         _log_network(log, network)
+        log.write(proxy_note)
         image_id = _reuse(client, digest, tag, no_cache, log)
         reused = image_id is not None
         if image_id is None:
-            image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt, network)
+            image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt, network, proxy)
         build_seconds = time.monotonic() - started
         tests: list[TestOutcome] = []
         if run_tests:
@@ -183,6 +311,7 @@ def build_context_dir(
     no_cache: bool = False,
     log_path: Path | None = None,
     network: str = "default",
+    apt_proxy: AptProxy | None = None,
 ) -> BuildOutcome:
     """Build a complete build context (`ndgen recipe --out`: the recipe plus its files) as `tag`.
 
@@ -191,10 +320,11 @@ def build_context_dir(
     build API is the legacy builder, which has no RUN --mount. The cache is a
     named stage of the same Dockerfile (no buildx `--build-context` here).
     Singularity: the stand-in, with `%files` relative to the context.
-    RUN steps run on `network` (one of NETWORKS).
+    RUN steps run on `network` (one of NETWORKS), with `apt_proxy` as for `build_recipe`.
     """
     check_tag(tag)
     check_network(network)
+    proxy, proxy_note = apt_proxy_for(apt_proxy, network)
     context_dir = Path(context_dir)
     recipe_name = "Singularity.def" if fmt == "singularity" else "Dockerfile"
     recipe_path = context_dir / recipe_name
@@ -206,10 +336,11 @@ def build_context_dir(
     with engine.step_log(log_path, f"building {tag}") as log:
         log.write(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n")
         _log_network(log, network)
+        log.write(proxy_note)
         image_id = _reuse(client, digest, tag, no_cache, log)
         reused = image_id is not None
         if image_id is None:
-            image_id = _build_dir(client, context_dir, recipe_path, fmt, tag, digest, no_cache, log, network)
+            image_id = _build_dir(client, context_dir, recipe_path, fmt, tag, digest, no_cache, log, network, proxy)
     saved = log_path.with_suffix(".def" if fmt == "singularity" else ".Dockerfile")
     outfile.write_text(saved, recipe_path.read_text(encoding="utf-8"), mkdir=True)
     return BuildOutcome(
@@ -236,15 +367,17 @@ def _build_dir(
     no_cache: bool,
     log: engine.StepLog,
     network: str,
+    proxy: AptProxy | None,
 ) -> str:
     if fmt == "docker":
         labels = {HASH_LABEL: digest, "org.ndgen.format": fmt}
-        return _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log, _buildkit_network(client, network, log))
+        bk_network = _buildkit_network(client, network, log)
+        return _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log, bk_network, proxy)
     text = recipe_path.read_text(encoding="utf-8")
     definition = defbuild.parse_definition(text, source=str(recipe_path))
     standin = defbuild.translate(definition, source=str(recipe_path), files_root=context_dir)
     labels = {**standin.labels, HASH_LABEL: digest, "org.ndgen.format": fmt}
-    return _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt, network)
+    return _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt, network, proxy)
 
 
 def _buildkit_network(client: Any, network: str, log: engine.StepLog) -> str:
@@ -326,6 +459,7 @@ def _buildkit_build(
     no_cache: bool,
     log: engine.StepLog,
     network: str,
+    proxy: AptProxy | None = None,
 ) -> str:
     """`DOCKER_BUILDKIT=1 /usr/bin/docker build --network NETWORK …`; the new image's id."""
     import subprocess
@@ -341,6 +475,7 @@ def _buildkit_build(
         argv = [BUILDKIT_CLI, "build", "--network", network, "--progress", "plain", "--pull=false"]
         argv += ["-f", str(dockerfile), "-t", tag, "--iidfile", str(iidfile)]
         argv += [f"--label={k}={v}" for k, v in labels.items()] + (["--no-cache"] if no_cache else [])
+        argv += [f"--build-arg={k}={v}" for k, v in (proxy.build_args() if proxy else {}).items()]
         argv.append(str(context_dir))
         log.write("# " + " ".join(argv) + "\n")
         steps: dict[str, str] = {}
@@ -443,6 +578,7 @@ def _stream_build(
     log: engine.StepLog,
     fmt: str,
     network: str,
+    proxy: AptProxy | None = None,
 ) -> str:
     import docker.errors
 
@@ -455,6 +591,7 @@ def _stream_build(
             tag=tag,
             labels=labels,
             network_mode=network,  # NETWORKS: "host" only when asked for
+            buildargs=proxy.build_args() if proxy else None,  # predefined proxy args: not kept in the image
             rm=True,
             forcerm=True,
             pull=False,

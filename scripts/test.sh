@@ -74,6 +74,44 @@ fi
 # The base image is cached by tag: `ndgen base` does nothing when it exists.
 "$py" -m neurodocker_nd.cli base "${NDGEN_TEST_BASE:-debian:bookworm}"
 
+# A local apt cache for every build the tests make (issue 23): Debian's apt-cacher-ng,
+# listening on 127.0.0.1 only.  `ndgen build` hands $NDGEN_APT_PROXY to RUN steps on the
+# host network as Docker's predefined proxy build args, which stay out of the image
+# (docs/build.md).  Without the cache the tests still pass, fetching from the mirror.
+# An NDGEN_APT_PROXY already in the environment (even empty: no proxy) is left as it is.
+acng_port=3142  # apt-cacher-ng 3.7 cannot bind a port above 32767
+# Debian requests are fetched from the bases' mirror, deb.debian.org: the package's default
+# backend (ftp.debian.org) is not what the images name and need not be reachable from here.
+acng_remap='file:deb_mirror*.gz /debian ; http://deb.debian.org/debian/'
+acng_serves() {  # it answers, and serves Debian's archive through itself (HTTP 200)
+  timeout 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$acng_port && printf 'HEAD http://deb.debian.org/debian/dists/stable/InRelease HTTP/1.0\r\n\r\n' >&3 && head -c 16 <&3" 2>/dev/null | grep -q '^HTTP/1\.[01] 200'
+}
+if [ -z "${NDGEN_APT_PROXY+set}" ]; then
+  if [ ! -x /usr/sbin/apt-cacher-ng ]; then
+    echo "test.sh: installing apt-cacher-ng"
+    # Written before the package: a service its install starts (systemd) is configured alike.
+    install -d -m 0755 /etc/apt-cacher-ng
+    [ -e /etc/apt-cacher-ng/zzz_ndgen.conf ] \
+      || printf 'BindAddress: 127.0.0.1\nPort: %s\nRemap-debrep: %s\n' "$acng_port" "$acng_remap" >/etc/apt-cacher-ng/zzz_ndgen.conf
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apt-cacher-ng >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apt-cacher-ng >/dev/null 2>&1; } || true
+  fi
+  acng_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$acng_port" 2>/dev/null; }
+  if ! acng_open && [ -x /usr/sbin/apt-cacher-ng ]; then
+    install -d -m 0755 -o apt-cacher-ng -g apt-cacher-ng /run/apt-cacher-ng
+    start-stop-daemon --start --quiet --chuid apt-cacher-ng --group apt-cacher-ng \
+      --pidfile /run/apt-cacher-ng/pid --exec /usr/sbin/apt-cacher-ng -- -c /etc/apt-cacher-ng \
+      ForeGround=0 BindAddress=127.0.0.1 Port="$acng_port" "Remap-debrep=$acng_remap" \
+      PidFile=/run/apt-cacher-ng/pid SocketPath=/run/apt-cacher-ng/socket >/dev/null 2>&1 || true
+    for _ in $(seq 20); do acng_open && break; sleep 0.5; done
+  fi
+  if acng_serves; then
+    export NDGEN_APT_PROXY="http://127.0.0.1:$acng_port"
+  else
+    echo "test.sh: no apt-cacher-ng serves Debian's archive on 127.0.0.1:$acng_port: builds fetch from the mirror directly"
+  fi
+fi
+
 # In CI an integration test that cannot reach the engine fails instead of skipping.
 export NDGEN_REQUIRE_DOCKER=1
 # The tools '.[test]' installs (hadolint, check-jsonschema, ndgen) live in the venv's

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from neurodocker_nd.commands.options import recipe_options
 from neurodocker_nd.errors import ChecksFailed, NdgenError
+
+if TYPE_CHECKING:
+    from neurodocker_nd.build import AptProxy
 
 
 @click.command("build")
@@ -25,6 +28,16 @@ from neurodocker_nd.errors import ChecksFailed, NdgenError
     help="Network of the RUN steps: the engine's default (a bridge, cut off from the host's loopback; "
     "no network at all on an engine started with --bridge=none), none, or host — host lets recipe code "
     "reach every service on this host's loopback (127.0.0.1) and link-local addresses.",
+)
+@click.option(
+    "--apt-proxy",
+    metavar="http://HOST:PORT",
+    envvar="NDGEN_APT_PROXY",
+    show_envvar=True,
+    help="An apt caching proxy (apt-cacher-ng) for the RUN steps' plain-http downloads; default: "
+    "$NDGEN_APT_PROXY when set ('' for none). Passed as Docker's predefined http_proxy build args: "
+    "the recipe is unchanged and the image keeps no proxy setting. RUN steps must reach it: 127.0.0.1 "
+    "only with --network host; checked before the build (no answer: exit 2).",
 )
 @click.option(
     "--test-timeout",
@@ -54,6 +67,7 @@ def build_cmd(
     no_test: bool,
     no_cache: bool,
     network: str,
+    apt_proxy: str | None,
     test_timeout: float,
     log_path: Path | None,
     arch: str,
@@ -70,10 +84,11 @@ def build_cmd(
     the Docker engine with ndgen's Apptainer stand-in and prints the
     equivalent `apptainer build` command.
     """
+    proxy = _apt_proxy(apt_proxy, network)
     if recipe_dir is not None:
         if pkgs or os_name or base_image or pkg_manager:
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
-        _build_recipe_dir(recipe_dir, fmt, tag, arch, options, templates, no_test, no_cache, log_path, network)
+        _build_recipe_dir(recipe_dir, fmt, tag, arch, options, templates, no_test, no_cache, log_path, network, proxy)
         return
     if not pkgs:
         raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
@@ -94,6 +109,7 @@ def build_cmd(
         log_path=log_path,
         test_timeout=test_timeout,
         network=network,
+        apt_proxy=proxy,
     )
     _report(outcome)
     if outcome.failures:
@@ -113,6 +129,7 @@ def _build_recipe_dir(
     no_cache: bool,
     log_path: Path | None,
     network: str,
+    proxy: AptProxy | None,
 ) -> None:
     """Render the recipe into a staged build context, build it, then run its suite and the deploy check."""
     from neurodocker_nd import scratchdir
@@ -134,11 +151,36 @@ def _build_recipe_dir(
     with scratchdir.directory("ndgen-build-", "/var/tmp") as scratch:
         context = write_context(plan, scratch / "context", fmt, text)
         outcome = build_context_dir(
-            context, fmt, tag, plan.target.base_image, no_cache=no_cache, log_path=log_path, network=network
+            context,
+            fmt,
+            tag,
+            plan.target.base_image,
+            no_cache=no_cache,
+            log_path=log_path,
+            network=network,
+            apt_proxy=proxy,
         )
     _report(outcome)
     if not no_test:
         fail_if_failed(test_image(tag, suite))
+
+
+def _apt_proxy(value: str | None, network: str) -> AptProxy | None:
+    """--apt-proxy (or its $NDGEN_APT_PROXY default), parsed and checked before any work; None: no proxy.
+
+    Parsed here, not in a click callback: a bad value is one `ndgen: error:` line, not click's usage
+    block.  Checked here too (the build checks again), so a dead proxy fails before rendering.
+    """
+    if not value:
+        return None
+    from neurodocker_nd.build import APT_PROXY_ENV, apt_proxy_for, check_network, parse_apt_proxy
+
+    source = click.get_current_context().get_parameter_source("apt_proxy")
+    origin = APT_PROXY_ENV if source == click.core.ParameterSource.ENVIRONMENT else "--apt-proxy"
+    proxy = parse_apt_proxy(value, origin)
+    check_network(network)
+    apt_proxy_for(proxy, network)
+    return proxy
 
 
 def _report(outcome: Any) -> None:
