@@ -76,8 +76,9 @@ MAX_RECIPE_TEXT = 8 << 20  # build.yaml, README.md, an include: text a person wr
 MAX_CONTEXT_BYTES = 4 << 30  # everything `copy:`/`file:` stages from one recipe directory
 _MAX_LINKS = 40  # symlinks followed in one walk (the kernel's ELOOP limit)
 _CHUNK = 1 << 20
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink"))
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISLNK, "a symlink"))
 
 
 class UnsafePath(NdgenError):
@@ -85,6 +86,7 @@ class UnsafePath(NdgenError):
 
 
 def kind(mode: int) -> str:
+    """What a file of `mode` is, for a refusal ("… is a FIFO"): one wording for every tree."""
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 

@@ -46,7 +46,7 @@ from typing import IO, Any
 
 import attrs
 
-from neurodocker_nd import __version__, engine, outfile
+from neurodocker_nd import __version__, engine, outfile, paths
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import KeepSet
@@ -543,14 +543,9 @@ def check_singularity_layout(root: Path, image: str) -> None:
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise NdgenError(
-                f"{image}: {name} is {_kind(st.st_mode)}, not a directory: it must hold the "
+                f"{image}: {name} is {paths.kind(st.st_mode)}, not a directory: it must hold the "
                 "Singularity runtime files, so no SquashFS is written"
             )
-
-
-def _kind(mode: int) -> str:
-    kinds = {stat.S_IFLNK: "a symlink", stat.S_IFREG: "a regular file", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
-    return kinds.get(stat.S_IFMT(mode), "a device node")
 
 
 def _meta_files(config: ImageConfig, commands: list[str]) -> dict[str, tuple[bytes, int]]:

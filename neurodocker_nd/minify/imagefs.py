@@ -21,6 +21,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterator
 
+from neurodocker_nd import paths
 from neurodocker_nd.errors import NdgenError
 
 MAX_SYMLINK_HOPS = 40  # the kernel's ELOOP limit
@@ -108,18 +109,6 @@ class ImageFileError(NdgenError):
 
 # How much of an image file the host reads at most, unless the caller asks for less.
 DEFAULT_READ_LIMIT = 4 << 20
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISLNK, "a symlink"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 @contextlib.contextmanager
@@ -157,7 +146,7 @@ def open_regular(root: str, path: str) -> Iterator[tuple[int, os.stat_result] | 
             raise ImageFileError(f"image file {shown}: {exc.strerror}") from None
         st = os.fstat(fds[-1])
         if not stat.S_ISREG(st.st_mode):
-            raise ImageFileError(f"image file {shown} is {_kind(st.st_mode)}, not a regular file")
+            raise ImageFileError(f"image file {shown} is {paths.kind(st.st_mode)}, not a regular file")
         try:
             fd = os.open(f"/proc/self/fd/{fds[-1]}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as exc:  # EACCES without root
