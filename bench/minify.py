@@ -39,14 +39,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neurodocker_nd import engine
+from neurodocker_nd.core import engine
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.profile import REFERENCE_LABEL, ensure_reference_image, load_profile
 from neurodocker_nd.minify.ptrace import PtraceTracer
-from neurodocker_nd.minify.run import Mount, run_plain
+from neurodocker_nd.minify.sandbox import Mount, run_plain
 from neurodocker_nd.minify.source import open_source
-from neurodocker_nd.minify.trace import FanotifyTracer
-from neurodocker_nd.paths import beside_python
+from neurodocker_nd.minify.fanotify import FanotifyTracer
+from neurodocker_nd.core.paths import beside_python
 
 TAG = "ndgen-bench-mrtrix3"
 BASE = os.environ.get("NDGEN_BENCH_BASE", "debian:bookworm")  # the reference image builds FROM it

@@ -10,7 +10,7 @@ Measured in one run on this machine:
 
 Goal (issue 8): the whole set ≥ 20x faster.  Then, unless --no-compare, the
 acceptance numbers: how many Dockerfiles are equivalent to the builder's,
-instruction by instruction (neurodocker_nd.equivalence; deliberate
+instruction by instruction (neurodocker_nd.maintain.equivalence; deliberate
 differences in docs/recipes.md), and how many Singularity files spython
 parses; every recipe ndgen does not render is listed with its one error line.
 
@@ -52,8 +52,8 @@ def worker(checkout: Path, out: Path, arch: str, names: list[str]) -> None:
     """Render each recipe in both formats into out/NAME.{Dockerfile,def}; errors into out/errors.json."""
     sys.path.insert(0, str(REPO))
     from neurodocker_nd.errors import NdgenError
-    from neurodocker_nd.recipe import load_recipe
-    from neurodocker_nd.render import RecipeRenderer
+    from neurodocker_nd.render.recipe import load_recipe
+    from neurodocker_nd.render.renderer import RecipeRenderer
 
     renderer = RecipeRenderer()
     errors: dict[str, str] = {}
@@ -151,7 +151,7 @@ def main() -> int:
             return 0
 
         equivalent, diffs, parsed, parse_fail = 0, {}, 0, {}
-        from neurodocker_nd.equivalence import first_difference
+        from neurodocker_nd.maintain.equivalence import first_difference
 
         for name in names:
             if name in errors:

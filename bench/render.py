@@ -68,7 +68,7 @@ def _best_med(samples: list[tuple[float, float]], i: int) -> tuple[float, float]
 
 def neurodocker_dict(item) -> dict:
     """The neurodocker renderer dict for one matrix recipe (same template and arguments)."""
-    from neurodocker_nd.spec import resolve
+    from neurodocker_nd.render.pkg import resolve
 
     spec = resolve([_pkg_text(item)], item.os_name)
     (pkg,) = spec.packages
@@ -136,9 +136,9 @@ def main() -> None:
     per_ndgen = t_matrix / n
 
     sys.path.insert(0, str(REPO))
-    from neurodocker_nd.oses import PRESETS
-    from neurodocker_nd.registry import Registry
-    from neurodocker_nd.render import render_matrix
+    from neurodocker_nd.render.target import PRESETS
+    from neurodocker_nd.registry.entries import Registry
+    from neurodocker_nd.maintain.matrix import render_matrix
 
     registry = Registry()
     items, _ = render_matrix(registry, PRESETS, ("docker", "singularity"))

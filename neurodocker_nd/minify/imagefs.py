@@ -21,7 +21,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterator
 
-from neurodocker_nd import paths
+from neurodocker_nd.core import paths
 from neurodocker_nd.errors import NdgenError
 
 MAX_SYMLINK_HOPS = 40  # the kernel's ELOOP limit

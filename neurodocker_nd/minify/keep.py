@@ -38,8 +38,8 @@ import attrs
 from neurodocker_nd.minify import families, imagefs
 from neurodocker_nd.minify import packages as packages_step
 from neurodocker_nd.minify.ptrace import shebang_interpreters
-from neurodocker_nd.minify.record import TraceRecord
-from neurodocker_nd.minify.run import SHELL, Mount, resolve_user
+from neurodocker_nd.minify.model import TraceRecord
+from neurodocker_nd.minify.sandbox import SHELL, Mount, resolve_user
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
 
 # Never part of an image's content: the runtime provides them, or they are the workload's scratch.

@@ -19,21 +19,21 @@ from typing import Any
 
 import attrs
 
-from neurodocker_nd import engine
+from neurodocker_nd.core import engine
 from neurodocker_nd.errors import NdgenError, TraceError
-from neurodocker_nd.minify import image as image_step
+from neurodocker_nd.minify import write as image_step
 from neurodocker_nd.minify import keep as keep_step
 from neurodocker_nd.minify import report as report_step
 from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify import workload as workload_step
-from neurodocker_nd.minify.record import CommandResult, TraceRecord, Tracer
+from neurodocker_nd.minify.model import CommandResult, TraceRecord, Tracer
 from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
-from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, Mount, run_plain
+from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, Mount, run_plain
 from neurodocker_nd.minify import stale
 from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source, scratch_base
-from neurodocker_nd.minify.trace import FanotifyIncomplete, FanotifyUnavailable
-from neurodocker_nd.suite import Suite
+from neurodocker_nd.minify.fanotify import FanotifyIncomplete, FanotifyUnavailable
+from neurodocker_nd.build.suite import Suite
 
 MAX_REPAIRS = 3
 
@@ -71,7 +71,7 @@ Progress = Callable[[str, float | None], None]  # (step, None) when it starts, (
 
 def choose_tracer(requested: str | None) -> tuple[Tracer, str]:
     """The tracer to use and a note saying why (non-empty when falling back)."""
-    from neurodocker_nd.minify.trace import FanotifyTracer, fanotify_available
+    from neurodocker_nd.minify.fanotify import FanotifyTracer, fanotify_available
 
     if requested == "ptrace":
         return _ptrace(), ""

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from neurodocker_nd import paths
+from neurodocker_nd.core import paths
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.minify.run import Mount, run_plain
-from neurodocker_nd.yamlfile import check_schema, read_yaml, schema_validator
+from neurodocker_nd.minify.sandbox import Mount, run_plain
+from neurodocker_nd.core.yamlfile import check_schema, read_yaml, schema_validator
 
 if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig

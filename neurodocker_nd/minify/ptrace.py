@@ -48,8 +48,8 @@ import attrs
 
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify import imagefs
-from neurodocker_nd.minify.record import CommandResult, TraceRecord
-from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, SHELL, Mount, run_sandboxed, sandbox_command
+from neurodocker_nd.minify.model import CommandResult, TraceRecord
+from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, SHELL, Mount, run_sandboxed, sandbox_command
 
 if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig
@@ -372,7 +372,7 @@ def _check_started(lines: Sequence[str], result: CommandResult) -> None:
 
 @attrs.frozen
 class PtraceTracer:
-    """Implements :class:`neurodocker_nd.minify.record.Tracer` with strace."""
+    """Implements :class:`neurodocker_nd.minify.model.Tracer` with strace."""
 
     name: str = "ptrace"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from neurodocker_nd import outfile
+from neurodocker_nd.core import outfile
 from neurodocker_nd.minify.keep import KeepSet
 
 

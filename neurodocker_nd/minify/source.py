@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from neurodocker_nd import engine, scratchdir
+from neurodocker_nd.core import engine, scratchdir
 from neurodocker_nd.minify import stale
 from neurodocker_nd.errors import NdgenError
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neurodocker_nd import scratchdir
+from neurodocker_nd.core import scratchdir
 from neurodocker_nd.minify import oci
 
 OWNER_FILE = "owner"

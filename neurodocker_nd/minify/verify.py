@@ -22,8 +22,8 @@ import attrs
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import RUNTIME_DIRS
-from neurodocker_nd.minify.record import CommandResult
-from neurodocker_nd.minify.run import DEFAULT_TIMEOUT, HOSTNAME, OUTPUT_BYTES, SHELL, CommandTimeout, Mount
+from neurodocker_nd.minify.model import CommandResult
+from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, HOSTNAME, OUTPUT_BYTES, SHELL, CommandTimeout, Mount
 from neurodocker_nd.minify.source import ImageConfig
 
 
@@ -197,7 +197,7 @@ def run_in_image(
     """
     import docker.errors
 
-    from neurodocker_nd import runcapture
+    from neurodocker_nd.core import runcapture
 
     try:
         run = runcapture.run(

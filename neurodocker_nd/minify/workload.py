@@ -1,7 +1,7 @@
 """A neurocontainers test suite as minify's workload (``ndgen minify --tests SUITE.yaml``).
 
-The suite is parsed once (:func:`neurodocker_nd.suite.load_suite`, by the CLI)
-and planned twice by :func:`neurodocker_nd.suite.plan_suite`, each plan on its
+The suite is parsed once (:func:`neurodocker_nd.build.suite.load_suite`, by the CLI)
+and planned twice by :func:`neurodocker_nd.build.suite.plan_suite`, each plan on its
 own work directory in minify's scratch:
 
 - the *trace* plan: its setup, every test and the cleanup run in the trace
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import attrs
 
-from neurodocker_nd import defbuild, suite, testrun
-from neurodocker_nd.minify.run import Mount
+from neurodocker_nd.build import apptainer as defbuild, suite, testrun
+from neurodocker_nd.minify.sandbox import Mount
 from neurodocker_nd.minify.source import ImageConfig
 
 

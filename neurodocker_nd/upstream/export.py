@@ -112,7 +112,7 @@ def exportable_entries(registry_dir: Path) -> list[Any]:
     """Registry entries with their own template whose meta does not say `ndgen-only`,
     each passing `ndgen validate`'s template checks (schema, test renders in the sandbox):
     an entry validate refuses never travels toward an upstream PR. Raises on the first."""
-    from neurodocker_nd.registry import Registry
+    from neurodocker_nd.registry.entries import Registry
 
     registry = Registry(registry_dir=registry_dir)
     root = registry_dir.resolve()
@@ -132,7 +132,7 @@ def _validated(registry: Any, entry: Any) -> None:
     """`ndgen validate registry/<name>`'s template checks of one entry — its schema (checked
     when the registry read it) and test renders in ndgen's sandbox on apt and yum — as an
     export error: what makes a template unsafe or broken. (The provenance lint stays `validate`'s.)"""
-    from neurodocker_nd.render import check_renders
+    from neurodocker_nd.maintain.matrix import check_renders
 
     try:
         check_renders(registry, [entry])
@@ -199,7 +199,7 @@ def _urls(data: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _sorted_versions(versions: Iterable[str]) -> list[str]:
-    from neurodocker_nd.registry import sort_versions
+    from neurodocker_nd.registry.entries import sort_versions
 
     return list(sort_versions(versions))
 
@@ -529,10 +529,10 @@ def build_evidence(c: Candidate, registry_dir: Path, network: str = "default") -
     build, that the registry entry's test (what users of the template run) is right.
     `network` is `ndgen build --network` (the engine's default unless the user opts in).
     """
-    from neurodocker_nd import engine
-    from neurodocker_nd.build import build_recipe
-    from neurodocker_nd.registry import Registry
-    from neurodocker_nd.render import render_recipe
+    from neurodocker_nd.core import engine
+    from neurodocker_nd.build.docker_build import build_recipe
+    from neurodocker_nd.registry.entries import Registry
+    from neurodocker_nd.render.renderer import render_recipe
 
     if not c.system_apt:
         return ""

@@ -33,7 +33,7 @@ import attrs
 import yaml
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.sandbox import BoundMethod
+from neurodocker_nd.render.template_sandbox import BoundMethod
 
 BASE_IMAGE = "ubuntu:24.04"
 # ndgen meta category → one of neurocontainers' categories (their validation.CATEGORIES).
@@ -87,7 +87,7 @@ def _icon(name: str) -> str:
 def _rendered(name: str, template: Mapping[str, Any], version: str) -> tuple[list[str], dict[str, str], list[str]]:
     """(apt packages, env, instruction lines) of the binaries method at `version`.
 
-    Rendered by ndgen's bounded sandbox (neurodocker_nd.sandbox), never by neurodocker's
+    Rendered by ndgen's bounded sandbox (neurodocker_nd.render.template_sandbox), never by neurodocker's
     own unsandboxed Jinja: a registry template is untrusted input, and this runs with the
     exporter's privileges and environment (a GITHUB_TOKEN among them).
     """
@@ -95,7 +95,7 @@ def _rendered(name: str, template: Mapping[str, Any], version: str) -> tuple[lis
     from neurodocker.reproenv.exceptions import RendererError, TemplateError
     from neurodocker.reproenv.template import Template
 
-    from neurodocker_nd import sandbox
+    from neurodocker_nd.render import template_sandbox as sandbox
 
     try:
         method = Template(dict(template), binaries_kwds={"version": version}).binaries
@@ -124,7 +124,7 @@ class _ExportMethod(BoundMethod):
 
 def build_recipe(entry: Any) -> NcRecipe | None:
     """One registry entry → their recipe (None: nothing to build from, e.g. no binaries)."""
-    from neurodocker_nd.registry import sort_versions
+    from neurodocker_nd.registry.entries import sort_versions
 
     meta, template = entry.meta, entry.template
     urls = ((template or {}).get("binaries") or {}).get("urls") or {}

@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.paths import beside_python
+from neurodocker_nd.core.paths import beside_python
 from neurodocker_nd.upstream.gitcmd import git
 from neurodocker_nd.upstream.tree import UpstreamTree, installed_version
 

@@ -1,0 +1,191 @@
+"""The `ndgen` command line: the edge where errors become one stderr line.
+
+`ndgen --pkg … --os …` (no subcommand) renders a recipe. Subcommands are
+loaded lazily so that rendering never imports the Docker SDK or the tracer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import select
+import sys
+from typing import Any
+
+import click
+
+from neurodocker_nd import __version__
+from neurodocker_nd.cli.options import OrderedGroup, directive_options, ordered_items, recipe_options
+from neurodocker_nd.errors import NdgenError
+
+# subcommand name -> "module:attribute"; imported only when invoked (or listed by --help).
+_SUBCOMMANDS: dict[str, str] = {
+    "list": "neurodocker_nd.cli.commands.browse:list_cmd",
+    "show": "neurodocker_nd.cli.commands.browse:show_cmd",
+    "validate": "neurodocker_nd.cli.commands.browse:validate_cmd",
+    "matrix": "neurodocker_nd.cli.commands.matrix:matrix_cmd",
+    "base": "neurodocker_nd.cli.commands.base:base_cmd",
+    "build": "neurodocker_nd.cli.commands.build:build_cmd",
+    "check-urls": "neurodocker_nd.cli.commands.checkurls:check_urls_cmd",
+    "recipe": "neurodocker_nd.cli.commands.recipe:recipe_cmd",
+    "test": "neurodocker_nd.cli.commands.test:test_cmd",
+    "minify": "neurodocker_nd.cli.commands.minify:minify_cmd",
+    "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
+}
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed.
+
+    Linux's poll() reports POLLERR on such a pipe: this tells `head` closing
+    early apart from a BrokenPipeError on some other pipe (a real error).
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no fd (stdout replaced or closed)
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the flush at interpreter exit cannot raise again.
+
+    This is what Python's documentation recommends for SIGPIPE (library/signal,
+    "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+class LazyGroup(OrderedGroup):
+    """A click group whose subcommands are imported on first use (options kept in order)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        # Subcommand modules are thin click wrappers: importing them is cheap, and
+        # the heavy step modules (Docker SDK, tracers) are imported inside them.
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        # Only when a subcommand runs (`--help` and the command list work without extras).
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name is not None and not set(rest) & set(ctx.help_option_names):
+            from neurodocker_nd.cli.extras import require_for
+
+            require_for(name)
+        return name, cmd, rest
+
+
+@click.group(
+    cls=LazyGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@recipe_options
+@directive_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe here instead of stdout.")
+@click.version_option(__version__, prog_name="ndgen")
+@click.pass_context
+def cli(ctx: click.Context, **options: Any) -> None:
+    """ndgen: render, build, test, minify and upstream neuroimaging containers.
+
+    Without a subcommand, renders a Dockerfile (or Singularity definition)
+    for the given --pkg and --os, e.g. `ndgen --pkg ants --os ubuntu`;
+    neurodocker's directive flags (--run, --env, --copy, …) mix with --pkg
+    in the order given.
+    """
+    from neurodocker_nd.render.flags import NAMES
+
+    directives = {name: options.pop(name) for name in NAMES}
+    given = [name for name, values in directives.items() if values]
+    if ctx.invoked_subcommand is not None:
+        if options.get("pkgs") or given:
+            flag = "--pkg" if options.get("pkgs") else "--" + given[0].replace("_", "-")
+            raise NdgenError(f"put {flag} after the subcommand: ndgen {ctx.invoked_subcommand} {flag} …")
+        return
+    if not given and all(ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT for name in options):
+        # Bare `ndgen`: help. `ndgen --os ubuntu` without --pkg is an error below,
+        # never help text on stdout (`ndgen --os ubuntu > Dockerfile` would write it).
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    from neurodocker_nd.cli.commands.render import render_default
+
+    if given:
+        options["pkgs"] = ordered_items(ctx, options["pkgs"], directives)
+    render_default(**options)
+
+
+COMPLETE_VAR = "_NDGEN_COMPLETE"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line on stderr and a non-zero exit for any error."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _maybe_complete()
+    try:
+        # Not `cli.main()`: its own EPIPE handler exits 1 without a word, whichever
+        # pipe broke, and it returns (not raises) a `ctx.exit(code)`.
+        with cli.make_context("ndgen", args) as ctx:
+            cli.invoke(ctx)
+        # Flush inside the handlers: buffered output to a closed pipe would
+        # otherwise raise at interpreter shutdown, past every handler.
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            _internal_error(exc)  # some other pipe: a real error
+        # `ndgen … | head` stopped reading: end quietly, as a SIGPIPE'd tool does.
+        _silence_stdout()
+        sys.exit(141)
+    except NdgenError as exc:
+        click.echo(f"ndgen: error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, EOFError):
+        click.echo("ndgen: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"ndgen: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("ndgen: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the edge: no traceback for users
+        _internal_error(exc)
+
+
+def _maybe_complete() -> None:
+    """Shell completion (`eval "$(_NDGEN_COMPLETE=bash_source ndgen)"`): click does this in
+    `cli.main()`, which `main` bypasses, so the completion variable is honoured here."""
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:
+        from click.shell_completion import shell_complete
+
+        code = shell_complete(cli, {}, "ndgen", COMPLETE_VAR, instruction)
+        if code:  # click says nothing about a shell or instruction it does not know
+            click.echo(f"ndgen: error: {COMPLETE_VAR}={instruction}: expected SHELL_source or SHELL_complete "
+                       "with SHELL one of bash, zsh, fish", err=True)  # fmt: skip
+        sys.exit(code)
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get("NDGEN_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    click.echo(
+        f"ndgen: internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)",
+        err=True,
+    )
+    sys.exit(70)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,270 @@
+"""The Docker engine edge shared by `ndgen base` and `ndgen build`.
+
+Everything here imports the Docker SDK lazily, inside the functions, so that
+`ndgen --pkg …` (rendering) never loads it.  Engine problems become one-line
+:class:`EngineError` messages; a missing image becomes an :class:`NdgenError`
+that says how to get it (no pull is ever attempted: there is no registry here).
+
+It also owns the saved step log (:class:`StepLog`): every engine step writes its
+full output to a file and shows only a one-line live status on stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from neurodocker_nd.core import runcapture
+from neurodocker_nd.errors import EngineError, NdgenError
+
+# Builds and tests can take long (apt installs); the SDK's default 60 s read
+# timeout would abort a quiet RUN step, so the client waits up to an hour.
+_CLIENT_TIMEOUT_S = 3600
+
+
+def connect() -> Any:
+    """A connected `docker.DockerClient`, or EngineError naming the problem."""
+    try:
+        import docker
+    except ImportError as exc:  # the package depends on it, but be explicit
+        raise EngineError("the Docker SDK is not installed: pip install docker") from exc
+    try:
+        client = docker.from_env(timeout=_CLIENT_TIMEOUT_S)
+        client.ping()
+    except Exception as exc:  # any failure here means: no usable engine
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineError(
+            f"no Docker engine answers at {where} ({first_line(exc)}); "
+            "start one, e.g. dockerd --bridge=none --iptables=false --ip-masq=false"
+        ) from exc
+    return client
+
+
+def find_image(client: Any, ref: str) -> Any | None:
+    """The local image `ref` (name:tag or id), or None when the engine lacks it."""
+    import docker.errors
+
+    try:
+        return client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot inspect image {ref}: {first_line(exc)}") from exc
+
+
+def require_image(client: Any, ref: str) -> Any:
+    """The local image `ref`, or an NdgenError saying how to make it (never pulls)."""
+    image = find_image(client, ref)
+    if image is None:
+        hint = f"ndgen base {ref}" if _is_debootstrappable(ref) else f"docker load -i {slug(ref)}.tar"
+        raise NdgenError(f"base image {ref} is not on this engine (no registry is used); create it with: {hint}")
+    return image
+
+
+def _is_debootstrappable(ref: str) -> bool:
+    return ref.split("/")[-1].split(":")[0] in {"debian", "ubuntu"}
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """`repo[:tag]` → (repo, tag) as the engine reads it (a registry port is not a tag);
+    the tag defaults to `latest` as docker's does."""
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(ref)
+    return repo, tag or "latest"
+
+
+def normalize_ref(ref: str) -> str:
+    """`ref` in docker's fully qualified form: `repo` → `docker.io/library/repo:latest`.
+
+    Docker's reference rules: the first component is a registry only when it holds
+    a '.' or ':' or is `localhost`; Docker Hub names without a namespace live under
+    `library/`; a missing tag is `latest` (a digest reference keeps its digest).
+    """
+    name, at, digest = ref.partition("@")
+    repo, tag = split_ref(name)
+    first, slash, rest = repo.partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        first, rest = "docker.io", repo
+    if first in ("docker.io", "index.docker.io"):
+        first = "docker.io"
+        if "/" not in rest:
+            rest = f"library/{rest}"
+    full = f"{first}/{rest}"
+    return f"{full}@{digest}" if at else f"{full}:{tag}"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe rendering of an image reference."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (the SDK's `explanation` when it has one)."""
+    text = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+def logs_dir() -> Path:
+    """Where build logs go by default: $XDG_CACHE_HOME/ndgen/logs (~/.cache/ndgen/logs)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "ndgen" / "logs"
+
+
+def new_log_path(kind: str, ref: str) -> Path:
+    """A fresh log file name for one step on one image, e.g. build-dcm2niix_sys-20261125T083000Z.log."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return logs_dir() / f"{kind}-{slug(ref)}-{stamp}.log"
+
+
+class StepLog:
+    """The full output of one step in a file, plus one live progress line on stderr.
+
+    Users see a spinner (and a bar once the number of steps is known) with the
+    current step; the file keeps every line so a failure can be read in full
+    (its path goes into every error message).
+    """
+
+    def __init__(self, path: Path, handle: IO[str], progress: Any) -> None:
+        self.path = path
+        self._handle = handle
+        self._progress = progress
+        self._task = progress.add_task("", total=None)
+
+    def write(self, text: str) -> None:
+        """Append raw output (may hold several lines) to the log file."""
+        self._handle.write(text)
+        self._handle.flush()
+
+    def status(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        """Replace the live line; `done`/`total` drive the bar when given."""
+        self._progress.update(self._task, description=text[:100], completed=done or 0, total=total)
+
+
+@contextmanager
+def step_log(path: Path, title: str) -> Iterator[StepLog]:
+    """Open `path` (creating its directory) and show a live progress line titled `title`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,  # CI logs get the notes, not spinner frames
+    )
+    with path.open("w", encoding="utf-8") as handle, progress:
+        log = StepLog(path, handle, progress)
+        log.status(title)
+        yield log
+
+
+# --------------------------------------------------------------------------- build contexts
+
+
+@attrs.frozen
+class ContextFile:
+    """One file of a build context: literal `data`, or a host path `source` (file or tree)."""
+
+    arcname: str
+    data: str | bytes | None
+    source: Path | None = None
+    mode: int = 0o644
+
+
+@attrs.frozen
+class BuildContext:
+    """A Dockerfile plus the files it copies; sent to the engine as an in-memory tar."""
+
+    dockerfile: str
+    files: tuple[ContextFile, ...] = ()
+
+    def tar(self) -> io.BytesIO:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            _add_bytes(archive, "Dockerfile", self.dockerfile.encode(), 0o644)
+            for item in self.files:
+                if item.source is not None:
+                    archive.add(str(item.source), arcname=item.arcname)
+                else:
+                    data = item.data.encode() if isinstance(item.data, str) else (item.data or b"")
+                    _add_bytes(archive, item.arcname, data, item.mode)
+        buffer.seek(0)
+        return buffer
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 0  # fixed: identical inputs give an identical context (and build cache hits)
+    archive.addfile(info, io.BytesIO(data))
+
+
+# --------------------------------------------------------------------------- one-shot containers
+
+
+# What one command printed and returned: its exit code (None: killed at the timeout), the
+# bounded tails of stdout, stderr and both interleaved, the seconds, the probed paths present.
+RunResult = runcapture.CapturedRun
+
+
+def run_once(
+    client: Any,
+    image: str,
+    argv: list[str] | None,
+    *,
+    entrypoint: list[str] | None = None,
+    timeout: float,
+    binds: tuple[Path, ...] = (),
+    workdir: str | None = None,
+    user: str | None = None,
+    labels: dict[str, str] | None = None,
+    probe: tuple[str, ...] = (),
+) -> RunResult:
+    """Run `argv` in a fresh container of `image` with no network at all; always remove it.
+
+    `binds` are host directories mounted read-write at the same path (as
+    Apptainer binds them). `probe` paths are looked up in the stopped
+    container's own root by the engine (never on the host), so a path a test
+    wrote anywhere in the container is seen, and a path can never reach out
+    of it.
+
+    The image decides how much the command prints, so its output is streamed
+    (`runcapture.run`, the one mechanism for throw-away containers): ndgen keeps
+    the last `runcapture.TAIL_BYTES` of each stream, marked when cut, never the whole.
+    """
+    return runcapture.run(
+        client,
+        image,
+        argv,
+        entrypoint=entrypoint,
+        timeout=timeout,
+        binds=binds,
+        workdir=workdir,
+        user=user,
+        labels=labels,
+        probe=probe,
+    )
+
+
+def _exists_in(client: Any, container_id: str, path: str) -> bool:
+    """A HEAD on the engine's archive endpoint: the engine resolves `path` inside the container."""
+    api = client.api
+    url = f"{api.base_url}/v{api.api_version}/containers/{container_id}/archive"
+    return api.head(url, params={"path": path}).status_code == 200

