@@ -40,13 +40,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neurodocker_nd.core import engine
+from neurodocker_nd.core.paths import beside_python
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.minify.fanotify import FanotifyTracer
 from neurodocker_nd.minify.profile import REFERENCE_LABEL, ensure_reference_image, load_profile
 from neurodocker_nd.minify.ptrace import PtraceTracer
 from neurodocker_nd.minify.sandbox import Mount, run_plain
 from neurodocker_nd.minify.source import open_source
-from neurodocker_nd.minify.fanotify import FanotifyTracer
-from neurodocker_nd.core.paths import beside_python
 
 TAG = "ndgen-bench-mrtrix3"
 BASE = os.environ.get("NDGEN_BENCH_BASE", "debian:bookworm")  # the reference image builds FROM it
@@ -141,7 +141,9 @@ def image_size(client, tag: str) -> int:
     return int(client.images.get(tag).attrs["Size"])
 
 
-def run_workload_in(client, image: str, scratch: Path, name: str, commands: Sequence[str]) -> tuple[bytes, dict[str, str]]:
+def run_workload_in(
+    client, image: str, scratch: Path, name: str, commands: Sequence[str]
+) -> tuple[bytes, dict[str, str]]:
     """`docker run --network none` the workload in `image`; its stdout and output files."""
     data = fresh_dir(scratch, name)
     script = scratch / "work.sh"
@@ -214,7 +216,7 @@ def reprozip_stage() -> Path:
     # neurodocker calls bin/reprozip and bin/python; both run the image's own Python 3.11.
     for name, tail in (("python", '"$@"'), ("reprozip", '-c "from reprozip.main import main; main()" "$@"')):
         wrapper = tmp / "bin" / name
-        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH=/tmp/reprozip-miniconda/lib exec /usr/bin/python3 {tail}\n')
+        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH=/tmp/reprozip-miniconda/lib exec /usr/bin/python3 {tail}\n")
         wrapper.chmod(0o755)
     tmp.rename(stage)
     return stage
@@ -315,7 +317,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for mode in ("fanotify", "ptrace"):
             med = statistics.median(times[mode])
             overhead[mode] = med / base
-            print(f"  {mode:9} {med:6.2f} s  {overhead[mode]:.2f}x  target <= {TARGET_OVERHEAD}x  {verdict(overhead[mode] <= TARGET_OVERHEAD)}")
+            print(
+                f"  {mode:9} {med:6.2f} s  {overhead[mode]:.2f}x  target <= {TARGET_OVERHEAD}x  {verdict(overhead[mode] <= TARGET_OVERHEAD)}"
+            )
 
         print("\n== ndgen minify (end to end, verify on)")
         for tracer in ("fanotify", "ptrace"):
@@ -373,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f" + export|import {nd['export_import_seconds']:.1f} s = {total:.1f} s  output identical: {identical}"
                 f"{'  (its script apt-installed bzip2+curl first)' if nd['installed_deps'] else ''}"
             )
-        print(f"\ntargets: >= {TARGET_RATIO:g}x smaller with identical output, tracer <= {TARGET_OVERHEAD}x, end-to-end <= {TARGET_E2E:g} s")
+        print(
+            f"\ntargets: >= {TARGET_RATIO:g}x smaller with identical output, tracer <= {TARGET_OVERHEAD}x, end-to-end <= {TARGET_E2E:g} s"
+        )
     finally:
         if not args.keep_images:
             for tag in made:

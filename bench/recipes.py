@@ -81,7 +81,10 @@ def reference(checkout: Path, out: Path, arch: str, names: list[str], python: st
     for name in names:
         proc = subprocess.run(
             [python, "-m", "builder", "generate", name, "--architecture", arch, "--output-root", str(out)],
-            cwd=checkout, capture_output=True, text=True, env=env,
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -132,8 +135,10 @@ def main() -> int:
         names_file.write_text(json.dumps(names))
         # ndgen first, then the reference; each sees the same (warm) page cache.
         t0, c0 = time.perf_counter(), children_cpu()
-        subprocess.run([sys.executable, __file__, str(checkout), "--arch", args.arch,
-                        "--worker", str(ours_dir), str(names_file)], check=True)
+        subprocess.run(
+            [sys.executable, __file__, str(checkout), "--arch", args.arch, "--worker", str(ours_dir), str(names_file)],
+            check=True,
+        )
         t_ours, c_ours = time.perf_counter() - t0, children_cpu() - c0
         t0, c0 = time.perf_counter(), children_cpu()
         ref_errors = reference(checkout, ref_dir, args.arch, names, args.ref_python)
@@ -142,10 +147,14 @@ def main() -> int:
         errors = json.loads((ours_dir / "errors.json").read_text())
         n = len(names)
         print(f"recipes: {n} ({args.arch})")
-        print(f"ndgen, one process, docker + singularity:           wall {t_ours:7.2f} s  cpu {c_ours:7.2f} s"
-              f"  ({1000 * t_ours / n:.1f} ms/recipe wall)")
-        print(f"neurocontainers builder, process per recipe, docker: wall {t_ref:7.2f} s  cpu {c_ref:7.2f} s"
-              f"  ({1000 * t_ref / n:.1f} ms/recipe wall)")
+        print(
+            f"ndgen, one process, docker + singularity:           wall {t_ours:7.2f} s  cpu {c_ours:7.2f} s"
+            f"  ({1000 * t_ours / n:.1f} ms/recipe wall)"
+        )
+        print(
+            f"neurocontainers builder, process per recipe, docker: wall {t_ref:7.2f} s  cpu {c_ref:7.2f} s"
+            f"  ({1000 * t_ref / n:.1f} ms/recipe wall)"
+        )
         print(f"speed-up (whole set): wall {t_ref / t_ours:.1f}x, cpu {c_ref / c_ours:.1f}x  (goal >= 20x)")
         if args.no_compare:
             return 0

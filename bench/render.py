@@ -88,7 +88,16 @@ def _pkg_text(item) -> str:
 
 def neurodocker_cli_args(item, template_path: str) -> list[str]:
     d = neurodocker_dict(item)
-    args = ["generate", "--template-path", template_path, item.fmt, "--pkg-manager", d["pkg_manager"], "--base-image", d["instructions"][0]["kwds"]["base_image"]]
+    args = [
+        "generate",
+        "--template-path",
+        template_path,
+        item.fmt,
+        "--pkg-manager",
+        d["pkg_manager"],
+        "--base-image",
+        d["instructions"][0]["kwds"]["base_image"],
+    ]
     step = d["instructions"][2]
     if step["name"] == "install":
         args += ["--install", *step["kwds"]["pkgs"]]
@@ -111,42 +120,63 @@ def main() -> None:
         opts.runs,
     )
     # Floors: what any tool built on neurodocker.reproenv pays before doing anything.
-    py, imp = cold_pair([sys.executable, "-c", "pass"], [sys.executable, "-c", "import neurodocker.reproenv.renderers"], opts.runs)
+    py, imp = cold_pair(
+        [sys.executable, "-c", "pass"], [sys.executable, "-c", "import neurodocker.reproenv.renderers"], opts.runs
+    )
     print("(a) cold single render, ants on ubuntu:24.04 (best / median of %d, runs interleaved)" % opts.runs)
-    for label, samples in (("ndgen", ng), ("neurodocker generate", ndc), ("floor: python -c pass", py),
-                           ("floor: import neurodocker.reproenv.renderers", imp)):
+    for label, samples in (
+        ("ndgen", ng),
+        ("neurodocker generate", ndc),
+        ("floor: python -c pass", py),
+        ("floor: import neurodocker.reproenv.renderers", imp),
+    ):
         (wb, wm), (cb, cm) = _best_med(samples, 0), _best_med(samples, 1)
         print(f"    {label:<46} wall {wb:.3f} / {wm:.3f} s   cpu {cb:.3f} / {cm:.3f} s")
     ng_best, nd_best = _best_med(ng, 0)[0], _best_med(ndc, 0)[0]
     ng_cpu, nd_cpu = _best_med(ng, 1)[0], _best_med(ndc, 1)[0]
     print(f"    ratio neurodocker/ndgen: wall {nd_best / ng_best:.2f}x, cpu {nd_cpu / ng_cpu:.2f}x (best)")
-    print(f"    target: ndgen <= 0.300 s wall: {'OK' if ng_best <= 0.3 else 'MISSED'} ({ng_best:.3f} s); "
-          f"faster than neurodocker: {'OK' if ng_best < nd_best else 'MISSED'}")
-    print(f"    ndgen's own cost on top of importing neurodocker's renderer: "
-          f"{(ng_cpu - _best_med(imp, 1)[0]) * 1000:.0f} ms cpu")
+    print(
+        f"    target: ndgen <= 0.300 s wall: {'OK' if ng_best <= 0.3 else 'MISSED'} ({ng_best:.3f} s); "
+        f"faster than neurodocker: {'OK' if ng_best < nd_best else 'MISSED'}"
+    )
+    print(
+        f"    ndgen's own cost on top of importing neurodocker's renderer: "
+        f"{(ng_cpu - _best_med(imp, 1)[0]) * 1000:.0f} ms cpu"
+    )
 
     # (b) matrix
     with tempfile.TemporaryDirectory(prefix="ndgen-bench-") as tmp:
         out = Path(tmp) / "m"
         t0 = time.perf_counter()
-        proc = subprocess.run(NDGEN + ["matrix", "--out", str(out)], check=True, capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(
+            NDGEN + ["matrix", "--out", str(out)], check=True, capture_output=True, text=True, cwd=REPO
+        )
         t_matrix = time.perf_counter() - t0
         n = int(proc.stdout.split()[0])
         assert n == len(list(out.iterdir())), "matrix count does not match the files written"
     per_ndgen = t_matrix / n
 
     sys.path.insert(0, str(REPO))
-    from neurodocker_nd.render.target import PRESETS
-    from neurodocker_nd.registry.entries import Registry
     from neurodocker_nd.maintain.matrix import render_matrix
+    from neurodocker_nd.registry.entries import Registry
+    from neurodocker_nd.render.target import PRESETS
 
     registry = Registry()
     items, _ = render_matrix(registry, PRESETS, ("docker", "singularity"))
     dicts = [(it, neurodocker_dict(it)) for it in items]
 
-    t_import = float(subprocess.run(
-        [sys.executable, "-c", "import time; t = time.perf_counter(); import neurodocker; print(time.perf_counter() - t)"],
-        check=True, capture_output=True, text=True).stdout)
+    t_import = float(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import time; t = time.perf_counter(); import neurodocker; print(time.perf_counter() - t)",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     from neurodocker.reproenv import DockerRenderer, SingularityRenderer, register_template
 
     # ndgen's registry templates, registered the neurodocker way for the baseline only.
@@ -171,7 +201,9 @@ def main() -> None:
 
     print(f"(b) matrix: {n} recipes ({len(PRESETS)} OS presets x 2 formats)")
     print(f"    ndgen matrix (fresh process, files written) {t_matrix:.2f} s = {per_ndgen * 1000:.2f} ms/recipe")
-    print(f"    neurodocker in-process from_dict+str        {per_inproc * 1000:.2f} ms/recipe (its import, {t_import:.2f} s in a fresh process, excluded)")
+    print(
+        f"    neurodocker in-process from_dict+str        {per_inproc * 1000:.2f} ms/recipe (its import, {t_import:.2f} s in a fresh process, excluded)"
+    )
     print(f"    neurodocker CLI, one process per recipe     {per_cli * 1000:.0f} ms/recipe (mean of {len(cli_times)})")
     r_in, r_cli = per_inproc / per_ndgen, per_cli / per_ndgen
     print(f"    ratio in-process/ndgen: {r_in:.1f}x (target >= 4x: {'OK' if r_in >= 4 else 'MISSED'})")

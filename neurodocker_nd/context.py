@@ -2,4 +2,4 @@
 
 from neurodocker_nd.render.context import write_context
 
-__all__ = ['write_context']
+__all__ = ["write_context"]

@@ -2,4 +2,4 @@
 
 from neurodocker_nd.render.recipe import find_recipe, load_recipe
 
-__all__ = ['find_recipe', 'load_recipe']
+__all__ = ["find_recipe", "load_recipe"]

@@ -54,9 +54,7 @@ from neurodocker_nd.errors import NdgenError
 SECTIONS = frozenset(
     {"help", "setup", "files", "labels", "environment", "pre", "post", "runscript", "test", "startscript"}
 )
-APP_SECTIONS = frozenset(
-    {"appinstall", "apphelp", "apprun", "applabels", "appenv", "appfiles", "apptest", "appstart"}
-)
+APP_SECTIONS = frozenset({"appinstall", "apphelp", "apprun", "applabels", "appenv", "appfiles", "apptest", "appstart"})
 HOST_SECTIONS = frozenset({"setup", "pre"})  # run as root on the build host: never by ndgen
 _SECTION_LINE = re.compile(r"^\s*%([A-Za-z]+)\b(.*)$")
 _HEADER_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s*:\s*(.*?)\s*$")
@@ -223,7 +221,9 @@ def _check_supported(definition: Definition, source: str) -> str:
         raise NdgenError(f"{source}: no From: line")
     for section in definition.sections:
         if section.name in HOST_SECTIONS and section.body.strip():
-            raise NdgenError(f"{source}:{section.line}: %{section.name} runs on the build host; the stand-in refuses it")
+            raise NdgenError(
+                f"{source}:{section.line}: %{section.name} runs on the build host; the stand-in refuses it"
+            )
         if section.name in APP_SECTIONS:
             raise NdgenError(f"{source}:{section.line}: %{section.name} (SCIF apps) is not supported by the stand-in")
         if section.name == "files" and section.args:
@@ -260,8 +260,7 @@ def _post_argv() -> list[str]:
     # Apptainer: `apptainer exec --pwd / … /bin/sh -ex /.post.script` with
     # SINGULARITY_ENVIRONMENT set; the script is deleted afterwards.
     script = (
-        f"mkdir -p {ENV_FILE_POST.parent} && cd / && "
-        "/bin/sh -ex /.post.script; rc=$?; rm -f /.post.script; exit $rc"
+        f"mkdir -p {ENV_FILE_POST.parent} && cd / && /bin/sh -ex /.post.script; rc=$?; rm -f /.post.script; exit $rc"
     )
     return [
         "/usr/bin/env",

@@ -102,9 +102,7 @@ class BaseResult:
 # --------------------------------------------------------------------------- plan
 
 
-def plan_base(
-    image: str, mirror: str | None = None, suite: str | None = None, keyring: Path | None = None
-) -> BaseSpec:
+def plan_base(image: str, mirror: str | None = None, suite: str | None = None, keyring: Path | None = None) -> BaseSpec:
     """Work out distro, suite and mirror for `image` (pure: no engine, no network)."""
     if not image or any(c.isspace() for c in image):
         raise NdgenError(f"bad image reference {image!r}: expected NAME[:TAG], e.g. debian:bookworm")
@@ -113,9 +111,7 @@ def plan_base(
     distro = _guess_distro(name, mirror, suite or tag)
     chosen = suite or _suite_from_tag(distro, tag)
     if chosen is None:
-        raise NdgenError(
-            f"cannot tell the {distro} suite from tag {tag!r} of {image}; pass --suite CODENAME"
-        )
+        raise NdgenError(f"cannot tell the {distro} suite from tag {tag!r} of {image}; pass --suite CODENAME")
     return BaseSpec(
         ref=f"{repo}:{tag}",
         distro=distro,

@@ -25,13 +25,13 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
-
 from neurodocker_nd.core import engine, outfile, runcapture
 from neurodocker_nd.core.engine import BuildContext
 from neurodocker_nd.errors import EngineError, NdgenError
@@ -68,7 +68,9 @@ _PROXY_URL = re.compile(
 # Never proxied: the host's own loopback (a local download server, as in the tests).
 NO_PROXY = "localhost,127.0.0.1,::1"
 # docker's reference grammar, without a registry host (there is no registry here).
-_TAG = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$")
+_TAG = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$"
+)
 
 
 class PackageLike(Protocol):
@@ -164,7 +166,9 @@ def parse_apt_proxy(url: str, origin: str = "--apt-proxy") -> AptProxy:
     match = _PROXY_URL.fullmatch(url)  # fullmatch: `$` would let a trailing newline through
     port = int(match["port"]) if match else 0
     if match is None or not 0 < port < 65536:
-        raise NdgenError(f"{origin} {url!r}: expected http://HOST:PORT (an apt caching proxy, e.g. http://127.0.0.1:3142)")
+        raise NdgenError(
+            f"{origin} {url!r}: expected http://HOST:PORT (an apt caching proxy, e.g. http://127.0.0.1:3142)"
+        )
     host = match["host"]
     if host.startswith("["):
         host = host[1:-1]
@@ -231,7 +235,10 @@ def apt_proxy_for(proxy: AptProxy | None, network: str) -> tuple[AptProxy | None
         why = f"a loopback address is reached only by RUN steps on --network host, not --network {network}"
     else:
         check_apt_proxy(proxy)
-        return proxy, f"# apt proxy: {proxy.url} (http_proxy for RUN steps, no_proxy={NO_PROXY}; not kept in the image)\n"
+        return (
+            proxy,
+            f"# apt proxy: {proxy.url} (http_proxy for RUN steps, no_proxy={NO_PROXY}; not kept in the image)\n",
+        )
     if proxy.origin != APT_PROXY_ENV:
         raise NdgenError(f"{proxy.origin} {proxy.url}: {why}")
     return None, f"# apt proxy: {APT_PROXY_ENV}={proxy.url} not used: {why}\n"
@@ -605,7 +612,9 @@ def _stream_build(
                 for line in step.lines(chunk["stream"]):
                     log.write(line + "\n")
                     if step.feed(line):
-                        log.status(f"{tag}: step {step.number}/{step.total} {step.instruction}", step.number - 1, step.total)
+                        log.status(
+                            f"{tag}: step {step.number}/{step.total} {step.instruction}", step.number - 1, step.total
+                        )
             elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
             elif "error" in chunk:
@@ -628,9 +637,7 @@ def _stream_build(
     return image_id
 
 
-def _build_failure(
-    tag: str, step: _StepTracker, code: Any, error: str, fmt: str, log_path: Path, network: str
-) -> str:
+def _build_failure(tag: str, step: _StepTracker, code: Any, error: str, fmt: str, log_path: Path, network: str) -> str:
     """One line naming the failing step (and, for %post, the failing command)."""
     reason = _reason(step.tail) or error
     exit_part = f"exit {code}" if code else error.strip().splitlines()[0][:120]

@@ -29,8 +29,16 @@ from typing import Any
 import attrs
 
 from neurodocker_nd.core import paths
+from neurodocker_nd.core.yamlfile import (
+    DataFileError,
+    check_schema,
+    item_lines,
+    line_of,
+    parse_yaml,
+    read_text,
+    schema_validator,
+)
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.core.yamlfile import DataFileError, check_schema, item_lines, line_of, parse_yaml, read_text, schema_validator
 
 SCHEMA_NAME = "fulltest.schema.json"
 RECIPE_SUITE = "fulltest.yaml"  # a recipe directory's suite (neurocontainers' layout)
@@ -264,7 +272,9 @@ def _check_inside(data: Mapping[str, Any], path: Path, text: str) -> None:
     value = (data.get("test_data") or {}).get(OUTPUT_DIR)
     if value is not None and not _is_inside(str(value)):
         line = line_of(path, ["test_data", OUTPUT_DIR], text)
-        raise DataFileError(f"{path}:{line}: test_data.output_dir {value!r} must be a relative path inside the work directory")
+        raise DataFileError(
+            f"{path}:{line}: test_data.output_dir {value!r} must be a relative path inside the work directory"
+        )
 
 
 def _is_inside(value: str) -> bool:
@@ -323,7 +333,11 @@ def substitute(text: str, variables: Mapping[str, str]) -> str:
     if not text or not variables:
         return text
     pattern = re.compile(
-        r"\$(?:\{(" + "|".join(map(re.escape, variables)) + r")\}|(" + "|".join(map(re.escape, variables)) + r")(?![A-Za-z0-9_]))"
+        r"\$(?:\{("
+        + "|".join(map(re.escape, variables))
+        + r")\}|("
+        + "|".join(map(re.escape, variables))
+        + r")(?![A-Za-z0-9_]))"
     )
     for _ in range(_SUBSTITUTION_ROUNDS):
         result = pattern.sub(lambda m: variables[m.group(1) or m.group(2)], text)

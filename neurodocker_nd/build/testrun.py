@@ -40,10 +40,9 @@ from xml.etree import ElementTree as ET
 import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
-
+from neurodocker_nd.build.suite import SCRIPT_PREFIX, SETUP_TIMEOUT_S, PlannedTest, SuitePlan
 from neurodocker_nd.core import engine, outfile, runcapture, safefs
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.build.suite import SETUP_TIMEOUT_S, SCRIPT_PREFIX, PlannedTest, SuitePlan
 
 PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"
 DEPLOY_TIMEOUT_S = 600.0
@@ -213,7 +212,9 @@ def _copy_in(work_fd: int, relative: PurePath, source: int, work_dir: Path) -> N
         info = os.fstat(source)
         # Permission bits only: a setuid bit on an image-written cache file must not become a
         # setuid file of the (possibly root) host user.
-        with safefs.opened(safefs.create_file_at(parent, relative.name, stat.S_IMODE(info.st_mode) & 0o777, shown=shown)) as target:
+        with safefs.opened(
+            safefs.create_file_at(parent, relative.name, stat.S_IMODE(info.st_mode) & 0o777, shown=shown)
+        ) as target:
             try:
                 with os.fdopen(os.dup(source), "rb") as reader, os.fdopen(os.dup(target), "wb") as writer:
                     shutil.copyfileobj(reader, writer, 1 << 20)
@@ -235,7 +236,11 @@ def write_junit(run: SuiteRun, path: Path) -> None:
     ET.SubElement(ET.SubElement(suite, "properties"), "property", name="image", value=run.image)
     for result in run.results:
         case = ET.SubElement(
-            suite, "testcase", classname=f"{run.suite_name}.{result.group}", name=result.name, time=f"{result.seconds:.3f}"
+            suite,
+            "testcase",
+            classname=f"{run.suite_name}.{result.group}",
+            name=result.name,
+            time=f"{result.seconds:.3f}",
         )
         if result.status == FAIL:
             ET.SubElement(case, "failure", message=result.message, type="failure").text = result.message
@@ -331,7 +336,9 @@ class _Runner:
             self.log.status(f"{plan.suite.name}: cleanup")
             run = self.run(["bash", str(plan.work_dir / f"{SCRIPT_PREFIX}cleanup.sh")], SETUP_TIMEOUT_S, "cleanup")
             ok = run.exit_code == 0
-            results.append(_row("cleanup", "cleanup", PASS if ok else WARN, "" if ok else _exit_text(run, SETUP_TIMEOUT_S), run))
+            results.append(
+                _row("cleanup", "cleanup", PASS if ok else WARN, "" if ok else _exit_text(run, SETUP_TIMEOUT_S), run)
+            )
         return results
 
     def test(self, test: PlannedTest) -> CaseResult:
@@ -340,9 +347,15 @@ class _Runner:
         return _row(test.name, "test", *_verdict(test, run, probe, self.work_dir), run)
 
     def deploy(self) -> list[CaseResult]:
-        run = self.run(["/bin/sh", "-c", DEPLOY_CHECK], DEPLOY_TIMEOUT_S, "deploy check", tail_bytes=DEPLOY_OUTPUT_BYTES)
+        run = self.run(
+            ["/bin/sh", "-c", DEPLOY_CHECK], DEPLOY_TIMEOUT_S, "deploy check", tail_bytes=DEPLOY_OUTPUT_BYTES
+        )
         rows = [line.split("\t", 2) for line in run.stdout.splitlines() if line.count("\t") >= 2]
-        results = [CaseResult(name, "deploy", status, message) for status, name, message in rows if status in (PASS, FAIL, SKIP)]
+        results = [
+            CaseResult(name, "deploy", status, message)
+            for status, name, message in rows
+            if status in (PASS, FAIL, SKIP)
+        ]
         if run.stdout_cut:  # the first rows are lost: a FAIL among them must not pass unseen
             message = f"{run.stdout_bytes} bytes of report, more than the {DEPLOY_OUTPUT_BYTES} kept (DEPLOY_BINS/DEPLOY_PATH too long?)"
             results.append(CaseResult("deploy check", "deploy", FAIL, message))
@@ -390,7 +403,9 @@ def _in_work(path: str, work_dir: Path | None) -> str:
     return path if path.startswith("/") or work_dir is None else str(work_dir / path)
 
 
-def _verdict(test: PlannedTest, run: runcapture.CapturedRun, probe: Sequence[str], work_dir: Path | None) -> tuple[str, str]:
+def _verdict(
+    test: PlannedTest, run: runcapture.CapturedRun, probe: Sequence[str], work_dir: Path | None
+) -> tuple[str, str]:
     """(status, message) by neurocontainers' rules, checked in their order."""
     spec = test.test
     if run.exit_code is None:

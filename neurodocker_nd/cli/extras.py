@@ -10,8 +10,8 @@ importing anything (names must match pyproject.toml's optional-dependencies).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from neurodocker_nd.errors import NdgenError
 

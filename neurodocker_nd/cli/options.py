@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 
@@ -23,8 +24,7 @@ def recipe_options(func: F) -> F:
             "--os",
             "os_name",
             metavar="OS[:VERSION]",
-            help="OS preset: ubuntu[:20.04|22.04|24.04|26.04], debian[:bullseye|bookworm|trixie], "
-            "rockylinux[:8|9|10].",
+            help="OS preset: ubuntu[:20.04|22.04|24.04|26.04], debian[:bullseye|bookworm|trixie], rockylinux[:8|9|10].",
         ),
         click.option("--base-image", metavar="IMAGE", help="Any base image (with --pkg-manager)."),
         click.option(

@@ -305,7 +305,9 @@ def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
     return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
 
 
-def _connection(url: str, timeout: float, deadline: _Deadline) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+def _connection(
+    url: str, timeout: float, deadline: _Deadline
+) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
     """A connection for `url` after the scheme and address checks; its request target and extra headers."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
@@ -333,7 +335,8 @@ def _connection(url: str, timeout: float, deadline: _Deadline) -> tuple[http.cli
         pport = proxy.port or 8080
         if scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                proxy.hostname, pport, timeout=timeout, context=ssl.create_default_context())
+                proxy.hostname, pport, timeout=timeout, context=ssl.create_default_context()
+            )
             conn.set_tunnel(host, port, headers=auth)
         else:
             conn = http.client.HTTPConnection(proxy.hostname, pport, timeout=timeout)
@@ -357,7 +360,9 @@ class _Answer:
 
 
 @contextmanager
-def _open(url: str, method: str, timeout: float, deadline: _Deadline, chain: list[tuple[int, str]]) -> Iterator[_Answer]:
+def _open(
+    url: str, method: str, timeout: float, deadline: _Deadline, chain: list[tuple[int, str]]
+) -> Iterator[_Answer]:
     """Follow redirects under the policy; yield the final 2xx answer (`chain` grows per hop)."""
     current = url
     for _hop in range(MAX_REDIRECTS + 1):

@@ -118,7 +118,12 @@ def write_text(path: str | os.PathLike, text: str, *, mkdir: bool = False) -> No
         _write_in_place(path, text)
         return
     real, st = _target(Path(path))
-    if st is not None and stat.S_ISREG(st.st_mode) and _may_write(real) and not _may_write(real.parent, os.W_OK | os.X_OK):
+    if (
+        st is not None
+        and stat.S_ISREG(st.st_mode)
+        and _may_write(real)
+        and not _may_write(real.parent, os.W_OK | os.X_OK)
+    ):
         _write_in_place(real, text)  # writable file, unwritable directory: the shell writes it too
         return
     with replacing(path, mkdir=mkdir) as tmp:

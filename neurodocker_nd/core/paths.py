@@ -76,9 +76,15 @@ MAX_RECIPE_TEXT = 8 << 20  # build.yaml, README.md, an include: text a person wr
 MAX_CONTEXT_BYTES = 4 << 30  # everything `copy:`/`file:` stages from one recipe directory
 _MAX_LINKS = 40  # symlinks followed in one walk (the kernel's ELOOP limit)
 _CHUNK = 1 << 20
-_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISLNK, "a symlink"))
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symlink"),
+)
 
 
 class UnsafePath(NdgenError):
@@ -142,7 +148,9 @@ def _walk(root_fd: int, rel: str, shown: str) -> int:
             os.close(d)
 
 
-def open_inside(root: Path, rel: str, *, shown: str | None = None, directory_ok: bool = False) -> tuple[int, os.stat_result]:
+def open_inside(
+    root: Path, rel: str, *, shown: str | None = None, directory_ok: bool = False
+) -> tuple[int, os.stat_result]:
     """A read-only, non-blocking fd of `root/rel` resolved without leaving `root`, and its
     fstat: a regular file (or, with `directory_ok`, a directory); UnsafePath otherwise."""
     shown = shown or rel
@@ -211,8 +219,9 @@ class Budget:
             raise UnsafePath(f"{shown}: the recipe's files exceed {self.limit} bytes")
 
 
-def copy_inside(root: Path, rel: str, dest: Path, *, within: Path, budget: Budget | None = None,
-                shown: str | None = None) -> None:
+def copy_inside(
+    root: Path, rel: str, dest: Path, *, within: Path, budget: Budget | None = None, shown: str | None = None
+) -> None:
     """Copy `root/rel` (a regular file or a directory tree) to `dest`, reading nothing outside `root`
     and writing nothing outside `within` (a destination path is never followed out through a link).
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -83,8 +84,13 @@ def item_lines(path: Path, key: str, text: str | None = None) -> list[int]:
     return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
 
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 # Largest YAML data file read (registry entries, profiles, suites are KBs): a
 # bigger one is refused before it is read, and a file that grows while it is
 # read stops at the cap.
@@ -180,7 +186,7 @@ def _short(error) -> str:
     message = error.message
     instance = repr(error.instance)
     if len(instance) > MAX_VALUE and instance in message:
-        message = message.replace(instance, f"{instance[:MAX_VALUE - 20]}…{instance[-12:]}")
+        message = message.replace(instance, f"{instance[: MAX_VALUE - 20]}…{instance[-12:]}")
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import datetime
 import io
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 
 from neurodocker_nd.core import fetch
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
 
 
@@ -125,7 +125,9 @@ def _dump(y, data) -> str:
     return buf.getvalue()
 
 
-def _record_meta(data, all_versions: set[str], fetched: dict[str, tuple[str, str]], upstream_urls: dict[str, str]) -> int:
+def _record_meta(
+    data, all_versions: set[str], fetched: dict[str, tuple[str, str]], upstream_urls: dict[str, str]
+) -> int:
     """Set versions.V.sha256 for fetched versions lacking one; prune waivers they make stale."""
     from ruamel.yaml.comments import CommentedMap
 

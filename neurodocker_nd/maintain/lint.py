@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import attrs
 
-from neurodocker_nd.registry.entries import _MOVING, Entry, Registry
 from neurodocker_nd.core.yamlfile import line_of, read_yaml
+from neurodocker_nd.registry.entries import _MOVING, Entry, Registry
 
 WAIVABLE = ("dropbox", "unpinned", "pipe-to-shell", "apt-key", "missing-checksum")
 _PIPE_TO_SHELL = re.compile(r"\b(curl|wget)\b[^\n|]*\|\s*(sudo\s+)?(sh|bash|python[0-9.]*)\b")
@@ -85,20 +86,35 @@ def provenance(entry: Entry, upstream: Mapping[str, Any] | None) -> list[Finding
         if changed and info is None:
             what = "changes upstream's URL" if version in theirs else "adds this version"
             out.append(
-                Finding(entry.name, "provenance", version, where,
-                        f"{entry.name} {version}: the registry {what} but meta.yaml has no "
-                        f"versions.{version!r} with its sources (see registry/README.md)")
+                Finding(
+                    entry.name,
+                    "provenance",
+                    version,
+                    where,
+                    f"{entry.name} {version}: the registry {what} but meta.yaml has no "
+                    f"versions.{version!r} with its sources (see registry/README.md)",
+                )
             )
         elif changed and info is not None and info.status == "inherited":
             out.append(
-                Finding(entry.name, "provenance", version, _where(entry.meta_path, ["versions", version, "status"]),
-                        f"{entry.name} {version}: status 'inherited' but the URL differs from upstream's")
+                Finding(
+                    entry.name,
+                    "provenance",
+                    version,
+                    _where(entry.meta_path, ["versions", version, "status"]),
+                    f"{entry.name} {version}: status 'inherited' but the URL differs from upstream's",
+                )
             )
     for version in meta.versions:
         if version not in ours:
             out.append(
-                Finding(entry.name, "provenance", version, _where(entry.meta_path, ["versions", version]),
-                        f"{entry.name}: meta.yaml describes version {version!r}, which the template does not have")
+                Finding(
+                    entry.name,
+                    "provenance",
+                    version,
+                    _where(entry.meta_path, ["versions", version]),
+                    f"{entry.name}: meta.yaml describes version {version!r}, which the template does not have",
+                )
             )
     return out
 
@@ -113,23 +129,58 @@ def hygiene(entry: Entry) -> list[Finding]:
         where = _where(path, ["binaries", "urls", version])
         host = urllib.parse.urlsplit(url).hostname or ""
         if host == "dropbox.com" or host.endswith(".dropbox.com"):
-            found.append(Finding(entry.name, "dropbox", version, where,
-                                 f"{entry.name} {version}: Dropbox URL (they answer 403 since neurodocker#635)"))
+            found.append(
+                Finding(
+                    entry.name,
+                    "dropbox",
+                    version,
+                    where,
+                    f"{entry.name} {version}: Dropbox URL (they answer 403 since neurodocker#635)",
+                )
+            )
         if version.lower() in _MOVING or "/latest/" in url or url.rstrip("/").endswith("/latest"):
-            found.append(Finding(entry.name, "unpinned", version, where,
-                                 f"{entry.name} {version}: unpinned download {url} (its bytes change over time)"))
+            found.append(
+                Finding(
+                    entry.name,
+                    "unpinned",
+                    version,
+                    where,
+                    f"{entry.name} {version}: unpinned download {url} (its bytes change over time)",
+                )
+            )
         if entry.meta.sha256(version) is None:
-            found.append(Finding(entry.name, "missing-checksum", version, where,
-                                 f"{entry.name} {version}: no sha256 in meta.yaml versions.{version!r}.sha256"))
+            found.append(
+                Finding(
+                    entry.name,
+                    "missing-checksum",
+                    version,
+                    where,
+                    f"{entry.name} {version}: no sha256 in meta.yaml versions.{version!r}.sha256",
+                )
+            )
     for method in ("binaries", "source"):
         text = str((template.get(method) or {}).get("instructions", ""))
         where = _where(path, [method, "instructions"])
         if _PIPE_TO_SHELL.search(text):
-            found.append(Finding(entry.name, "pipe-to-shell", None, where,
-                                 f"{entry.name} (method={method}): pipes a download into a shell or python"))
+            found.append(
+                Finding(
+                    entry.name,
+                    "pipe-to-shell",
+                    None,
+                    where,
+                    f"{entry.name} (method={method}): pipes a download into a shell or python",
+                )
+            )
         if "apt-key" in text:
-            found.append(Finding(entry.name, "apt-key", None, where,
-                                 f"{entry.name} (method={method}): uses apt-key (deprecated; keyservers go away)"))
+            found.append(
+                Finding(
+                    entry.name,
+                    "apt-key",
+                    None,
+                    where,
+                    f"{entry.name} (method={method}): uses apt-key (deprecated; keyservers go away)",
+                )
+            )
     return [attrs.evolve(f, waived=entry.meta.waived(f.rule, f.version) is not None) for f in found]
 
 
@@ -142,8 +193,15 @@ def stale_waivers(entry: Entry, findings: Iterable[Finding]) -> list[Finding]:
     for i, w in enumerate(entry.meta.waivers):
         if not any(w.covers(f.rule, f.version) for f in findings):
             scope = f" for {', '.join(w.versions)}" if w.versions else ""
-            out.append(Finding(entry.name, "waiver", None, _where(entry.meta_path, ["waivers", i]),
-                               f"{entry.name}: waiver of {w.rule!r}{scope} matches nothing; remove it"))
+            out.append(
+                Finding(
+                    entry.name,
+                    "waiver",
+                    None,
+                    _where(entry.meta_path, ["waivers", i]),
+                    f"{entry.name}: waiver of {w.rule!r}{scope} matches nothing; remove it",
+                )
+            )
     return out
 
 
@@ -164,9 +222,9 @@ def errors_of(findings: Iterable[Finding]) -> list[Finding]:
 def checksum_renders(entry: Entry, registry: Registry) -> int:
     """Render every version that records a sha256, so a template that streams its
     download (and so cannot be verified) fails `validate`, not a user's build."""
-    from neurodocker_nd.render.target import resolve_target
-    from neurodocker_nd.render.renderer import RecipeRenderer
     from neurodocker_nd.render.pkg import PkgRequest, RecipeSpec, resolve_package
+    from neurodocker_nd.render.renderer import RecipeRenderer
+    from neurodocker_nd.render.target import resolve_target
 
     if entry.meta is None or entry.template is None or "binaries" not in entry.template:
         return 0
@@ -216,6 +274,8 @@ def dead_download_notes(packages: Iterable, registry: Registry | None = None) ->
         url = _urls(registry.get(p.name).template).get(p.version, "")
         host = urllib.parse.urlsplit(url).hostname or ""
         if host == "dropbox.com" or host.endswith(".dropbox.com"):
-            notes.append(f"ndgen: note: {p.name} {p.version} downloads from Dropbox, which answers 403 "
-                         "(neurodocker#635): the build will fail; choose another version")
+            notes.append(
+                f"ndgen: note: {p.name} {p.version} downloads from Dropbox, which answers 403 "
+                "(neurodocker#635): the build will fail; choose another version"
+            )
     return notes

@@ -56,8 +56,8 @@ def render_matrix(
     not support an OS's package manager are skipped with the reason; any other
     error aborts (nothing is returned, so nothing is written).
     """
-    from neurodocker_nd.render.target import resolve_target
     from neurodocker_nd.render.pkg import MissingArgument, PkgRequest, UnsupportedTarget, resolve_package
+    from neurodocker_nd.render.target import resolve_target
 
     renderer = RecipeRenderer(registry)
     targets = [resolve_target(o) for o in os_names]

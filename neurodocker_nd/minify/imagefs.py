@@ -219,7 +219,7 @@ def glob(root: str, pattern: str) -> list[str]:
     def below(real: str) -> Iterator[tuple[str, bool]]:
         """(relative path, is a real directory) of everything below in-image dir `real`."""
         for dirpath, dirnames, filenames in os.walk(root + real):  # never follows symlinks
-            rel = dirpath[len(root + real):].lstrip("/")
+            rel = dirpath[len(root + real) :].lstrip("/")
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in dirnames:
                 yield posixpath.join(rel, name), True

@@ -37,8 +37,8 @@ import attrs
 
 from neurodocker_nd.minify import families, imagefs
 from neurodocker_nd.minify import packages as packages_step
-from neurodocker_nd.minify.ptrace import shebang_interpreters
 from neurodocker_nd.minify.model import TraceRecord
+from neurodocker_nd.minify.ptrace import shebang_interpreters
 from neurodocker_nd.minify.sandbox import SHELL, Mount, resolve_user
 from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
 
@@ -169,7 +169,7 @@ class _Closure:
             return resolved is not None
         self.trees.add(resolved)
         for dirpath, dirnames, filenames in os.walk(self.image.host(resolved)):
-            rel = dirpath[len(self.image.root):] or "/"
+            rel = dirpath[len(self.image.root) :] or "/"
             for name in dirnames + filenames:
                 entry = posixpath.join(rel, name)
                 if entry in self.kept:
@@ -316,7 +316,9 @@ class _Closure:
                         self._read_ld_conf(posixpath.join(rparent, name), dirs, depth + 1, seen)
             elif line.startswith("/") and line not in dirs:
                 if len(dirs) >= _LD_CONF_MAX_DIRS:
-                    raise imagefs.ImageFileError(f"image file {path}: more than {_LD_CONF_MAX_DIRS} library directories")
+                    raise imagefs.ImageFileError(
+                        f"image file {path}: more than {_LD_CONF_MAX_DIRS} library directories"
+                    )
                 dirs[line] = None
 
     def elf_closure(self) -> None:
@@ -419,9 +421,7 @@ def _elf_ident(image: _Image, path: str) -> tuple[int, int] | None:
     return head[4], machine
 
 
-def _read_elf(
-    image: _Image, path: str
-) -> tuple[str | None, list[str], list[str], list[str], tuple[int, int]] | None:
+def _read_elf(image: _Image, path: str) -> tuple[str | None, list[str], list[str], list[str], tuple[int, int]] | None:
     st = image.lstat(path)
     if st is None or not stat.S_ISREG(st.st_mode):
         return None

@@ -96,5 +96,5 @@ def in_image_path(host_path: str, rootfs: str) -> str | None:
     if host_path == root:
         return "/"
     if host_path.startswith(root + "/"):
-        return host_path[len(root):]
+        return host_path[len(root) :]
     return None

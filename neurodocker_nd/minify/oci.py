@@ -197,7 +197,11 @@ def docker_seccomp(
         if rule.get("args"):
             converted["args"] = [dict(arg) for arg in rule["args"]]
         rules.append(converted)
-    section: dict[str, Any] = {"defaultAction": profile["defaultAction"], "architectures": architectures, "syscalls": rules}
+    section: dict[str, Any] = {
+        "defaultAction": profile["defaultAction"],
+        "architectures": architectures,
+        "syscalls": rules,
+    }
     if profile.get("defaultErrnoRet") is not None:  # newer moby profiles name it (EPERM)
         section["defaultErrnoRet"] = profile["defaultErrnoRet"]
     return section
@@ -263,7 +267,12 @@ def _mounts(bundle: Path, binds: Sequence[tuple[str, str, bool]]) -> list[dict[s
     ]  # fmt: skip
     for name in ETC_FILES:
         mounts.append(
-            {"destination": f"/etc/{name}", "type": "bind", "source": str(bundle / name), "options": ["rbind", "rprivate"]}
+            {
+                "destination": f"/etc/{name}",
+                "type": "bind",
+                "source": str(bundle / name),
+                "options": ["rbind", "rprivate"],
+            }
         )
     for host, target, read_only in binds:
         options = ["rbind", "rprivate", *(["ro"] if read_only else [])]

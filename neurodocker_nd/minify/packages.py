@@ -29,8 +29,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import stat
 import shlex
+import stat
 from collections.abc import Callable, Iterable, Mapping
 
 import attrs
@@ -97,7 +97,9 @@ class _Root:
         """An image file's text, None when absent; a FIFO, device or a file over `limit`
         bytes is an error naming it (:func:`imagefs.read_bytes`)."""
         if self.budget <= 0:
-            raise imagefs.ImageFileError(f"--keep-packages: the package database is larger than {_DB_TOTAL_LIMIT} bytes")
+            raise imagefs.ImageFileError(
+                f"--keep-packages: the package database is larger than {_DB_TOTAL_LIMIT} bytes"
+            )
         data = imagefs.read_bytes(self.root, path, min(limit, self.budget))
         if data is None:
             return None
@@ -218,7 +220,12 @@ def languages(env: Mapping[str, str]) -> set[str]:
     gettext tries LANGUAGE's entries, then LC_ALL / LC_MESSAGES / LANG, each
     with and without its territory and codeset.
     """
-    names = [*env.get("LANGUAGE", "").split(":"), env.get("LC_ALL", ""), env.get("LC_MESSAGES", ""), env.get("LANG", "")]
+    names = [
+        *env.get("LANGUAGE", "").split(":"),
+        env.get("LC_ALL", ""),
+        env.get("LC_MESSAGES", ""),
+        env.get("LANG", ""),
+    ]
     found: set[str] = set()
     for name in names:
         base = name.split("@", 1)[0].split(".", 1)[0]

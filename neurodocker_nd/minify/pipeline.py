@@ -19,21 +19,21 @@ from typing import Any
 
 import attrs
 
+from neurodocker_nd.build.suite import Suite
 from neurodocker_nd.core import engine
 from neurodocker_nd.errors import NdgenError, TraceError
-from neurodocker_nd.minify import write as image_step
 from neurodocker_nd.minify import keep as keep_step
 from neurodocker_nd.minify import report as report_step
+from neurodocker_nd.minify import stale
 from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify import workload as workload_step
-from neurodocker_nd.minify.model import CommandResult, TraceRecord, Tracer
+from neurodocker_nd.minify import write as image_step
+from neurodocker_nd.minify.fanotify import FanotifyIncomplete, FanotifyUnavailable
+from neurodocker_nd.minify.model import CommandResult, Tracer, TraceRecord
 from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, Mount, run_plain
-from neurodocker_nd.minify import stale
 from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source, scratch_base
-from neurodocker_nd.minify.fanotify import FanotifyIncomplete, FanotifyUnavailable
-from neurodocker_nd.build.suite import Suite
 
 MAX_REPAIRS = 3
 
@@ -317,9 +317,7 @@ def _squashfs_name(tag: str) -> str:
     return tag.replace("/", "_").replace(":", "_") + ".sqfs"
 
 
-def _run_untraced(
-    source: Source, options: MinifyOptions, mount_set: verify_step.MountSet
-) -> tuple[CommandResult, ...]:
+def _run_untraced(source: Source, options: MinifyOptions, mount_set: verify_step.MountSet) -> tuple[CommandResult, ...]:
     root = source.view("untraced")
     mounts = mount_set.fresh(source.scratch, "untraced")
     results = []
@@ -400,7 +398,9 @@ def _verify_and_repair(
         )
         failed_suite = None
         if mismatch is None and options.suite is not None:
-            run = workload_step.verify(tag, options.suite, source.scratch / f"suite-verify{attempt}", options.suite_data)
+            run = workload_step.verify(
+                tag, options.suite, source.scratch / f"suite-verify{attempt}", options.suite_data
+            )
             failed_suite = None if run.passed else run
         if mismatch is None and failed_suite is None:
             return keep, written, True, "", tuple(repaired)
@@ -432,7 +432,9 @@ def _suite_failure(source: Source, options: MinifyOptions, run: Any, missing: Se
     if not on_source.passed:
         return f"test suite {options.suite.path} fails on the source image {options.image} too: {workload_step.failure_text(on_source)}"
     hint = f"; likely missing: {', '.join(missing[:5])}" if missing else ""
-    return f"verify failed: test suite {options.suite.path} in the minified image: {workload_step.failure_text(run)}{hint}"
+    return (
+        f"verify failed: test suite {options.suite.path} in the minified image: {workload_step.failure_text(run)}{hint}"
+    )
 
 
 def _diagnose(

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from neurodocker_nd.core import paths
+from neurodocker_nd.core.yamlfile import check_schema, read_yaml, schema_validator
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.sandbox import Mount, run_plain
-from neurodocker_nd.core.yamlfile import check_schema, read_yaml, schema_validator
 
 if TYPE_CHECKING:
     from neurodocker_nd.minify.source import ImageConfig

@@ -320,7 +320,9 @@ def strace_bundle(strace: str, dest: Path) -> tuple[str, ...]:
         elif fields and fields[0].startswith("/"):
             loader = fields[0]
     if proc.returncode != 0 or loader is None:
-        raise TraceError(f"the ptrace tracer cannot list the libraries of {strace}: {proc.stderr.strip() or 'no loader'}")
+        raise TraceError(
+            f"the ptrace tracer cannot list the libraries of {strace}: {proc.stderr.strip() or 'no loader'}"
+        )
     (dest / "lib").mkdir(parents=True)
     for lib in libs:
         shutil.copy(lib, dest / "lib" / os.path.basename(lib))  # follows the .so symlinks

@@ -15,7 +15,6 @@ import attrs
 from neurodocker_nd.core import outfile
 from neurodocker_nd.minify.keep import KeepSet
 
-
 # Why an entry was kept (the report's "kept": path -> reason).  A reason is one of these
 # kinds, alone or as "KIND:DETAIL" (e.g. "package:dcmtk", "family:zoneinfo").
 REASONS: dict[str, str] = {

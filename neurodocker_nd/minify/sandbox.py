@@ -184,7 +184,12 @@ def _runc_command(
 
 
 def _bwrap_command(
-    rootfs: Path, config: ImageConfig, process: Sequence[str], mounts: Sequence[Mount], ids: UserIds, env: dict[str, str]
+    rootfs: Path,
+    config: ImageConfig,
+    process: Sequence[str],
+    mounts: Sequence[Mount],
+    ids: UserIds,
+    env: dict[str, str],
 ) -> SandboxCommand:
     bwrap = shutil.which("bwrap")
     if bwrap is None:

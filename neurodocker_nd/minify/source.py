@@ -26,8 +26,8 @@ from typing import Any
 import attrs
 
 from neurodocker_nd.core import engine, scratchdir
-from neurodocker_nd.minify import stale
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.minify import stale
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -145,7 +145,9 @@ def _copy(source: Path, target: Path, max_bytes: int | None = None, max_entries:
         elif stat.S_ISREG(st.st_mode):
             _copy_file(src, dst, budget)
         else:
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device node"
+            kind = (
+                "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device node"
+            )
             raise NdgenError(
                 f"mount copy of {source}: {os.path.relpath(src, source)} is {kind}; "
                 "only regular files, directories and symlinks are copied"
@@ -171,7 +173,7 @@ def _copy_file(src: str, dst: str, budget: _Budget) -> None:
                 budget.take(size=len(chunk))
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(fd_out, view):]
+                    view = view[os.write(fd_out, view) :]
         finally:
             os.close(fd_out)
     finally:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import attrs
 
-from neurodocker_nd.build import apptainer as defbuild, suite, testrun
+from neurodocker_nd.build import apptainer as defbuild
+from neurodocker_nd.build import suite, testrun
 from neurodocker_nd.minify.sandbox import Mount
 from neurodocker_nd.minify.source import ImageConfig
 
@@ -54,7 +55,9 @@ def prepare(loaded: suite.Suite, work_dir: Path, config: ImageConfig, data_cache
         scripts.append(plan.work_dir / f"{suite.SCRIPT_PREFIX}cleanup.sh")
     commands = [f"cd {work} && {prefix}bash {shlex.quote(str(script))}" for script in scripts]
     commands.append(testrun.DEPLOY_CHECK)
-    return SuiteWorkload(plan=plan, commands=tuple(commands), mount=Mount(host=plan.work_dir, target=str(plan.work_dir)))
+    return SuiteWorkload(
+        plan=plan, commands=tuple(commands), mount=Mount(host=plan.work_dir, target=str(plan.work_dir))
+    )
 
 
 def verify(image: str, loaded: suite.Suite, work_dir: Path, data_cache: Path | None) -> testrun.SuiteRun:

@@ -47,7 +47,6 @@ from typing import IO, Any
 import attrs
 
 from neurodocker_nd import __version__
-
 from neurodocker_nd.core import engine, outfile, paths
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
@@ -150,7 +149,7 @@ class _SparseBody:
     def read(self, n: int) -> bytes:
         # tarfile's copyfileobj expects exactly n bytes from every read but the last.
         out = bytearray(self._map[:n])
-        self._map = self._map[len(out):]
+        self._map = self._map[len(out) :]
         while len(out) < n and self._index < len(self._extents):
             offset, length = self._extents[self._index]
             if self._done == length:
@@ -164,7 +163,9 @@ class _SparseBody:
         return bytes(out)
 
 
-def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, root: str, path: str, sparse: bool, zeros: ZeroBudget | None) -> None:
+def _add_file(
+    tar: tarfile.TarFile, info: tarfile.TarInfo, root: str, path: str, sparse: bool, zeros: ZeroBudget | None
+) -> None:
     fd, st = _open_regular(root + path, info)
     try:
         extents = _data_extents(fd, info.size) if sparse and st.st_blocks * 512 < st.st_size else None
@@ -176,7 +177,9 @@ def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, root: str, path: str,
         # GNU tar's layout: the entry is named …/GNUSparseFile.0/NAME; readers take the real
         # name and size from these records.
         sparse_info = copy.copy(info)  # TarInfo.replace cannot set size or PAX records
-        sparse_info.name = posixpath.join(posixpath.dirname(info.name), "GNUSparseFile.0", posixpath.basename(info.name))
+        sparse_info.name = posixpath.join(
+            posixpath.dirname(info.name), "GNUSparseFile.0", posixpath.basename(info.name)
+        )
         sparse_info.size = body.size
         sparse_info.pax_headers = {
             **info.pax_headers,
@@ -261,7 +264,7 @@ class ZeroBudget:
         self.total = 0
         self._zeros = bytes(_CHUNK)
 
-    def reader(self, fh: IO[bytes], path: str) -> "_Counted":
+    def reader(self, fh: IO[bytes], path: str) -> _Counted:
         return _Counted(fh, path, self)
 
     def add(self, path: str, data: bytes) -> None:
@@ -322,7 +325,7 @@ def unpack_tar(archive: Path, target: Path) -> None:
             if key.startswith("SCHILY.xattr.user."):
                 os.setxattr(
                     target / member.name,
-                    key[len("SCHILY.xattr."):],
+                    key[len("SCHILY.xattr.") :],
                     value.encode("utf-8", "surrogateescape"),
                     follow_symlinks=False,
                 )
@@ -376,7 +379,9 @@ def image_config(config: ImageConfig, commands: list[str], diff_ids: list[str]) 
     those cannot express SHELL (and, on 20.10, HEALTHCHECK or STOPSIGNAL) and re-parse
     values as Dockerfile text.
     """
-    base: dict[str, Any] = json.loads(config.image_json) if config.image_json else {"architecture": "amd64", "os": "linux"}
+    base: dict[str, Any] = (
+        json.loads(config.image_json) if config.image_json else {"architecture": "amd64", "os": "linux"}
+    )
     inner = dict(base.get("config") or {})
     if not config.image_json:  # a config made by hand (tests): its few fields
         inner.update(
@@ -445,7 +450,9 @@ def write_docker(client: Any, root: Path, keep: KeepSet, config: ImageConfig, ta
     image = client.images.get(tag)
     if previous is not None and previous.id != image.id:
         remove_tag(client, previous.id)
-    return Written(tag=tag, image_id=image.id, size=int(image.attrs.get("Size") or 0), entries=entries, file_bytes=file_bytes)
+    return Written(
+        tag=tag, image_id=image.id, size=int(image.attrs.get("Size") or 0), entries=entries, file_bytes=file_bytes
+    )
 
 
 def _load(client: Any, image_json: dict[str, Any], tag: str) -> None:
@@ -454,7 +461,13 @@ def _load(client: Any, image_json: dict[str, Any], tag: str) -> None:
 
     config_bytes = json.dumps(image_json, ensure_ascii=False).encode()  # UTF-8 stays UTF-8
     name = hashlib.sha256(config_bytes).hexdigest() + ".json"
-    manifest = [{"Config": name, "RepoTags": [tag], "Layers": [f"layer{i}/layer.tar" for i, _ in enumerate(image_json["rootfs"]["diff_ids"])]}]
+    manifest = [
+        {
+            "Config": name,
+            "RepoTags": [tag],
+            "Layers": [f"layer{i}/layer.tar" for i, _ in enumerate(image_json["rootfs"]["diff_ids"])],
+        }
+    ]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for member, data in ((name, config_bytes), ("manifest.json", json.dumps(manifest).encode())):
@@ -509,7 +522,7 @@ def singularity_runscript(config: ImageConfig) -> str:
     cmd = " ".join(_sh_quote(a) for a in config.cmd or ())
     default = f"{entrypoint} {cmd}".strip() or "/bin/sh"
     with_args = f'{entrypoint} "$@"' if entrypoint else '"$@"'
-    return f'#!/bin/sh\nif [ $# -gt 0 ]; then\n    exec {with_args}\nfi\nexec {default}\n'
+    return f"#!/bin/sh\nif [ $# -gt 0 ]; then\n    exec {with_args}\nfi\nexec {default}\n"
 
 
 def _sh_quote(value: str) -> str:
@@ -589,7 +602,10 @@ def _layout_entries(
         parent = written.get("/" + posixpath.dirname(name))
         if f"/{name}" not in written and parent is not None and parent.isdir():
             yield _entry(name, tarfile.REGTYPE, 0o644, now), b""
-    for name, target in (("singularity", ".singularity.d/runscript"), ("environment", ".singularity.d/env/90-environment.sh")):
+    for name, target in (
+        ("singularity", ".singularity.d/runscript"),
+        ("environment", ".singularity.d/env/90-environment.sh"),
+    ):
         if f"/{name}" not in written:
             yield _entry(name, tarfile.SYMTYPE, 0o777, now, target), b""
 
@@ -656,4 +672,6 @@ def write_squashfs(root: Path, keep: KeepSet, config: ImageConfig, commands: lis
             log.seek(0)
             last = log.read().decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
             raise NdgenError(f"sqfstar failed writing {out}: {last[0]}")
-    return Written(tag=None, image_id=None, size=out.stat().st_size, entries=entries, file_bytes=file_bytes, squashfs=out)
+    return Written(
+        tag=None, image_id=None, size=out.stat().st_size, entries=entries, file_bytes=file_bytes, squashfs=out
+    )

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 import attrs
 
 from neurodocker_nd.core import paths
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.core.yamlfile import DataFileError, check_schema, line_of, read_yaml, schema_validator
+from neurodocker_nd.errors import NdgenError
 
 Source = Literal["upstream", "registry", "both"]
 TEMPLATE_METHODS = ("binaries", "source")
@@ -120,6 +121,7 @@ class Meta:
 
     def waived(self, rule: str, version: str | None = None) -> Waiver | None:
         return next((w for w in self.waivers if w.covers(rule, version)), None)
+
     # The upstream revision the template was last synced from (a neurodocker release
     # or a commit of its repository): the base of export's three-way merge.
     upstream_synced_from: str | None = None
@@ -287,7 +289,7 @@ def _check_version_keys(data: Mapping[str, Any], path: Path) -> None:
         if not isinstance(key, str):
             raise RegistryError(
                 f"{path}:{line_of(path, ['binaries', 'urls', key])}: binaries.urls.{key}: "
-                f"version {key!r} is not a string; quote it (\"{key}\")"
+                f'version {key!r} is not a string; quote it ("{key}")'
             )
 
 
@@ -332,9 +334,7 @@ class Registry:
 
     registry_dir: Path = attrs.field(factory=lambda: default_registry_dir(), converter=Path)
     upstream_dir: Path = attrs.field(factory=upstream_templates_dir, converter=Path)
-    meta_schema_path: Path = attrs.field(
-        factory=lambda: paths.schemas_dir() / "meta.schema.json", converter=Path
-    )
+    meta_schema_path: Path = attrs.field(factory=lambda: paths.schemas_dir() / "meta.schema.json", converter=Path)
     _memo: dict = attrs.field(factory=dict, eq=False, repr=False, init=False)
 
     # ---- names

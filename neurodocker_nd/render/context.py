@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 
 from neurodocker_nd.core import outfile, paths
-from neurodocker_nd.render import steps as st
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.render import steps as st
 
 RECIPE_FILES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
 
@@ -91,7 +91,11 @@ def write_context(plan: st.Plan, out: str | os.PathLike, fmt: str, text: str) ->
                     _file_source(plan.file(name), recipe_dir, target, tmp, budget)
                     staged[name] = target
         # ndgen's own files last: a copied tree's link or file by these names never replaces them.
-        own = {RECIPE_FILES[fmt]: text, "README.md": (plan.readme or "").rstrip() + "\n", "build.yaml": plan.recipe_text}
+        own = {
+            RECIPE_FILES[fmt]: text,
+            "README.md": (plan.readme or "").rstrip() + "\n",
+            "build.yaml": plan.recipe_text,
+        }
         for name, content in own.items():
             paths.destination(tmp / name, tmp, name).write_text(content, encoding="utf-8")
     return Path(out)

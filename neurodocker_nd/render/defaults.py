@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Entry, Registry
@@ -22,10 +23,8 @@ NEURODEBIAN_MIRROR = "usa-nh"
 # neurodocker's `_default` template writes the entrypoint script with
 # single-quoted `$` (shellcheck SC2016).  Same script, double quotes.
 ENTRYPOINT_FIX = {
-    """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""":
-        """echo "export USER=\\"\\${USER:=\\`whoami\\`}\\"" >> "$ND_ENTRYPOINT\"""",
-    """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""":
-        """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",
+    """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""": """echo "export USER=\\"\\${USER:=\\`whoami\\`}\\"" >> "$ND_ENTRYPOINT\"""",
+    """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""": """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",
 }
 
 
@@ -61,7 +60,9 @@ def system_template(entry: Entry) -> dict[str, Any]:
     instructions = "{{ self.install_dependencies() }}"
     if system.epel:
         # Decided at render time, as upstream templates do: one template serves apt and yum.
-        instructions = "{% if self.pkg_manager == 'yum' %}{{ self.install(['epel-release']) }}\n{% endif %}" + instructions
+        instructions = (
+            "{% if self.pkg_manager == 'yum' %}{{ self.install(['epel-release']) }}\n{% endif %}" + instructions
+        )
     deps = {pm: list(system.packages(pm)) for pm in ("apt", "yum") if system.packages(pm)}
     return {
         "name": entry.name,

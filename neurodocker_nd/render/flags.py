@@ -9,10 +9,10 @@ command, and nothing a user types can start another instruction.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from neurodocker_nd.render import steps as st
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.render import steps as st
 
 # click parameter name -> flag, for the flags that take one value / many values.
 SINGLE = {"run": "--run", "run_bash": "--run-bash", "workdir": "--workdir", "user": "--user", "arg": "--arg"}
@@ -66,7 +66,7 @@ def _step(name: str, value: str | tuple[str, ...]) -> st.Step:
         return st.Copy(tuple(words[:-1]), words[-1])
     if name == "install":
         # neurodocker's special case: an `opts=…` word sets the package manager options.
-        opts = [w[len("opts="):] for w in words if w.startswith("opts=")]
+        opts = [w[len("opts=") :] for w in words if w.startswith("opts=")]
         pkgs = tuple(w for w in words if not w.startswith("opts="))
         if not pkgs:
             raise NdgenError("--install: no packages given")

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 
 from neurodocker_nd import __version__
-from neurodocker_nd.render import steps as st
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.render.target import Target, resolve_target
 from neurodocker_nd.registry.entries import Entry, Registry
+from neurodocker_nd.render import steps as st
+from neurodocker_nd.render.target import Target, resolve_target
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -194,9 +194,7 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
     args = dict(req.args)
     method = args.pop("method", None) or entry.default_method
     if method not in entry.methods:
-        raise NdgenError(
-            f"{entry.name}: unknown method {method!r}; available: {', '.join(entry.methods)}"
-        )
+        raise NdgenError(f"{entry.name}: unknown method {method!r}; available: {', '.join(entry.methods)}")
     version = req.version
     if "version" in args:
         if version is not None and version != args["version"]:
@@ -235,9 +233,7 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
             if version is None and "version" in required:
                 raise MissingArgument(f"{entry.name}: method={method} needs a version: --pkg {entry.name}==VERSION")
         elif method == "binaries" and "*" not in versions and version not in versions:
-            raise NdgenError(
-                f"{entry.name}: unknown version {version!r}; available: {', '.join(versions)}"
-            )
+            raise NdgenError(f"{entry.name}: unknown version {version!r}; available: {', '.join(versions)}")
         if version is not None:
             args["version"] = version
     elif version is not None:
@@ -355,7 +351,9 @@ def _plan(target: Target, items: list, spec: RecipeSpec, registry: Registry) -> 
     )
 
 
-def _template_step(key: str, template, method: str, args: tuple[tuple[str, str], ...], name: str | None = None) -> st.Template:
+def _template_step(
+    key: str, template, method: str, args: tuple[tuple[str, str], ...], name: str | None = None
+) -> st.Template:
     return st.Template(name=name or key, method=method, args=args, key=key, template=template)
 
 

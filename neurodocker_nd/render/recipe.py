@@ -21,22 +21,22 @@ import os
 import re
 import shlex
 import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from neurodocker_nd.core import paths
-
-from neurodocker_nd.render import template_sandbox as sandbox
-from neurodocker_nd.render import steps as st
-from neurodocker_nd.render.defaults import ENTRYPOINT, default_template
-from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.render.target import Target, _check_image
-from neurodocker_nd.registry.entries import Registry
-from neurodocker_nd.render.templatedir import TemplateSource
 from neurodocker_nd.core.yamlfile import line_of, parse_yaml
+from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.registry.entries import Registry
+from neurodocker_nd.render import steps as st
+from neurodocker_nd.render import template_sandbox as sandbox
+from neurodocker_nd.render.defaults import ENTRYPOINT, default_template
+from neurodocker_nd.render.target import Target, _check_image
+from neurodocker_nd.render.templatedir import TemplateSource
 
 ARCHES = ("x86_64", "aarch64")
 _ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -50,8 +50,21 @@ MOUNT_POINTS = (
     "/scratch /clusterdata /nvmescratch"
 ).split()
 DIRECTIVES = (
-    "install", "run", "workdir", "user", "entrypoint", "environment", "copy", "template",
-    "variables", "group", "include", "file", "deploy", "boutique", "test",
+    "install",
+    "run",
+    "workdir",
+    "user",
+    "entrypoint",
+    "environment",
+    "copy",
+    "template",
+    "variables",
+    "group",
+    "include",
+    "file",
+    "deploy",
+    "boutique",
+    "test",
 )
 
 
@@ -88,7 +101,9 @@ class _Context:
 
     def get_file(self, name: str) -> str:
         if name not in self.file_guest:
-            raise RecipeError(f"get_file({name!r}): no such declared file (files: {', '.join(self.file_guest) or 'none'})")
+            raise RecipeError(
+                f"get_file({name!r}): no such declared file (files: {', '.join(self.file_guest) or 'none'})"
+            )
         guest = self.file_guest[name]
         if self.used is None or self.run_key is None:
             return f"/.neurocontainer-cache/{guest}"
@@ -154,7 +169,7 @@ def _substitute(text: str, ns: Mapping[str, Any]) -> str | None:
         value = _lookup(ns, m.group(1))
         if value is _MISSING:
             return None
-        out += [text[pos:m.start()], value]
+        out += [text[pos : m.start()], value]
         pos = m.end()
     out.append(text[pos:])
     result = "".join(out)
@@ -217,7 +232,7 @@ def read_recipe_file(root: Path, rel: str, shown: Path) -> str:
         raise RecipeError(exc.message) from None
 
 
-def _http_url(url: str, what: str, where: "_Where") -> str:
+def _http_url(url: str, what: str, where: _Where) -> str:
     """`url:` is a download: http(s) only — a path or file:// would stage a host file into the image."""
     bad = st.control_char(url)
     if bad is not None:
@@ -225,8 +240,7 @@ def _http_url(url: str, what: str, where: "_Where") -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise RecipeError(
-            f"{where.line()}: {what} {url[:80]!r} is not an http(s) URL "
-            "(a file of the recipe directory is `filename:`)"
+            f"{where.line()}: {what} {url[:80]!r} is not an http(s) URL (a file of the recipe directory is `filename:`)"
         )
     return url
 
@@ -300,7 +314,15 @@ class _Loader:
             raise RecipeError(f"{where.line()}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise RecipeError(f"{where.line()}: Jinja syntax error: {exc.message}") from None
-        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, AttributeError, KeyError, IndexError) as exc:
+        except (
+            jinja2.TemplateError,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            AttributeError,
+            KeyError,
+            IndexError,
+        ) as exc:
             msg = getattr(exc, "message", None) or str(exc)
             raise RecipeError(f"{where.line()}: {type(exc).__name__}: {msg}") from None
 
@@ -380,7 +402,9 @@ class _Loader:
 
         kind = str(build.get("kind", "neurodocker"))
         if kind != "neurodocker":
-            raise RecipeError(f"{top.child('build', 'kind').line()}: build kind {kind!r} is not supported (neurodocker)")
+            raise RecipeError(
+                f"{top.child('build', 'kind').line()}: build kind {kind!r} is not supported (neurodocker)"
+            )
         base = str(self.render(build.get("base-image"), top.child("build", "base-image")) or "")
         if not base:
             raise RecipeError(f"{top.child('build').line()}: build.base-image is missing")
@@ -395,7 +419,9 @@ class _Loader:
             raise RecipeError(f"{top.child('build', 'pkg-manager').line()}: pkg-manager {pm!r}: choose apt or yum")
         self.pm = pm
         add_default = bool(build.get("add-default-template", True))
-        self.default_steps(add_default, bool(build.get("add-tzdata", add_default)), bool(build.get("fix-locale-def", False)))
+        self.default_steps(
+            add_default, bool(build.get("add-tzdata", add_default)), bool(build.get("fix-locale-def", False))
+        )
 
         directives = build.get("directives") or []
         if not isinstance(directives, list):
@@ -459,8 +485,12 @@ class _Loader:
         if not text.strip() and isinstance(data.get("structured_readme"), Mapping):
             sr = self.render(data["structured_readme"], top.child("structured_readme"))
             parts = [f"## {self.ctx.name}/{self.ctx.version} ##"]
-            for key, head in (("description", ""), ("example", "Example:\n"), ("documentation", "More documentation: "),
-                              ("citation", "Citation:\n")):
+            for key, head in (
+                ("description", ""),
+                ("example", "Example:\n"),
+                ("documentation", "More documentation: "),
+                ("citation", "Citation:\n"),
+            ):
                 if str(sr.get(key) or "").strip():
                     parts.append(head + str(sr[key]).strip())
             if len(parts) > 1:
@@ -483,7 +513,11 @@ class _Loader:
         name = self.render_str(str(mapping["name"]), where.child("name"))
         if name in self.files:
             raise RecipeError(f"{where.line()}: file {name!r} declared twice")
-        r = {k: self.render(mapping[k], where.child(k)) for k in ("filename", "url", "contents") if mapping.get(k) is not None}
+        r = {
+            k: self.render(mapping[k], where.child(k))
+            for k in ("filename", "url", "contents")
+            if mapping.get(k) is not None
+        }
         sha = mapping.get("sha256") or mapping.get("checksum")
         url = _http_url(str(r["url"]), f"file {name!r}: url", where.child("url")) if "url" in r else None
         guest = name
@@ -615,7 +649,13 @@ class _Loader:
 
     def d_copy(self, d, value, where):
         value = self.render(value, where)
-        parts = shlex.split(value) if isinstance(value, str) else [str(v) for v in value] if isinstance(value, list) else None
+        parts = (
+            shlex.split(value)
+            if isinstance(value, str)
+            else [str(v) for v in value]
+            if isinstance(value, list)
+            else None
+        )
         if not parts or len(parts) < 2:
             raise RecipeError(f"{where.line()}: copy needs a source and a destination")
         srcs = []
@@ -714,7 +754,9 @@ class _Loader:
             raise RecipeError(f"{where.line()}: boutique must be a mapping (a Boutique descriptor)")
         fname = f"{value.get('name', 'tool')}.json"
         st.check_line("boutique name", fname, forbid='"\\/', spaces=False)
-        self.files.setdefault(fname, st.File(name=fname, guest_filename=fname, contents=json.dumps(st.thaw(value), indent=2)))
+        self.files.setdefault(
+            fname, st.File(name=fname, guest_filename=fname, contents=json.dumps(st.thaw(value), indent=2))
+        )
         self.context_files.append((fname, fname))
         self.steps.append(st.Run("mkdir -p /boutique"))
         self.steps.append(st.Copy((fname,), f"/boutique/{fname}"))

@@ -26,15 +26,16 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import attrs
 
 from neurodocker_nd import __version__
-from neurodocker_nd.render import steps as st
-from neurodocker_nd.render.defaults import ENTRYPOINT, NEURODEBIAN_MIRROR, default_template, system_template  # noqa: F401
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
+from neurodocker_nd.render import steps as st
+from neurodocker_nd.render.defaults import ENTRYPOINT, NEURODEBIAN_MIRROR, default_template, system_template  # noqa: F401
 from neurodocker_nd.render.pkg import PKG_LIST_ARGS, RecipeSpec, plan_from_items, plan_from_spec, resolve
 
 Format = Literal["docker", "singularity"]
@@ -217,9 +218,8 @@ class RecipeRenderer:
         the scratch renderer receives plain text through `env()` / `run()` — what
         `Renderer.add_template` would call after rendering them unsandboxed.
         """
-        from neurodocker.reproenv.exceptions import RendererError, TemplateError
-
         import jinja2
+        from neurodocker.reproenv.exceptions import RendererError, TemplateError
 
         from neurodocker_nd.render import template_sandbox as sandbox
 
@@ -504,7 +504,7 @@ def _singularity_copy(r, step: st.Copy) -> None:
             lines.append(f"mkdir -p {dst} && if [ -d {s} ]; then cp -a {s}/. {dst}/; else cp -a {s} {dst}/; fi")
         else:
             lines.append(
-                f'if [ -d {s} ]; then mkdir -p {dst} && cp -a {s}/. {dst}/; '
+                f"if [ -d {s} ]; then mkdir -p {dst} && cp -a {s}/. {dst}/; "
                 f'else mkdir -p "$(dirname {dst})" && cp -a {s} {dst}; fi'
             )
     r.run("\n".join(lines))
@@ -530,7 +530,9 @@ def _escape_control(ch: str) -> str:
     return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
 
 
-def render(plan: st.Plan, fmt: Format = "docker", *, cache_stage: bool = False, registry: Registry | None = None) -> str:
+def render(
+    plan: st.Plan, fmt: Format = "docker", *, cache_stage: bool = False, registry: Registry | None = None
+) -> str:
     """Render one plan (stable API for `ndgen recipe` / `ndgen build`)."""
     return RecipeRenderer(registry).render_plan(plan, fmt, cache_stage=cache_stage)
 

@@ -25,8 +25,9 @@ cache stage may emit (render.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 import attrs
 
@@ -51,9 +52,15 @@ _SECTION_RE = re.compile(r"^\s*%")
 _FLAG_NOISE = "\\\"'"
 
 _NAMES = {
-    "\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte",
-    "\v": "a vertical tab", "\f": "a form feed", "\x85": "a next-line character (U+0085)",
-    "\u2028": "a line separator (U+2028)", "\u2029": "a paragraph separator (U+2029)",
+    "\n": "a newline",
+    "\r": "a carriage return",
+    "\t": "a tab",
+    "\x00": "a NUL byte",
+    "\v": "a vertical tab",
+    "\f": "a form feed",
+    "\x85": "a next-line character (U+0085)",
+    "\u2028": "a line separator (U+2028)",
+    "\u2029": "a paragraph separator (U+2029)",
 }
 
 
@@ -298,7 +305,7 @@ class Entrypoint:
         if not self.args:
             raise StepError("entrypoint: empty")
         for a in self.args:
-            check_line("entrypoint", a, forbid='\\')
+            check_line("entrypoint", a, forbid="\\")
             if '"' in a and a != '"$@"':
                 raise StepError(f"entrypoint: value {a[:40]!r} contains '\"'")
 

@@ -8,8 +8,9 @@ templates with an `os_codename` argument need it).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 import attrs
 
@@ -40,9 +41,7 @@ class Target:
 _DNF_OPTS = "-q --allowerasing"
 
 
-def _t(
-    name: str, image: str, pm: PkgManager, codename: str | None, glibc: tuple[int, int] | None
-) -> Target:
+def _t(name: str, image: str, pm: PkgManager, codename: str | None, glibc: tuple[int, int] | None) -> Target:
     opts = _DNF_OPTS if pm == "yum" else None
     return Target(base_image=image, pkg_manager=pm, os_name=name, codename=codename, glibc=glibc, install_opts=opts)
 
@@ -122,9 +121,7 @@ def _pkg_manager(value: str | None, image: str) -> PkgManager:
     raise NdgenError(f"--base-image {image} needs --pkg-manager apt|yum")
 
 
-def resolve_target(
-    os_name: str | None, base_image: str | None = None, pkg_manager: str | None = None
-) -> Target:
+def resolve_target(os_name: str | None, base_image: str | None = None, pkg_manager: str | None = None) -> Target:
     """Turn --os / --base-image / --pkg-manager into a Target, or raise NdgenError."""
     if os_name:
         key = ALIASES.get(os_name.strip().lower(), os_name.strip().lower())
@@ -145,8 +142,7 @@ def resolve_target(
             )
         if pkg_manager and pkg_manager != preset.pkg_manager:
             raise NdgenError(
-                f"--pkg-manager {pkg_manager} does not match --os {os_name} "
-                f"(which uses {preset.pkg_manager})"
+                f"--pkg-manager {pkg_manager} does not match --os {os_name} (which uses {preset.pkg_manager})"
             )
         return preset
     if base_image:

@@ -37,14 +37,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import operator
 import os
 import re
 import select
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from jinja2.sandbox import SecurityError
 
@@ -188,7 +188,12 @@ def _check_method_call(obj: Any, args: tuple, kwargs: dict) -> tuple:
             tab = first if _is_int(first) else kwargs.get("tabsize", 8)
             if _is_int(tab) and len(owner) * max(tab, 1) > MAX_SIZE:
                 raise _too_big("str.expandtabs()", len(owner) * tab)
-        if name == "replace" and len(args) >= 2 and isinstance(args[0], type(owner)) and isinstance(args[1], type(owner)):
+        if (
+            name == "replace"
+            and len(args) >= 2
+            and isinstance(args[0], type(owner))
+            and isinstance(args[1], type(owner))
+        ):
             old, new = args[0], args[1]
             count = owner.count(old) if old else len(owner) + 1
             if len(args) > 2 and _is_int(args[2]) and args[2] >= 0:
@@ -234,7 +239,7 @@ def _check_filter_args(name: str, args: tuple, kwargs: dict) -> tuple:
     from jinja2.utils import _PassArg
 
     lead = 1 if args and _PassArg.from_obj(_RAW_FILTERS().get(name)) is not None else 0
-    value, rest = (args[lead], args[lead + 1:]) if len(args) > lead else (None, ())
+    value, rest = (args[lead], args[lead + 1 :]) if len(args) > lead else (None, ())
     # Every count/width argument: `center(10**9)`, `batch(10**9, 'x')`, `indent(10**9)`.
     for n in (*rest, *kwargs.values()):
         if _is_int(n) and not isinstance(n, bool) and n > MAX_SIZE:
@@ -406,7 +411,9 @@ class BoundMethod:
         cmd = ""
         pkgs = self._method.dependencies(pkg_manager=self.pkg_manager)
         if pkgs:
-            cmd += _install(pkgs=pkgs, pkg_manager=self.pkg_manager, opts=opts if opts is not None else self._install_opts)
+            cmd += _install(
+                pkgs=pkgs, pkg_manager=self.pkg_manager, opts=opts if opts is not None else self._install_opts
+            )
         if self.pkg_manager == "apt":
             debs = self._method.dependencies("debs")
             if debs:
@@ -509,10 +516,12 @@ def _child(work: Callable[[], Any], fd: int, seconds: float) -> None:
     try:
         data = json.dumps(payload).encode()
     except (TypeError, ValueError) as exc:
-        data = json.dumps({"error": "template", "message": f"unserialisable result: {exc}", "type": "TypeError"}).encode()
+        data = json.dumps(
+            {"error": "template", "message": f"unserialisable result: {exc}", "type": "TypeError"}
+        ).encode()
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _limit_resources(seconds: float) -> None:

@@ -16,14 +16,15 @@ template the same way (its `self.*` Jinja, `install_dependencies()`):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from neurodocker_nd.render import steps as st
+from neurodocker_nd.core.yamlfile import read_yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry, unknown_name_message
-from neurodocker_nd.core.yamlfile import read_yaml
+from neurodocker_nd.render import steps as st
 
 _METHOD_KEYS = ("arguments", "urls", "dependencies")
 
@@ -40,7 +41,7 @@ def _split_directives(name: str, method: str, data: Mapping[str, Any], path: Pat
     for i, d in enumerate(directives):
         if not isinstance(d, Mapping) or len(d) != 1:
             raise NdgenError(f"{path}: {method}.directives[{i}]: expected one of environment, install, run")
-        (kind, value), = d.items()
+        ((kind, value),) = d.items()
         if kind == "environment" and isinstance(value, Mapping):
             parts.append({"env": {str(k): str(v) for k, v in value.items()}, "instructions": ""})
         elif kind == "run":
@@ -114,9 +115,11 @@ class TemplateSource:
             if entry.template is None:
                 raise NdgenError(f"template {name!r}: registry entry {reg_name} has no template (method=system only)")
             data, key, found = entry.template, str(entry.template_path), entry.template_path
-        form = "neurocontainers" if any(
-            isinstance(data.get(m), Mapping) and "directives" in data[m] for m in ("binaries", "source")
-        ) else "neurodocker"
+        form = (
+            "neurocontainers"
+            if any(isinstance(data.get(m), Mapping) and "directives" in data[m] for m in ("binaries", "source"))
+            else "neurodocker"
+        )
         self._forms[name] = form
         result = (key, _methods(name, data, Path(found)), data)
         self._memo[name] = result
@@ -130,7 +133,7 @@ class TemplateSource:
             raise NdgenError(f"template {name}: unknown method {method!r}; available: {', '.join(methods)}")
         parts = methods[method]
         args_decl = parts[0].get("arguments") or {}
-        declared = set(args_decl.get("required") or ()) | set((args_decl.get("optional") or {}))
+        declared = set(args_decl.get("required") or ()) | set(args_decl.get("optional") or {})
         args = {k: str(v) for k, v in params.items() if k != "method"}
         if "arch" in declared:
             # neurocontainers passes the target architecture to every template.
@@ -146,7 +149,9 @@ class TemplateSource:
                 )
         out = []
         for i, part in enumerate(parts):
-            tmpl = MappingProxyType({"name": str(data.get("name", name)), "url": str(data.get("url", "")), method: part})
+            tmpl = MappingProxyType(
+                {"name": str(data.get("name", name)), "url": str(data.get("url", "")), method: part}
+            )
             out.append(
                 st.Template(
                     name=name,

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import attrs
 import yaml
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import HASH_MARKER, TEMPLATES, ExportedSeries, read_series_dir
-from neurodocker_nd.upstream.github import GitHub, PullRequest, split_repo
 from neurodocker_nd.upstream.gitcmd import SCRATCH, Identity, git, init_repo
+from neurodocker_nd.upstream.github import GitHub, PullRequest, split_repo
 
 BRANCH_PREFIX = "ndgen/"
 TITLE_MARKER = "ndgen-title"
@@ -82,7 +82,7 @@ def series_name(branch: str) -> str | None:
     """`ndgen/<name>` (or a legacy `ndgen/<name>-<hash>`) → name; None for other branches."""
     if not branch.startswith(BRANCH_PREFIX) or branch == BRANCH_PREFIX:
         return None
-    rest = branch[len(BRANCH_PREFIX):]
+    rest = branch[len(BRANCH_PREFIX) :]
     m = _LEGACY_BRANCH.match(rest)
     return m.group(1) if m else rest
 
@@ -91,7 +91,7 @@ def _marker(pr: PullRequest, marker: str) -> str | None:
     for line in pr.body.splitlines():
         line = line.strip()
         if line.startswith(f"<!-- {marker}:") and line.endswith("-->"):
-            return line[len(f"<!-- {marker}:"):-3].strip()
+            return line[len(f"<!-- {marker}:") : -3].strip()
     return None
 
 
@@ -125,32 +125,62 @@ class _Git:
         self.base = f"refs/remotes/upstream/{base_branch}"
         init_repo(self.repo)
         # Reading a public repository needs no credentials: the token only goes to pushes.
-        git("fetch", "-q", config.git_url(config.upstream_repo), f"+refs/heads/{base_branch}:{self.base}",
-            cwd=self.repo, what=f"fetching {config.upstream_repo} {base_branch}")
+        git(
+            "fetch",
+            "-q",
+            config.git_url(config.upstream_repo),
+            f"+refs/heads/{base_branch}:{self.base}",
+            cwd=self.repo,
+            what=f"fetching {config.upstream_repo} {base_branch}",
+        )
 
     def apply(self, s: ExportedSeries) -> str:
         """Commit the series on top of upstream's branch; return the commit."""
-        return apply_series(self.repo, self.base, s.patches, s.name, self.config.identity,
-                            f"applying the series to {self.config.upstream_repo}")
+        return apply_series(
+            self.repo,
+            self.base,
+            s.patches,
+            s.name,
+            self.config.identity,
+            f"applying the series to {self.config.upstream_repo}",
+        )
 
     def foreign_commits(self, pr: PullRequest) -> list[str]:
         """Commits on the PR's branch (not upstream's) that the bot did not commit: `sha committer`."""
         ref = f"refs/ndgen/pr-{pr.number}"
-        git("fetch", "-q", self.config.git_url(self.config.fork), f"+refs/heads/{pr.head_ref}:{ref}",
-            cwd=self.repo, what=f"fetching {self.config.fork} {pr.head_ref}")
+        git(
+            "fetch",
+            "-q",
+            self.config.git_url(self.config.fork),
+            f"+refs/heads/{pr.head_ref}:{ref}",
+            cwd=self.repo,
+            what=f"fetching {self.config.fork} {pr.head_ref}",
+        )
         log = git("log", "--format=%H %ce", ref, "--not", self.base, cwd=self.repo)
         return [line for line in log.splitlines() if line.split()[-1] != self.config.identity.email]
 
     def remote_sha(self, branch: str) -> str:
-        out = git("ls-remote", self.config.git_url(self.config.fork), f"refs/heads/{branch}",
-                  cwd=self.repo, what=f"reading {self.config.fork}")
+        out = git(
+            "ls-remote",
+            self.config.git_url(self.config.fork),
+            f"refs/heads/{branch}",
+            cwd=self.repo,
+            what=f"reading {self.config.fork}",
+        )
         return out.split()[0] if out.strip() else ""
 
     def push(self, commit: str, branch: str, expected: str) -> None:
         """Force-push with a lease: refused if the branch is no longer at `expected` ("" = absent)."""
-        git("push", "-q", f"--force-with-lease=refs/heads/{branch}:{expected}", self.config.git_url(self.config.fork),
-            f"{commit}:refs/heads/{branch}", cwd=self.repo, token=self.token,
-            what=f"pushing to {self.config.fork}")
+        git(
+            "push",
+            "-q",
+            f"--force-with-lease=refs/heads/{branch}:{expected}",
+            self.config.git_url(self.config.fork),
+            f"{commit}:refs/heads/{branch}",
+            cwd=self.repo,
+            token=self.token,
+            what=f"pushing to {self.config.fork}",
+        )
 
 
 def apply_series(repo: Path, base: str, patches: tuple[Path, ...], name: str, identity: Identity, what: str) -> str:
@@ -181,8 +211,10 @@ def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcom
     series = read_series_dir(patches_dir)
     wrong = [s.name for s in series if s.target != config.target]
     if wrong:
-        raise NdgenError(f"{patches_dir}: {', '.join(wrong)} exported for {series[0].target if len(wrong) == len(series) else 'another target'},"
-                         f" not --target {config.target}")
+        raise NdgenError(
+            f"{patches_dir}: {', '.join(wrong)} exported for {series[0].target if len(wrong) == len(series) else 'another target'},"
+            f" not --target {config.target}"
+        )
     gh = GitHub(config.api_url, token, config.max_wait)
     base_branch = gh.default_branch(config.upstream_repo)
     ours = _ours(gh.pulls(config.upstream_repo, "open"), config)
@@ -202,7 +234,9 @@ def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcom
         for pr in prs:
             try:
                 if config.apply:
-                    _close(gh, config, pr, "ndgen no longer exports this (it landed upstream or left ndgen's registry).")
+                    _close(
+                        gh, config, pr, "ndgen no longer exports this (it landed upstream or left ndgen's registry)."
+                    )
                 yield f"{name}: {prefix}close #{pr.number} (no longer exported)"
                 outcome.status.setdefault(name, "ok")
             except NdgenError as exc:
@@ -227,8 +261,9 @@ def _ours(pulls: list[PullRequest], config: BotConfig) -> dict[str, list[PullReq
     return found
 
 
-def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: list[PullRequest],
-          base_branch: str, prefix: str) -> Iterator[str]:
+def _sync(
+    gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: list[PullRequest], base_branch: str, prefix: str
+) -> Iterator[str]:
     upstream_file = gh.file_text(config.upstream_repo, s.landed_path or f"{TEMPLATES}/{s.name}.yaml", base_branch)
     if _same_template(upstream_file, s.template_text):
         if not prs:
@@ -239,7 +274,9 @@ def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: lis
                 _close(gh, config, pr, f"The template has landed on `{base_branch}`: closing. Thank you!")
         return
     commit = repo.apply(s)  # proves the series still applies, in dry runs too
-    keep, duplicates = (None, []) if not prs else (sorted(prs, key=lambda p: p.number)[0], sorted(prs, key=lambda p: p.number)[1:])
+    keep, duplicates = (
+        (None, []) if not prs else (sorted(prs, key=lambda p: p.number)[0], sorted(prs, key=lambda p: p.number)[1:])
+    )
     for dup in duplicates:
         yield f"{s.name}: {prefix}close duplicate #{dup.number}"
         if config.apply:
@@ -260,8 +297,10 @@ def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: lis
         yield from _leave_to_maintainers(gh, config, s, keep, foreign, prefix)
         return
     retitle = keep.title == _marker(keep, TITLE_MARKER) and keep.title != s.title
-    yield (f"{s.name}: {prefix}update #{keep.number} to {s.content_hash} (push {keep.head_ref}"
-           f"{', retitle' if retitle else ''})")
+    yield (
+        f"{s.name}: {prefix}update #{keep.number} to {s.content_hash} (push {keep.head_ref}"
+        f"{', retitle' if retitle else ''})"
+    )
     if config.apply:
         repo.push(commit, keep.head_ref, keep.head_sha)
         fields = {"body": _body(s), **({"title": s.title} if retitle else {})}
@@ -269,8 +308,9 @@ def _sync(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, prs: lis
         gh.comment(config.upstream_repo, keep.number, f"Updated by ndgen to series `{s.content_hash}`.")
 
 
-def _open(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, commit: str, base_branch: str,
-          prefix: str) -> Iterator[str]:
+def _open(
+    gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, commit: str, base_branch: str, prefix: str
+) -> Iterator[str]:
     head = f"{config.fork_owner}:{s.branch}"
     past = gh.pulls(config.upstream_repo, "closed", head=head)
     same = next((pr for pr in past if shown_hash(pr) == s.content_hash), None)
@@ -287,18 +327,24 @@ def _open(gh: GitHub, repo: _Git, config: BotConfig, s: ExportedSeries, commit: 
     yield f"{s.name}: opened #{pr.number} from {s.branch}"
 
 
-def _leave_to_maintainers(gh: GitHub, config: BotConfig, s: ExportedSeries, pr: PullRequest,
-                          foreign: list[str], prefix: str) -> Iterator[str]:
+def _leave_to_maintainers(
+    gh: GitHub, config: BotConfig, s: ExportedSeries, pr: PullRequest, foreign: list[str], prefix: str
+) -> Iterator[str]:
     tag = f"<!-- {FOREIGN_MARKER}: {pr.head_sha or foreign[0].split()[0]} -->"
-    yield (f"{s.name}: #{pr.number} has {len(foreign)} commit(s) ndgen did not make; leaving it to its"
-           f" maintainers (series {s.content_hash} not pushed)")
+    yield (
+        f"{s.name}: #{pr.number} has {len(foreign)} commit(s) ndgen did not make; leaving it to its"
+        f" maintainers (series {s.content_hash} not pushed)"
+    )
     if any(tag in c for c in gh.comments(config.upstream_repo, pr.number)):
         return  # said so already for this head
     yield f"{s.name}: {prefix}comment once on #{pr.number}"
     if config.apply:
-        gh.comment(config.upstream_repo, pr.number,
-                   f"This branch has commits ndgen did not make, so ndgen no longer pushes to it. Its"
-                   f" registry now proposes series `{s.content_hash}`; `ndgen upstream export` regenerates it.\n{tag}")
+        gh.comment(
+            config.upstream_repo,
+            pr.number,
+            f"This branch has commits ndgen did not make, so ndgen no longer pushes to it. Its"
+            f" registry now proposes series `{s.content_hash}`; `ndgen upstream export` regenerates it.\n{tag}",
+        )
 
 
 def _close(gh: GitHub, config: BotConfig, pr: PullRequest, why: str) -> None:

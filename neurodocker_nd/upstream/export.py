@@ -28,8 +28,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import attrs
 import yaml
@@ -185,8 +186,13 @@ def candidates(registry_dir: Path, base: UpstreamTree, entries: list[Any] | None
 def _glibc_needs(meta: Any, name: str, data: Mapping[str, Any]) -> dict[str, str]:
     """version -> minimum glibc of the binaries, from meta `requires:`."""
     versions = list(_urls(data))
-    return {v: ".".join(map(str, r.glibc)) for r in meta.requires if "binaries" in r.methods
-            for v in r.versions if v in versions}
+    return {
+        v: ".".join(map(str, r.glibc))
+        for r in meta.requires
+        if "binaries" in r.methods
+        for v in r.versions
+        if v in versions
+    }
 
 
 # ---------------------------------------------------------------- what changed
@@ -330,19 +336,28 @@ def ci_plan(c: Candidate) -> tuple[list[str] | None, str]:
     """
     versions = list(_urls(c.data))
     if not versions:  # create_workflows.py reads versions from binaries.urls
-        return None, "not added to upstream's CI build matrix: it reads versions from `binaries.urls`, which this template lacks"
+        return (
+            None,
+            "not added to upstream's CI build matrix: it reads versions from `binaries.urls`, which this template lacks",
+        )
     deps = (c.data.get("binaries") or {}).get("dependencies") or {}
     if deps.get("apt") and not deps.get("yum"):
-        return None, ("not added to upstream's CI build matrix, which also builds on yum-based OSes:"
-                      " the template installs its dependencies on apt only")
+        return None, (
+            "not added to upstream's CI build matrix, which also builds on yum-based OSes:"
+            " the template installs its dependencies on apt only"
+        )
     skip = [v for v in versions if v in c.glibc]
     if len(skip) == len(versions):
-        return None, (f"not added to upstream's CI build matrix: every version needs glibc >= "
-                      f"{min(c.glibc.values())}, older than some of its OSes have")
+        return None, (
+            f"not added to upstream's CI build matrix: every version needs glibc >= "
+            f"{min(c.glibc.values())}, older than some of its OSes have"
+        )
     note = "added to upstream's CI build matrix"
     if skip:
-        note += (f", skipping {', '.join(skip)} (needs glibc >= {min(c.glibc[v] for v in skip)},"
-                 " which some of its OSes lack)")
+        note += (
+            f", skipping {', '.join(skip)} (needs glibc >= {min(c.glibc[v] for v in skip)},"
+            " which some of its OSes lack)"
+        )
     return skip, note
 
 
@@ -404,8 +419,15 @@ def _commit_series(base: UpstreamTree, c: Candidate, out: Path, author: Identity
     tree = git("rev-parse", "HEAD^{tree}", cwd=repo).strip()
     out.mkdir(parents=True)
     names = git(
-        "format-patch", "--zero-commit", "--full-index", "--no-signature", "--numbered",
-        "-o", str(out), f"{base.commit}..HEAD", cwd=repo,
+        "format-patch",
+        "--zero-commit",
+        "--full-index",
+        "--no-signature",
+        "--numbered",
+        "-o",
+        str(out),
+        f"{base.commit}..HEAD",
+        cwd=repo,
     ).splitlines()
     git("checkout", "-q", "--detach", base.commit, cwd=repo)
     return [Path(n) if os.path.isabs(n) else repo / n for n in names], tree
@@ -429,13 +451,14 @@ def _provenance_lines(c: Candidate) -> list[str]:
         digest = f"; sha256 `{sha}`" if sha else ""
         out.append(f"- `{version}` ({status}{digest}):")
         for url, confirms in sources:
-            where = f"a public file found through a code search index ({url})" if url.startswith("search-index:") else url
+            where = (
+                f"a public file found through a code search index ({url})" if url.startswith("search-index:") else url
+            )
             out.append(f"  - {where}: {confirms}")
     return [*out, ""]
 
 
-def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path], digest: str,
-             built: str = "") -> str:
+def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path], digest: str, built: str = "") -> str:
     what = []
     if c.upstream_data is None:
         what.append(f"Adds a template for **{c.name}** ({c.data.get('url', c.homepage)}): {c.description}")
@@ -444,22 +467,36 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
         what.append(f"Updates the **{c.name}** template.")
         what += change_lines(c, code="`")
         if c.kept:
-            what.append(f"Upstream's own changes since {c.base_label or 'it was copied'} are kept:"
-                        f" {', '.join('`' + k + '`' for k in c.kept)}.")
+            what.append(
+                f"Upstream's own changes since {c.base_label or 'it was copied'} are kept:"
+                f" {', '.join('`' + k + '`' for k in c.kept)}."
+            )
         if c.conflicts:
-            what.append(f"Upstream changed these since {c.base_label or 'it was copied'} too, differently;"
-                        f" this proposes ndgen's value: {', '.join('`' + k + '`' for k in c.conflicts)}.")
+            what.append(
+                f"Upstream changed these since {c.base_label or 'it was copied'} too, differently;"
+                f" this proposes ndgen's value: {', '.join('`' + k + '`' for k in c.conflicts)}."
+            )
     why = _why(c)
     versions = _sorted_versions(proof.versions) or ["(source build; any version)"]
     fmts = sorted({r.split(":")[0] for r in proof.renders})
     pms = sorted({r.split(":")[1] for r in proof.renders})
     files = [p.name for p in patches]
     lines = [
-        "## What", "", *what, "",
-        "## Why", "", why.strip(), "",
-        "## Versions", "", ", ".join(versions), "",
+        "## What",
+        "",
+        *what,
+        "",
+        "## Why",
+        "",
+        why.strip(),
+        "",
+        "## Versions",
+        "",
+        ", ".join(versions),
+        "",
         *_provenance_lines(c),
-        "## How it was tested", "",
+        "## How it was tested",
+        "",
         f"- the series ({', '.join(files)}) applies with `git am` to {base.description};",
         f"- neurodocker {proof.neurodocker_version}'s own `import neurodocker` registers it among"
         f" {proof.n_templates} templates, and `register_template` validates it against"
@@ -472,11 +509,16 @@ def _pr_body(c: Candidate, base: UpstreamTree, proof: Proof, patches: list[Path]
         " commands (every Dockerfile `RUN`, split with dockerfile-parse, and every Singularity `%post`);",
         *([f"- hadolint reports no error in the {proof.hadolint};"] if proof.hadolint else []),
         *[f"- upstream's CI matrix generator reads it: {line};" for line in proof.ci_matrix],
-        *([f"- {ci_plan(c)[1]}{'' if base.has_docs else ' (on a full upstream checkout; this tree has no CI)'};"]
-          if c.upstream_data is None else []),
+        *(
+            [f"- {ci_plan(c)[1]}{'' if base.has_docs else ' (on a full upstream checkout; this tree has no CI)'};"]
+            if c.upstream_data is None
+            else []
+        ),
         f"- not built by ndgen: {_unbuilt_reason(c)}.",
         *([f"- {built};"] if built else []),
-        "", "---", "",
+        "",
+        "---",
+        "",
         f"Generated by ndgen {__version__}"
         f" (`ndgen upstream export`) from its registry entry `registry/{c.name}/template.yaml`.",
         f"<!-- {HASH_MARKER}: {c.name} {digest} -->",
@@ -495,8 +537,8 @@ def _unbuilt_reason(c: Candidate) -> str:
     if "source" in c.data:
         what.append("the source method downloads its sources")
     return ("; ".join(what) or "it downloads its files") + (
-        ", which ndgen's build machines cannot reach (they reach only Debian and PyPI mirrors);"
-        " upstream's CI builds it")
+        ", which ndgen's build machines cannot reach (they reach only Debian and PyPI mirrors); upstream's CI builds it"
+    )
 
 
 def _why(c: Candidate) -> str:
@@ -504,8 +546,10 @@ def _why(c: Candidate) -> str:
     notes = f" {c.notes}" if c.notes else ""
     if c.upstream_data is None:
         how = " and ".join({"binaries": "official release binaries", "source": "source"}[m] for m in _methods(c.data))
-        return (f"neurodocker has no {c.name} template, so users write its installation by hand;"
-                f" this one installs it from {how}.{notes}")
+        return (
+            f"neurodocker has no {c.name} template, so users write its installation by hand;"
+            f" this one installs it from {how}.{notes}"
+        )
     added, removed, changed = version_changes(c)
     reasons = []
     if added:
@@ -529,15 +573,17 @@ def build_evidence(c: Candidate, registry_dir: Path, network: str = "default") -
     build, that the registry entry's test (what users of the template run) is right.
     `network` is `ndgen build --network` (the engine's default unless the user opts in).
     """
-    from neurodocker_nd.core import engine
     from neurodocker_nd.build.docker_build import build_recipe
+    from neurodocker_nd.core import engine
     from neurodocker_nd.registry.entries import Registry
     from neurodocker_nd.render.renderer import render_recipe
 
     if not c.system_apt:
         return ""
     tag = f"ndgen-upstream-evidence-{c.name.replace('_', '-')}:{os.getpid()}"
-    recipe = render_recipe([f"{c.name},method=system"], os_name="debian:bookworm", registry=Registry(registry_dir=registry_dir))
+    recipe = render_recipe(
+        [f"{c.name},method=system"], os_name="debian:bookworm", registry=Registry(registry_dir=registry_dir)
+    )
     try:
         outcome = build_recipe(recipe, tag, network=network)
     finally:
@@ -547,13 +593,23 @@ def build_evidence(c: Candidate, registry_dir: Path, network: str = "default") -
             pass
     if outcome.failures:
         why = "; ".join(f"{t.name}: {t.reason}" for t in outcome.failures)
-        raise NdgenError(f"{c.name}: ndgen build of its method=system: the entry's test failed ({why}); log: {outcome.log_path}")
-    return (f"the registry entry's test passes in a real `ndgen build --pkg {c.name},method=system --os debian:bookworm`"
-            " (Debian's package, not this template: the test is the one shipped with it)")
+        raise NdgenError(
+            f"{c.name}: ndgen build of its method=system: the entry's test failed ({why}); log: {outcome.log_path}"
+        )
+    return (
+        f"the registry entry's test passes in a real `ndgen build --pkg {c.name},method=system --os debian:bookworm`"
+        " (Debian's package, not this template: the test is the one shipped with it)"
+    )
 
 
-def build_series(base: UpstreamTree, c: Candidate, workdir: Path, author: Identity,
-                 build_from: Path | None = None, network: str = "default") -> Series:
+def build_series(
+    base: UpstreamTree,
+    c: Candidate,
+    workdir: Path,
+    author: Identity,
+    build_from: Path | None = None,
+    network: str = "default",
+) -> Series:
     patch_dir = workdir / "patches" / c.name
     patches, tree = _commit_series(base, c, patch_dir, author)
     proof = prove(base, patches, c.name, tree, workdir)
@@ -574,8 +630,14 @@ def build_series(base: UpstreamTree, c: Candidate, workdir: Path, author: Identi
 # ---------------------------------------------------------------- the step
 
 
-def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identity, build: bool = False,
-           network: str = "default") -> list[Series]:
+def export(
+    registry_dir: Path,
+    upstream: Path | None,
+    out: Path,
+    author: Identity,
+    build: bool = False,
+    network: str = "default",
+) -> list[Series]:
     """Write every proven series under `out` (replacing it whole); return them.
 
     `author` signs the commits (and so the patches' From: lines): configured by the
@@ -585,8 +647,10 @@ def export(registry_dir: Path, upstream: Path | None, out: Path, author: Identit
     with tempfile.TemporaryDirectory(prefix="ndgen-export-") as tmp:
         work = Path(tmp)
         base = prepare(upstream, work)
-        series = [build_series(base, c, work, author, registry_dir if build else None, network)
-                  for c in candidates(registry_dir, base, entries)]
+        series = [
+            build_series(base, c, work, author, registry_dir if build else None, network)
+            for c in candidates(registry_dir, base, entries)
+        ]
         _write_atomically(series, out)
     return series
 
@@ -601,8 +665,12 @@ def _write_atomically(series: list[Series], out: Path, upstream_name: str = "neu
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
-        index = [f"# Patches for upstream {upstream_name}", "",
-                 "Generated by `ndgen upstream export`; do not edit (CI fails when stale).", ""]
+        index = [
+            f"# Patches for upstream {upstream_name}",
+            "",
+            "Generated by `ndgen upstream export`; do not edit (CI fails when stale).",
+            "",
+        ]
         for s in series:
             d = staging / s.name
             d.mkdir()
@@ -659,14 +727,24 @@ def read_series_dir(out: Path) -> list[ExportedSeries]:
             template, target, landed = d / NC_RECIPE_FILE, "neurocontainers", f"recipes/{d.name}/{NC_RECIPE_FILE}"
         patches = sorted(d.glob("*.patch"))
         if not pr.is_file() or not template.is_file() or not patches:
-            raise NdgenError(f"{d}: not an exported series (needs {PR_FILE}, {d.name}.yaml or {NC_RECIPE_FILE}, and *.patch)")
+            raise NdgenError(
+                f"{d}: not an exported series (needs {PR_FILE}, {d.name}.yaml or {NC_RECIPE_FILE}, and *.patch)"
+            )
         text = pr.read_text(encoding="utf-8")
         first, _, body = text.partition("\n")
         if not first.startswith("# "):
             raise NdgenError(f"{pr}:1: first line must be '# <title>'")
         digest = series_hash((p.name, p.read_bytes()) for p in patches)
         found.append(
-            ExportedSeries(d.name, tuple(patches), first[2:].strip(), body.lstrip("\n"), digest,
-                           template.read_text(encoding="utf-8"), landed, target)
+            ExportedSeries(
+                d.name,
+                tuple(patches),
+                first[2:].strip(),
+                body.lstrip("\n"),
+                digest,
+                template.read_text(encoding="utf-8"),
+                landed,
+                target,
+            )
         )
     return found

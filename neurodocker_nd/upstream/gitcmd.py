@@ -141,8 +141,11 @@ def git(
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         # The line naming the cause: a push's "! [rejected] … (stale info)" rather than
         # its generic "error: failed to push some refs", and never a "hint:".
-        useful = [line.strip() for line in err
-                  if line.strip() and not line.startswith("hint:") and "failed to push some refs" not in line]
+        useful = [
+            line.strip()
+            for line in err
+            if line.strip() and not line.startswith("hint:") and "failed to push some refs" not in line
+        ]
         last = (useful or [line for line in err if line.strip()] or ["no message"])[-1]
         label = what or f"git {args[0]}"
         raise NdgenError(redact(f"{label} failed: {last}", token))

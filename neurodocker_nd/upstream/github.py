@@ -24,7 +24,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -93,7 +94,12 @@ class GitHub:
             batch = self._call(
                 f"GET /repos/{repo}/pulls?state={state}" + (f"&head={head}" if head else ""),
                 self._api.pulls.list,
-                owner=owner, repo=name, state=state, per_page=PER_PAGE, page=page, **extra,
+                owner=owner,
+                repo=name,
+                state=state,
+                per_page=PER_PAGE,
+                page=page,
+                **extra,
             )
             found.extend(_pull(p) for p in batch)
             if len(batch) < PER_PAGE:
@@ -106,7 +112,10 @@ class GitHub:
         data = self._call(
             f"GET /repos/{repo}/contents/{path}",
             self._api.repos.get_content,
-            owner=owner, repo=name, path=path, ref=ref,
+            owner=owner,
+            repo=name,
+            path=path,
+            ref=ref,
             missing_ok=True,
         )
         if data is None or isinstance(data, list) or data.get("type", "file") != "file":
@@ -118,8 +127,15 @@ class GitHub:
         found: list[str] = []
         page = 1
         while True:
-            batch = self._call(f"GET /repos/{repo}/issues/{number}/comments", self._api.issues.list_comments,
-                               owner=owner, repo=name, issue_number=number, per_page=PER_PAGE, page=page)
+            batch = self._call(
+                f"GET /repos/{repo}/issues/{number}/comments",
+                self._api.issues.list_comments,
+                owner=owner,
+                repo=name,
+                issue_number=number,
+                per_page=PER_PAGE,
+                page=page,
+            )
             found.extend(str(c.get("body") or "") for c in batch)
             if len(batch) < PER_PAGE:
                 return found
@@ -131,20 +147,37 @@ class GitHub:
         data = self._call(
             f"POST /repos/{repo}/pulls",
             self._api.pulls.create,
-            owner=owner, repo=name, title=title, body=body, head=head, base=base,
+            owner=owner,
+            repo=name,
+            title=title,
+            body=body,
+            head=head,
+            base=base,
             maintainer_can_modify=True,
         )
         return _pull(data)
 
     def update_pull(self, repo: str, number: int, **fields: str) -> None:
         owner, name = split_repo(repo)
-        self._call(f"PATCH /repos/{repo}/pulls/{number}", self._api.pulls.update,
-                   owner=owner, repo=name, pull_number=number, **fields)
+        self._call(
+            f"PATCH /repos/{repo}/pulls/{number}",
+            self._api.pulls.update,
+            owner=owner,
+            repo=name,
+            pull_number=number,
+            **fields,
+        )
 
     def comment(self, repo: str, number: int, body: str) -> None:
         owner, name = split_repo(repo)
-        self._call(f"POST /repos/{repo}/issues/{number}/comments", self._api.issues.create_comment,
-                   owner=owner, repo=name, issue_number=number, body=body)
+        self._call(
+            f"POST /repos/{repo}/issues/{number}/comments",
+            self._api.issues.create_comment,
+            owner=owner,
+            repo=name,
+            issue_number=number,
+            body=body,
+        )
 
     # ---- error translation
     def _call(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
@@ -237,7 +270,9 @@ def _payload_message(data: Any) -> str:
         msg = str(data.get("message", ""))
         errors = data.get("errors")
         if isinstance(errors, list) and errors:
-            details = "; ".join(str(e.get("message") or e.get("code") or e) if isinstance(e, dict) else str(e) for e in errors)
+            details = "; ".join(
+                str(e.get("message") or e.get("code") or e) if isinstance(e, dict) else str(e) for e in errors
+            )
             msg = f"{msg} ({details})"
         return msg
     return str(data)[:200]
@@ -253,7 +288,7 @@ def _describe(what: str, status: int, headers: Any, message: str) -> str:
             when = f"retry after {retry_after} s"
         elif headers.get("X-RateLimit-Reset"):
             try:
-                reset = dt.datetime.fromtimestamp(int(headers["X-RateLimit-Reset"]), tz=dt.timezone.utc)
+                reset = dt.datetime.fromtimestamp(int(headers["X-RateLimit-Reset"]), tz=dt.UTC)
                 when = f"limit resets at {reset:%Y-%m-%d %H:%M:%S} UTC"
             except ValueError:
                 pass

@@ -20,7 +20,8 @@ comments, order and layout survive and the diff stays minimal.
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -110,7 +111,7 @@ def _set(theirs: Any, ours: Mapping, key: Any, value: Any) -> None:
         theirs[key] = value
         return
     order = list(ours)
-    after = [k for k in order[order.index(key) + 1:] if k in theirs]
+    after = [k for k in order[order.index(key) + 1 :] if k in theirs]
     before = [k for k in order[: order.index(key)] if k in theirs]
     keys = list(theirs)
     if after:

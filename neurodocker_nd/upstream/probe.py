@@ -132,7 +132,9 @@ def _cli_checks(name: str, template: Any, methods: list[str], binaries_versions:
         )
         head = "FROM " if fmt == "docker" else "Bootstrap:"
         if result.exit_code != 0 or head not in result.output:
-            raise ValueError(f"`neurodocker generate {fmt} --{name} {' '.join(args)}` failed: {result.output.strip()[-300:]}")
+            raise ValueError(
+                f"`neurodocker generate {fmt} --{name} {' '.join(args)}` failed: {result.output.strip()[-300:]}"
+            )
         done.append(f"neurodocker generate {fmt} --{name} {' '.join(args)}")
     return done
 

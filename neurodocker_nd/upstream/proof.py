@@ -24,8 +24,8 @@ from pathlib import Path
 
 import attrs
 
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.core.paths import beside_python
+from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.gitcmd import git
 from neurodocker_nd.upstream.tree import UpstreamTree, installed_version
 
@@ -125,8 +125,12 @@ def _hadolint(name: str, dockerfiles: dict[str, str], workdir: Path) -> str:
         for i, (key, text) in enumerate(sorted(dockerfiles.items())):
             files[f"{tmp}/{i}.Dockerfile"] = key
             Path(tmp, f"{i}.Dockerfile").write_text(text, encoding="utf-8")
-        proc = subprocess.run([exe, "--no-color", "-f", "json", "--failure-threshold", "error", *files],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [exe, "--no-color", "-f", "json", "--failure-threshold", "error", *files],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         try:
             findings = json.loads(proc.stdout or "[]")
         except json.JSONDecodeError as exc:
@@ -134,8 +138,10 @@ def _hadolint(name: str, dockerfiles: dict[str, str], workdir: Path) -> str:
         errors = [f for f in findings if f.get("level") == "error"]
         if errors or proc.returncode not in (0, 1):
             e = errors[0] if errors else {"code": "?", "message": proc.stderr.strip()[-200:], "file": "", "line": 0}
-            raise NdgenError(f"{name}: hadolint: the {files.get(e['file'], '?')} recipe, line {e['line']}:"
-                             f" {e['code']} {e['message']}")
+            raise NdgenError(
+                f"{name}: hadolint: the {files.get(e['file'], '?')} recipe, line {e['line']}:"
+                f" {e['code']} {e['message']}"
+            )
     return f"{len(dockerfiles)} Dockerfiles"
 
 

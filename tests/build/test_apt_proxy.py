@@ -25,9 +25,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from support import remove_images, run_ndgen, unique_tag
 from neurodocker_nd.build.docker_build import APT_PROXY_ENV, AptProxy, apt_proxy_for, parse_apt_proxy
 from neurodocker_nd.errors import NdgenError
+from support import remove_images, run_ndgen, unique_tag
 
 ACNG = Path("/usr/sbin/apt-cacher-ng")
 OS = "debian:bookworm"
@@ -139,8 +139,20 @@ def test_pkg_build_through_the_proxy_leaves_no_trace(docker_client, base_image, 
     tags.append(tag)
     log = tmp_path / "build.log"
     proc = run_ndgen(
-        "build", "--pkg", PKG, "--os", OS, "-t", tag, "--network", "host",
-        "--apt-proxy", apt_cache.url, "--log", str(log), "--no-cache",
+        "build",
+        "--pkg",
+        PKG,
+        "--os",
+        OS,
+        "-t",
+        tag,
+        "--network",
+        "host",
+        "--apt-proxy",
+        apt_cache.url,
+        "--log",
+        str(log),
+        "--no-cache",
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "PASS" in proc.stdout and proc.stderr == ""
@@ -159,7 +171,16 @@ def test_pkg_build_through_the_proxy_leaves_no_trace(docker_client, base_image, 
     again_tag = unique_tag("ndgen-test-acng-pkg", "again")
     tags.append(again_tag)
     again = run_ndgen(
-        "build", "--pkg", PKG, "--os", OS, "-t", again_tag, "--network", "host", "--no-test",
+        "build",
+        "--pkg",
+        PKG,
+        "--os",
+        OS,
+        "-t",
+        again_tag,
+        "--network",
+        "host",
+        "--no-test",
         env={APT_PROXY_ENV: ""},
     )
     assert again.returncode == 0, again.stderr
@@ -184,7 +205,16 @@ def test_recipe_dir_build_through_the_proxy_leaves_no_trace(docker_client, base_
     log = tmp_path / "build.log"
     before = apt_cache.served().count("/jq_")
     proc = run_ndgen(
-        "build", str(recipe), "-t", tag, "--network", "host", "--no-test", "--no-cache", "--log", str(log),
+        "build",
+        str(recipe),
+        "-t",
+        tag,
+        "--network",
+        "host",
+        "--no-test",
+        "--no-cache",
+        "--log",
+        str(log),
         env={APT_PROXY_ENV: apt_cache.url},
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -209,16 +239,36 @@ def test_dead_proxy_is_one_line_in_seconds(tmp_path):
     try:
         started = time.monotonic()
         proc = run_ndgen(
-            "build", "--pkg", PKG, "--os", OS, "-t", "ndgen-test-never-built:1", "--network", "host",
-            "--apt-proxy", url, "--log", str(log), timeout=60,
+            "build",
+            "--pkg",
+            PKG,
+            "--os",
+            OS,
+            "-t",
+            "ndgen-test-never-built:1",
+            "--network",
+            "host",
+            "--apt-proxy",
+            url,
+            "--log",
+            str(log),
+            timeout=60,
         )
         seconds = time.monotonic() - started
         line = _one_error_line(proc)
         assert line.startswith(f"ndgen: error: --apt-proxy {url}: no answer (") and "refused" in line, line
         assert seconds < 20 and not log.exists()
         # The environment's default is checked the same way, and named as such.
-        proc = run_ndgen("build", str(tmp_path), "-t", "ndgen-test-never-built:1", "--network", "host",
-                         env={APT_PROXY_ENV: url}, timeout=60)
+        proc = run_ndgen(
+            "build",
+            str(tmp_path),
+            "-t",
+            "ndgen-test-never-built:1",
+            "--network",
+            "host",
+            env={APT_PROXY_ENV: url},
+            timeout=60,
+        )
         assert _one_error_line(proc).startswith(f"ndgen: error: {APT_PROXY_ENV} {url}: no answer (")
     finally:
         holder.close()
@@ -242,8 +292,20 @@ def test_silent_proxy_times_out_in_seconds():
                 break
             assert len(fillers) < 64, "the listen queue never filled"
         started = time.monotonic()
-        proc = run_ndgen("build", "--pkg", PKG, "--os", OS, "-t", "ndgen-test-never-built:1", "--network", "host",
-                         "--apt-proxy", f"http://127.0.0.1:{port}", timeout=60)
+        proc = run_ndgen(
+            "build",
+            "--pkg",
+            PKG,
+            "--os",
+            OS,
+            "-t",
+            "ndgen-test-never-built:1",
+            "--network",
+            "host",
+            "--apt-proxy",
+            f"http://127.0.0.1:{port}",
+            timeout=60,
+        )
         line = _one_error_line(proc)
         assert line == f"ndgen: error: --apt-proxy http://127.0.0.1:{port}: no answer (no connection within 3 s)", line
         assert time.monotonic() - started < 20
@@ -271,7 +333,9 @@ def test_silent_proxy_times_out_in_seconds():
     ],
 )
 def test_malformed_proxy_is_one_line(url):
-    proc = run_ndgen("build", "--pkg", PKG, "--os", OS, "-t", "ndgen-test-never-built:1", "--apt-proxy", url, timeout=60)
+    proc = run_ndgen(
+        "build", "--pkg", PKG, "--os", OS, "-t", "ndgen-test-never-built:1", "--apt-proxy", url, timeout=60
+    )
     line = _one_error_line(proc)
     assert line.startswith(f"ndgen: error: --apt-proxy {url!r}: expected http://HOST:PORT"), line
 

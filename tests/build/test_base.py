@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from support import remove_images, unique_tag
 from neurodocker_nd.build import base_image as base
 from neurodocker_nd.core import scratchdir
 from neurodocker_nd.errors import NdgenError
+from support import remove_images, unique_tag
 
 DEBIAN_TAG = unique_tag("ndgen-test-base-h3", "bookworm")
 UBUNTU_TAG = unique_tag("ndgen-test-base-h3-ubuntu", "24.04")
@@ -81,7 +81,14 @@ def test_an_unknown_tag_asks_for_suite(image):
 
 def test_debootstrap_command_is_minbase_and_verifies_ubuntu_with_its_keyring(tmp_path):
     debian = base.debootstrap_argv(base.plan_base("debian:bookworm"), tmp_path)
-    assert debian == ["debootstrap", "--variant=minbase", "--components=main", "bookworm", str(tmp_path), base.DEFAULT_MIRRORS["debian"]]
+    assert debian == [
+        "debootstrap",
+        "--variant=minbase",
+        "--components=main",
+        "bookworm",
+        str(tmp_path),
+        base.DEFAULT_MIRRORS["debian"],
+    ]
     ubuntu = base.debootstrap_argv(base.plan_base("ubuntu:24.04"), tmp_path)
     assert f"--keyring={base.UBUNTU_KEYRING}" in ubuntu
     script = base.debootstrap_script(base.plan_base("ubuntu:24.04"))
@@ -172,7 +179,9 @@ def test_a_mirror_without_the_suite_is_one_clear_line(ndgen_cli, docker_client, 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        proc = ndgen_cli("base", "ndgen-test-base-h3-never:bookworm", "--mirror", f"http://127.0.0.1:{server.server_port}/debian")
+        proc = ndgen_cli(
+            "base", "ndgen-test-base-h3-never:bookworm", "--mirror", f"http://127.0.0.1:{server.server_port}/debian"
+        )
     finally:
         server.shutdown()
     one_line_error(proc, "has no suite 'bookworm'", "HTTP 404")
@@ -184,7 +193,9 @@ def _run(docker_client, image: str, command: str) -> str:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(ndgen_cli, docker_client, base_image, cleanup_tags, own_scratch):
+def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(
+    ndgen_cli, docker_client, base_image, cleanup_tags, own_scratch
+):
     cleanup_tags.append(DEBIAN_TAG)
     # An existing tag (here: another name for the shared base image) is left alone…
     existing = docker_client.images.get(base_image)
@@ -204,8 +215,12 @@ def test_debian_base_is_a_noop_when_tagged_and_rebuilt_with_force(ndgen_cli, doc
     assert config["Env"] == [f"PATH={base.OFFICIAL_PATH}"]
     assert config["Cmd"] == ["bash"]
     assert image.attrs["Size"] < 200 * 1024 * 1024
-    facts = _run(docker_client, DEBIAN_TAG, ". /etc/os-release; echo $VERSION_CODENAME; /usr/sbin/policy-rc.d; echo rc=$?; "
-                 "ls /var/lib/apt/lists | wc -l; dpkg-query -W | wc -l; dpkg-query -W systemd 2>/dev/null | wc -l")
+    facts = _run(
+        docker_client,
+        DEBIAN_TAG,
+        ". /etc/os-release; echo $VERSION_CODENAME; /usr/sbin/policy-rc.d; echo rc=$?; "
+        "ls /var/lib/apt/lists | wc -l; dpkg-query -W | wc -l; dpkg-query -W systemd 2>/dev/null | wc -l",
+    )
     codename, rc, lists, packages, systemd = facts.strip().splitlines()
     assert codename == "bookworm"
     assert rc == "rc=101"  # no daemons start during image builds

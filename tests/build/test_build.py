@@ -9,11 +9,11 @@ from pathlib import Path
 
 import attrs
 import pytest
-from support import remove_images, unique_tag
 
 from neurodocker_nd.build import apptainer as defbuild
 from neurodocker_nd.build.docker_build import build_recipe, check_tag
 from neurodocker_nd.errors import NdgenError
+from support import remove_images, unique_tag
 
 DEF = """\
 # a comment before the header
@@ -107,13 +107,19 @@ def test_translation_runs_post_like_apptainer(tmp_path):
     assert "/bin/sh -ex /.post.script" in lines[3]
     assert lines[-2:] == ['ENTRYPOINT ["/.singularity.d/actions/run"]', "CMD []"]
     names = {f.arcname for f in standin.context.files}
-    assert {"ndgen-sif/singularity.d/env/90-environment.sh", "ndgen-sif/singularity.d/runscript",
-            "ndgen-sif/singularity.d/test", "ndgen-sif/singularity.d/actions/exec"} <= names
+    assert {
+        "ndgen-sif/singularity.d/env/90-environment.sh",
+        "ndgen-sif/singularity.d/runscript",
+        "ndgen-sif/singularity.d/test",
+        "ndgen-sif/singularity.d/actions/exec",
+    } <= names
     assert standin.has_test and standin.labels["org.example.owner"] == "Jane Doe"
 
 
 def test_apptainer_command_for_sites_that_have_it():
-    assert defbuild.apptainer_command("dcm2niix:sys", Path("/tmp/r.def")) == "apptainer build dcm2niix_sys.sif /tmp/r.def"
+    assert (
+        defbuild.apptainer_command("dcm2niix:sys", Path("/tmp/r.def")) == "apptainer build dcm2niix_sys.sif /tmp/r.def"
+    )
 
 
 # --------------------------------------------------------------------------- CLI without an engine
@@ -127,8 +133,15 @@ def test_bad_tags_are_refused_before_anything_runs(tag):
 
 def test_missing_engine_is_one_clear_line(ndgen_cli, tmp_path):
     proc = ndgen_cli(
-        "build", "--pkg", "dcm2niix,method=system", "--os", "debian:bookworm", "-t", "ndgen-test-build-noengine",
-        "--log", str(tmp_path / "b.log"),
+        "build",
+        "--pkg",
+        "dcm2niix,method=system",
+        "--os",
+        "debian:bookworm",
+        "-t",
+        "ndgen-test-build-noengine",
+        "--log",
+        str(tmp_path / "b.log"),
         env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"},
     )
     assert proc.returncode == 2
@@ -208,7 +221,9 @@ def test_standin_follows_apptainer_semantics(docker_client, standin_image):
     )
     assert _run(docker_client, image, ["cat", "/opt/heredoc.txt"], entrypoint=[]) == "    indented line\n"
     # `apptainer exec`: %environment and what %post wrote to $SINGULARITY_ENVIRONMENT.
-    env = _run(docker_client, image, ["/bin/sh", "-c", 'echo "$GREETING|$FROM_POST"'], entrypoint=[defbuild.EXEC_ENTRYPOINT])
+    env = _run(
+        docker_client, image, ["/bin/sh", "-c", 'echo "$GREETING|$FROM_POST"'], entrypoint=[defbuild.EXEC_ENTRYPOINT]
+    )
     assert env == "hello from %environment|set in %post\n"
     # …which the plain image config does not carry: they come from /.singularity.d/env at run time.
     assert _run(docker_client, image, ["/bin/sh", "-c", 'echo "[$GREETING]"'], entrypoint=[]) == "[]\n"
@@ -216,8 +231,15 @@ def test_standin_follows_apptainer_semantics(docker_client, standin_image):
     assert _run(docker_client, image, ["a", "b"]) == "runscript args: a b\n"
     labels = docker_client.images.get(image).labels
     assert labels["org.example.owner"] == "Jane Doe" and labels["org.ndgen.format"] == "singularity"
-    assert _run(docker_client, image, ["/bin/sh", "-c", "test ! -e /.post.script && cat /.singularity.d/runscript.help"],
-                entrypoint=[]) == "    Some help.\n"
+    assert (
+        _run(
+            docker_client,
+            image,
+            ["/bin/sh", "-c", "test ! -e /.post.script && cat /.singularity.d/runscript.help"],
+            entrypoint=[],
+        )
+        == "    Some help.\n"
+    )
 
 
 @pytest.mark.docker

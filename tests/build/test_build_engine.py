@@ -18,6 +18,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+
 from support import META, remove_images, unique_tag
 
 pytestmark = pytest.mark.docker
@@ -76,7 +77,9 @@ def built(networks_before, docker_client, base_image, tmp_path_factory, ndgen_cl
     cache: dict[tuple, Built] = {}
     logs = tmp_path_factory.mktemp("h3-build-logs")
 
-    def build(pkgs: tuple[str, ...], fmt: str, tag: str, env: dict[str, str] | None = None, again: bool = False) -> Built:
+    def build(
+        pkgs: tuple[str, ...], fmt: str, tag: str, env: dict[str, str] | None = None, again: bool = False
+    ) -> Built:
         key = (pkgs, fmt, tag, tuple(sorted((env or {}).items())))
         if key in cache and not again:
             return cache[key]
@@ -84,7 +87,9 @@ def built(networks_before, docker_client, base_image, tmp_path_factory, ndgen_cl
         started = time.monotonic()
         log = logs / f"{tag.replace(':', '_')}-{len(cache)}.log"
         # --network host: the packages come from the mirror (the engine here has no bridge).
-        proc = ndgen_cli("build", *args, "--os", OS, "--format", fmt, "-t", tag, "--log", str(log), "--network", "host", env=env)
+        proc = ndgen_cli(
+            "build", *args, "--os", OS, "--format", fmt, "-t", tag, "--log", str(log), "--network", "host", env=env
+        )
         result = Built(tag, proc, time.monotonic() - started)
         print(f"\n[ndgen build {tag}: {result.seconds:.0f} s, exit {proc.returncode}]", file=sys.stderr)
         cache[key] = result
@@ -168,7 +173,10 @@ def test_failing_package_test_exits_nonzero_and_names_it(built, failing_registry
     ("fmt", "where"),
     [
         ("docker", r"failed at step \d+/\d+ `RUN apt-get update -qq && apt-get install"),
-        ("singularity", r"failed at %post command `apt-get install -y -q --no-install-recommends ndgen-no-such-package`"),
+        (
+            "singularity",
+            r"failed at %post command `apt-get install -y -q --no-install-recommends ndgen-no-such-package`",
+        ),
     ],
 )
 def test_failing_build_step_is_one_line_naming_it(built, failing_registry, docker_client, fmt, where):
@@ -182,8 +190,18 @@ def test_failing_build_step_is_one_line_naming_it(built, failing_registry, docke
 
 
 def test_a_missing_base_image_is_named_and_never_pulled(ndgen_cli, failing_registry):
-    proc = ndgen_cli("build", "--pkg", "h3-failing-test", "--base-image", "ndgen-test-build-absent:1", "--pkg-manager", "apt",
-                     "-t", "ndgen-test-build-never:1", env={"NDGEN_REGISTRY": str(failing_registry)})
+    proc = ndgen_cli(
+        "build",
+        "--pkg",
+        "h3-failing-test",
+        "--base-image",
+        "ndgen-test-build-absent:1",
+        "--pkg-manager",
+        "apt",
+        "-t",
+        "ndgen-test-build-never:1",
+        env={"NDGEN_REGISTRY": str(failing_registry)},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "ndgen: error: base image ndgen-test-build-absent:1 is not on this engine (no registry is used); "

@@ -120,8 +120,20 @@ def test_template_download_is_verified_in_the_build(docker_client, base_image, r
     env = {"NDGEN_REGISTRY": str(registry)}
     rendered = run_ndgen("--pkg", "sumtest==1.0", "--os", "debian:bookworm", env=env)
     assert f'echo "{DIGEST}  /opt/sumtest.bin" | sha256sum -c --quiet -' in rendered.stdout, rendered.stderr
-    proc = run_ndgen("build", "--pkg", "sumtest==1.0", "--os", "debian:bookworm", "-t", tag, "--network", "host",
-                     "--log", str(tmp_path / "ok.log"), env=env)
+    proc = run_ndgen(
+        "build",
+        "--pkg",
+        "sumtest==1.0",
+        "--os",
+        "debian:bookworm",
+        "-t",
+        tag,
+        "--network",
+        "host",
+        "--log",
+        str(tmp_path / "ok.log"),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _run(docker_client, tag, "sha256sum", "/opt/sumtest.bin").split()[0] == DIGEST
 
@@ -129,8 +141,20 @@ def test_template_download_is_verified_in_the_build(docker_client, base_image, r
 def test_wrong_template_digest_fails_the_build_and_tags_nothing(docker_client, base_image, registry, tags, tmp_path):
     tag = f"ndgen-test-sum-{RUN_ID}:wrong"
     tags.append(tag)
-    proc = run_ndgen("build", "--pkg", "sumtest==2.0", "--os", "debian:bookworm", "-t", tag, "--network", "host",
-                     "--log", str(tmp_path / "bad.log"), env={"NDGEN_REGISTRY": str(registry)})
+    proc = run_ndgen(
+        "build",
+        "--pkg",
+        "sumtest==2.0",
+        "--os",
+        "debian:bookworm",
+        "-t",
+        tag,
+        "--network",
+        "host",
+        "--log",
+        str(tmp_path / "bad.log"),
+        env={"NDGEN_REGISTRY": str(registry)},
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr
@@ -158,14 +182,18 @@ build:
 
 
 @pytest.mark.parametrize("good", [True, False], ids=["right-sha256", "wrong-sha256"])
-def test_recipe_file_with_url_and_sha256_builds_with_ndgen_build(docker_client, base_image, server, tags, tmp_path, good):
+def test_recipe_file_with_url_and_sha256_builds_with_ndgen_build(
+    docker_client, base_image, server, tags, tmp_path, good
+):
     """Acceptance: `ndgen build RECIPE_DIR` stages the url file through fetch.stage (verified on the
     host, cached by content); the right digest builds and the file is in the image, a wrong one
     fails with one line naming the file and both digests, and no image is tagged."""
     cache = tmp_path / "cache"
     recipe = tmp_path / "sumrecipe"
     recipe.mkdir()
-    (recipe / "build.yaml").write_text(RECIPE.format(url=server.url("redirect/payload.bin"), sha=DIGEST if good else WRONG))
+    (recipe / "build.yaml").write_text(
+        RECIPE.format(url=server.url("redirect/payload.bin"), sha=DIGEST if good else WRONG)
+    )
     (server.root / "payload.bin").write_bytes(PAYLOAD)
     tag = f"ndgen-test-sumrecipe-{RUN_ID}:{'ok' if good else 'wrong'}"
     tags.append(tag)
@@ -174,7 +202,8 @@ def test_recipe_file_with_url_and_sha256_builds_with_ndgen_build(docker_client, 
     if not good:
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            f"ndgen: error: payload.bin: sha256 mismatch: expected {WRONG}, got {DIGEST}"]
+            f"ndgen: error: payload.bin: sha256 mismatch: expected {WRONG}, got {DIGEST}"
+        ]
         assert not cached.exists() or not any(cached.iterdir())  # nothing cached
         assert not _image_exists(docker_client, tag)
         return

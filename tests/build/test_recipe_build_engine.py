@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import textwrap
-from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 
-from support import TESTS, run_ndgen as _run_ndgen
-from support import remove_images, table_rows, unique_tag
+from support import TESTS, remove_images, table_rows, unique_tag
+from support import run_ndgen as _run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -29,7 +28,6 @@ FORMATS = ("docker", "singularity")
 
 def run_ndgen(*args: str):
     return _run_ndgen(*args, env={"COLUMNS": "500"})  # rich never folds a cell the tests read
-
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +69,11 @@ def test_singularity_image_is_the_standin(built, docker_client):
     assert proc.returncode == 0 and "apptainer build " in proc.stdout
     # The suite passed through actions/exec, which sources %environment (DEPLOY_*, PATH).
     out = docker_client.containers.run(
-        tag, ["cat", "/.singularity.d/env/90-environment.sh"], entrypoint=["/.singularity.d/actions/exec"],
-        network_mode="none", remove=True,
+        tag,
+        ["cat", "/.singularity.d/env/90-environment.sh"],
+        entrypoint=["/.singularity.d/actions/exec"],
+        network_mode="none",
+        remove=True,
     ).decode()
     assert 'DEPLOY_BINS="ndtool:jq"' in out
 
@@ -87,12 +88,16 @@ def test_junit_and_a_failing_suite_on_the_built_image(built, tmp_path):
     assert (suite.get("name"), suite.get("tests"), suite.get("failures")) == ("ndtool", "11", "0")
     failing = tmp_path / "fulltest.yaml"
     failing.write_text(
-        (RECIPE / "fulltest.yaml").read_text().replace('expected_output_contains: home=/opt/ndtool', "expected_output_contains: home=/elsewhere")
+        (RECIPE / "fulltest.yaml")
+        .read_text()
+        .replace("expected_output_contains: home=/opt/ndtool", "expected_output_contains: home=/elsewhere")
     )
     proc = run_ndgen("test", tag, "--suite", str(failing), "--work", str(tmp_path / "w"))
     assert proc.returncode == 1
     assert table_rows(proc.stdout)["environment"][0] == "FAIL"
-    assert proc.stderr.startswith(f"ndgen: error: 1 of 11 checks failed in {tag}: environment (output lacks 'home=/elsewhere'")
+    assert proc.stderr.startswith(
+        f"ndgen: error: 1 of 11 checks failed in {tag}: environment (output lacks 'home=/elsewhere'"
+    )
 
 
 def test_unchanged_recipe_is_reused(built):
@@ -108,25 +113,35 @@ def test_a_failing_run_step_is_one_line_naming_it(tmp_path, base_image, docker_c
     shutil.copytree(RECIPE, recipe)
     text = (recipe / "build.yaml").read_text()
     # Fails before apt runs (cheap): the first directive.
-    text = text.replace("    - install: jq\n", "    - run:\n        - echo about to fail\n        - ls /ndgen-no-such-dir\n    - install: jq\n")
-    (recipe / "build.yaml").write_text(text.replace("pkg-manager: apt\n", "pkg-manager: apt\n  add-default-template: false\n"))
+    text = text.replace(
+        "    - install: jq\n",
+        "    - run:\n        - echo about to fail\n        - ls /ndgen-no-such-dir\n    - install: jq\n",
+    )
+    (recipe / "build.yaml").write_text(
+        text.replace("pkg-manager: apt\n", "pkg-manager: apt\n  add-default-template: false\n")
+    )
     tag = unique_tag("ndgen-test-recipe-broken", "1")
     proc = run_ndgen("build", str(recipe), "-t", tag)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert re.match(rf"ndgen: error: build of {tag} failed at `\[.*\] RUN echo about to fail .*` \(exit 2\): .*No such file or directory; log: ", lines[0]), lines[0]
+    assert re.match(
+        rf"ndgen: error: build of {tag} failed at `\[.*\] RUN echo about to fail .*` \(exit 2\): .*No such file or directory; log: ",
+        lines[0],
+    ), lines[0]
     assert not docker_client.images.list(name=tag.split(":")[0])
 
 
 def test_bad_suite_in_a_recipe_fails_before_building(tmp_path):
     recipe = tmp_path / "badsuite"
     shutil.copytree(RECIPE, recipe)
-    (recipe / "fulltest.yaml").write_text(textwrap.dedent("""\
+    (recipe / "fulltest.yaml").write_text(
+        textwrap.dedent("""\
         name: ndtool
         tests:
           - name: no command
-        """))
+        """)
+    )
     proc = run_ndgen("build", str(recipe), "-t", f"ndgen-test-never-built:{os.getpid()}")
     assert proc.returncode == 2 and proc.stderr.startswith(f"ndgen: error: {recipe}/fulltest.yaml:3: tests[0]")
     assert proc.stdout == ""
@@ -134,4 +149,6 @@ def test_bad_suite_in_a_recipe_fails_before_building(tmp_path):
 
 def test_recipe_dir_and_pkg_are_exclusive(tmp_path):
     proc = run_ndgen("build", str(RECIPE), "--pkg", "jq", "-t", "x:y")
-    assert proc.returncode == 2 and proc.stderr == "ndgen: error: give a RECIPE_DIR or --pkg/--os/--base-image, not both\n"
+    assert (
+        proc.returncode == 2 and proc.stderr == "ndgen: error: give a RECIPE_DIR or --pkg/--os/--base-image, not both\n"
+    )

@@ -22,9 +22,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from support import remove_images, run_ndgen, unique_tag
 from neurodocker_nd.build.docker_build import HOST_NETWORK_NOTE, build_recipe
 from neurodocker_nd.errors import NdgenError
+from support import remove_images, run_ndgen, unique_tag
 
 pytestmark = pytest.mark.docker
 
@@ -87,7 +87,9 @@ def _probe_result(docker_client, image: str) -> bytes:
 
 
 @pytest.mark.parametrize("network", ["default", "none", "host"])
-def test_legacy_builder_reaches_host_loopback_only_with_host(docker_client, base_image, service, tags, tmp_path, network):
+def test_legacy_builder_reaches_host_loopback_only_with_host(
+    docker_client, base_image, service, tags, tmp_path, network
+):
     tag = unique_tag(f"ndgen-test-sec-net-{network}", "1")
     tags.append(tag)
     recipe = _Recipe(f"FROM {base_image}\nRUN {PROBE.format(port=service.port)}\n", "docker", base_image)
@@ -121,7 +123,7 @@ def _recipe_dir(root: Path, base_image: str, port: int) -> Path:
         "build:\n  kind: neurodocker\n"
         f"  base-image: {base_image}\n  pkg-manager: apt\n  add-default-template: false\n"
         "  directives:\n    - run:\n"
-        f"        - \"{PROBE.format(port=port)}\"\n"
+        f'        - "{PROBE.format(port=port)}"\n'
     )
     return recipe
 
@@ -132,7 +134,9 @@ def test_buildkit_reaches_host_loopback_only_with_host(docker_client, base_image
     tags.append(tag)
     recipe = _recipe_dir(tmp_path, base_image, service.port)
     log = tmp_path / "build.log"
-    proc = run_ndgen("build", str(recipe), "-t", tag, "--network", network, "--no-test", "--no-cache", "--log", str(log))
+    proc = run_ndgen(
+        "build", str(recipe), "-t", tag, "--network", network, "--no-test", "--no-cache", "--log", str(log)
+    )
     assert proc.returncode == 0, proc.stderr
     seen = _probe_result(docker_client, tag)
     if network == "host":
@@ -149,7 +153,9 @@ def test_no_mirror_without_network_is_one_line_naming_network_host(base_image, t
     tag = unique_tag("ndgen-test-sec-net-nomirror", "1")
     tags.append(tag)
     recipe = _Recipe(
-        f"FROM {base_image}\nRUN apt-get update && apt-get install -y --no-install-recommends jq\n", "docker", base_image
+        f"FROM {base_image}\nRUN apt-get update && apt-get install -y --no-install-recommends jq\n",
+        "docker",
+        base_image,
     )
     with pytest.raises(NdgenError) as caught:
         build_recipe(recipe, tag, log_path=tmp_path / "build.log", network="none", no_cache=True)

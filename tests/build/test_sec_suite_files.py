@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from support import RECIPE_HEAD, run_ndgen, unique_tag
 from neurodocker_nd.core import yamlfile
 from neurodocker_nd.errors import NdgenError
+from support import RECIPE_HEAD, run_ndgen, unique_tag
 
 BUILD_YAML = RECIPE_HEAD + '    - run: ["true"]\n'
 SUITE = "name: r\nversion: '1'\ntests:\n  - name: t\n    command: 'true'\n"
@@ -96,8 +96,11 @@ def test_a_named_suite_that_is_not_a_small_regular_file_is_refused(tmp_path, kin
         with suite.open("w") as fh:  # a valid YAML comment, 8 MiB: over the cap
             fh.write("#" * (8 << 20) + "\n")
         why = f"{(8 << 20) + 1} bytes, larger than"
-    args = (["test", "debian:bookworm", "--suite", str(suite)] if command == "test"
-            else ["minify", "debian:bookworm", "-t", "ndgen-test-sec5-min:1", "--tests", str(suite)])
+    args = (
+        ["test", "debian:bookworm", "--suite", str(suite)]
+        if command == "test"
+        else ["minify", "debian:bookworm", "-t", "ndgen-test-sec5-min:1", "--tests", str(suite)]
+    )
     _one_line(run_ndgen(*args, timeout=QUICK_S), f"{suite}: {why}")
 
 

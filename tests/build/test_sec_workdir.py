@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from support import run_ndgen
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.build.suite import load_suite, plan_suite
 from neurodocker_nd.build.testrun import stage_work, write_scripts
+from neurodocker_nd.errors import NdgenError
+from support import run_ndgen
 
 PLANTS_A_LINK = """\
 name: planter

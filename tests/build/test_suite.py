@@ -14,11 +14,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from neurodocker_nd.build import suite as suite_mod
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.build.suite import load_suite, plan_suite, select, substitute
 from neurodocker_nd.build.testrun import FAIL, PASS, SKIP, WARN, CaseResult, SuiteRun, write_junit
-
+from neurodocker_nd.errors import NdgenError
 from support import run_ndgen
 
 NEUROCONTAINERS = Path(os.environ.get("NDGEN_NEUROCONTAINERS", "/work/.mirror/neurodesk+neurocontainers/repo"))
@@ -134,19 +132,36 @@ def test_select_by_tag_keeps_dependencies(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("name: x\ntests:\n  - name: a\n    comand: ls\n", r":3: tests\[0\]: Additional properties are not allowed \('comand' was unexpected\)"),
+        (
+            "name: x\ntests:\n  - name: a\n    comand: ls\n",
+            r":3: tests\[0\]: Additional properties are not allowed \('comand' was unexpected\)",
+        ),
         ("name: x\ntests:\n  - name: a\n", r":3: tests\[0\]: .*"),
-        ("name: x\ntests:\n  - name: a\n    command: ls\n    timeout: soon\n", r":5: tests\[0\]\.timeout: 'soon' is not of type 'number'"),
-        ("name: x\ntests:\n  - name: a\n    command: ls\n    validate:\n      - is_big: x\n", r":6: tests\[0\]\.validate\[0\]"),
+        (
+            "name: x\ntests:\n  - name: a\n    command: ls\n    timeout: soon\n",
+            r":5: tests\[0\]\.timeout: 'soon' is not of type 'number'",
+        ),
+        (
+            "name: x\ntests:\n  - name: a\n    command: ls\n    validate:\n      - is_big: x\n",
+            r":6: tests\[0\]\.validate\[0\]",
+        ),
         ("tests: []\n", r":1: \(top level\): 'name' is a required property"),
         ("name: x\ntests:\n  - name: a\n    command: [ls\n", r":[45]: malformed YAML"),
         ("- a\n- b\n", r":1: a test suite is a mapping"),
-        ("name: x\ntests:\n  - name: a\n    command: ls\n    depends_on: b\n  - name: b\n    command: ls\n",
-         r":3: test 'a': depends_on 'b' names a later test"),
-        ("name: x\ntests:\n  - name: a\n    command: ls\n    depends_on: zz\n", r":3: test 'a': depends_on 'zz' names no test"),
+        (
+            "name: x\ntests:\n  - name: a\n    command: ls\n    depends_on: b\n  - name: b\n    command: ls\n",
+            r":3: test 'a': depends_on 'b' names a later test",
+        ),
+        (
+            "name: x\ntests:\n  - name: a\n    command: ls\n    depends_on: zz\n",
+            r":3: test 'a': depends_on 'zz' names no test",
+        ),
         ("name: x\ntest_data:\n  output_dir: ../../etc\ntests: []\n", r":3: test_data.output_dir '../../etc' must be"),
         ("name: x\ntest_data:\n  output_dir: /tmp/o\ntests: []\n", r":3: test_data.output_dir '/tmp/o' must be"),
-        ("name: x\nrequired_files:\n  - dataset: ds1\n    files: [../../etc/passwd]\ntests: []\n", r":4: required_files\[0\]\.files\[0\]"),
+        (
+            "name: x\nrequired_files:\n  - dataset: ds1\n    files: [../../etc/passwd]\ntests: []\n",
+            r":4: required_files\[0\]\.files\[0\]",
+        ),
         ("name: x\nsetup:\n  scrpit: ls\ntests: []\n", r":2: setup: Additional properties .*'scrpit'"),
     ],
 )
@@ -202,11 +217,15 @@ def _neurocontainers_suites(tmp_path_factory) -> list[Path]:
         pytest.skip(f"no neurocontainers checkout at {NEUROCONTAINERS} (set NDGEN_NEUROCONTAINERS)")
     names = subprocess.run(
         ["git", "-C", str(NEUROCONTAINERS), "ls-tree", "-r", "--name-only", "HEAD", "recipes/"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     wanted = [n for n in names if n.endswith("/fulltest.yaml")]
     out = tmp_path_factory.mktemp("nc")
-    archive = subprocess.run(["git", "-C", str(NEUROCONTAINERS), "archive", "HEAD", *wanted], capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(NEUROCONTAINERS), "archive", "HEAD", *wanted], capture_output=True, check=True
+    )
     tar = out / "suites.tar"
     tar.write_bytes(archive.stdout)
     with tarfile.open(tar) as handle:
@@ -231,7 +250,6 @@ def test_neurocontainers_suites_load_and_plan(tmp_path_factory):
         assert all(t.script.startswith("#!/usr/bin/env bash\n") for t in plan.tests)
     assert len(failures) <= len(paths) // 100, failures
     assert all("depends_on" in message and "\n" not in message for message in failures.values()), failures
-
 
 
 def test_staging_never_writes_through_a_symlink_out_of_the_work_dir(tmp_path):

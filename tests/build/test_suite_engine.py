@@ -17,8 +17,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from support import run_ndgen as _run_ndgen
 from support import remove_images, table_rows, unique_tag
+from support import run_ndgen as _run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -159,7 +159,6 @@ def _suite(tmp_path: Path, text: str, name: str = "fulltest.yaml", **values: str
     return path
 
 
-
 def _left_containers(client, image: str) -> list:
     """Test containers left from `image` (this run's: other runs on the engine have their own)."""
     return client.containers.list(all=True, filters={"label": "org.ndgen.test", "ancestor": image})
@@ -173,7 +172,9 @@ def passing_run(images, tmp_path_factory):
     (data / "ds-test/sub-01/anat/T1w.txt").write_text("T1 voxels\n")
     suite = _suite(root, PASSING, work=str(work), uid=str(os.getuid()))
     junit = root / "junit.xml"
-    proc = run_ndgen("test", images["good"], "--suite", str(suite), "--work", str(work), "--data", str(data), "--junit", str(junit))
+    proc = run_ndgen(
+        "test", images["good"], "--suite", str(suite), "--work", str(work), "--data", str(data), "--junit", str(junit)
+    )
     return proc, work, junit
 
 
@@ -182,7 +183,14 @@ def test_passing_suite_exit_0_with_table_and_junit(passing_run):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stderr == ""  # no live display and no warnings off a terminal
     rows = table_rows(proc.stdout)
-    for name in ("version", "reads required data, writes outputs", "expected failure", "any failure", "ignored exit", "script"):
+    for name in (
+        "version",
+        "reads required data, writes outputs",
+        "expected failure",
+        "any failure",
+        "ignored exit",
+        "script",
+    ):
         assert rows[name][0] == "PASS", (name, rows)
     assert rows["setup: setup"][0] == "PASS" and rows["cleanup: cleanup"][0] == "PASS"
     assert rows["deploy: bin tool"] == ("PASS", "/opt/tool/bin/tool")
@@ -218,7 +226,9 @@ def test_failing_suite_exit_1_timeouts_and_skips(images, docker_client, tmp_path
     assert rows["missing output"] == ("FAIL", "output not found: /nowhere/out.nii")
     assert rows["missing text"][0] == "FAIL" and "'tool 9.9'" in rows["missing text"][1]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"ndgen: error: 4 of {len(rows)} checks failed in {images['good']}: wrong exit")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"ndgen: error: 4 of {len(rows)} checks failed in {images['good']}: wrong exit"
+    )
     assert ET.parse(junit).getroot().find("testsuite").get("failures") == "4"
     assert not _left_containers(docker_client, images["good"])  # the hung test's container is gone too
     kept = re.search(r"^work: (\S+) \(kept: a test failed\)$", proc.stdout, re.M)
@@ -227,7 +237,9 @@ def test_failing_suite_exit_1_timeouts_and_skips(images, docker_client, tmp_path
 
 
 def test_tagged_runs_only_those_tests(images, tmp_path):
-    proc = run_ndgen("test", images["good"], "--suite", str(_suite(tmp_path, FAILING)), "--tagged", "quick", "--no-deploy-check")
+    proc = run_ndgen(
+        "test", images["good"], "--suite", str(_suite(tmp_path, FAILING)), "--tagged", "quick", "--no-deploy-check"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert table_rows(proc.stdout) == {"fine": ("PASS", "exit 0")}
 
@@ -270,11 +282,16 @@ def test_missing_required_data_is_one_line_exit_2(images, tmp_path):
     suite = _suite(tmp_path, PASSING, work=str(tmp_path), uid="0")
     proc = run_ndgen("test", images["good"], "--suite", str(suite), "--work", str(tmp_path / "w"))
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"ndgen: error: {suite}: required_files: ds-test/sub-01/anat/T1w.txt is not in the data cache")
+    assert proc.stderr.startswith(
+        f"ndgen: error: {suite}: required_files: ds-test/sub-01/anat/T1w.txt is not in the data cache"
+    )
     assert proc.stderr.count("\n") == 1
 
 
 def test_missing_image_is_one_line(tmp_path):
     proc = run_ndgen("test", f"ndgen-no-such-image:{os.getpid()}")
     assert proc.returncode == 2
-    assert proc.stderr == f"ndgen: error: image ndgen-no-such-image:{os.getpid()} is not on this engine (ndgen never pulls): build it or `docker load` it\n"
+    assert (
+        proc.stderr
+        == f"ndgen: error: image ndgen-no-such-image:{os.getpid()} is not on this engine (ndgen never pulls): build it or `docker load` it\n"
+    )

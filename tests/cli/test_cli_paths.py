@@ -15,8 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support import remove_images, run_ndgen, unique_tag
-from support import META  # the fixture registry entry's meta.yaml
+
+from support import (
+    META,  # the fixture registry entry's meta.yaml
+    remove_images,
+    run_ndgen,
+    unique_tag,
+)
 
 
 def _one_line(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
@@ -129,11 +134,15 @@ def test_minify_no_verify_skips_the_rerun(docker_client, base_image, minify_scra
     try:
         checked = run_ndgen("minify", base_image, "-t", tag, "-c", command, timeout=600)
         _one_line(checked, "verify failed", "stdout")  # the rerun is compared when verifying
-        proc = run_ndgen("minify", base_image, "-t", tag, "-c", command, "--no-verify", "--report", str(report), timeout=600)
+        proc = run_ndgen(
+            "minify", base_image, "-t", tag, "-c", command, "--no-verify", "--report", str(report), timeout=600
+        )
         assert proc.returncode == 0, proc.stderr
         data = json.loads(report.read_text())
         assert data["verified"] is None and "verify" not in data["steps"]
-        out = docker_client.containers.run(tag, ["-c", command], entrypoint=["/bin/sh"], network_mode="none", remove=True)
+        out = docker_client.containers.run(
+            tag, ["-c", command], entrypoint=["/bin/sh"], network_mode="none", remove=True
+        )
         assert out.strip().isdigit()  # the unverified image still runs the workload
         assert list(minify_scratch.iterdir()) == []
     finally:
@@ -154,13 +163,20 @@ def test_minify_singularity_alone_writes_only_the_squashfs(docker_client, base_i
         assert proc.returncode == 0, proc.stderr
         data = json.loads(report.read_text())
         assert data["tag"] is None and data["verified"] is True and data["squashfs"] == str(out)
-        names = set(subprocess.run(["unsquashfs", "-l", "-d", "", str(out)], capture_output=True, text=True, check=True).stdout.split())
+        names = set(
+            subprocess.run(
+                ["unsquashfs", "-l", "-d", "", str(out)], capture_output=True, text=True, check=True
+            ).stdout.split()
+        )
         assert {"/.singularity.d/runscript", "/usr/bin/cat", "/etc/debian_version"} <= names
         assert "/usr/bin/apt" not in names  # minified, not a copy
         assert not docker_client.images.list(name=tag.split(":")[0])  # no Docker image for this format
-        leftovers = [i for i in docker_client.images.list(name="ndgen-minify-tmp")
-                     if json.loads(i.labels.get("org.ndgen.minify.commands", "[]")) == [command]
-                     and i.labels.get("org.ndgen.minify.source-digest") == docker_client.images.get(base_image).id]
+        leftovers = [
+            i
+            for i in docker_client.images.list(name="ndgen-minify-tmp")
+            if json.loads(i.labels.get("org.ndgen.minify.commands", "[]")) == [command]
+            and i.labels.get("org.ndgen.minify.source-digest") == docker_client.images.get(base_image).id
+        ]
         assert not leftovers  # verify's temporary image is gone
         assert list(minify_scratch.iterdir()) == []
     finally:

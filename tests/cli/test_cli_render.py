@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from neurodocker_nd.cli import cli
 from neurodocker_nd.errors import NdgenError
-
 from support import TESTS
 
 HERE = TESTS
@@ -37,18 +36,43 @@ def broken_registry(tmp_path: Path, kind: str) -> Path:
 # (id, args, NDGEN_REGISTRY kind or None, text the one error line must contain)
 BAD = [
     ("unknown-package", ["--pkg", "antz", "--os", "ubuntu"], None, "unknown package 'antz'; did you mean: ants?"),
-    ("unknown-version", ["--pkg", "hello==3.0", "--os", "ubuntu"], None, "unknown version '3.0'; available: 2.12.1, 2.10, 2.9, latest"),
+    (
+        "unknown-version",
+        ["--pkg", "hello==3.0", "--os", "ubuntu"],
+        None,
+        "unknown version '3.0'; available: 2.12.1, 2.10, 2.9, latest",
+    ),
     ("unknown-os", ["--pkg", "ants", "--os", "windows"], None, "unknown OS 'windows'"),
     ("malformed-pkg", ["--pkg", "ants,version", "--os", "ubuntu"], None, "malformed --pkg 'ants,version'"),
     ("unknown-argument", ["--pkg", "ants,prefix=/x", "--os", "ubuntu"], None, "unknown template argument 'prefix'"),
-    ("metachar", ["--pkg", "ants,install_path=/opt/a;id", "--os", "ubuntu"], None, "value of install_path contains ';'"),
+    (
+        "metachar",
+        ["--pkg", "ants,install_path=/opt/a;id", "--os", "ubuntu"],
+        None,
+        "value of install_path contains ';'",
+    ),
     ("subshell", ["--pkg", "ants,install_path=$(id)", "--os", "ubuntu"], None, "value of install_path contains '$'"),
-    ("newline", ["--pkg", "ants,install_path=/opt/a\nRUN id", "--os", "ubuntu"], None, "value of install_path contains a newline"),
+    (
+        "newline",
+        ["--pkg", "ants,install_path=/opt/a\nRUN id", "--os", "ubuntu"],
+        None,
+        "value of install_path contains a newline",
+    ),
     ("no-os", ["--pkg", "ants"], None, "no OS given"),
-    ("bad-base-image", ["--pkg", "ants", "--base-image", "ubuntu\nRUN id", "--pkg-manager", "apt"], None, "is not a Docker image reference"),
+    (
+        "bad-base-image",
+        ["--pkg", "ants", "--base-image", "ubuntu\nRUN id", "--pkg-manager", "apt"],
+        None,
+        "is not a Docker image reference",
+    ),
     ("unknown-method", ["--pkg", "hello,method=source", "--os", "ubuntu"], None, "unknown method 'source'"),
     ("malformed-yaml", ["--pkg", "hello", "--os", "ubuntu"], "yaml", "hello/meta.yaml:3: malformed YAML"),
-    ("schema-violation", ["--pkg", "hello", "--os", "ubuntu"], "schema", "hello/meta.yaml:5: test: [1, 2] is not of type 'string'"),
+    (
+        "schema-violation",
+        ["--pkg", "hello", "--os", "ubuntu"],
+        "schema",
+        "hello/meta.yaml:5: test: [1, 2] is not of type 'string'",
+    ),
 ]
 
 
@@ -80,8 +104,9 @@ def test_bad_input_subprocess(tmp_path, env, case, args, kind, message):
     environ = env(kind)
     out = tmp_path / "out" / "Dockerfile"
     out.parent.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args, "-o", str(out)],
-                          capture_output=True, text=True, env=environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args, "-o", str(out)], capture_output=True, text=True, env=environ
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -105,7 +130,9 @@ def test_output_file_equals_stdout(tmp_path, env):
     env(None)
     out = tmp_path / "ants.def"
     runner = CliRunner()
-    r1 = runner.invoke(cli, ["--pkg", "ants", "--pkg", "tinytool", "--os", "debian", "--format", "singularity", "-o", str(out)])
+    r1 = runner.invoke(
+        cli, ["--pkg", "ants", "--pkg", "tinytool", "--os", "debian", "--format", "singularity", "-o", str(out)]
+    )
     assert r1.exit_code == 0, r1.output
     r2 = runner.invoke(cli, ["--pkg", "ants", "--pkg", "tinytool", "--os", "debian", "--format", "singularity"])
     assert out.read_text() == r2.stdout
@@ -115,8 +142,12 @@ def test_output_file_equals_stdout(tmp_path, env):
 def test_template_alert_is_a_note_not_a_prompt(tmp_path):
     """neurodocker prompts to confirm FSL's licence alert; ndgen renders and tells on stderr."""
     out = tmp_path / "Dockerfile"
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "--pkg", "fsl", "--os", "ubuntu", "-o", str(out)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "--pkg", "fsl", "--os", "ubuntu", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("ndgen: note: fsl: FSL is non-free.") and proc.stderr.count("\n") == 1
     assert "FROM ubuntu:24.04" in out.read_text()
@@ -180,7 +211,9 @@ def test_show(env):
 
 def test_show_unknown_subprocess(env):
     environ = env(None)
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "show", "helo"], capture_output=True, text=True, env=environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "show", "helo"], capture_output=True, text=True, env=environ
+    )
     assert proc.returncode == 2 and proc.stderr == "ndgen: error: unknown package 'helo'; did you mean: hello?\n"
 
 
@@ -193,23 +226,32 @@ def test_validate_whole_registry(env):
 
 def test_validate_project_registry_subprocess():
     environ = {k: v for k, v in os.environ.items() if k != "NDGEN_REGISTRY"}
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "validate"], capture_output=True, text=True, env=environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "validate"], capture_output=True, text=True, env=environ
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok: ")
 
 
-@pytest.mark.parametrize("kind, message", [("yaml", "meta.yaml:3: malformed YAML"), ("schema", "meta.yaml:5: test: [1, 2] is not of type 'string'")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [("yaml", "meta.yaml:3: malformed YAML"), ("schema", "meta.yaml:5: test: [1, 2] is not of type 'string'")],
+)
 def test_validate_reports_file_and_line(tmp_path, env, kind, message):
     environ = env(kind)
     reg = Path(environ["NDGEN_REGISTRY"])
     for args in (["validate"], ["validate", str(reg / "hello" / "meta.yaml")], ["validate", str(reg / "hello")]):
-        proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, env=environ)
+        proc = subprocess.run(
+            [sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, env=environ
+        )
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and message in proc.stderr and str(reg / "hello") in proc.stderr
 
 
 def test_validate_user_template_ok(tmp_path):
-    result = CliRunner().invoke(cli, ["validate", str(FIXTURES / "hello" / "template.yaml"), str(FIXTURES / "tinytool")])
+    result = CliRunner().invoke(
+        cli, ["validate", str(FIXTURES / "hello" / "template.yaml"), str(FIXTURES / "tinytool")]
+    )
     assert result.exit_code == 0 and result.stdout == "ok: 2 file(s) valid; 2 test renders\n"
 
 
@@ -218,7 +260,9 @@ def test_validate_entry_directory_test_renders_it(tmp_path):
     shutil.copytree(FIXTURES / "hello", entry)
     tpl = entry / "template.yaml"
     tpl.write_text(tpl.read_text().replace("{{ self.install_path }}/bin", "{{ self.prefix }}/bin"))
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "validate", str(entry)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "validate", str(entry)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"ndgen: error: {tpl}: template error") and proc.stderr.count("\n") == 1
 

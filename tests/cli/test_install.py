@@ -26,20 +26,27 @@ def venv(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
     pip = subprocess.run(
         [str(root / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
-        capture_output=True, text=True, timeout=1200, cwd=root.parent,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=root.parent,
     )
     assert pip.returncode == 0, pip.stderr[-2000:]
     return root
 
 
 def _run(venv: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "bin" / "ndgen"), *args], capture_output=True, text=True, timeout=300, cwd=venv.parent)
+    return subprocess.run(
+        [str(venv / "bin" / "ndgen"), *args], capture_output=True, text=True, timeout=300, cwd=venv.parent
+    )
 
 
 def test_core_install_has_no_engine_tracer_or_github_client(venv):
     listed = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     installed = {line.split("==")[0].lower().replace("_", "-") for line in listed.splitlines() if "==" in line}
     assert "neurodocker-nd" in installed and "neurodocker" in installed
@@ -68,7 +75,10 @@ def test_render_works_without_extras(venv):
 def test_missing_extra_is_one_line(venv, args, extra):
     proc = _run(venv, *args)
     assert proc.returncode == 2
-    assert proc.stderr == f"ndgen: error: ndgen {args[0]} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'\n"
+    assert (
+        proc.stderr
+        == f"ndgen: error: ndgen {args[0]} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'\n"
+    )
 
 
 def test_help_works_without_extras(venv):

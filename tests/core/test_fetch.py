@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from support.localhttp import LocalHTTP
 from neurodocker_nd.core import fetch
 from neurodocker_nd.errors import NdgenError
+from support.localhttp import LocalHTTP
 
 PAYLOAD = b"ndgen fetch test payload\n" * 100
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()

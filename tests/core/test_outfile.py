@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from support import REPO
 from neurodocker_nd.core import outfile
 from neurodocker_nd.errors import NdgenError
+from support import REPO
 
 NOBODY = 65534
 
@@ -31,7 +31,17 @@ def open_dir():
 
 def _ndgen_o(target, umask: int = 0o022) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "--pkg", "jq,method=system", "--os", "debian:bookworm", "-o", str(target)],
+        [
+            sys.executable,
+            "-m",
+            "neurodocker_nd.cli",
+            "--pkg",
+            "jq,method=system",
+            "--os",
+            "debian:bookworm",
+            "-o",
+            str(target),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -116,8 +126,11 @@ def test_read_only_file_is_refused_like_the_shell(open_dir):
     ro.write_text("keep\n")
     ro.chmod(0o444)
     os.chown(ro, NOBODY, NOBODY)
-    shell = subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
-                            "sh", "-c", f"echo x > {ro}"], capture_output=True, text=True)
+    shell = subprocess.run(
+        ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "sh", "-c", f"echo x > {ro}"],
+        capture_output=True,
+        text=True,
+    )
     assert shell.returncode != 0 and "Permission denied" in shell.stderr  # what we mimic
     message = _as_nobody(lambda: outfile.write_text(ro, "new\n"))
     assert message == f"cannot write {ro}: Permission denied"

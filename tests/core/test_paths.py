@@ -32,8 +32,14 @@ def _installed_like_a_wheel(site, with_data: bool):
 def _ndgen(site, *args):
     env = {k: v for k, v in os.environ.items() if k != "NDGEN_REGISTRY"}
     env["PYTHONPATH"] = str(site)
-    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args], cwd=site, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args],
+        cwd=site,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_unrelated_site_packages_registry_is_ignored(tmp_path):
@@ -48,4 +54,7 @@ def test_missing_bundled_data_is_one_line(tmp_path):
     _installed_like_a_wheel(tmp_path, with_data=False)
     proc = _ndgen(tmp_path, "--pkg", "niimath", "--os", "ubuntu")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("ndgen: error: ndgen's registry/ data directory is missing") and proc.stderr.count("\n") == 1
+    assert (
+        proc.stderr.startswith("ndgen: error: ndgen's registry/ data directory is missing")
+        and proc.stderr.count("\n") == 1
+    )

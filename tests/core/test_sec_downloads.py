@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import run_ndgen
-from support.localhttp import LocalHTTP
 from neurodocker_nd.core import fetch
 from neurodocker_nd.errors import NdgenError
+from support import run_ndgen
+from support.localhttp import LocalHTTP
 
 PAYLOAD = b"hostile download server test\n" * 50
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -79,7 +79,9 @@ def test_endless_body_stops_at_the_cap_and_caches_nothing(server, cache, tmp_pat
 
 def test_declared_size_over_the_callers_cap_is_refused_before_reading(server, cache, tmp_path):
     """A caller that knows the size (recorded in a registry or recipe) caps by it."""
-    with pytest.raises(NdgenError, match=rf"tool.bin: download from .* failed: larger than the {len(PAYLOAD) - 1}-byte cap"):
+    with pytest.raises(
+        NdgenError, match=rf"tool.bin: download from .* failed: larger than the {len(PAYLOAD) - 1}-byte cap"
+    ):
         fetch.stage(server.url("tool.bin"), None, tmp_path / "x", max_bytes=len(PAYLOAD) - 1)
     _nothing_cached(cache)
     assert fetch.stage(server.url("tool.bin"), DIGEST, tmp_path / "y", max_bytes=len(PAYLOAD)).read_bytes() == PAYLOAD
@@ -115,7 +117,9 @@ def test_drip_server_hits_the_whole_download_deadline(server, cache, tmp_path, m
     assert time.monotonic() - t0 < 10
     assert isinstance(outcome[0], NdgenError), outcome
     msg = outcome[0].message
-    assert msg.startswith("1000: download from ") and "not finished within 2 s" in msg and "NDGEN_DOWNLOAD_DEADLINE" in msg, msg
+    assert (
+        msg.startswith("1000: download from ") and "not finished within 2 s" in msg and "NDGEN_DOWNLOAD_DEADLINE" in msg
+    ), msg
     assert not dest.exists()
     _nothing_cached(cache)
 
@@ -143,13 +147,18 @@ def test_redirect_to_loopback_is_refused_by_default(server, loopback_service, ca
     target = loopback_service.url("tool.bin")
     p = fetch.probe(server.url(f"goto/{target}"), fetch=True)
     assert not p.ok and p.sha256 is None
-    assert p.error == (f"refused {target}: 127.0.0.1 is a loopback address "
-                       f"(NDGEN_ALLOW_LOOPBACK_PORTS does not list port {loopback_service.port})"), p.error
+    assert p.error == (
+        f"refused {target}: 127.0.0.1 is a loopback address "
+        f"(NDGEN_ALLOW_LOOPBACK_PORTS does not list port {loopback_service.port})"
+    ), p.error
     named = f"http://localhost:{loopback_service.port}/tool.bin"  # a name resolving to loopback
     p = fetch.probe(server.url(f"goto/{named}"))
     assert not p.ok and "is a loopback address" in (p.error or ""), p.error
     assert not fetch.probe(target).ok  # the first URL too
-    with pytest.raises(NdgenError, match=r"tool.bin: download from .* failed: refused http://127.0.0.1:\d+/tool.bin: 127.0.0.1 is a loopback"):
+    with pytest.raises(
+        NdgenError,
+        match=r"tool.bin: download from .* failed: refused http://127.0.0.1:\d+/tool.bin: 127.0.0.1 is a loopback",
+    ):
         fetch.stage(server.url(f"goto/{target}"), None, tmp_path / "x")
     _nothing_cached(cache)
 
@@ -172,22 +181,25 @@ def test_redirect_to_file_or_ftp_is_refused(server, cache, tmp_path):
     _nothing_cached(cache)
 
 
-@pytest.mark.parametrize("addr, verdict", [
-    ("8.8.8.8", None),
-    ("2001:4860:4860::8888", None),
-    ("127.0.0.1", "127.0.0.1 is a loopback address"),
-    ("::1", "::1 is a loopback address"),
-    ("::ffff:127.0.0.1", "127.0.0.1 is a loopback address"),
-    ("169.254.169.254", "169.254.169.254 is a link-local address"),
-    ("fe80::1", "fe80::1 is a link-local address"),
-    ("10.1.2.3", "10.1.2.3 is a private address"),
-    ("172.16.0.1", "172.16.0.1 is a private address"),
-    ("192.168.1.1", "192.168.1.1 is a private address"),
-    ("fd00::1", "fd00::1 is a private address"),
-    ("0.0.0.0", "0.0.0.0 is a private address"),
-    ("100.64.0.1", "100.64.0.1 is a non-global address"),
-    ("224.0.1.1", "224.0.1.1 is a multicast address"),
-])
+@pytest.mark.parametrize(
+    "addr, verdict",
+    [
+        ("8.8.8.8", None),
+        ("2001:4860:4860::8888", None),
+        ("127.0.0.1", "127.0.0.1 is a loopback address"),
+        ("::1", "::1 is a loopback address"),
+        ("::ffff:127.0.0.1", "127.0.0.1 is a loopback address"),
+        ("169.254.169.254", "169.254.169.254 is a link-local address"),
+        ("fe80::1", "fe80::1 is a link-local address"),
+        ("10.1.2.3", "10.1.2.3 is a private address"),
+        ("172.16.0.1", "172.16.0.1 is a private address"),
+        ("192.168.1.1", "192.168.1.1 is a private address"),
+        ("fd00::1", "fd00::1 is a private address"),
+        ("0.0.0.0", "0.0.0.0 is a private address"),
+        ("100.64.0.1", "100.64.0.1 is a non-global address"),
+        ("224.0.1.1", "224.0.1.1 is a multicast address"),
+    ],
+)
 def test_address_policy(addr, verdict):
     """Classification only: nothing connects to these addresses."""
     assert fetch.address_refusal(addr, 80, frozenset()) == verdict
@@ -225,9 +237,13 @@ def _registry(tmp: Path, urls: dict[str, str]) -> Path:
     entry = tmp / "reg" / "dltest"
     entry.mkdir(parents=True)
     (entry / "template.yaml").write_text(TEMPLATE.format(urls="\n".join(f'    "{v}": "{u}"' for v, u in urls.items())))
-    (entry / "meta.yaml").write_text(META + "".join(
-        f'  "{v}":\n    status: confirmed\n    sources:\n      - url: https://example.org/r\n        confirms: \"a test release page\"\n'
-        for v in urls))
+    (entry / "meta.yaml").write_text(
+        META
+        + "".join(
+            f'  "{v}":\n    status: confirmed\n    sources:\n      - url: https://example.org/r\n        confirms: "a test release page"\n'
+            for v in urls
+        )
+    )
     return entry.parent
 
 
@@ -245,7 +261,8 @@ def test_check_urls_refuses_file_urls_and_write_records_nothing(tmp_path, server
     assert rows["2.0"]["problem"] == "file: only http and https URLs are fetched"
     assert rows["2.0"]["sha256"] is None and rows["2.0"]["size"] is None
     assert proc.stderr.splitlines() == [
-        f"ndgen: error: 1 of 2 URLs failed; first: dltest 2.0: file: only http and https URLs are fetched ({secret.as_uri()})"]
+        f"ndgen: error: 1 of 2 URLs failed; first: dltest 2.0: file: only http and https URLs are fetched ({secret.as_uri()})"
+    ]
     wrote = run_ndgen("check-urls", "dltest", "--write", env=env, timeout=120)
     assert wrote.returncode == 2 and "nothing recorded" in wrote.stderr and DIGEST not in wrote.stderr
     assert meta.read_bytes() == before

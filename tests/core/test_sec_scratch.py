@@ -148,10 +148,7 @@ def _hostile_state(cid: str, pid: int, marker: Path) -> str:
 
 def _plant_runc_state(directory: Path, cid: str, pid: int, marker: Path) -> None:
     """As nobody: `directory`/runc/CID/state.json and `directory`/oci/CID (the layout a view has)."""
-    script = (
-        f"mkdir -p {directory}/runc/{cid} {directory}/oci/{cid} && "
-        f"cat > {directory}/runc/{cid}/state.json"
-    )
+    script = f"mkdir -p {directory}/runc/{cid} {directory}/oci/{cid} && cat > {directory}/runc/{cid}/state.json"
     planted = subprocess.run(
         [*NOBODY, "sh", "-c", script], input=_hostile_state(cid, pid, marker), capture_output=True, text=True
     )

@@ -65,7 +65,7 @@ def _sources(versions, sha: dict[str, str] | None = None) -> str:
         out += f'  "{v}":\n    status: confirmed\n'
         if sha and v in sha:
             out += f"    sha256: {sha[v]}\n"
-        out += "    sources:\n      - url: https://example.org/releases\n        confirms: \"test release page\"\n"
+        out += '    sources:\n      - url: https://example.org/releases\n        confirms: "test release page"\n'
     return out
 
 
@@ -74,12 +74,17 @@ def _run(reg: Path, *args: str):
 
 
 def test_status_redirect_size_404_and_timeout(tmp_path, server):
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "2.0": "redirect/tool.bin", "3.0": "gone", "4.0": "slow/tool.bin"},
-                    _sources(["1.0", "2.0", "3.0", "4.0"]))
+    reg = _registry(
+        tmp_path,
+        server,
+        {"1.0": "tool.bin", "2.0": "redirect/tool.bin", "3.0": "gone", "4.0": "slow/tool.bin"},
+        _sources(["1.0", "2.0", "3.0", "4.0"]),
+    )
     proc = _run(reg, "dltest", "--json", "--timeout", "1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"ndgen: error: 2 of 4 URLs failed; first: dltest 3.0: HTTP 404 File not found ({server.url('gone')})"]
+        f"ndgen: error: 2 of 4 URLs failed; first: dltest 3.0: HTTP 404 File not found ({server.url('gone')})"
+    ]
     rows = {r["key"]: r for r in json.loads(proc.stdout)}
     assert rows["1.0"]["ok"] and rows["1.0"]["status"] == 200 and rows["1.0"]["size"] == len(PAYLOAD)
     assert rows["2.0"]["ok"] and rows["2.0"]["redirects"] == [{"status": 302, "url": server.url("tool.bin")}]
@@ -90,8 +95,12 @@ def test_status_redirect_size_404_and_timeout(tmp_path, server):
 
 def test_fetch_verifies_recorded_digests(tmp_path, server):
     wrong = "f" * 64
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "5.0": "redirect/tool.bin"},
-                    _sources(["1.0", "5.0"], {"1.0": DIGEST, "5.0": wrong}))
+    reg = _registry(
+        tmp_path,
+        server,
+        {"1.0": "tool.bin", "5.0": "redirect/tool.bin"},
+        _sources(["1.0", "5.0"], {"1.0": DIGEST, "5.0": wrong}),
+    )
     proc = _run(reg, "dltest", "--fetch")
     assert proc.returncode == 2
     assert f"wrong digest: recorded {wrong}, got {DIGEST}" in proc.stderr
@@ -100,8 +109,10 @@ def test_fetch_verifies_recorded_digests(tmp_path, server):
 
 
 def test_write_records_digests_prunes_the_waiver_and_validates(tmp_path, server):
-    waiver = "waivers:\n  - rule: missing-checksum  # until check-urls --write\n    reason: \"no digest yet, recorded by the test\"\n"
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "2.0": "redirect/tool.bin"}, _sources(["1.0", "2.0"]) + waiver)
+    waiver = 'waivers:\n  - rule: missing-checksum  # until check-urls --write\n    reason: "no digest yet, recorded by the test"\n'
+    reg = _registry(
+        tmp_path, server, {"1.0": "tool.bin", "2.0": "redirect/tool.bin"}, _sources(["1.0", "2.0"]) + waiver
+    )
     before = run_ndgen("validate", str(reg / "dltest"), env={"NDGEN_REGISTRY": str(reg)})
     assert before.returncode == 0, before.stderr
     proc = _run(reg, "dltest", "--write")
@@ -157,7 +168,7 @@ build:
 
 
 def test_a_url_waived_as_dropbox_is_reported_dead_but_fails_nothing(tmp_path, server):
-    waiver = "waivers:\n  - rule: dropbox\n    versions: [\"6.0\"]\n    reason: \"stands in for a Dropbox URL that answers 403\"\n"
+    waiver = 'waivers:\n  - rule: dropbox\n    versions: ["6.0"]\n    reason: "stands in for a Dropbox URL that answers 403"\n'
     reg = _registry(tmp_path, server, {"1.0": "tool.bin", "6.0": "gone"}, _sources(["1.0", "6.0"]) + waiver)
     proc = _run(reg, "dltest")
     assert proc.returncode == 0, proc.stderr

@@ -18,8 +18,9 @@ def _check(path: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("check-jsonschema")
     if exe is None:
         pytest.fail("check-jsonschema is not installed (pip install -e '.[test]')")
-    return subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "--builtin-schema", "vendor.github-workflows", str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_workflow_validates_and_a_broken_copy_does_not(tmp_path):

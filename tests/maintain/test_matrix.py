@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from support import TESTS, tool
 from neurodocker_nd.cli import cli
-from neurodocker_nd.render.target import PRESETS
-from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.maintain.matrix import render_matrix
+from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render.renderer import HADOLINT_IGNORE
+from neurodocker_nd.render.target import PRESETS
+from support import TESTS, tool
 
 GOLDEN = TESTS / "golden"
 FIXTURES = GOLDEN / "registry"
@@ -40,8 +40,12 @@ def matrix_dir(tmp_path_factory) -> tuple[Path, str]:
     """The real matrix (project registry), rendered once by a real `ndgen matrix` process."""
     out = tmp_path_factory.mktemp("matrix")
     environ = {k: v for k, v in os.environ.items() if k != "NDGEN_REGISTRY"}
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "matrix", "--out", str(out)],
-                          capture_output=True, text=True, env=environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "matrix", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=environ,
+    )
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
 
@@ -96,7 +100,9 @@ def test_fixture_matrix_lints_system_repositories(tmp_path, monkeypatch):
     """NeuroDebian + EPEL system installs (fixture entries) also pass hadolint."""
     monkeypatch.setenv("NDGEN_REGISTRY", str(FIXTURES))
     out = tmp_path / "m"
-    result = CliRunner().invoke(cli, ["matrix", "--out", str(out), "--pkg", "tinytool", "--pkg", "jq", "--pkg", "hello"])
+    result = CliRunner().invoke(
+        cli, ["matrix", "--out", str(out), "--pkg", "tinytool", "--pkg", "jq", "--pkg", "hello"]
+    )
     assert result.exit_code == 0, result.output
     files = sorted(out.glob("*.Dockerfile"))
     assert result.stdout == f"{2 * len(files)} recipes written to {out}\n"
@@ -109,12 +115,34 @@ def test_fixture_matrix_lints_system_repositories(tmp_path, monkeypatch):
 def test_matrix_subset_and_skip_notes(tmp_path, monkeypatch):
     monkeypatch.setenv("NDGEN_REGISTRY", str(FIXTURES))
     result = CliRunner().invoke(
-        cli, ["matrix", "--out", str(tmp_path), "--os", "ubuntu", "--os", "rockylinux:8", "--os", "ubuntu:24.04",
-              "--format", "docker", "--pkg", "vnc", "--pkg", "neurodebian", "--pkg", "ants", "--pkg", "ants"]
+        cli,
+        [
+            "matrix",
+            "--out",
+            str(tmp_path),
+            "--os",
+            "ubuntu",
+            "--os",
+            "rockylinux:8",
+            "--os",
+            "ubuntu:24.04",
+            "--format",
+            "docker",
+            "--pkg",
+            "vnc",
+            "--pkg",
+            "neurodebian",
+            "--pkg",
+            "ants",
+            "--pkg",
+            "ants",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "ants.rockylinux-8.Dockerfile", "ants.ubuntu-24.04.Dockerfile", "neurodebian.ubuntu-24.04.Dockerfile",
+        "ants.rockylinux-8.Dockerfile",
+        "ants.ubuntu-24.04.Dockerfile",
+        "neurodebian.ubuntu-24.04.Dockerfile",
     ]
     assert result.stdout.startswith("3 recipes written to ")  # aliases and repeats render once
     assert "skipped vnc (method=source) on every OS: vnc: missing required argument 'passwd'" in result.stderr
@@ -128,8 +156,12 @@ def test_matrix_error_writes_nothing(tmp_path):
         (reg / "hello" / "template.yaml").read_text().replace("{{ self.install_path }}/bin", "{{ self.nope }}/bin")
     )
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "matrix", "--out", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "NDGEN_REGISTRY": str(reg)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "matrix", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NDGEN_REGISTRY": str(reg)},
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("ndgen: error: ") and proc.stderr.count("\n") == 1
     assert "hello/template.yaml: template error" in proc.stderr
@@ -148,10 +180,13 @@ def test_upstream_default_would_fail_hadolint_sc2016(tmp_path):
     """The check above can fail: neurodocker's own output trips SC2016."""
     from neurodocker.reproenv import DockerRenderer
 
-    d = {"pkg_manager": "apt", "instructions": [
-        {"name": "from_", "kwds": {"base_image": "debian:bookworm"}},
-        {"name": "_default", "kwds": {}},
-    ]}
+    d = {
+        "pkg_manager": "apt",
+        "instructions": [
+            {"name": "from_", "kwds": {"base_image": "debian:bookworm"}},
+            {"name": "_default", "kwds": {}},
+        ],
+    }
     f = tmp_path / "Dockerfile"
     f.write_text(str(DockerRenderer.from_dict(d)) + "\n")
     proc = hadolint([f], ignore=())

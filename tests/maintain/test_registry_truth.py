@@ -54,10 +54,15 @@ def test_added_version_without_sources_is_refused(reg):
     _edit(reg / "jq" / "template.yaml", lambda d: d["binaries"]["urls"].update({"9.9": url}))
     line = _one_error_line(_validate(reg))
     assert "jq/template.yaml:" in line and "jq 9.9" in line and "versions.'9.9'" in line
+
     # With a source and a status (and its missing checksum waived) it passes.
     def add_meta(d):
-        d["versions"]["9.9"] = {"status": "confirmed", "sources": [{"url": "https://example.org/r", "confirms": "the asset"}]}
+        d["versions"]["9.9"] = {
+            "status": "confirmed",
+            "sources": [{"url": "https://example.org/r", "confirms": "the asset"}],
+        }
         d["waivers"] = [{"rule": "missing-checksum", "versions": ["9.9"], "reason": "not downloadable here yet"}]
+
     _edit(reg / "jq" / "meta.yaml", add_meta)
     assert _validate(reg).returncode == 0
 
@@ -65,9 +70,15 @@ def test_added_version_without_sources_is_refused(reg):
 def test_changed_upstream_url_needs_sources_and_meta_cannot_describe_absent_versions(reg):
     _edit(reg / "jq" / "meta.yaml", lambda d: d["versions"].pop("1.7"))
     assert "changes upstream's URL" in _one_error_line(_validate(reg))
-    _edit(reg / "jq" / "meta.yaml", lambda d: d["versions"].update(
-        {"1.7": {"status": "verified", "sources": [{"url": "https://x.org/a", "confirms": "x x x"}]},
-         "0.1": {"status": "confirmed", "sources": [{"url": "https://x.org/a", "confirms": "x x x"}]}}))
+    _edit(
+        reg / "jq" / "meta.yaml",
+        lambda d: d["versions"].update(
+            {
+                "1.7": {"status": "verified", "sources": [{"url": "https://x.org/a", "confirms": "x x x"}]},
+                "0.1": {"status": "confirmed", "sources": [{"url": "https://x.org/a", "confirms": "x x x"}]},
+            }
+        ),
+    )
     assert "describes version '0.1'" in _one_error_line(_validate(reg))
 
 
@@ -86,25 +97,38 @@ def test_lint_rules_fire_and_a_waiver_with_reason_silences_them(reg, rule, url, 
             d["binaries"]["urls"]["9.9"] = url
         if instructions:
             d["source"]["instructions"] += instructions
+
     _edit(reg / "jq" / "template.yaml", template)
+
     def meta(d):
         if url:
             d["versions"]["9.9"] = {"status": "confirmed", "sources": [{"url": "https://x.org/a", "confirms": "x x x"}]}
             d["waivers"] = [{"rule": "missing-checksum", "versions": ["9.9"], "reason": "test entry, no digest"}]
+
     _edit(reg / "jq" / "meta.yaml", meta)
     line = _one_error_line(_validate(reg))
-    assert {"dropbox": "Dropbox", "unpinned": "unpinned", "pipe-to-shell": "pipes a download",
-            "apt-key": "apt-key"}[rule] in line
-    _edit(reg / "jq" / "meta.yaml", lambda d: d.setdefault("waivers", []).append({"rule": rule, "reason": "because of the test"}))
+    assert {"dropbox": "Dropbox", "unpinned": "unpinned", "pipe-to-shell": "pipes a download", "apt-key": "apt-key"}[
+        rule
+    ] in line
+    _edit(
+        reg / "jq" / "meta.yaml",
+        lambda d: d.setdefault("waivers", []).append({"rule": rule, "reason": "because of the test"}),
+    )
     assert _validate(reg).returncode == 0
 
 
 def test_missing_checksum_and_stale_waiver(reg):
     _edit(reg / "jq" / "meta.yaml", lambda d: d["versions"]["1.8.1"].pop("sha256"))
     assert "jq 1.8.1: no sha256" in _one_error_line(_validate(reg))
-    _edit(reg / "jq" / "meta.yaml", lambda d: d.update(
-        waivers=[{"rule": "missing-checksum", "versions": ["1.8.1"], "reason": "testing a waiver"},
-                 {"rule": "dropbox", "reason": "nothing here is on Dropbox"}]))
+    _edit(
+        reg / "jq" / "meta.yaml",
+        lambda d: d.update(
+            waivers=[
+                {"rule": "missing-checksum", "versions": ["1.8.1"], "reason": "testing a waiver"},
+                {"rule": "dropbox", "reason": "nothing here is on Dropbox"},
+            ]
+        ),
+    )
     assert "waiver of 'dropbox' matches nothing" in _one_error_line(_validate(reg))
 
 
@@ -112,7 +136,9 @@ def test_rendered_run_verifies_the_download_before_use():
     proc = run_ndgen("--pkg", "jq==1.8.1", "--os", "debian:bookworm")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    dl = text.index("curl -fsSL --output /usr/local/bin/jq https://github.com/jqlang/jq/releases/download/jq-1.8.1/jq-linux64")
+    dl = text.index(
+        "curl -fsSL --output /usr/local/bin/jq https://github.com/jqlang/jq/releases/download/jq-1.8.1/jq-linux64"
+    )
     check = text.index(f'&& {{ echo "{JQ_181}  /usr/local/bin/jq" | sha256sum -c --quiet - || ')
     assert dl < check < text.index("chmod +x /usr/local/bin/jq")
     sing = run_ndgen("--pkg", "jq==1.8.1", "--os", "rockylinux:9", "--format", "singularity")
@@ -121,8 +147,12 @@ def test_rendered_run_verifies_the_download_before_use():
 
 
 def test_a_checksum_on_a_streamed_download_is_an_error(reg):
-    _edit(reg / "jq" / "template.yaml", lambda d: d["binaries"].update(
-        instructions="{{ self.install_dependencies() }}\ncurl -fsSL {{ self.urls[self.version] }} | tar -x\n"))
+    _edit(
+        reg / "jq" / "template.yaml",
+        lambda d: d["binaries"].update(
+            instructions="{{ self.install_dependencies() }}\ncurl -fsSL {{ self.urls[self.version] }} | tar -x\n"
+        ),
+    )
     line = _one_error_line(_validate(reg))
     assert "cannot verify sha256" in line and "jq-linux64" in line
 
@@ -136,8 +166,19 @@ def test_elastix_531_on_rocky9_is_refused_with_the_reason():
 
 
 def test_matrix_skips_incompatible_combinations_with_the_reason(tmp_path):
-    proc = run_ndgen("matrix", "--out", str(tmp_path), "--pkg", "elastix", "--os", "rockylinux:9",
-                     "--os", "debian:bookworm", "--format", "docker")
+    proc = run_ndgen(
+        "matrix",
+        "--out",
+        str(tmp_path),
+        "--pkg",
+        "elastix",
+        "--os",
+        "rockylinux:9",
+        "--os",
+        "debian:bookworm",
+        "--format",
+        "docker",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped elastix (method=binaries) on rockylinux:9: elastix 5.3.1" in proc.stderr
     assert "glibc >= 2.35" in proc.stderr
@@ -160,7 +201,8 @@ def test_a_known_dead_download_is_named_at_render_time():
     dead = run_ndgen("--pkg", "ants==2.3.4", "--os", "debian:bookworm")
     assert dead.returncode == 0 and dead.stderr.strip() == (
         "ndgen: note: ants 2.3.4 downloads from Dropbox, which answers 403 (neurodocker#635): "
-        "the build will fail; choose another version")
+        "the build will fail; choose another version"
+    )
     assert run_ndgen("--pkg", "ants", "--os", "debian:bookworm").stderr == ""
 
 
@@ -172,4 +214,10 @@ def test_checksums_travel_upstream_in_the_pr_body_not_the_template():
     assert "## Sources" in body and f"`1.8.1` (verified; sha256 `{JQ_181}`)" in body
     assert "sig/v1.8.1/sha256sum.txt" in body
     exported = yaml.safe_load((REPO / "upstream-patches" / "jq" / "jq.yaml").read_text())
-    assert "sha256" not in str(exported) and set(exported["binaries"]) <= {"arguments", "dependencies", "env", "instructions", "urls"}
+    assert "sha256" not in str(exported) and set(exported["binaries"]) <= {
+        "arguments",
+        "dependencies",
+        "env",
+        "instructions",
+        "urls",
+    }

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.minify import write as image, keep, sandbox as run, verify
+from neurodocker_nd.minify import keep, verify
+from neurodocker_nd.minify import sandbox as run
+from neurodocker_nd.minify import write as image
 from neurodocker_nd.minify.model import CommandResult, TraceRecord, in_image_path
 from neurodocker_nd.minify.sandbox import Mount, resolve_user, sandbox_command, sandbox_env
 from neurodocker_nd.minify.source import ImageConfig
@@ -56,7 +58,11 @@ def test_closure_keeps_elf_closure_symlink_chains_and_essentials(rootfs):
     assert {"/bin", "/usr/bin/true", f"{MULTIARCH}/libc.so.6", "/lib64", "/usr/lib64/ld-linux-x86-64.so.2",
             f"{MULTIARCH}/ld-linux-x86-64.so.2"} <= kept  # fmt: skip
     assert {"/bin/sh", "/usr/bin/sh", "/usr/bin/dash", "/etc/passwd", "/etc/group", "/etc/ld.so.conf"} & kept >= {
-        "/usr/bin/sh", "/usr/bin/dash", "/etc/passwd", "/etc/group", "/etc/ld.so.conf"
+        "/usr/bin/sh",
+        "/usr/bin/dash",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/ld.so.conf",
     }
     assert "/etc/ld.so.conf.d/x86_64-linux-gnu.conf" in kept
     assert {"/tmp", "/proc", "/root"} <= kept  # runtime dirs and HOME exist, empty
@@ -88,7 +94,9 @@ def test_python_rules_landmark_and_sources_of_bytecode(rootfs):
     (lib / "__pycache__/json.cpython-311.pyc").write_bytes(b"")
     (lib / "__pycache__/gone.cpython-311.pyc").write_bytes(b"")
     shutil.copy2("/usr/bin/true", rootfs / "usr/bin/python3.11")
-    kept = keep.closure(rootfs, _config(), _record("/usr/bin/python3.11", "/usr/lib/python3.11/__pycache__/json.cpython-311.pyc")).paths
+    kept = keep.closure(
+        rootfs, _config(), _record("/usr/bin/python3.11", "/usr/lib/python3.11/__pycache__/json.cpython-311.pyc")
+    ).paths
     assert {"/usr/lib/python3.11/os.py", "/usr/lib/python3.11/lib-dynload", "/usr/lib/python3.11/json.py"} <= kept
     assert "/usr/lib/python3.11/gone.py" not in kept
 
@@ -101,7 +109,13 @@ def test_keep_globs_and_directories_keep_whole_trees(rootfs):
     (rootfs / "etc/extra.conf").write_text("c")
     (rootfs / "opt/data/sub/link").symlink_to("../../other.txt")
     result = keep.closure(rootfs, _config(), _record(), keep=["/opt/data"], profile_keep=["/etc/*.conf"])
-    assert {"/opt/data", "/opt/data/sub", "/opt/data/sub/a.txt", "/etc/extra.conf", "/etc/unrelated.conf"} <= result.paths
+    assert {
+        "/opt/data",
+        "/opt/data/sub",
+        "/opt/data/sub/a.txt",
+        "/etc/extra.conf",
+        "/etc/unrelated.conf",
+    } <= result.paths
     assert "/opt/data/sub/link" in result.paths and "/opt/other.txt" in result.paths  # links out keep targets
     assert "/opt/unrelated" not in result.paths
     assert result.reasons["--keep"] >= 3 and result.reasons["profile"] >= 2
@@ -137,7 +151,10 @@ def test_write_tar_preserves_hardlinks_setuid_xattrs_and_mtimes(rootfs):
         members = {m.name: m for m in tar.getmembers()}
     assert members["usr/bin/suid"].mode == 0o4755
     assert members["usr/bin/suid-link"].islnk() and members["usr/bin/suid-link"].linkname == "usr/bin/suid"
-    assert members["usr/bin/suid"].pax_headers["SCHILY.xattr.user.ndgen"].encode("utf-8", "surrogateescape") == b"\xff\x00binary"
+    assert (
+        members["usr/bin/suid"].pax_headers["SCHILY.xattr.user.ndgen"].encode("utf-8", "surrogateescape")
+        == b"\xff\x00binary"
+    )
     assert members["usr/bin/suid"].mtime == pytest.approx(1_600_000_000.123456789)
 
 
@@ -153,8 +170,12 @@ def test_image_config_carries_the_source_config_whole():
     config = _config(image_json=json.dumps({"architecture": "amd64", "os": "linux", "config": source}))
     made = image.image_config(config, ["mrinfo x"], ["sha256:layer"])
     inner = made["config"]
-    assert {k: v for k, v in inner.items() if k != "Labels"} == {k: v for k, v in source.items() if k not in ("Labels", "Image")}
-    assert inner["Labels"]["org.example"] == "café ☕" and json.loads(inner["Labels"]["org.ndgen.minify.commands"]) == ["mrinfo x"]
+    assert {k: v for k, v in inner.items() if k != "Labels"} == {
+        k: v for k, v in source.items() if k not in ("Labels", "Image")
+    }
+    assert inner["Labels"]["org.example"] == "café ☕" and json.loads(inner["Labels"]["org.ndgen.minify.commands"]) == [
+        "mrinfo x"
+    ]
     assert made["rootfs"] == {"type": "layers", "diff_ids": ["sha256:layer"]} and made["architecture"] == "amd64"
 
 
@@ -196,7 +217,12 @@ def test_sandbox_is_docker_like(rootfs, tmp_path):
     allowed = {n for rule in linux["seccomp"]["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW" for n in rule["names"]}
     assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO" and "read" in allowed
     assert not {"mount", "keyctl", "unshare", "setns", "bpf", "io_uring_setup"} & allowed
-    assert {"destination": "/data", "type": "bind", "source": str(tmp_path), "options": ["rbind", "rprivate", "ro"]} in spec["mounts"]
+    assert {
+        "destination": "/data",
+        "type": "bind",
+        "source": str(tmp_path),
+        "options": ["rbind", "rprivate", "ro"],
+    } in spec["mounts"]
 
 
 def test_compare_names_first_differing_command_and_outputs(tmp_path):
@@ -236,7 +262,7 @@ def test_entrypoint_script_keeps_its_interpreter_chain(rootfs):
     (rootfs / "usr/bin/env").write_text("fake env")
     shutil.copy2("/usr/bin/true", rootfs / "usr/bin/bash")
     (rootfs / "opt/entry").mkdir(parents=True)
-    (rootfs / "opt/entry/startup.sh").write_text("#!/usr/bin/env bash\nexec \"$@\"\n")
+    (rootfs / "opt/entry/startup.sh").write_text('#!/usr/bin/env bash\nexec "$@"\n')
     config = _config(entrypoint=("/opt/entry/startup.sh",), cmd=("true",), env=("PATH=/usr/bin",))
     kept = keep.closure(rootfs, config, _record()).paths
     assert {"/opt/entry/startup.sh", "/usr/bin/env", "/usr/bin/bash", "/usr/bin/true"} <= kept
@@ -280,13 +306,22 @@ def _escapes(monkeypatch, root: Path) -> list[str]:
         original = getattr(module, name)
 
         def spy(path, *args, **kwargs):
-            nofollow = kwargs.get("follow_symlinks") is False or (name == "open" and module is os and args and args[0] & os.O_NOFOLLOW)
+            nofollow = kwargs.get("follow_symlinks") is False or (
+                name == "open" and module is os and args and args[0] & os.O_NOFOLLOW
+            )
             check(path, follow and not nofollow)
             return original(path, *args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
 
-    for name, follow in (("lstat", False), ("readlink", False), ("stat", True), ("scandir", True), ("listdir", True), ("open", True)):
+    for name, follow in (
+        ("lstat", False),
+        ("readlink", False),
+        ("stat", True),
+        ("scandir", True),
+        ("listdir", True),
+        ("open", True),
+    ):
         wrap(os, name, follow)
     wrap(builtins, "open", True)
     return escapes

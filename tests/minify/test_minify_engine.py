@@ -14,18 +14,19 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import struct
+import subprocess
 import sys
-import tempfile
 import tarfile
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from support import remove_image, run_ndgen
 from docker.errors import ImageNotFound
+
+from support import remove_image, run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -236,15 +237,21 @@ def test_writable_mount_outputs_compared_and_user_dir_untouched(docker_client, a
     # Compared: an output file that differs between the traced run and the rerun fails verify,
     # though stdout, stderr and exit code are the same.
     differs = "python3 -c \"import os; open('/data/out.txt','wb').write(os.urandom(8))\""
-    proc = _minify(docker_client, app_image, new_tag, scratch, "-c", differs, "-v", f"{data}:/data", "--no-repair", ok=False)
+    proc = _minify(
+        docker_client, app_image, new_tag, scratch, "-c", differs, "-v", f"{data}:/data", "--no-repair", ok=False
+    )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("ndgen: error: verify failed: the outputs differ") and "/data/out.txt" in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.startswith("ndgen: error: verify failed: the outputs differ") and "/data/out.txt" in proc.stderr
+    ), proc.stderr
     assert sorted(p.name for p in data.iterdir()) == ["in.txt"]
     assert _image_id(docker_client, new_tag) == first  # the failed run did not retag
 
 
 def test_failing_command_stops_the_trace_and_allow_fail_accepts(docker_client, app_image, new_tag, scratch):
-    proc = _minify(docker_client, app_image, new_tag, scratch, "-c", "echo one", "-c", "exit 3", "-c", "echo three", ok=False)
+    proc = _minify(
+        docker_client, app_image, new_tag, scratch, "-c", "echo one", "-c", "exit 3", "-c", "echo three", ok=False
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "'exit 3' exited 3" in proc.stderr, proc.stderr
     with pytest.raises(ImageNotFound):
@@ -332,7 +339,10 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
     # the file capability survives into the SquashFS (as `setcap cap_net_raw+ep` wrote it)
     assert os.getxattr(tree / "opt/app/cap", "security.capability") == struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
     if shutil.which("getcap"):
-        assert "cap_net_raw=ep" in subprocess.run(["getcap", str(tree / "opt/app/cap")], capture_output=True, text=True).stdout
+        assert (
+            "cap_net_raw=ep"
+            in subprocess.run(["getcap", str(tree / "opt/app/cap")], capture_output=True, text=True).stdout
+        )
     bare = ImageConfig(image_id="", name="sqfs")  # no Docker ENV: the image must bring its own
     run = run_plain(tree, bare, "/.singularity.d/actions/run python3 /opt/app/tool.py x")
     assert (run.exit_code, run.stdout) == (0, b"X\n"), run.stderr
@@ -414,7 +424,9 @@ def test_export_fallback_without_overlay2_layers(docker_client, app_image, scrat
     with open_source(docker_client, app_image, prefer_overlay=False) as source:
         assert source.method == "export"
         view = source.view("run")
-        result = run_plain(view, source.config, "python3 /opt/app/tool.py hi > /tmp/x && touch /written && cat /etc/ndgen-flag")
+        result = run_plain(
+            view, source.config, "python3 /opt/app/tool.py hi > /tmp/x && touch /written && cat /etc/ndgen-flag"
+        )
         assert (result.exit_code, result.stdout) == (0, b"flag\n")
         assert not (source.pristine / "written").exists()  # runs never write into the pristine view
         assert (source.pristine / "opt/app/suid").stat().st_mode & 0o4000
@@ -443,8 +455,8 @@ def test_fanotify_keeps_up_with_a_burst_of_opens_under_a_low_fd_limit(docker_cli
     # Every queued event carries an open fd: reading must not trip over the open-files limit.
     import resource
 
-    from neurodocker_nd.minify.source import open_source
     from neurodocker_nd.minify.fanotify import FanotifyTracer
+    from neurodocker_nd.minify.source import open_source
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))

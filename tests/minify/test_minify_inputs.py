@@ -15,6 +15,7 @@ from pathlib import Path
 
 import docker.errors
 import pytest
+
 from support import run_ndgen
 
 pytestmark = pytest.mark.docker
@@ -211,8 +212,7 @@ def test_repair_rounds_leave_no_dangling_images(docker_client, source, new_tag):
     leftovers = [
         image.id
         for image in docker_client.images.list(filters={"dangling": True})
-        if image.id not in before
-        and any(ours in (step.get("CreatedBy") or "") for step in image.history())
+        if image.id not in before and any(ours in (step.get("CreatedBy") or "") for step in image.history())
     ]
     assert leftovers == []
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import docker.errors
 import pytest
-from support import remove_image, run_ndgen
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import families, packages
+from support import remove_image, run_ndgen
 
 PREFIX = "ndgen-test-keeppkg"
 
@@ -163,7 +163,7 @@ WORKLOAD_B_FAMILIES = (
 # Other programs / modules of the traced packages, and a package named with --keep-package.
 WORKLOAD_B_PACKAGES = (
     "gawk -l ordchr 'BEGIN { print ord(\"A\"), chr(66) }'",
-    "gawk -l filefuncs 'BEGIN { stat(\"/etc/hostname\", s); print s[\"type\"] }'",
+    'gawk -l filefuncs \'BEGIN { stat("/etc/hostname", s); print s["type"] }\'',
     "perl -MPOSIX -e 'print floor(2.7), qq(\\n), strftime(qq(%Y\\n), gmtime(0))'",
     "perl -MList::Util=sum -e 'print sum(1..10), qq(\\n)'",
     "printf 'b\\na\\nc\\n' | sort -r | head -2; seq 3 | tac; echo hi | base64; stat -c %F /etc/passwd",
@@ -189,7 +189,7 @@ def new_tag(docker_client):
 
 def _outputs(client, tag: str, commands) -> list[tuple[int, bytes]]:
     """Exit code and stdout+stderr of each command (each in a subshell), in one `docker run --network none`."""
-    script = "".join(f"( {command}\n) 2>&1; echo \"@@rc=$?@@\"\n" for command in commands)
+    script = "".join(f'( {command}\n) 2>&1; echo "@@rc=$?@@"\n' for command in commands)
     out = client.containers.run(tag, ["/bin/sh", "-c", script], network_mode="none", remove=True, stderr=True)
     parts = re.split(rb"@@rc=(\d+)@@\n", out)  # output, code, output, code, …, ""
     return [(int(parts[i + 1]), parts[i]) for i in range(0, len(parts) - 1, 2)]
@@ -205,7 +205,9 @@ def _minify(client, source: str, tag: str, *args: str) -> subprocess.CompletedPr
 @pytest.mark.docker
 def test_keep_packages_runs_untraced_programs_of_traced_packages(docker_client, pkg_image, new_tag, scratch, tmp_path):
     report = tmp_path / "report.json"
-    proc = _minify(docker_client, pkg_image, new_tag, "--keep-packages", "--keep-package", "bc", "--report", str(report))
+    proc = _minify(
+        docker_client, pkg_image, new_tag, "--keep-packages", "--keep-package", "bc", "--report", str(report)
+    )
     assert proc.returncode == 0, proc.stderr
     assert list(scratch.iterdir()) == []
     workload_b = WORKLOAD_B_FAMILIES + WORKLOAD_B_PACKAGES
@@ -274,9 +276,7 @@ def test_closure_on_the_real_image_locale_family_and_owners(docker_client, pkg_i
         db = packages.read_database(str(source.pristine))
         # merged /usr: dpkg lists /lib/x86_64-linux-gnu/libc.so.6, the file is under /usr/lib
         assert db.owning(["/usr/lib/x86_64-linux-gnu/libc.so.6"]) == {"libc6:amd64"}
-        named = closure(
-            source.pristine, source.config, record("/usr/bin/mawk"), package_db=db, package_names=("bc",)
-        )
+        named = closure(source.pristine, source.config, record("/usr/bin/mawk"), package_db=db, package_names=("bc",))
         assert "/usr/bin/bc" in named.paths and [name for name, _ in named.packages] == ["bc"]
         assert not any(p.startswith("/usr/share/doc/bc") for p in named.paths)
         assert "/usr/bin/gawk" not in named.paths  # without --keep-packages nothing else is whole
@@ -359,7 +359,9 @@ def test_tests_suite_failing_on_the_source_is_one_line(docker_client, pkg_image,
     proc = run_ndgen("minify", pkg_image, "-t", new_tag, "--tests", str(suite), "--no-repair", timeout=900)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"ndgen: error: test suite {suite} fails on the source image"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"ndgen: error: test suite {suite} fails on the source image"), (
+        proc.stderr
+    )
     assert "always fails" in lines[0]
     assert list(scratch.iterdir()) == []
     with pytest.raises(Exception):
@@ -388,7 +390,9 @@ RUN mkdir -p /root/rpmbuild/SPECS && printf '%s\\n' \\
 
 
 @pytest.mark.docker
-def test_keep_packages_on_an_rpm_image_reads_it_with_the_images_rpm(docker_client, base_image, new_tag, scratch, tmp_path):
+def test_keep_packages_on_an_rpm_image_reads_it_with_the_images_rpm(
+    docker_client, base_image, new_tag, scratch, tmp_path
+):
     # An rpm database (as on Rocky/CentOS, /var/lib/rpm) and no dpkg one, made with Debian's rpm.
     source = f"{PREFIX}-rpm:{uuid.uuid4().hex[:8]}"
     dockerfile = RPM_DOCKERFILE.format(base=base_image)

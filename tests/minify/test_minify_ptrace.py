@@ -163,11 +163,16 @@ def test_non_root_user_is_traced_through_a_user_namespace(docker_client, base_im
 
     tag = f"ndgen-test-h6-ptrace-user-{os.getpid()}"
     docker_client.images.build(
-        fileobj=io.BytesIO(f"FROM {base_image}\nUSER nobody\nWORKDIR /tmp\n".encode()), tag=tag, network_mode="host", rm=True
+        fileobj=io.BytesIO(f"FROM {base_image}\nUSER nobody\nWORKDIR /tmp\n".encode()),
+        tag=tag,
+        network_mode="host",
+        rm=True,
     )
     try:
         with open_source(docker_client, tag) as src:
-            rec = PtraceTracer().trace(src.view("user"), src.config, ["id -u && cat /etc/debian_version >/dev/null && ls"], ())
+            rec = PtraceTracer().trace(
+                src.view("user"), src.config, ["id -u && cat /etc/debian_version >/dev/null && ls"], ()
+            )
     finally:
         docker_client.images.remove(tag, force=True)
     assert rec.results[0].exit_code == 0, rec.results[0].stderr

@@ -19,13 +19,12 @@ import posixpath
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import pytest
-from support import REPO, remove_images, unique_tag
 
 from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.source import _ChunkReader  # the SDK's export chunks as a stream
+from support import REPO, remove_images, unique_tag
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -93,7 +92,9 @@ def test_reference_workload_minifies_with_identical_output(reference, docker_cli
     unused = devel_files(docker_client, TAG)
     unused_bytes = sum(size for _, size in unused.values())
     # The check below means something only if the source holds such packages.
-    assert unused_bytes > 50_000_000, f"{TAG} has only {unused_bytes} bytes of devel packages: pick another unused package"
+    assert unused_bytes > 50_000_000, (
+        f"{TAG} has only {unused_bytes} bytes of devel packages: pick another unused package"
+    )
     new_tag = f"ndgen-test-h6-reference-{tracer}-{os.getpid()}"
     data = tmp_path / "traced"
     data.mkdir()

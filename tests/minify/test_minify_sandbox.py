@@ -16,10 +16,10 @@ from pathlib import Path
 import attrs
 import pytest
 
+from neurodocker_nd.minify.fanotify import FanotifyTracer, fanotify_available
 from neurodocker_nd.minify.ptrace import PtraceTracer
 from neurodocker_nd.minify.sandbox import HOSTNAME, SHELL, run_plain
 from neurodocker_nd.minify.source import open_source
-from neurodocker_nd.minify.fanotify import FanotifyTracer, fanotify_available
 
 pytestmark = [
     pytest.mark.docker,
@@ -35,7 +35,7 @@ RUN cp /usr/bin/id /usr/local/bin/suid-id && chmod 4755 /usr/local/bin/suid-id \
 PROBE = (
     "id; suid-id -u; grep -E '^(CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; "
     "cat /etc/hosts; hostname; cat /etc/hostname; cat /sys/class/net/lo/operstate; "
-    "awk '$5 ~ \"^/proc/|^/sys\" {split($6, o, \",\"); print $5, o[1]}' /proc/self/mountinfo | sort; "
+    'awk \'$5 ~ "^/proc/|^/sys" {split($6, o, ","); print $5, o[1]}\' /proc/self/mountinfo | sort; '
     "wc -c < /proc/timer_list; wc -c < /proc/keys; ls -A /sys/firmware | wc -l; "
     "unshare -U true 2>&1; unshare -m true 2>&1; echo 5 > /proc/sys/kernel/printk_ratelimit"
 )
@@ -63,7 +63,11 @@ def _docker_run(client, image: str, command: str, user: str = "") -> tuple[int, 
     )
     try:
         code = container.wait()["StatusCode"]
-        return code, container.logs(stdout=True, stderr=False).decode(), container.logs(stdout=False, stderr=True).decode()
+        return (
+            code,
+            container.logs(stdout=True, stderr=False).decode(),
+            container.logs(stdout=False, stderr=True).decode(),
+        )
     finally:
         container.remove(force=True)
 
@@ -75,7 +79,9 @@ def test_sandbox_sees_what_docker_run_sees(docker_client, image, source, user):
     ours = run_plain(source.view(f"probe-{user or 'root'}"), config, PROBE)
     docker_code, docker_out, docker_err = _docker_run(docker_client, image, PROBE, user)
     assert (ours.exit_code, ours.stdout.decode().splitlines(), ours.stderr.decode().splitlines()) == (
-        docker_code, docker_out.splitlines(), docker_err.splitlines()
+        docker_code,
+        docker_out.splitlines(),
+        docker_err.splitlines(),
     )
     # and what that means, spelled out:
     assert "suid-id" not in docker_out and "\n0\n" in docker_out  # the setuid program ran as root
@@ -88,7 +94,9 @@ def test_io_uring_is_refused_as_by_docker_25(source):
     probe = "perl -e 'print syscall(425, 1, 0) == -1 ? $!+0 : \"fd\"'"  # 425: io_uring_setup on x86-64
     if os.uname().machine != "x86_64":
         pytest.skip("syscall number 425 is x86-64's")
-    host = subprocess.run(["perl", "-e", "print syscall(425, 1, 0) == -1 ? $!+0 : 'fd'"], capture_output=True, text=True)
+    host = subprocess.run(
+        ["perl", "-e", "print syscall(425, 1, 0) == -1 ? $!+0 : 'fd'"], capture_output=True, text=True
+    )
     assert host.stdout == "14", host  # the probe tells the filter from the kernel
     result = run_plain(source.view("io-uring"), source.config, probe)
     assert (result.exit_code, result.stdout) == (0, b"1")  # EPERM

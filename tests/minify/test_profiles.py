@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.core import paths
+from neurodocker_nd.core.yamlfile import read_yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.profile import Profile, list_profiles, load_profile
-from neurodocker_nd.core.yamlfile import read_yaml
 
 SHIPPED = list_profiles()
 
@@ -40,7 +40,7 @@ def test_every_buildable_registry_entry_has_a_profile():
 
 def test_profile_by_path_and_defaults(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text("name: tiny\ndescription: one line\ncommands: [\"true\"]\n")
+    path.write_text('name: tiny\ndescription: one line\ncommands: ["true"]\n')
     profile = load_profile(str(path))
     assert profile == Profile(name="tiny", description="one line", commands=("true",))
     assert profile.path == path
@@ -90,7 +90,13 @@ def test_unknown_profile_lists_the_known_ones():
 
 def test_schema_is_valid_draft_2020_12():
     proc = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--check-metaschema", str(paths.schemas_dir() / "profile.schema.json")],
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--check-metaschema",
+            str(paths.schemas_dir() / "profile.schema.json"),
+        ],
         capture_output=True,
         text=True,
     )

@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import remove_images, unique_tag
 
 from neurodocker_nd.minify.profile import ensure_reference_image, list_profiles, load_profile, run_setup, scratch_mounts
 from neurodocker_nd.minify.ptrace import PtraceTracer
+from support import remove_images, unique_tag
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

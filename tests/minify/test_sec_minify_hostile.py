@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
 from support import remove_images, unique_tag
 
 pytestmark = pytest.mark.docker

@@ -23,13 +23,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import remove_image, run_ndgen
 from docker.errors import ImageNotFound
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import write as image
 from neurodocker_nd.minify.keep import KeepSet
 from neurodocker_nd.minify.source import ImageConfig
+from support import remove_image, run_ndgen
 
 PREFIX = "ndgen-test-sec-write"
 GIB = 1 << 30
@@ -98,7 +98,9 @@ def test_image_files_in_singularity_dir_never_redirect_host_writes(tmp_path):
     names = _listing(out)
     # ndgen's runscript (a regular 0755 file holding the ENTRYPOINT) replaced the image's link
     assert names["/.singularity.d/runscript"].startswith("-rwxr-xr-x")
-    script = subprocess.run(["unsquashfs", "-cat", str(out), "/.singularity.d/runscript"], capture_output=True, text=True)
+    script = subprocess.run(
+        ["unsquashfs", "-cat", str(out), "/.singularity.d/runscript"], capture_output=True, text=True
+    )
     assert "exec '/bin/echo' 'pwned'" in script.stdout
     assert "/.singularity.d/own" in names and names["/etc"].startswith("l")  # the image's own entries stay
 
@@ -260,9 +262,13 @@ def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.docker
 @pytest.mark.parametrize("fmt", ["singularity", "both"])
-def test_minify_never_writes_into_the_host_dir_the_image_names(docker_client, hostile_image, host_dir, new_tag, scratch, tmp_path, fmt):
+def test_minify_never_writes_into_the_host_dir_the_image_names(
+    docker_client, hostile_image, host_dir, new_tag, scratch, tmp_path, fmt
+):
     out = tmp_path / "out.sqfs"
-    proc = run_ndgen("minify", hostile_image, "-t", new_tag, "-c", "true", "--format", fmt, "--squashfs", str(out), timeout=600)
+    proc = run_ndgen(
+        "minify", hostile_image, "-t", new_tag, "-c", "true", "--format", fmt, "--squashfs", str(out), timeout=600
+    )
     assert list(host_dir.iterdir()) == [], "minify wrote into the host directory the image's /.singularity.d names"
     assert "/.singularity.d is a symlink, not a directory" in _one_line_error(proc)
     assert not out.exists() and list(scratch.iterdir()) == []
@@ -296,7 +302,9 @@ def test_minify_refuses_to_write_holes_out_into_the_engine(docker_client, specia
 
 
 @pytest.mark.docker
-def test_minify_keeps_a_sparse_file_sparse_in_the_squashfs(docker_client, special_image, new_tag, tmp_path, monkeypatch):
+def test_minify_keeps_a_sparse_file_sparse_in_the_squashfs(
+    docker_client, special_image, new_tag, tmp_path, monkeypatch
+):
     small = tmp_path / "small"  # scratch on 128 MiB: writing the 1 GiB file out there fails
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m,mode=0700", "tmpfs", str(small)], check=True)

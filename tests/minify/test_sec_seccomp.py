@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
@@ -51,10 +50,14 @@ CALLS = {
     "unknown_999": "999",
     "getpid": "39",
 }
-PROBE = "perl -e '" + "".join(
-    f'$!=0; $r=syscall({args}); print "{name} ", ($r == -1 ? "errno=".($!+0) : "ok"), "\\n"; '
-    for name, args in CALLS.items()
-) + "'"
+PROBE = (
+    "perl -e '"
+    + "".join(
+        f'$!=0; $r=syscall({args}); print "{name} ", ($r == -1 ? "errno=".($!+0) : "ok"), "\\n"; '
+        for name, args in CALLS.items()
+    )
+    + "'"
+)
 REFUSED_EPERM = ("process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "process_madvise",
                  "pkey_alloc", "pkey_mprotect", "personality_addr_no_randomize")  # fmt: skip
 NEWER_THAN_PROFILE = ("statmount", "listmount", "lsm_get_self_attr", "lsm_list_modules", "mseal", "open_tree_attr")
@@ -70,7 +73,11 @@ def _docker_run(client, image: str, command: str) -> tuple[int, str, str]:
     container = client.containers.run(image, [SHELL, "-c", command], network_mode="none", detach=True)
     try:
         code = container.wait()["StatusCode"]
-        return code, container.logs(stdout=True, stderr=False).decode(), container.logs(stdout=False, stderr=True).decode()
+        return (
+            code,
+            container.logs(stdout=True, stderr=False).decode(),
+            container.logs(stdout=False, stderr=True).decode(),
+        )
     finally:
         container.remove(force=True)
 
@@ -162,6 +169,8 @@ def test_apparmor_docker_default_where_loaded(tmp_path):
     expected = "docker-default" if enabled and "docker-default (" in loaded else None
     assert profile == expected
     bundle = tmp_path / "bundle"
-    oci.write_bundle(bundle, tmp_path / "rootfs", ["true"], {}, cwd="/", uid=0, gid=0, extra_gids=(), hostname="h", binds=())
+    oci.write_bundle(
+        bundle, tmp_path / "rootfs", ["true"], {}, cwd="/", uid=0, gid=0, extra_gids=(), hostname="h", binds=()
+    )
     config = json.loads((bundle / "config.json").read_text())
     assert config["process"].get("apparmorProfile") == expected

@@ -10,10 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.core.paths import registry_dir, schemas_dir
+from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry, RegistryError, sort_versions, validate_paths
-
 from support import TESTS
 
 FIXTURES = TESTS / "golden" / "registry"
@@ -115,7 +114,10 @@ def test_template_schema_violation_uses_neurodocker_schema(tmp_path):
     tpl = entry / "template.yaml"
     tpl.write_text(tpl.read_text().replace("  instructions: |", "  instructionz: |"))
     line = tpl.read_text().splitlines().index("binaries:") + 1
-    with pytest.raises(RegistryError, match=rf"{tpl}:{line}: binaries: 'instructions' is a required property \(neurodocker template schema\)"):
+    with pytest.raises(
+        RegistryError,
+        match=rf"{tpl}:{line}: binaries: 'instructions' is a required property \(neurodocker template schema\)",
+    ):
         Registry(registry_dir=tmp_path / "registry").get("hello")
 
 
@@ -192,7 +194,9 @@ def test_unquoted_float_version_is_reported(tmp_path):
     tpl = entry / "template.yaml"
     tpl.write_text(tpl.read_text().replace('"2.9":', "2.9:"))
     line = tpl.read_text().splitlines().index("    2.9: https://ftp.gnu.org/gnu/hello/hello-2.9.tar.gz") + 1
-    with pytest.raises(RegistryError, match=rf"{tpl}:{line}: binaries\.urls\.2\.9: version 2\.9 is not a string; quote it"):
+    with pytest.raises(
+        RegistryError, match=rf"{tpl}:{line}: binaries\.urls\.2\.9: version 2\.9 is not a string; quote it"
+    ):
         Registry(registry_dir=tmp_path / "registry").get("hello")
 
 

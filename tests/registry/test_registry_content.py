@@ -13,15 +13,14 @@ from functools import cache
 from pathlib import Path
 
 import jsonschema
+import neurodocker
 import pytest
 import yaml
-
-import neurodocker
 from neurodocker.reproenv.renderers import DockerRenderer, SingularityRenderer
 from neurodocker.reproenv.template import Template
 
-from support import REPO, tool
 from neurodocker_nd.registry.entries import sort_versions
+from support import REPO, tool
 
 ROOT = REPO
 REGISTRY = ROOT / "registry"

@@ -12,9 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from neurodocker_nd.cli import cli
-from neurodocker_nd.maintain.equivalence import first_difference, instructions
 from neurodocker_nd.errors import NdgenError
-
+from neurodocker_nd.maintain.equivalence import first_difference, instructions
 from support import TESTS
 
 
@@ -22,8 +21,12 @@ def neurodocker(args: list[str]) -> str:
     exe = Path(sys.executable).with_name("neurodocker")
     nd = str(exe) if exe.exists() else shutil.which("neurodocker")
     assert nd, "neurodocker (the reference) is not installed"
-    proc = subprocess.run([nd, "generate", "docker", "--pkg-manager", "apt", "--base-image", "debian:bookworm", *args],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [nd, "generate", "docker", "--pkg-manager", "apt", "--base-image", "debian:bookworm", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout
 
 
@@ -37,14 +40,55 @@ def ndgen(args: list[str]) -> str:
 # (neurodocker args, ndgen args): identical except that templates are --pkg NAME,k=v.
 COMMON = [
     ["--run", "mkdir -p /opt/x && echo ok > /opt/x/y", "--env", "A=1", "B=two words", "--workdir", "/opt/x"],
-    ["--install", "git", "curl", "opts=--quiet", "--run-bash", "source /etc/os-release && echo $ID",
-     "--user", "neuro", "--workdir", "/home/neuro", "--user", "root", "--copy", "a.txt", "b.txt", "/opt/"],
-    ["--env", "PATH=/opt/bin:$PATH", "--install", "jq", "--label", "maintainer=me", "org.x=y",
-     "--arg", "V=1", "--entrypoint", "bash -c", "--run", "echo done"],
+    [
+        "--install",
+        "git",
+        "curl",
+        "opts=--quiet",
+        "--run-bash",
+        "source /etc/os-release && echo $ID",
+        "--user",
+        "neuro",
+        "--workdir",
+        "/home/neuro",
+        "--user",
+        "root",
+        "--copy",
+        "a.txt",
+        "b.txt",
+        "/opt/",
+    ],
+    [
+        "--env",
+        "PATH=/opt/bin:$PATH",
+        "--install",
+        "jq",
+        "--label",
+        "maintainer=me",
+        "org.x=y",
+        "--arg",
+        "V=1",
+        "--entrypoint",
+        "bash -c",
+        "--run",
+        "echo done",
+    ],
 ]
 LINES = [(a, a) for a in COMMON] + [
-    (["--run", "echo pre", "--miniconda", "version=latest", "conda_install=numpy", "--run", "python -V", "--env", "X=1"],
-     ["--run", "echo pre", "--pkg", "miniconda==latest,conda_install=numpy", "--run", "python -V", "--env", "X=1"]),
+    (
+        [
+            "--run",
+            "echo pre",
+            "--miniconda",
+            "version=latest",
+            "conda_install=numpy",
+            "--run",
+            "python -V",
+            "--env",
+            "X=1",
+        ],
+        ["--run", "echo pre", "--pkg", "miniconda==latest,conda_install=numpy", "--run", "python -V", "--env", "X=1"],
+    ),
 ]
 
 
@@ -66,7 +110,10 @@ def test_order_is_kept_and_mixed_with_pkg(tmp_path, monkeypatch):
     env = ins.index('ENV A="1"')
     last = ins.index("RUN echo last")
     assert first < jq < env < last
-    assert "# Reproduce: ndgen --run 'echo first' --pkg jq,method=system --env A=1 --run 'echo last' --os debian:bookworm" in text
+    assert (
+        "# Reproduce: ndgen --run 'echo first' --pkg jq,method=system --env A=1 --run 'echo last' --os debian:bookworm"
+        in text
+    )
     assert ins[-1] == 'ENTRYPOINT ["/neurodocker/startup.sh"]'
 
 
@@ -95,8 +142,11 @@ BAD = [
 @pytest.mark.parametrize("args, message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
 def test_bad_directive_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "Dockerfile"
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args, "--os", "debian", "-o", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args, "--os", "debian", "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("ndgen: error: ") and message in lines[0], proc.stderr

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from neurodocker_nd.render.target import PRESETS, resolve_target
 from neurodocker_nd.render.renderer import render_recipe
+from neurodocker_nd.render.target import PRESETS, resolve_target
 
 ROCKY = [name for name in PRESETS if name.startswith("rockylinux:")]
 
@@ -40,8 +40,12 @@ def test_other_yum_images_keep_neurodocker_options():
 
 @pytest.mark.parametrize(
     "os_name, image, codename",
-    [("debian:trixie", "debian:trixie", "trixie"), ("debian:13", "debian:trixie", "trixie"),
-     ("ubuntu:26.04", "ubuntu:26.04", "resolute"), ("rockylinux:10", "rockylinux:10", None)],
+    [
+        ("debian:trixie", "debian:trixie", "trixie"),
+        ("debian:13", "debian:trixie", "trixie"),
+        ("ubuntu:26.04", "ubuntu:26.04", "resolute"),
+        ("rockylinux:10", "rockylinux:10", None),
+    ],
 )
 def test_current_presets(os_name, image, codename):
     target = resolve_target(os_name)

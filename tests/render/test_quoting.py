@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from support import run_ndgen
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.render.renderer import render_recipe
+from support import run_ndgen
 
 CONDA = "numpy<2 nibabel>=5 scipy *ants* !x ~root"
 PIP = "nipype[all] git+https://github.com/nipy/nipype#egg=nipype #c pkg!=1"
@@ -51,9 +51,7 @@ def _segment(recipe_text: str, fmt: str) -> str:
 
 @pytest.mark.parametrize("fmt", ["docker", "singularity"])
 def test_package_specs_reach_conda_and_pip_literally(tmp_path, fmt):
-    recipe = render_recipe(
-        [f"miniconda,conda_install={CONDA},pip_install={PIP}"], os_name="debian:bookworm", fmt=fmt
-    )
+    recipe = render_recipe([f"miniconda,conda_install={CONDA},pip_install={PIP}"], os_name="debian:bookworm", fmt=fmt)
     script = _segment(recipe.text, fmt)
     env = _stubs(tmp_path)
     shell = ["sh", "-c", script] if fmt == "docker" else ["bash", "-e", "-c", script]

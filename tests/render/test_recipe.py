@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from neurodocker_nd.render import steps as st
-from neurodocker_nd.maintain.equivalence import instructions
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.maintain.equivalence import instructions
+from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe import load_recipe
 from neurodocker_nd.render.renderer import render
-
 from support import TESTS
 
 HERE = TESTS
@@ -33,7 +32,13 @@ def test_demo_docker_order_and_final_environment():
     assert ins[0] == "FROM debian:bookworm" and ins[1] == "USER root"
     # the order of USER / WORKDIR / COPY / ENTRYPOINT follows the recipe
     assert [k for k in kinds if k in ("USER", "WORKDIR", "COPY", "ENTRYPOINT")] == [
-        "USER", "WORKDIR", "USER", "USER", "COPY", "COPY"]
+        "USER",
+        "WORKDIR",
+        "USER",
+        "USER",
+        "COPY",
+        "COPY",
+    ]
     assert 'ENV DEPLOY_PATH="/opt/ndgen-demo/bin"' in ins and 'ENV DEPLOY_BINS="ndgen-greet"' in ins
     assert 'ENV DEMO_GREETING="Hello"' in ins  # a recipe variable through context.*
     run = next(i for i in ins if "--mount=type=bind,from=neurocontainer-cache" in i)
@@ -111,18 +116,34 @@ def test_out_writes_a_complete_build_context(tmp_path):
 RECIPE_HEAD = "name: bad\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
 
 BAD = [
-    ("unknown-directive", "    - install: jq\n    - frobnicate: yes\n", "build.yaml:11: unknown directive 'frobnicate'"),
+    (
+        "unknown-directive",
+        "    - install: jq\n    - frobnicate: yes\n",
+        "build.yaml:11: unknown directive 'frobnicate'",
+    ),
     ("malformed-yaml", "    - install: [jq\n", "build.yaml:11: malformed YAML"),
     ("unknown-template", "    - template:\n        name: nosuchtool\n", "unknown template 'nosuchtool'"),
     ("unknown-version", "    - template:\n        name: ants\n        version: 0.0.1\n", "unknown version '0.0.1'"),
     ("bad-condition", "    - condition: arch ==\n      run: [echo]\n", "condition 'arch ==' does not parse"),
     ("missing-file", "    - file:\n        name: f\n        filename: nothere.txt\n", "nothere.txt does not exist"),
-    ("file-absolute", "    - file:\n        name: f\n        filename: /etc/hostname\n", "file 'f': filename '/etc/hostname' is outside the recipe directory"),
-    ("file-dotdot", "    - file:\n        name: f\n        filename: ../../etc/hostname\n", "is outside the recipe directory"),
+    (
+        "file-absolute",
+        "    - file:\n        name: f\n        filename: /etc/hostname\n",
+        "file 'f': filename '/etc/hostname' is outside the recipe directory",
+    ),
+    (
+        "file-dotdot",
+        "    - file:\n        name: f\n        filename: ../../etc/hostname\n",
+        "is outside the recipe directory",
+    ),
     ("missing-copy", "    - copy: nothere.txt /opt/\n", "copy source 'nothere.txt' does not exist"),
     ("undefined-var", "    - run: ['echo {{ context.nosuch }}']\n", "build.yaml:10: UndefinedError"),
     ("unknown-get-file", "    - run: ['cat {{ get_file(\"x\") }}']\n", "get_file('x'): no such declared file"),
-    ("section-in-run", "    - run: |\n        echo a\n        %runscript\n        id\n", "would open a Singularity section"),
+    (
+        "section-in-run",
+        "    - run: |\n        echo a\n        %runscript\n        id\n",
+        "would open a Singularity section",
+    ),
     ("quote-in-env", "    - environment:\n        A: 'x\" B=\"y'\n", "outside its quotes"),
     ("sandbox", "    - run: ['{{ context.__class__ }}']\n", "build.yaml"),
 ]
@@ -136,8 +157,9 @@ def test_bad_recipe_one_line_exit_2_nothing_written(tmp_path, case, body, messag
     out = tmp_path / "out"
     out.mkdir()
     for extra in (["-o", str(out / "Dockerfile")], ["--out", str(out / "ctx")]):
-        proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "recipe", str(recipe), *extra],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "neurodocker_nd.cli", "recipe", str(recipe), *extra], capture_output=True, text=True
+        )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr
@@ -148,7 +170,9 @@ def test_bad_recipe_one_line_exit_2_nothing_written(tmp_path, case, body, messag
 def test_include_is_resolved_from_the_repository_root(tmp_path):
     root = tmp_path / "repo"
     (root / "macros" / "m").mkdir(parents=True)
-    (root / "macros" / "m" / "x.yaml").write_text("directives:\n  - run: [echo from-macro]\n  - environment: {M: '1'}\n")
+    (root / "macros" / "m" / "x.yaml").write_text(
+        "directives:\n  - run: [echo from-macro]\n  - environment: {M: '1'}\n"
+    )
     recipe = root / "recipes" / "r"
     recipe.mkdir(parents=True)
     (recipe / "build.yaml").write_text(RECIPE_HEAD.replace("bad", "r") + "    - include: macros/m/x.yaml\n")
@@ -171,20 +195,25 @@ def test_group_with_scopes_variables(tmp_path):
 
 
 def test_recipe_rendering_does_not_import_docker_sdk():
-    code = (
-        "import sys\nfrom neurodocker_nd.cli import main\n"
-        f"main(['recipe', {str(DEMO)!r}, '-o', '/dev/null'])\n"
+    code = f"import sys\nfrom neurodocker_nd.cli import main\nmain(['recipe', {str(DEMO)!r}, '-o', '/dev/null'])\n"
+    code = code.replace("main([", "try:\n    main([").replace(
+        "'/dev/null'])\n", "'/dev/null'])\nexcept SystemExit:\n    pass\n"
     )
-    code = code.replace("main([", "try:\n    main([").replace("'/dev/null'])\n", "'/dev/null'])\nexcept SystemExit:\n    pass\n")
     code += "print('docker' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
 
 def test_steps_refuse_to_break_out_of_an_instruction():
-    for bad in (lambda: st.Workdir("/x\nRUN id"), lambda: st.Env({"A": 'x"'}), lambda: st.Run("echo \\"),
-                lambda: st.Run("echo a\n# trailing comment"), lambda: st.Copy(("a b",), "/x"),
-                lambda: st.User("root; id"), lambda: st.Label({"a": "x\ny"})):
+    for bad in (
+        lambda: st.Workdir("/x\nRUN id"),
+        lambda: st.Env({"A": 'x"'}),
+        lambda: st.Run("echo \\"),
+        lambda: st.Run("echo a\n# trailing comment"),
+        lambda: st.Copy(("a b",), "/x"),
+        lambda: st.User("root; id"),
+        lambda: st.Label({"a": "x\ny"}),
+    ):
         with pytest.raises(st.StepError):
             bad()
     assert st.Run("echo a\n# note\necho b").command == "echo a\n# note\necho b"  # a comment inside is fine
@@ -193,7 +222,9 @@ def test_steps_refuse_to_break_out_of_an_instruction():
 def _recipe(tmp_path, directives: str, extra: str = "") -> Path:
     d = tmp_path / "r"
     d.mkdir(exist_ok=True)
-    (d / "build.yaml").write_text(RECIPE_HEAD.replace("bad", "r").replace("readme: hi\n", "readme: hi\n" + extra) + directives)
+    (d / "build.yaml").write_text(
+        RECIPE_HEAD.replace("bad", "r").replace("readme: hi\n", "readme: hi\n" + extra) + directives
+    )
     return d
 
 
@@ -215,8 +246,9 @@ def test_templates_dir_both_forms_searched_before_the_registry(tmp_path):
     (tdir / "jq.yaml").write_text(
         "name: jq\nurl: https://example.org\nsource:\n  instructions: echo from-templates-dir\n"
     )
-    recipe = _recipe(tmp_path, "    - template:\n        name: mytool\n        version: '1.0'\n"
-                               "    - template:\n        name: jq\n")
+    recipe = _recipe(
+        tmp_path, "    - template:\n        name: mytool\n        version: '1.0'\n    - template:\n        name: jq\n"
+    )
     text = render(load_recipe(recipe, templates=[tdir]), "docker")
     assert f"# Reproduce: ndgen recipe {recipe} --templates {tdir}\n" in text
     ins = instructions(text)
@@ -231,8 +263,11 @@ def test_templates_dir_both_forms_searched_before_the_registry(tmp_path):
 
 
 def test_arch_and_options(tmp_path):
-    recipe = _recipe(tmp_path, "    - condition: context.options.extra\n      run: ['echo extra {{ context.version }}']\n",
-                     extra="options:\n  extra:\n    default: false\n    version_suffix: '.x'\n")
+    recipe = _recipe(
+        tmp_path,
+        "    - condition: context.options.extra\n      run: ['echo extra {{ context.version }}']\n",
+        extra="options:\n  extra:\n    default: false\n    version_suffix: '.x'\n",
+    )
     assert "echo extra" not in render(load_recipe(recipe), "docker")
     assert "echo extra 1.x" in render(load_recipe(recipe, options={"extra": "true"}), "docker")
     with pytest.raises(NdgenError, match="--option nosuch: r has no such option"):
@@ -255,12 +290,21 @@ def test_plain_substitutions_skip_jinja_but_match_it(tmp_path):
     """The no-compile path for `{{ a.b }}` strings gives exactly Jinja's text; anything else goes to Jinja."""
     from neurodocker_nd.render import recipe as rc
 
-    recipe = _recipe(tmp_path, "    - run: ['echo {{ context.version }}']\n", extra="variables:\n  d: {k: v, items: x}\n  n: 3\n")
+    recipe = _recipe(
+        tmp_path, "    - run: ['echo {{ context.version }}']\n", extra="variables:\n  d: {k: v, items: x}\n  n: 3\n"
+    )
     loader = rc._Loader(rc.find_recipe(recipe), "x86_64", {}, (), None, 2)
     loader.load()
     ns = loader._ns()
-    cases = ["v{{ context.version }}-{{arch}}\n", "{{ d.k }} {{ n }} {{ parallel_jobs }}", "{{ d.items }}",
-             "{{ context.get_file }}", "{{ n + 1 }}", "{% if arch %}x{% endif %}", "${HOME} {{ context.name }}"]
+    cases = [
+        "v{{ context.version }}-{{arch}}\n",
+        "{{ d.k }} {{ n }} {{ parallel_jobs }}",
+        "{{ d.items }}",
+        "{{ context.get_file }}",
+        "{{ n + 1 }}",
+        "{% if arch %}x{% endif %}",
+        "${HOME} {{ context.name }}",
+    ]
     for text in cases:
         fast = rc._substitute(text, ns)
         slow = rc._compiled(text).render(**ns)

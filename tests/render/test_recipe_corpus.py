@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from neurodocker_nd.maintain.equivalence import first_difference
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.maintain.equivalence import first_difference
 from neurodocker_nd.render.recipe import load_recipe
 from neurodocker_nd.render.renderer import RecipeRenderer
 
@@ -47,8 +47,12 @@ def test_equivalent_to_their_builder_and_spython_parses(tmp_path):
             problems.append(f"{d.name}: {exc.message}")
             continue
         ours = renderer.render_plan(plan, "docker")
-        proc = subprocess.run([python, "-m", "builder", "generate", d.name, "--architecture", "x86_64",
-                               "--output-root", str(tmp_path)], cwd=checkout, capture_output=True, text=True)
+        proc = subprocess.run(
+            [python, "-m", "builder", "generate", d.name, "--architecture", "x86_64", "--output-root", str(tmp_path)],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+        )
         theirs = next((tmp_path / d.name).glob("*.Dockerfile"), None) if proc.returncode == 0 else None
         diff = first_difference(ours, theirs.read_text()) if theirs else "reference failed"
         if diff is None:

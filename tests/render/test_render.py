@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +14,6 @@ import yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render.renderer import RecipeRenderer, render_recipe
-
 from support import TESTS
 
 HERE = TESTS
@@ -27,7 +25,12 @@ FIXTURES = GOLDEN / "registry"
 CASES = [
     ("ants.ubuntu-24.04.Dockerfile", ["ants"], "ubuntu", "docker"),
     ("ants-fsl.ubuntu-22.04.def", ["ants==2.4.3", "fsl"], "ubuntu:22.04", "singularity"),
-    ("mrtrix3-source.debian-bullseye.Dockerfile", ["mrtrix3,method=source,build_processes=2"], "debian:bullseye", "docker"),
+    (
+        "mrtrix3-source.debian-bullseye.Dockerfile",
+        ["mrtrix3,method=source,build_processes=2"],
+        "debian:bullseye",
+        "docker",
+    ),
     ("hello-jq-system.rockylinux-8.Dockerfile", ["hello==2.10", "jq,method=system"], "rockylinux:8", "docker"),
     ("tinytool.debian-bookworm.Dockerfile", ["tinytool"], "debian:bookworm", "docker"),
     ("tinytool.rockylinux-9.def", ["tinytool"], "rockylinux", "singularity"),
@@ -61,7 +64,11 @@ def test_entrypoint_fix_writes_the_same_script(tmp_path, reg):
     scripts = []
     for name, text in (("up", upstream), ("ours", ours)):
         target = tmp_path / f"{name}.sh"
-        subprocess.run(["sh", "-c", _entrypoint_block(text)], env={"ND_ENTRYPOINT": str(target), "PATH": os.environ["PATH"]}, check=True)
+        subprocess.run(
+            ["sh", "-c", _entrypoint_block(text)],
+            env={"ND_ENTRYPOINT": str(target), "PATH": os.environ["PATH"]},
+            check=True,
+        )
         scripts.append(target.read_bytes())
     assert scripts[0] == scripts[1]
     assert b'"${USER:=' in scripts[1] and b'"$@"' in scripts[1]
@@ -91,7 +98,10 @@ def test_saved_json_spec_is_exact(tmp_path, reg):
     # Every RUN of the Dockerfile is in the spec, byte-for-byte after Docker's line joining.
     runs = [i["kwds"]["command"] for i in spec["instructions"] if i["name"] == "run"]
     assert "curl -fsSL -o ants.zip https://github.com/ANTsX/ANTs/releases/download/v2.6.2/" in runs[1]
-    assert runs[2] == "apt-get update -qq\napt-get install -y -q --no-install-recommends \\\n    jq\nrm -rf /var/lib/apt/lists/*"
+    assert (
+        runs[2]
+        == "apt-get update -qq\napt-get install -y -q --no-install-recommends \\\n    jq\nrm -rf /var/lib/apt/lists/*"
+    )
     assert spec["instructions"][6]["kwds"]["org.opencontainers.image.description"].endswith("(system) on ubuntu:24.04")
 
 
@@ -107,7 +117,9 @@ def test_upstream_printf_spec_is_invalid_json_with_parentheses(tmp_path):
         r.from_("debian:bookworm")
         r.run("(echo $HOME) || true")
         out = tmp_path / f"{cls.__name__}.json"
-        cmd = _printf_command("# Save specification to JSON.\n" + r.render().split("# Save specification to JSON.\n")[1])
+        cmd = _printf_command(
+            "# Save specification to JSON.\n" + r.render().split("# Save specification to JSON.\n")[1]
+        )
         subprocess.run(["sh", "-c", cmd.replace("/.reproenv.json", str(out))], check=True)
         specs.append(out.read_text())
     with pytest.raises(json.JSONDecodeError):
@@ -123,8 +135,13 @@ def test_output_is_deterministic_across_processes(reg):
         f"sys.stdout.write(render_recipe({pkgs!r}, 'debian', registry=Registry(registry_dir={str(FIXTURES)!r})).text)"
     )
     for seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
         assert out == here
     assert not re.search(r"20\d\d-\d\d-\d\d[T ]\d\d:", here)  # no timestamps
 
@@ -148,9 +165,9 @@ def test_singularity_is_complete(reg):
     assert '\n%runscript\n/neurodocker/startup.sh "$@"\n' in text
     assert "org.ndgen.packages ants=2.6.2 tinytool=system" in text
     assert "    tinytool (system)\n        commands: dcmdump" in text
-    from spython.main.parse.parsers import SingularityParser
-
     import tempfile
+
+    from spython.main.parse.parsers import SingularityParser
 
     with tempfile.NamedTemporaryFile("w", suffix=".def") as f:
         f.write(text)
@@ -180,8 +197,12 @@ def test_base_image_with_pkg_manager(reg):
 
 def test_public_api_shape(reg):
     recipe = render_recipe(
-        pkgs=["jq,method=system", "tinytool"], os_name="debian:bookworm", base_image=None,
-        pkg_manager=None, fmt="docker", registry=reg,
+        pkgs=["jq,method=system", "tinytool"],
+        os_name="debian:bookworm",
+        base_image=None,
+        pkg_manager=None,
+        fmt="docker",
+        registry=reg,
     )
     assert (recipe.fmt, recipe.base_image, recipe.pkg_manager) == ("docker", "debian:bookworm", "apt")
     jq, tiny = recipe.packages
@@ -193,8 +214,13 @@ def test_public_api_shape(reg):
 
 def test_public_api_with_project_registry():
     """The call `ndgen build` makes, against the committed registry."""
-    recipe = render_recipe(pkgs=["dcm2niix,method=system", "mrtrix3,method=system"], os_name="debian:bookworm",
-                           base_image=None, pkg_manager=None, fmt="docker")
+    recipe = render_recipe(
+        pkgs=["dcm2niix,method=system", "mrtrix3,method=system"],
+        os_name="debian:bookworm",
+        base_image=None,
+        pkg_manager=None,
+        fmt="docker",
+    )
     assert [p.method for p in recipe.packages] == ["system", "system"]
     assert all(p.test and p.commands for p in recipe.packages)
     assert "dcm2niix" in recipe.text and "mrtrix3" in recipe.text
@@ -203,9 +229,7 @@ def test_public_api_with_project_registry():
 def test_template_error_is_one_line(tmp_path):
     entry = tmp_path / "broken"
     entry.mkdir()
-    (entry / "template.yaml").write_text(
-        "name: broken\nurl: x\nsource:\n  instructions: |\n    echo {{ self.nope }}\n"
-    )
+    (entry / "template.yaml").write_text("name: broken\nurl: x\nsource:\n  instructions: |\n    echo {{ self.nope }}\n")
     (entry / "meta.yaml").write_text(
         "name: broken\ndescription: d\nhomepage: https://x.org\ncommands: [x]\ntest: x\nupstream: {status: new}\n"
     )

@@ -26,8 +26,7 @@ def _entry(root: Path, payload: str, where: str) -> Path:
     instructions = f"echo {payload}" if where == "instructions" else "echo hi"
     env = f"\n  env:\n    EVIL: '{payload}'" if where == "env" else ""
     (entry / "template.yaml").write_text(
-        "name: evil\nurl: https://example.org\nsource:\n  instructions: |\n"
-        f"    {instructions}{env}\n",
+        f"name: evil\nurl: https://example.org\nsource:\n  instructions: |\n    {instructions}{env}\n",
         encoding="utf-8",
     )
     (entry / "meta.yaml").write_text(
@@ -62,7 +61,7 @@ def test_sandbox_keeps_neurodocker_semantics():
     from neurodocker_nd.render.renderer import render_recipe
 
     text = render_recipe(["miniconda"], os_name="debian:bookworm").text
-    assert "bash \"$conda_installer\" -b -p /opt/miniconda-latest" in text
+    assert 'bash "$conda_installer" -b -p /opt/miniconda-latest' in text
     assert "apt-get install -y -q --no-install-recommends" in text
     from neurodocker_nd.errors import NdgenError
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from support import RECIPE_HEAD, run_ndgen
 from neurodocker_nd.build import apptainer as defbuild
-from neurodocker_nd.render import steps as st
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe import load_recipe
+from support import RECIPE_HEAD, run_ndgen
 
 SEPARATORS = [chr(i) for i in range(0x110000) if len(f"a{chr(i)}b".splitlines()) > 1]
 

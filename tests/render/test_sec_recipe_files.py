@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from support import run_ndgen
 from neurodocker_nd.core import paths
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.render.recipe import load_recipe
 from neurodocker_nd.render.renderer import render
+from support import run_ndgen
 
 HEAD = """name: r
 version: "1"
@@ -45,8 +45,9 @@ def _line_of(recipe: Path, needle: str) -> int:
 # ---------------------------------------------------------------- finding 4
 
 
-@pytest.mark.parametrize("url", ["/etc/hostname", "file:///etc/hostname", "../../etc/hostname", "ftp://example.org/x",
-                                 "http:/etc/hostname"])
+@pytest.mark.parametrize(
+    "url", ["/etc/hostname", "file:///etc/hostname", "../../etc/hostname", "ftp://example.org/x", "http:/etc/hostname"]
+)
 def test_a_file_url_that_is_not_http_is_refused_with_file_and_line(tmp_path, url):
     recipe = _recipe(tmp_path / "r", extra=f"files:\n  - name: host\n    url: {url}\n")
     with pytest.raises(NdgenError) as exc:
@@ -59,8 +60,9 @@ def test_a_file_url_that_is_not_http_is_refused_with_file_and_line(tmp_path, url
 def test_ndgen_recipe_out_never_stages_a_host_file_named_by_url(tmp_path):
     """The whole CLI path of the audit: nothing is written, one line names build.yaml:LINE."""
     recipe = _recipe(tmp_path / "r", extra="files:\n  - name: host\n    url: /etc/hostname\n")
-    (recipe / "build.yaml").write_text((recipe / "build.yaml").read_text().replace(
-        "    - run: [echo hi]\n", "    - copy: host /host\n"))
+    (recipe / "build.yaml").write_text(
+        (recipe / "build.yaml").read_text().replace("    - run: [echo hi]\n", "    - copy: host /host\n")
+    )
     out = tmp_path / "out"
     proc = run_ndgen("recipe", str(recipe), "--out", str(out), timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -72,7 +74,10 @@ def test_ndgen_recipe_out_never_stages_a_host_file_named_by_url(tmp_path):
 def test_an_http_url_is_still_a_download(tmp_path):
     recipe = _recipe(tmp_path / "r", extra="files:\n  - name: tool\n    url: https://example.org/dl/tool.tar.gz\n")
     plan = load_recipe(recipe)
-    assert plan.file("tool").url == "https://example.org/dl/tool.tar.gz" and plan.file("tool").guest_filename == "tool.tar.gz"
+    assert (
+        plan.file("tool").url == "https://example.org/dl/tool.tar.gz"
+        and plan.file("tool").guest_filename == "tool.tar.gz"
+    )
 
 
 # ---------------------------------------------------------------- finding 5
@@ -161,8 +166,10 @@ def test_an_include_linking_out_of_the_repository_is_refused(tmp_path):
 def test_copy_and_file_sources_must_be_regular(tmp_path):
     recipe = _recipe(tmp_path / "r")
     os.mkfifo(recipe / "pipe")
-    for extra, what in (("    - copy: pipe /opt/\n", "copy source 'pipe'"),
-                        ("files:\n  - name: p\n    filename: pipe\n", "file 'p': filename 'pipe'")):
+    for extra, what in (
+        ("    - copy: pipe /opt/\n", "copy source 'pipe'"),
+        ("files:\n  - name: p\n    filename: pipe\n", "file 'p': filename 'pipe'"),
+    ):
         text = HEAD.format(readme="readme: hi\n") + extra
         (recipe / "build.yaml").write_text(text)
         with pytest.raises(NdgenError, match=f"{what}: not a regular file \\(a FIFO\\)"):

@@ -14,11 +14,11 @@ import uuid
 
 import pytest
 
-from support import RECIPE_HEAD, remove_images, run_ndgen, unique_tag
-from neurodocker_nd.render import steps as st
 from neurodocker_nd.build.docker_build import BUILDKIT_CLI
 from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe import load_recipe
+from support import RECIPE_HEAD, remove_images, run_ndgen, unique_tag
 
 HEAD = RECIPE_HEAD
 
@@ -47,7 +47,7 @@ def test_options_later_in_a_command_are_fine():
 
 
 def test_a_recipe_run_with_a_mount_flag_names_file_and_line(tmp_path):
-    (tmp_path / "build.yaml").write_text(HEAD + "    - run:\n        - \"--mount=type=bind,from=x,target=/x cat /x/s\"\n")
+    (tmp_path / "build.yaml").write_text(HEAD + '    - run:\n        - "--mount=type=bind,from=x,target=/x cat /x/s"\n')
     with pytest.raises(NdgenError, match=r"build\.yaml:9: run: the command starts with '--mount=type=bind"):
         load_recipe(tmp_path)
 
@@ -66,7 +66,9 @@ def secret_image(docker_client, base_image):
     tag = unique_tag("ndgen-test-sec12-secret")
     token = uuid.uuid4().hex
     dockerfile = f"FROM {base_image}\nRUN echo {token} > /secret.txt\n"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, network_mode="none", pull=False)
+    docker_client.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, network_mode="none", pull=False
+    )
     yield tag, token
     remove_images(docker_client, [tag])
 
@@ -79,23 +81,29 @@ def test_a_recipe_build_cannot_read_another_local_image(tmp_path, docker_client,
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "Dockerfile").write_text(f"FROM {base_image}\nRUN {mount} cat /s\n")
-    raw = subprocess.run([BUILDKIT_CLI, "build", "--network", "none", "--pull=false", "--no-cache", "--progress", "plain",
-                          str(probe)], capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "1"},
-                         timeout=600)
+    raw = subprocess.run(
+        [BUILDKIT_CLI, "build", "--network", "none", "--pull=false", "--no-cache", "--progress", "plain", str(probe)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        timeout=600,
+    )
     assert raw.returncode == 0 and token in raw.stdout + raw.stderr, raw.stdout + raw.stderr
     # ndgen refuses the same RUN from a recipe, in both formats, before any build.
     recipe = tmp_path / "r"
     recipe.mkdir()
     (recipe / "build.yaml").write_text(
-        HEAD.replace("debian:bookworm", base_image) + f'    - run:\n        - "{mount} cp /s /leak.txt"\n')
+        HEAD.replace("debian:bookworm", base_image) + f'    - run:\n        - "{mount} cp /s /leak.txt"\n'
+    )
     for fmt in ("docker", "singularity"):
         tag = unique_tag("ndgen-test-sec12", fmt)
         try:
             proc = run_ndgen("build", str(recipe), "-t", tag, "--format", fmt, "--no-test", timeout=900)
             leaked = ""
             if proc.returncode == 0:
-                leaked = docker_client.containers.run(tag, ["/leak.txt"], entrypoint=["cat"], network_mode="none",
-                                                      remove=True).decode()
+                leaked = docker_client.containers.run(
+                    tag, ["/leak.txt"], entrypoint=["cat"], network_mode="none", remove=True
+                ).decode()
             assert token not in leaked, f"{fmt}: the recipe read another image's file"
             assert proc.returncode == 2, proc.stdout + proc.stderr
             assert proc.stderr.count("\n") == 1 and "RUN flag" in proc.stderr, proc.stderr

@@ -11,19 +11,30 @@ from __future__ import annotations
 
 import pytest
 
-from support import run_ndgen
 from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe import load_recipe
 from neurodocker_nd.render.renderer import render
+from support import run_ndgen
 
 CASES = [
     # (--pkg, what the one error line says)
-    ("miniconda,version=latest,env_name=a\u2028b", "--pkg miniconda: value of env_name contains a line separator (U+2028)"),
-    ("miniconda,version=latest,env_name=a\u2029b", "--pkg miniconda: value of env_name contains a paragraph separator (U+2029)"),
-    ("miniconda,version=latest,env_name=a\x85b", "--pkg miniconda: value of env_name contains a next-line character (U+0085)"),
+    (
+        "miniconda,version=latest,env_name=a\u2028b",
+        "--pkg miniconda: value of env_name contains a line separator (U+2028)",
+    ),
+    (
+        "miniconda,version=latest,env_name=a\u2029b",
+        "--pkg miniconda: value of env_name contains a paragraph separator (U+2029)",
+    ),
+    (
+        "miniconda,version=latest,env_name=a\x85b",
+        "--pkg miniconda: value of env_name contains a next-line character (U+0085)",
+    ),
     ("miniconda,version=latest,env_name=a\x9bb", "--pkg miniconda: value of env_name contains '\\x9b' (U+009B)"),
-    ("miniconda,version=latest,conda_install=numpy\u2028scipy",
-     "--pkg miniconda: value of conda_install contains a line separator (U+2028)"),
+    (
+        "miniconda,version=latest,conda_install=numpy\u2028scipy",
+        "--pkg miniconda: value of conda_install contains a line separator (U+2028)",
+    ),
     ("jq,version=1\u2028x", "--pkg jq: value of version contains a line separator (U+2028)"),
     ("jq==1\u2028x", "--pkg jq: version '1\\u2028x' contains a line separator (U+2028)"),
 ]
@@ -53,7 +64,8 @@ def test_the_reproduce_comment_holds_no_line_boundary(tmp_path, sep):
     recipe.mkdir()
     (recipe / "build.yaml").write_text(
         "name: r\nversion: '1'\nreadme: hi\nbuild:\n  kind: neurodocker\n  base-image: debian:bookworm\n"
-        "  add-default-template: false\n  directives:\n    - run: ['true']\n")
+        "  add-default-template: false\n  directives:\n    - run: ['true']\n"
+    )
     for fmt in ("docker", "singularity"):
         text = render(load_recipe(recipe), fmt)
         assert not any(ch in text for ch in st.LINE_BREAKS.replace("\n", "")), fmt

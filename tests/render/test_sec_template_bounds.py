@@ -6,13 +6,11 @@ or loops too long ends within seconds, one line, exit 2 — never a hang or an i
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
 from support import entry as _entry
 from support import one_error_line as _one_error_line
+from support import template_text as _template
 from support import timed as _timed
 
 # Each must end in a few seconds with one error line (on 157b632 the first and the nested
@@ -23,12 +21,12 @@ HEAVY = {
     # Rendered only when `{{ }}` is present (neurodocker's rule), so each loop carries one.
     "range": "{% for i in range(10**9) %}{{ i }}{% endfor %}",
     "nested-loops": "{{ self.version }}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-                    "{% endfor %}",
+    "{% endfor %}",
     "ljust": '{{ "a".ljust(3000000000) }}',
     # 2**60 leaves through shared references: its repr is one C call no in-process check
     # interrupts; only the worker's deadline ends it.
     "shared-repr": "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}"
-                   "{% endfor %}{{ ns.l }}",
+    "{% endfor %}{{ ns.l }}",
 }
 # The sandbox's deadline is 5 s per render; `validate` renders on apt and on yum.
 FAST = 45.0
@@ -40,8 +38,10 @@ FAST = 45.0
 @pytest.mark.parametrize("kind", sorted(HEAVY))
 def test_heavy_registry_template_ends_fast_with_one_line(tmp_path, kind):
     entry = _entry(tmp_path / "reg", HEAVY[kind])
-    for args, env in ((("--pkg", "evil==1.0", "--os", "debian:bookworm"), {"NDGEN_REGISTRY": str(entry.parent)}),
-                      (("validate", str(entry)), None)):
+    for args, env in (
+        (("--pkg", "evil==1.0", "--os", "debian:bookworm"), {"NDGEN_REGISTRY": str(entry.parent)}),
+        (("validate", str(entry)), None),
+    ):
         proc, took = _timed(*args, env=env)
         _one_error_line(proc, "evil")
         assert took < FAST, f"{kind}: ndgen {args[0]} took {took:.0f} s"
@@ -58,7 +58,9 @@ def test_heavy_recipe_template_ends_fast_with_one_line(tmp_path, kind):
     (recipe / "build.yaml").write_text(
         "name: r\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n"
         "  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
-        "    - template:\n        name: evil\n        version: '1.0'\n", encoding="utf-8")
+        "    - template:\n        name: evil\n        version: '1.0'\n",
+        encoding="utf-8",
+    )
     proc, took = _timed("recipe", str(recipe), "--templates", str(tdir))
     _one_error_line(proc, "evil")
     assert took < FAST, f"{kind}: ndgen recipe took {took:.0f} s"
@@ -74,7 +76,9 @@ def test_heavy_jinja_in_build_yaml_ends_fast_with_one_line(tmp_path, kind):
     (recipe / "build.yaml").write_text(
         "name: r\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n"
         "  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
-        f"    - run:\n        - 'echo {payload}'\n", encoding="utf-8")
+        f"    - run:\n        - 'echo {payload}'\n",
+        encoding="utf-8",
+    )
     proc, took = _timed("recipe", str(recipe))
     _one_error_line(proc, "build.yaml:11")
     assert took < FAST, f"{kind}: ndgen recipe took {took:.0f} s"

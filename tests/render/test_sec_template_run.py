@@ -15,18 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from support import RECIPE_HEAD, TESTS, run_ndgen
 from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe import load_recipe
 from neurodocker_nd.render.renderer import _renderer_classes, render
+from support import RECIPE_HEAD, TESTS, run_ndgen
 
 HERE = TESTS
 FIXTURES = HERE / "golden" / "registry"
 MOUNT = "--mount=type=bind,from=secret-image,source=/,target=/x"
 
-RECIPE = RECIPE_HEAD + """    - template:
+RECIPE = (
+    RECIPE_HEAD
+    + """    - template:
         name: evil
 """
+)
 
 
 def _recipe_with_template(tmp_path: Path, template: str) -> tuple[Path, Path]:
@@ -50,7 +53,8 @@ def _one_line_refusal(proc, *needles: str) -> None:
 @pytest.mark.parametrize("fmt", ["docker", "singularity"])
 def test_a_templates_dir_template_starting_with_a_mount_flag_is_refused(tmp_path, fmt):
     recipe, tdir = _recipe_with_template(
-        tmp_path, f"name: evil\nurl: https://example.org\nsource:\n  instructions: '{MOUNT} cat /x/etc/shadow'\n")
+        tmp_path, f"name: evil\nurl: https://example.org\nsource:\n  instructions: '{MOUNT} cat /x/etc/shadow'\n"
+    )
     proc = run_ndgen("recipe", str(recipe), "--templates", str(tdir), "--format", fmt, timeout=300)
     _one_line_refusal(proc, f"{tdir / 'evil.yaml'}: template refused", "RUN flag")
 
@@ -59,8 +63,10 @@ def test_a_template_env_value_cannot_start_its_own_run(tmp_path):
     # `ENV K="x"` + newline + `RUN --mount=…` + newline + `ENV Y="1"` on the old code.
     value = f'x"\\nRUN {MOUNT} cat /x/etc/shadow\\nENV Y="1'
     recipe, tdir = _recipe_with_template(
-        tmp_path, f'name: evil\nurl: https://example.org\nsource:\n  env:\n    K: "{value.replace(chr(34), chr(92) + chr(34))}"\n'
-                  "  instructions: echo hi\n")
+        tmp_path,
+        f'name: evil\nurl: https://example.org\nsource:\n  env:\n    K: "{value.replace(chr(34), chr(92) + chr(34))}"\n'
+        "  instructions: echo hi\n",
+    )
     proc = run_ndgen("recipe", str(recipe), "--templates", str(tdir), timeout=300)
     _one_line_refusal(proc, "evil.yaml: template refused: env K", "a newline")
 
@@ -68,8 +74,10 @@ def test_a_template_env_value_cannot_start_its_own_run(tmp_path):
 def test_a_template_line_cannot_open_a_singularity_section(tmp_path):
     # In %post, a line `%files` would start a section copying a host file into the image.
     recipe, tdir = _recipe_with_template(
-        tmp_path, "name: evil\nurl: https://example.org\nsource:\n  instructions: |\n    true\n    %files\n"
-                  "    /etc/shadow /shadow\n")
+        tmp_path,
+        "name: evil\nurl: https://example.org\nsource:\n  instructions: |\n    true\n    %files\n"
+        "    /etc/shadow /shadow\n",
+    )
     proc = run_ndgen("recipe", str(recipe), "--templates", str(tdir), "--format", "singularity", timeout=300)
     _one_line_refusal(proc, "evil.yaml: template refused", "Singularity section")
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.render.target import PRESETS, resolve_target
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render.pkg import MissingArgument, UnsupportedTarget, parse_pkg, resolve
-
+from neurodocker_nd.render.target import PRESETS, resolve_target
 from support import TESTS
 
 FIXTURES = TESTS / "golden" / "registry"
@@ -48,7 +45,21 @@ def test_parse_malformed(text, culprit):
 
 @pytest.mark.parametrize(
     "value",
-    ["/opt/x;rm -rf /", "a&&b", "a|b", "$(id)", "`id`", "a>b", "x\ny", "x\rb", "{{ self.x }}", "'q'", '"q"', "a\\b", "*"],
+    [
+        "/opt/x;rm -rf /",
+        "a&&b",
+        "a|b",
+        "$(id)",
+        "`id`",
+        "a>b",
+        "x\ny",
+        "x\rb",
+        "{{ self.x }}",
+        "'q'",
+        '"q"',
+        "a\\b",
+        "*",
+    ],
 )
 def test_unsafe_values_rejected(value):
     with pytest.raises(NdgenError, match="value of install_path contains"):

@@ -67,8 +67,11 @@ def tool(name: str) -> str:
         return str(exe)
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed in {VENV_BIN} nor on PATH: the suite needs it "
-                    "(scripts/test.sh installs '.[test]')", pytrace=False)
+        pytest.fail(
+            f"{name} is not installed in {VENV_BIN} nor on PATH: the suite needs it "
+            "(scripts/test.sh installs '.[test]')",
+            pytrace=False,
+        )
     return found
 
 
@@ -120,9 +123,11 @@ upstream:
 def template_text(payload: str, where: str = "instructions", name: str = "evil") -> str:
     body = f"echo {payload}" if where == "instructions" else "echo hi"
     env = f"\n    env:\n      EVIL: '{payload}'" if where == "env" else ""
-    return (f"name: {name}\nurl: https://example.org\nbinaries:\n  arguments:\n    required: [version]\n"
-            f"  urls:\n    '1.0': https://example.org/{name}-1.0\n"
-            f"  instructions: |\n    {body}{env}\n")
+    return (
+        f"name: {name}\nurl: https://example.org\nbinaries:\n  arguments:\n    required: [version]\n"
+        f"  urls:\n    '1.0': https://example.org/{name}-1.0\n"
+        f"  instructions: |\n    {body}{env}\n"
+    )
 
 
 def entry(reg: Path, payload: str, where: str = "instructions", name: str = "evil") -> Path:
@@ -131,7 +136,9 @@ def entry(reg: Path, payload: str, where: str = "instructions", name: str = "evi
     (d / "template.yaml").write_text(template_text(payload, where, name), encoding="utf-8")
     (d / "meta.yaml").write_text(
         f"name: {name}\ndescription: d\nhomepage: https://example.org\ncommands: [{name}]\ntest: {name} --help\n"
-        "upstream: {status: new}\n", encoding="utf-8")
+        "upstream: {status: new}\n",
+        encoding="utf-8",
+    )
     return d
 
 

@@ -72,26 +72,26 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         """Handle the special routes; False means: serve a file."""
         path = self.path.split("?", 1)[0]
         if path.startswith("/redirect/"):
-            self._redirect("/" + path[len("/redirect/"):])
+            self._redirect("/" + path[len("/redirect/") :])
             return True
         if path.startswith("/goto/"):
-            self._redirect(path[len("/goto/"):])
+            self._redirect(path[len("/goto/") :])
             return True
         if path == "/endless":
             self._endless()
             return True
         if path.startswith("/drip/"):
-            self._drip(int(path[len("/drip/"):]))
+            self._drip(int(path[len("/drip/") :]))
             return True
         if path.startswith("/slow/"):
             time.sleep(self.slow_seconds)
-            self.path = "/" + path[len("/slow/"):]
+            self.path = "/" + path[len("/slow/") :]
             return False
         if path.startswith("/nohead/"):
             if self.command == "HEAD":
                 self.send_error(405)
                 return True
-            self.path = "/" + path[len("/nohead/"):]
+            self.path = "/" + path[len("/nohead/") :]
             return False
         return False
 

@@ -91,7 +91,15 @@ class FakeGitHub(_LocalServer):
 
     def branch_exists(self, repo: str, branch: str) -> bool:
         proc = subprocess.run(
-            ["git", "--git-dir", str(self.git_root / f"{repo}.git"), "rev-parse", "--verify", "-q", f"refs/heads/{branch}"],
+            [
+                "git",
+                "--git-dir",
+                str(self.git_root / f"{repo}.git"),
+                "rev-parse",
+                "--verify",
+                "-q",
+                f"refs/heads/{branch}",
+            ],
             capture_output=True,
         )
         return proc.returncode == 0
@@ -111,7 +119,9 @@ class FakeGitHub(_LocalServer):
                 body = json.loads(raw) if raw else None
                 with fake.lock:
                     fake.requests.append(
-                        Request(self.command, parts.path, parse_qs(parts.query), self.headers.get("Authorization"), body)
+                        Request(
+                            self.command, parts.path, parse_qs(parts.query), self.headers.get("Authorization"), body
+                        )
                     )
                     if fake.fail_with is not None and fake.fail_times != 0:
                         status, headers, payload = fake.fail_with
@@ -136,24 +146,52 @@ class FakeGitHub(_LocalServer):
         return Handler
 
     def _sha(self, repo: str, ref: str) -> str | None:
-        proc = subprocess.run(["git", "--git-dir", str(self.git_root / f"{repo}.git"), "rev-parse", "--verify", "-q",
-                               f"{ref}^{{commit}}"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                str(self.git_root / f"{repo}.git"),
+                "rev-parse",
+                "--verify",
+                "-q",
+                f"{ref}^{{commit}}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     def _ahead(self, base_repo: str, base: str, head_repo: str, branch: str) -> int:
         """Commits on head_repo's branch that base_repo's base branch lacks (GitHub's compare)."""
         up = str(self.git_root / f"{base_repo}.git")
-        subprocess.run(["git", "--git-dir", up, "fetch", "-q", str(self.git_root / f"{head_repo}.git"),
-                        f"+refs/heads/{branch}:refs/fake/compare"], check=True, capture_output=True)
-        out = subprocess.run(["git", "--git-dir", up, "rev-list", "--count", "refs/fake/compare", "--not",
-                              f"refs/heads/{base}"], check=True, capture_output=True, text=True).stdout
+        subprocess.run(
+            [
+                "git",
+                "--git-dir",
+                up,
+                "fetch",
+                "-q",
+                str(self.git_root / f"{head_repo}.git"),
+                f"+refs/heads/{branch}:refs/fake/compare",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        out = subprocess.run(
+            ["git", "--git-dir", up, "rev-list", "--count", "refs/fake/compare", "--not", f"refs/heads/{base}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return int(out.strip())
 
     def _view(self, pr: dict) -> dict:
         """A PR as GitHub returns it: head.sha is the branch's current commit."""
         view = json.loads(json.dumps(pr))
         if view["head"]["repo"] is not None:
-            view["head"]["sha"] = self._sha(view["head"]["repo"]["full_name"], f"refs/heads/{view['head']['ref']}") or ""
+            view["head"]["sha"] = (
+                self._sha(view["head"]["repo"]["full_name"], f"refs/heads/{view['head']['ref']}") or ""
+            )
         return view
 
     @staticmethod
@@ -161,8 +199,11 @@ class FakeGitHub(_LocalServer):
         err = {"resource": "PullRequest", "field": field, "code": code}
         if message:
             err = {"resource": "PullRequest", "code": "custom", "message": message}
-        return 422, {"message": "Validation Failed", "errors": [err],
-                     "documentation_url": "https://docs.github.com/rest/pulls/pulls"}
+        return 422, {
+            "message": "Validation Failed",
+            "errors": [err],
+            "documentation_url": "https://docs.github.com/rest/pulls/pulls",
+        }
 
     def route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
         seg = path.strip("/").split("/")
@@ -183,22 +224,28 @@ class FakeGitHub(_LocalServer):
             pulls = [p for _, p in sorted(repo.pulls.items()) if state == "all" or p["state"] == state]
             if "head" in query:  # documented: exact `user:ref-name`
                 pulls = [p for p in pulls if p["head"]["label"] == query["head"][0]]
-            return 200, [self._view(p) for p in pulls[(page - 1) * per_page: page * per_page]]
+            return 200, [self._view(p) for p in pulls[(page - 1) * per_page : page * per_page]]
         if rest == ["pulls"] and method == "POST":
             owner, _, branch = body["head"].partition(":")
             head_repo = f"{owner}/{seg[2]}"
             if not self.branch_exists(head_repo, branch):
                 return self._invalid("head")
-            if any(p["state"] == "open" and p["head"]["label"] == body["head"] and p["base"]["ref"] == body["base"]
-                   for p in repo.pulls.values()):
+            if any(
+                p["state"] == "open" and p["head"]["label"] == body["head"] and p["base"]["ref"] == body["base"]
+                for p in repo.pulls.values()
+            ):
                 return self._invalid("", message=f"A pull request already exists for {body['head']}.")
             if self._ahead(full, body["base"], head_repo, branch) == 0:
                 return self._invalid("", message=f"No commits between {body['base']} and {body['head']}")
             number = self.next_number
             self.next_number += 1
             repo.pulls[number] = {
-                "number": number, "state": "open", "title": body["title"], "body": body.get("body", ""),
-                "html_url": f"https://github.com/{full}/pull/{number}", "merged_at": None,
+                "number": number,
+                "state": "open",
+                "title": body["title"],
+                "body": body.get("body", ""),
+                "html_url": f"https://github.com/{full}/pull/{number}",
+                "merged_at": None,
                 "maintainer_can_modify": bool(body.get("maintainer_can_modify", False)),
                 "head": {"ref": branch, "label": body["head"], "repo": {"full_name": head_repo}},
                 "base": {"ref": body["base"]},
@@ -221,7 +268,7 @@ class FakeGitHub(_LocalServer):
             return 201, {"id": 1, "body": body["body"]}
         if len(rest) == 3 and rest[0] == "issues" and rest[2] == "comments" and method == "GET":
             per_page, page = int(query.get("per_page", ["30"])[0]), int(query.get("page", ["1"])[0])
-            bodies = repo.comments.get(int(rest[1]), [])[(page - 1) * per_page: page * per_page]
+            bodies = repo.comments.get(int(rest[1]), [])[(page - 1) * per_page : page * per_page]
             return 200, [{"id": i, "body": b} for i, b in enumerate(bodies, 1)]
         if rest and rest[0] == "contents" and method == "GET":
             fpath = "/".join(rest[1:])
@@ -229,8 +276,12 @@ class FakeGitHub(_LocalServer):
             text = repo.files.get(fpath) if ref == repo.default_branch else None
             if text is None:
                 return 404, {"message": "Not Found"}
-            return 200, {"type": "file", "encoding": "base64", "path": fpath,
-                         "content": base64.b64encode(text.encode()).decode()}
+            return 200, {
+                "type": "file",
+                "encoding": "base64",
+                "path": fpath,
+                "content": base64.b64encode(text.encode()).decode(),
+            }
         return 404, {"message": "Not Found"}
 
 
@@ -239,13 +290,29 @@ def merge_pull(fake: FakeGitHub, repo: str, number: int) -> None:
     pr = fake.repos[repo].pulls[number]
     up = str(fake.git_root / f"{repo}.git")
     head_repo = pr["head"]["repo"]["full_name"]
-    subprocess.run(["git", "--git-dir", up, "fetch", "-q", str(fake.git_root / f"{head_repo}.git"),
-                    f"+refs/heads/{pr['head']['ref']}:refs/heads/{pr['base']['ref']}"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "--git-dir",
+            up,
+            "fetch",
+            "-q",
+            str(fake.git_root / f"{head_repo}.git"),
+            f"+refs/heads/{pr['head']['ref']}:refs/heads/{pr['base']['ref']}",
+        ],
+        check=True,
+    )
     pr.update(state="closed", merged_at="2026-01-01T00:00:00Z")
 
 
-def commit_to(git_root: Path, repo: str, branch: str, edits: dict[str, tuple[str, str]],
-              who: str = "A Maintainer", email: str = "maintainer@example.org") -> str:
+def commit_to(
+    git_root: Path,
+    repo: str,
+    branch: str,
+    edits: dict[str, tuple[str, str]],
+    who: str = "A Maintainer",
+    email: str = "maintainer@example.org",
+) -> str:
     """Commit `edits` (path: (old, new)) on `branch` of the bare repo as someone else; return the sha."""
     import tempfile
 
@@ -259,8 +326,9 @@ def commit_to(git_root: Path, repo: str, branch: str, edits: dict[str, tuple[str
         ident = ["-c", f"user.name={who}", "-c", f"user.email={email}"]
         subprocess.run(["git", *ident, "commit", "-qam", "maintainer edit"], cwd=wt, check=True)
         subprocess.run(["git", "push", "-q", "origin", f"HEAD:refs/heads/{branch}"], cwd=wt, check=True)
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=wt, check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=wt, check=True, capture_output=True, text=True
+        ).stdout.strip()
 
 
 def make_upstream_and_fork(root: Path, upstream: str, fork: str) -> None:
@@ -358,13 +426,18 @@ def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"], real: 
     entries = {
         "jq": (jq, _meta("jq", "update", notes=JQ_NOTES)),
         "tinytool": (tinytool_template(tiny_versions), _meta("tinytool", "new")),
-        "privatetool": (tinytool_template(["9.9"]).replace("tinytool", "privatetool"), _meta("privatetool", "ndgen-only")),
+        "privatetool": (
+            tinytool_template(["9.9"]).replace("tinytool", "privatetool"),
+            _meta("privatetool", "ndgen-only"),
+        ),
         "sysonly": (None, _meta("sysonly", "ndgen-only", system=True)),
     }
     repo_registry = REPO / "registry"
     for name in real:  # copies of ndgen's own entries (template + meta)
-        entries[name] = ((repo_registry / name / "template.yaml").read_text(),
-                         (repo_registry / name / "meta.yaml").read_text())
+        entries[name] = (
+            (repo_registry / name / "template.yaml").read_text(),
+            (repo_registry / name / "meta.yaml").read_text(),
+        )
     for name, (template, meta) in entries.items():
         (reg / name).mkdir(parents=True)
         if template is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from support import run_ndgen
 from support import entry as _entry
 from support import one_error_line as _one_error_line
+from support import run_ndgen
 from support import timed as _timed
 
 # ---------------------------------------------------------------- findings 7 and 20
@@ -33,8 +33,17 @@ def test_neurocontainers_export_runs_no_template_code_and_refuses_the_entry(tmp_
     command = f"id > {marker}; echo $GITHUB_TOKEN >> {marker}; echo $GITHUB_TOKEN"
     _entry(tmp_path / "reg", SSTI[kind].replace("MARKER", command))
     out = tmp_path / "out"
-    proc, _ = _timed("upstream", "export", "--target", "neurocontainers", "--registry", str(tmp_path / "reg"),
-                     "--out", str(out), env={"GITHUB_TOKEN": "ghp_ndgenSecretTokenForTheTest"})
+    proc, _ = _timed(
+        "upstream",
+        "export",
+        "--target",
+        "neurocontainers",
+        "--registry",
+        str(tmp_path / "reg"),
+        "--out",
+        str(out),
+        env={"GITHUB_TOKEN": "ghp_ndgenSecretTokenForTheTest"},
+    )
     assert not marker.exists(), f"{kind}: the template ran a command during the export"
     _one_error_line(proc, "evil", "validate")
     assert "ghp_ndgenSecretTokenForTheTest" not in proc.stdout + proc.stderr
@@ -43,9 +52,9 @@ def test_neurocontainers_export_runs_no_template_code_and_refuses_the_entry(tmp_
 
 def test_neurocontainers_export_renders_in_the_sandbox_itself(tmp_path):
     """Defence in depth: the export's own renderer is the sandbox, whatever ran before it."""
+    from neurodocker_nd.core.yamlfile import read_yaml
     from neurodocker_nd.errors import NdgenError
     from neurodocker_nd.upstream import neurocontainers
-    from neurodocker_nd.core.yamlfile import read_yaml
 
     marker = tmp_path / "pwned"
     path = _entry(tmp_path / "reg", SSTI["cycler"].replace("MARKER", f"touch {marker}")) / "template.yaml"

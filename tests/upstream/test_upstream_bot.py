@@ -15,7 +15,6 @@ import pytest
 
 from neurodocker_nd.upstream.bot import series_name, shown_hash
 from neurodocker_nd.upstream.export import export, read_series_dir
-
 from support.upstream_fakes import FakeGitHub, FakeRepo, author, make_upstream_and_fork, write_registry
 
 UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"
@@ -36,25 +35,55 @@ def world(tmp_path):
         yield tmp_path, gh, patches
 
 
-def _pr(tmp: Path, gh: FakeGitHub, patches: Path, *extra: str, token: str | None = TOKEN,
-        token_file: bool = False) -> subprocess.CompletedProcess:
+def _pr(
+    tmp: Path, gh: FakeGitHub, patches: Path, *extra: str, token: str | None = TOKEN, token_file: bool = False
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}
     env["NDGEN_UPSTREAM_AUTHOR"] = BOT
-    args = ["upstream", "pr", "--upstream-repo", UPSTREAM, "--fork", FORK, "--patches", str(patches),
-            "--api-url", gh.url, "--git-url-template", f"file://{tmp / 'git'}/{{repo}}.git", *extra]
+    args = [
+        "upstream",
+        "pr",
+        "--upstream-repo",
+        UPSTREAM,
+        "--fork",
+        FORK,
+        "--patches",
+        str(patches),
+        "--api-url",
+        gh.url,
+        "--git-url-template",
+        f"file://{tmp / 'git'}/{{repo}}.git",
+        *extra,
+    ]
     if token and token_file:
         (tmp / "token").write_text(token + "\n")
         args += ["--token-file", str(tmp / "token")]
     elif token:
         env["GITHUB_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=300,
+    )
 
 
 def _branches(gh: FakeGitHub, repo: str) -> dict[str, str]:
-    out = subprocess.run(["git", "--git-dir", str(gh.git_root / f"{repo}.git"), "for-each-ref",
-                          "--format=%(refname:short) %(objectname)", "refs/heads/"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "git",
+            "--git-dir",
+            str(gh.git_root / f"{repo}.git"),
+            "for-each-ref",
+            "--format=%(refname:short) %(objectname)",
+            "refs/heads/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return dict(line.split() for line in out.splitlines())
 
 
@@ -113,8 +142,10 @@ def test_open_then_idempotent_then_update_then_close_when_landed(world):
     assert third.returncode == 0, third.stderr
     writes = [(r.method, r.path) for r in gh.writes()]
     tiny_pr = next(n for n, p in pulls.items() if series_name(p["head"]["ref"]) == "tinytool")
-    assert writes == [("PATCH", f"/repos/{UPSTREAM}/pulls/{tiny_pr}"),
-                      ("POST", f"/repos/{UPSTREAM}/issues/{tiny_pr}/comments")]
+    assert writes == [
+        ("PATCH", f"/repos/{UPSTREAM}/pulls/{tiny_pr}"),
+        ("POST", f"/repos/{UPSTREAM}/issues/{tiny_pr}/comments"),
+    ]
     assert len(pulls) == 2  # no second PR for tinytool
     assert shown_hash_of(pulls[tiny_pr]) == new["tinytool"].content_hash
     fork_refs = _branches(gh, FORK)
@@ -155,9 +186,11 @@ def shown_hash_of(pull: dict) -> str | None:
 
 def test_rate_limit_is_one_clear_line_without_token(world):
     tmp, gh, patches = world
-    gh.fail_with = (403, {"X-RateLimit-Remaining": "0", "X-RateLimit-Limit": "5000",
-                          "X-RateLimit-Reset": "1700000000"},
-                    {"message": f"API rate limit exceeded (token {TOKEN})"})
+    gh.fail_with = (
+        403,
+        {"X-RateLimit-Remaining": "0", "X-RateLimit-Limit": "5000", "X-RateLimit-Reset": "1700000000"},
+        {"message": f"API rate limit exceeded (token {TOKEN})"},
+    )
     proc = _pr(tmp, gh, patches, "--apply")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
@@ -201,12 +234,31 @@ def test_push_over_http_carries_the_token_only_in_a_header(world):
     tmp, gh, patches = world
     with GitHttpServer(tmp / "git", TOKEN) as git_http:
         env = {**{k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}, "NDGEN_UPSTREAM_AUTHOR": BOT}
-        base = ["upstream", "pr", "--upstream-repo", UPSTREAM, "--fork", FORK, "--patches", str(patches),
-                "--api-url", gh.url, "--git-url-template", git_http.url_template, "--apply"]
+        base = [
+            "upstream",
+            "pr",
+            "--upstream-repo",
+            UPSTREAM,
+            "--fork",
+            FORK,
+            "--patches",
+            str(patches),
+            "--api-url",
+            gh.url,
+            "--git-url-template",
+            git_http.url_template,
+            "--apply",
+        ]
         # A wrong token: the push is refused, and the error shows neither token.
         (tmp / "wrong").write_text("ghp_wrongTOKEN999\n")
-        bad = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *base, "--token-file", str(tmp / "wrong")],
-                             capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+        bad = subprocess.run(
+            [sys.executable, "-m", "neurodocker_nd.cli", *base, "--token-file", str(tmp / "wrong")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            timeout=300,
+        )
         # Each series fails on its own (one line each), the run goes on, exit status 1 at the end.
         assert bad.returncode == 1, bad.stderr
         assert "jq: FAILED: pushing to me/neurodocker failed" in bad.stdout
@@ -224,8 +276,14 @@ def test_push_over_http_carries_the_token_only_in_a_header(world):
 
 
 def _pr_http(tmp: Path, base: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *base],
-                          capture_output=True, text=True, env={**env, "GITHUB_TOKEN": TOKEN}, cwd=tmp, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *base],
+        capture_output=True,
+        text=True,
+        env={**env, "GITHUB_TOKEN": TOKEN},
+        cwd=tmp,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -242,9 +300,19 @@ def test_bad_pr_input_is_one_line(world, args, message):
     base = {"--upstream-repo": UPSTREAM, "--fork": FORK, "--patches": str(patches), "--api-url": gh.url}
     flags = dict(zip(args[::2], args[1::2]))
     argv = [x for k, v in {**base, **flags}.items() for x in (k, v)]
-    env = {**{k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}, "GITHUB_TOKEN": TOKEN, "NDGEN_UPSTREAM_AUTHOR": BOT}
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "upstream", "pr", *argv],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=120)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"},
+        "GITHUB_TOKEN": TOKEN,
+        "NDGEN_UPSTREAM_AUTHOR": BOT,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", "upstream", "pr", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
@@ -258,8 +326,14 @@ def test_git_sees_the_token_only_as_environment_config(tmp_path):
     env = base_env(TOKEN)
     assert TOKEN not in " ".join(f"{k}={v}" for k, v in env.items() if not k.startswith("GIT_CONFIG_VALUE"))
     subprocess.run(["git", "init", "-q", str(tmp_path / "r")], check=True, env=env)
-    proc = subprocess.run(["git", "config", "--show-origin", "--get-all", "http.extraheader"],
-                          cwd=tmp_path / "r", env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["git", "config", "--show-origin", "--get-all", "http.extraheader"],
+        cwd=tmp_path / "r",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     origin, _, value = proc.stdout.strip().partition("\t")
     assert origin == "command line:" and value.startswith("Authorization: Basic ")
     assert TOKEN.encode() not in (tmp_path / "r" / ".git" / "config").read_bytes()

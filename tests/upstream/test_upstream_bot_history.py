@@ -15,9 +15,14 @@ import pytest
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import export, read_series_dir
 from neurodocker_nd.upstream.github import GitHub, GitHubError
-
 from support.upstream_fakes import (
-    FakeGitHub, FakeRepo, author, commit_to, make_upstream_and_fork, merge_pull, write_registry,
+    FakeGitHub,
+    FakeRepo,
+    author,
+    commit_to,
+    make_upstream_and_fork,
+    merge_pull,
+    write_registry,
 )
 
 UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"
@@ -36,19 +41,44 @@ def world(tmp_path):
         yield tmp_path, gh, patches
 
 
-def _pr(tmp: Path, gh: FakeGitHub, patches: Path, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def _pr(
+    tmp: Path, gh: FakeGitHub, patches: Path, *extra: str, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_TOKEN", "NDGEN_UPSTREAM_AUTHOR")}
     env.update(GITHUB_TOKEN=TOKEN, NDGEN_UPSTREAM_AUTHOR=BOT)
     env.update(env_extra or {})
-    args = ["upstream", "pr", "--upstream-repo", UPSTREAM, "--fork", FORK, "--patches", str(patches),
-            "--api-url", gh.url, "--git-url-template", f"file://{tmp / 'git'}/{{repo}}.git", *extra]
-    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+    args = [
+        "upstream",
+        "pr",
+        "--upstream-repo",
+        UPSTREAM,
+        "--fork",
+        FORK,
+        "--patches",
+        str(patches),
+        "--api-url",
+        gh.url,
+        "--git-url-template",
+        f"file://{tmp / 'git'}/{{repo}}.git",
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=300,
+    )
 
 
 def _sha(gh: FakeGitHub, repo: str, branch: str) -> str:
-    return subprocess.run(["git", "--git-dir", str(gh.git_root / f"{repo}.git"), "rev-parse", f"refs/heads/{branch}"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "--git-dir", str(gh.git_root / f"{repo}.git"), "rev-parse", f"refs/heads/{branch}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def _pull_for(gh: FakeGitHub, name: str) -> tuple[int, dict]:
@@ -57,8 +87,12 @@ def _pull_for(gh: FakeGitHub, name: str) -> tuple[int, dict]:
 
 def _stale_pr(gh: FakeGitHub, number: int, name: str, repo: dict | None) -> None:
     gh.repos[UPSTREAM].pulls[number] = {
-        "number": number, "state": "open", "title": f"Add {name} template", "merged_at": None,
-        "body": f"<!-- ndgen-series: {name} 0123456789ab -->", "html_url": "",
+        "number": number,
+        "state": "open",
+        "title": f"Add {name} template",
+        "merged_at": None,
+        "body": f"<!-- ndgen-series: {name} 0123456789ab -->",
+        "html_url": "",
         "head": {"ref": f"ndgen/{name}-0123456789ab", "label": f"me:ndgen/{name}-0123456789ab", "repo": repo},
         "base": {"ref": "master"},
     }
@@ -71,8 +105,17 @@ def test_a_series_that_no_longer_applies_does_not_stop_the_run(world):
     tmp, gh, patches = world
     _stale_pr(gh, 90, "oldtool", {"full_name": FORK})
     # Upstream edits jq exactly where the series inserts 1.8.0: the series no longer applies.
-    commit_to(gh.git_root, UPSTREAM, "master", {"neurodocker/templates/jq.yaml": (
-        "    urls:\n", "    urls:\n        9.9.9: https://example.invalid/jq-9.9.9\n")})
+    commit_to(
+        gh.git_root,
+        UPSTREAM,
+        "master",
+        {
+            "neurodocker/templates/jq.yaml": (
+                "    urls:\n",
+                "    urls:\n        9.9.9: https://example.invalid/jq-9.9.9\n",
+            )
+        },
+    )
     summary = tmp / "summary.md"
     proc = _pr(tmp, gh, patches, "--apply", "--summary", str(summary))
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -94,13 +137,27 @@ def test_stable_branches_configured_identity_and_maintainers_commits_are_left_al
     assert _pr(tmp, gh, patches, "--apply").returncode == 0
     # One stable branch per template, no hash in the name; the bot commits as configured.
     number, pull = _pull_for(gh, "tinytool")
-    log = subprocess.run(["git", "--git-dir", str(gh.git_root / f"{FORK}.git"), "log", "-1", "--format=%an <%ae>|%cn <%ce>",
-                          "refs/heads/ndgen/tinytool"], capture_output=True, text=True, check=True).stdout.strip()
+    log = subprocess.run(
+        [
+            "git",
+            "--git-dir",
+            str(gh.git_root / f"{FORK}.git"),
+            "log",
+            "-1",
+            "--format=%an <%ae>|%cn <%ce>",
+            "refs/heads/ndgen/tinytool",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert log == f"ndgen tests <tests@ndgen.invalid>|{BOT}"
     assert "users.noreply.github.com" not in log
 
     # A maintainer pushes a fix to our branch (maintainer_can_modify), then the registry changes.
-    theirs = commit_to(gh.git_root, FORK, "ndgen/tinytool", {"neurodocker/templates/tinytool.yaml": ("chmod +x", "chmod 0755")})
+    theirs = commit_to(
+        gh.git_root, FORK, "ndgen/tinytool", {"neurodocker/templates/tinytool.yaml": ("chmod +x", "chmod 0755")}
+    )
     export(write_registry(tmp, tiny_versions=["1.0", "1.1", "1.2"]), None, patches, author())
     gh.requests.clear()
     first = _pr(tmp, gh, patches, "--apply")
@@ -133,8 +190,19 @@ def test_a_retitled_pr_keeps_its_title_and_each_change_is_commented_once(world):
     assert pull["title"] == "tinytool: a maintainer's title"
     assert _sha(gh, FORK, "ndgen/tinytool") != before and len(gh.repos[UPSTREAM].comments[number]) == 1
     # No new branch: the PR's own stable branch moved.
-    branches = subprocess.run(["git", "--git-dir", str(gh.git_root / f"{FORK}.git"), "for-each-ref", "--format=%(refname:short)",
-                               "refs/heads/ndgen/"], capture_output=True, text=True, check=True).stdout.split()
+    branches = subprocess.run(
+        [
+            "git",
+            "--git-dir",
+            str(gh.git_root / f"{FORK}.git"),
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/ndgen/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert sorted(branches) == ["ndgen/jq", "ndgen/tinytool"]
     gh.requests.clear()
     assert _pr(tmp, gh, patches, "--apply").returncode == 0 and not gh.writes()
@@ -160,7 +228,12 @@ def test_push_is_leased_on_the_sha_it_expects(world, tmp_path):
 
 def test_apply_needs_an_identity(world):
     tmp, gh, patches = world
-    env = {"NDGEN_UPSTREAM_AUTHOR": "", "HOME": str(tmp), "GIT_CONFIG_GLOBAL": str(tmp / "none"), "GIT_CONFIG_NOSYSTEM": "1"}
+    env = {
+        "NDGEN_UPSTREAM_AUTHOR": "",
+        "HOME": str(tmp),
+        "GIT_CONFIG_GLOBAL": str(tmp / "none"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
     proc = _pr(tmp, gh, patches, "--apply", env_extra=env)
     assert proc.returncode == 2 and proc.stderr.startswith("ndgen: error: no commit identity: pass --author")
     assert not gh.writes()
@@ -218,10 +291,13 @@ def test_a_pr_whose_fork_was_deleted_is_replaced(world):
     assert any(p["head"]["ref"] == "ndgen/tinytool" and p["state"] == "open" for p in gh.repos[UPSTREAM].pulls.values())
 
 
-@pytest.mark.parametrize("headers", [
-    {"Retry-After": "1"},  # secondary limit
-    {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "{soon}"},  # primary limit
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Retry-After": "1"},  # secondary limit
+        {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "{soon}"},  # primary limit
+    ],
+)
 def test_rate_limits_are_waited_out_and_retried(world, headers):
     tmp, gh, patches = world
     headers = {k: v.format(soon=int(time.time()) + 1) for k, v in headers.items()}
@@ -236,7 +312,10 @@ def test_rate_limit_retries_are_bounded(world):
     gh.fail_with = (429, {"Retry-After": "1"}, {"message": "secondary rate limit"})  # for ever
     proc = _pr(tmp, gh, patches)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"ndgen: error: GitHub API rate limit exceeded on GET /repos/{UPSTREAM} (HTTP 429): retry after 1 s"
+    assert (
+        proc.stderr.strip()
+        == f"ndgen: error: GitHub API rate limit exceeded on GET /repos/{UPSTREAM} (HTTP 429): retry after 1 s"
+    )
     assert len(gh.requests) == 3
 
 
@@ -246,10 +325,10 @@ def test_rate_limit_retries_are_bounded(world):
 def test_new_template_series_apply_alone_and_in_every_order(tmp_path):
     """Each new template appends to upstream's docs list and CI matrix at the same spot:
     every pair applies in both orders (the second after the first landed)."""
+    from test_upstream_export import full_checkout
+
     from neurodocker_nd.upstream.bot import apply_series
     from neurodocker_nd.upstream.gitcmd import git
-
-    from test_upstream_export import full_checkout
 
     checkout = full_checkout(tmp_path)
     out = tmp_path / "out"

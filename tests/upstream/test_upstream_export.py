@@ -14,7 +14,6 @@ import yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import export, format_for_upstream, read_series_dir
 from neurodocker_nd.upstream.tree import installed_package_dir, prepare
-
 from support import REPO
 from support.upstream_fakes import AUTHOR_TEXT, JQ_NOTES, META_SENTINELS, author, write_registry
 
@@ -27,8 +26,9 @@ def _ndgen(*args: str, cwd: Path | None = None, author: str | None = AUTHOR_TEXT
     env = {k: v for k, v in os.environ.items() if k != "NDGEN_UPSTREAM_AUTHOR"}
     if author and args[:2] == ("upstream", "export"):
         args = (*args, "--author", author)
-    return subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
@@ -92,7 +92,8 @@ def test_patches_apply_with_git_am_to_the_upstream_tree(exported, tmp_path):
         subprocess.run(["git", "checkout", "-q", "--detach", base.commit], cwd=base.path, check=True)
         subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@t", "am", "-q", *map(str, series.patches)],
-            cwd=base.path, check=True,
+            cwd=base.path,
+            check=True,
         )
         applied = (base.path / "neurodocker" / "templates" / f"{series.name}.yaml").read_text()
         assert applied == series.template_text
@@ -116,8 +117,10 @@ def test_upstream_formatting_is_upstreams_own():
 
 def test_template_upstream_cannot_render_is_rejected_and_nothing_written(tmp_path):
     reg = write_registry(tmp_path)
-    bad = (reg / "tinytool" / "template.yaml").read_text().replace(
-        "chmod +x {{ self.install_path }}/tinytool", "chmod +x {{ self.no_such_argument }}/tinytool"
+    bad = (
+        (reg / "tinytool" / "template.yaml")
+        .read_text()
+        .replace("chmod +x {{ self.install_path }}/tinytool", "chmod +x {{ self.no_such_argument }}/tinytool")
     )
     (reg / "tinytool" / "template.yaml").write_text(bad)
     out = tmp_path / "out"
@@ -135,9 +138,14 @@ def test_template_upstream_cannot_render_is_rejected_and_nothing_written(tmp_pat
 
 def test_bad_upstream_checkout_is_one_line(tmp_path):
     reg = write_registry(tmp_path)
-    proc = _ndgen("upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o"), "--upstream", str(tmp_path))
+    proc = _ndgen(
+        "upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o"), "--upstream", str(tmp_path)
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"ndgen: error: --upstream {tmp_path}: not a neurodocker checkout (no neurodocker/templates)"
+    assert (
+        proc.stderr.strip()
+        == f"ndgen: error: --upstream {tmp_path}: not a neurodocker checkout (no neurodocker/templates)"
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -147,9 +155,10 @@ def test_committed_upstream_patches_are_fresh(tmp_path):
     proc = _ndgen("upstream", "export", "--out", str(tmp_path / "fresh"), cwd=tmp_path, author=COMMITTED_AUTHOR)
     assert proc.returncode == 0, proc.stderr
     fresh = _tree_bytes(tmp_path / "fresh")
-    stale = sorted(set(fresh) ^ set(_tree_bytes(committed)) | {
-        k for k in fresh if (committed / k).is_file() and (committed / k).read_bytes() != fresh[k]
-    })
+    stale = sorted(
+        set(fresh) ^ set(_tree_bytes(committed))
+        | {k for k in fresh if (committed / k).is_file() and (committed / k).read_bytes() != fresh[k]}
+    )
     assert not stale, f"upstream-patches/ is stale (run `ndgen upstream export`): {stale}"
     assert filecmp.dircmp(committed, tmp_path / "fresh").diff_files == []
 
@@ -168,7 +177,7 @@ EXAMPLES_RST = """Examples
 .. INSERT LIST END
 """
 
-CREATE_WORKFLOWS = '''from pathlib import Path
+CREATE_WORKFLOWS = """from pathlib import Path
 
 import yaml
 
@@ -189,7 +198,7 @@ def software():
 def get_versions_from_neurodocker_template(software):
     with open(template_folder.joinpath(software).with_suffix(".yaml")) as f:
         return list(yaml.safe_load(f)["binaries"]["urls"].keys())
-'''
+"""
 
 
 def full_checkout(tmp_path: Path) -> Path:
@@ -213,8 +222,10 @@ def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
     out = tmp_path / "out"
     export(write_registry(tmp_path), checkout, out, author())
     tiny = sorted((out / "tinytool").glob("*.patch"))
-    assert [p.name for p in tiny] == ["0001-Add-tinytool-template.patch",
-                                      "0002-Register-tinytool-in-the-docs-software-list-and-the-.patch"]
+    assert [p.name for p in tiny] == [
+        "0001-Add-tinytool-template.patch",
+        "0002-Register-tinytool-in-the-docs-software-list-and-the-.patch",
+    ]
     docs = tiny[1].read_text()
     assert "Subject: [PATCH 2/2] Register tinytool in the docs software list and the CI\n build matrix" in docs
     assert "+- `tinytool <https://example.org/tinytool>`_\n - `vnc" in docs
@@ -338,7 +349,17 @@ def test_export_requires_an_author(tmp_path):
     reg = write_registry(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "NDGEN_UPSTREAM_AUTHOR" and not k.startswith("GIT_")}
     env.update(HOME=str(tmp_path), GIT_CONFIG_GLOBAL=str(tmp_path / "none"), GIT_CONFIG_NOSYSTEM="1")
-    cmd = [sys.executable, "-m", "neurodocker_nd.cli", "upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neurodocker_nd.cli",
+        "upstream",
+        "export",
+        "--registry",
+        str(reg),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 2
     assert proc.stderr.startswith("ndgen: error: no commit identity: pass --author") and not (tmp_path / "o").exists()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from support import REPO, tool
@@ -19,8 +18,9 @@ WORKFLOW = REPO / ".github" / "workflows" / "upstream-pr.yml"
 
 def _check(path: Path) -> subprocess.CompletedProcess:
     exe = tool("check-jsonschema")
-    return subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "--builtin-schema", "vendor.github-workflows", str(path)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_workflow_validates_against_github_workflow_schema():

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 
-
 def entry_summary(entry) -> dict[str, Any]:
     """The JSON object `ndgen list --json` prints for one entry."""
     meta = entry.meta
@@ -22,9 +21,7 @@ def entry_summary(entry) -> dict[str, Any]:
         "description": meta.description if meta else None,
         "homepage": meta.homepage if meta else (entry.template or {}).get("url"),
         "commands": list(meta.commands) if meta else [],
-        "system": (
-            {"apt": list(meta.system.apt), "yum": list(meta.system.yum)} if meta and meta.system else None
-        ),
+        "system": ({"apt": list(meta.system.apt), "yum": list(meta.system.yum)} if meta and meta.system else None),
         "upstream_status": meta.upstream_status if meta else None,
     }
 
@@ -54,14 +51,25 @@ def entry_details(entry) -> dict[str, Any]:
     d["alert"] = (entry.template or {}).get("alert")
     meta = entry.meta
     d["provenance"] = {
-        v: {"status": i.status, "sha256": i.sha256, "sources": [{"url": s.url, "confirms": s.confirms} for s in i.sources]}
+        v: {
+            "status": i.status,
+            "sha256": i.sha256,
+            "sources": [{"url": s.url, "confirms": s.confirms} for s in i.sources],
+        }
         for v, i in (meta.versions.items() if meta else ())
     }
     d["requires"] = [
-        {"versions": list(r.versions), "methods": list(r.methods), "glibc": ".".join(map(str, r.glibc)), "reason": r.reason}
+        {
+            "versions": list(r.versions),
+            "methods": list(r.methods),
+            "glibc": ".".join(map(str, r.glibc)),
+            "reason": r.reason,
+        }
         for r in (meta.requires if meta else ())
     ]
-    d["waivers"] = [{"rule": w.rule, "versions": list(w.versions), "reason": w.reason} for w in (meta.waivers if meta else ())]
+    d["waivers"] = [
+        {"rule": w.rule, "versions": list(w.versions), "reason": w.reason} for w in (meta.waivers if meta else ())
+    ]
     return d
 
 
@@ -146,8 +154,8 @@ def validate_cmd(paths: tuple[str, ...]) -> None:
     from pathlib import Path
 
     from neurodocker_nd.maintain.lint import check_or_raise
-    from neurodocker_nd.registry.entries import Registry, validate_paths
     from neurodocker_nd.maintain.matrix import check_renders
+    from neurodocker_nd.registry.entries import Registry, validate_paths
 
     registry = Registry()
     if paths:
@@ -171,4 +179,6 @@ def validate_cmd(paths: tuple[str, ...]) -> None:
     n = check_renders(registry, ours)
     waived, sums = check_or_raise(ours, registry)
     files = sum(bool(e.template_path) + bool(e.meta_path) for e in entries)
-    click.echo(f"ok: {len(entries)} entries ({files} files) valid; {n + sums} test renders; {waived} waived lint findings")
+    click.echo(
+        f"ok: {len(entries)} entries ({files} files) valid; {n + sums} test renders; {waived} waived lint findings"
+    )

@@ -53,9 +53,23 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Build log file (default: ~/.cache/ndgen/logs/build-TAG-TIME.log); the recipe is saved next to it.",
 )
-@click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), default="x86_64", show_default=True, help="RECIPE_DIR: architecture.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="RECIPE_DIR: set a recipe option (repeat).")
-@click.option("--templates", multiple=True, type=click.Path(file_okay=False), metavar="DIR", help="RECIPE_DIR: template directory (repeat).")
+@click.option(
+    "--arch",
+    type=click.Choice(["x86_64", "aarch64"]),
+    default="x86_64",
+    show_default=True,
+    help="RECIPE_DIR: architecture.",
+)
+@click.option(
+    "--option", "options", multiple=True, metavar="KEY=VALUE", help="RECIPE_DIR: set a recipe option (repeat)."
+)
+@click.option(
+    "--templates",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="RECIPE_DIR: template directory (repeat).",
+)
 def build_cmd(
     recipe_dir: Path | None,
     pkgs: tuple[str, ...],
@@ -115,7 +129,9 @@ def build_cmd(
     if outcome.failures:
         names = ", ".join(f"{t.name} ({t.reason})" for t in outcome.failures)
         # exit 1 like `ndgen test` and a recipe build's suite: the image was built and tested
-        raise ChecksFailed(f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}")
+        raise ChecksFailed(
+            f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}"
+        )
 
 
 def _build_recipe_dir(
@@ -132,14 +148,14 @@ def _build_recipe_dir(
     proxy: AptProxy | None,
 ) -> None:
     """Render the recipe into a staged build context, build it, then run its suite and the deploy check."""
-    from neurodocker_nd.core import scratchdir
     from neurodocker_nd.build.docker_build import build_context_dir, check_tag
+    from neurodocker_nd.build.suite import load_recipe_suite
     from neurodocker_nd.cli.commands.recipe import parse_options
     from neurodocker_nd.cli.commands.test import fail_if_failed, test_image
+    from neurodocker_nd.core import scratchdir
     from neurodocker_nd.render.context import write_context
     from neurodocker_nd.render.recipe import find_recipe, load_recipe
     from neurodocker_nd.render.renderer import render
-    from neurodocker_nd.build.suite import load_recipe_suite
 
     check_tag(tag)
     # Read once, through the recipe tree's contained reader (no link out of it,

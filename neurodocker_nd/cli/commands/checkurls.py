@@ -21,12 +21,28 @@ def _size(n: int | None) -> str:
 
 @click.command("check-urls")
 @click.argument("names", nargs=-1)
-@click.option("--recipe", "recipe", type=click.Path(), help="Check this recipe's files: (directory or build.yaml) instead.")
+@click.option(
+    "--recipe", "recipe", type=click.Path(), help="Check this recipe's files: (directory or build.yaml) instead."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results.")
-@click.option("--fetch", "do_fetch", is_flag=True, help="Download each file and compute its sha256 (compared with the recorded one).")
-@click.option("--write", "do_write", is_flag=True, help="Record fetched digests into meta.yaml / the recipe (implies --fetch).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for each answer from a server (NDGEN_DOWNLOAD_DEADLINE bounds the whole request).")
-def check_urls_cmd(names: tuple[str, ...], recipe: str | None, as_json: bool, do_fetch: bool, do_write: bool, timeout: float) -> None:
+@click.option(
+    "--fetch",
+    "do_fetch",
+    is_flag=True,
+    help="Download each file and compute its sha256 (compared with the recorded one).",
+)
+@click.option(
+    "--write", "do_write", is_flag=True, help="Record fetched digests into meta.yaml / the recipe (implies --fetch)."
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for each answer from a server (NDGEN_DOWNLOAD_DEADLINE bounds the whole request).",
+)
+def check_urls_cmd(
+    names: tuple[str, ...], recipe: str | None, as_json: bool, do_fetch: bool, do_write: bool, timeout: float
+) -> None:
     """Check the download URLs of the registry (all entries, or NAME…) or of a recipe:
     HTTP status, redirects and size; --fetch also verifies sha256.
 
@@ -57,14 +73,18 @@ def check_urls_cmd(names: tuple[str, ...], recipe: str | None, as_json: bool, do
             digest = f"  sha256:{p.sha256}" if p and p.sha256 else ""
             note = f"  {r.problem}" if r.problem else ""
             mark = "ok  " if r.problem is None else "dead" if r.target.known_dead else "FAIL" if p else "skip"
-            click.echo(f"{mark} {r.target.owner} {r.target.key}  "
-                       f"{status}{hops}  {_size(p.size if p else None)}{digest}  {r.target.url}{note}")
+            click.echo(
+                f"{mark} {r.target.owner} {r.target.key}  "
+                f"{status}{hops}  {_size(p.size if p else None)}{digest}  {r.target.url}{note}"
+            )
     # Known-dead URLs (a documented `dropbox` waiver) are reported but fail nothing.
     failed = [r for r in results if r.problem is not None and r.probe is not None and not r.target.known_dead]
     if failed:
         first = failed[0]
         # --write records nothing then: digests are written for a fully passing run only.
-        raise NdgenError(f"{len(failed)} of {len(results)} URLs failed{'; nothing recorded' if do_write else ''}; "
-                         f"first: {first.target.owner} {first.target.key}: {first.problem} ({first.target.url})")
+        raise NdgenError(
+            f"{len(failed)} of {len(results)} URLs failed{'; nothing recorded' if do_write else ''}; "
+            f"first: {first.target.owner} {first.target.key}: {first.problem} ({first.target.url})"
+        )
     for path in write_digests(results, registry) if do_write else []:
         click.echo(f"recorded digests in {path}", err=True)

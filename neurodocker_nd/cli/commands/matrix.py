@@ -32,8 +32,8 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
 
     Everything is rendered before the first file is written: on error nothing is.
     """
-    from neurodocker_nd.registry.entries import Registry
     from neurodocker_nd.maintain.matrix import render_matrix, write_all
+    from neurodocker_nd.registry.entries import Registry
 
     registry = Registry()
     for name in names:

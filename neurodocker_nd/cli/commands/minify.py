@@ -18,18 +18,51 @@ _TAG = re.compile(
 @click.command("minify", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image")
 @click.option("-t", "--tag", required=True, metavar="NEW_TAG", help="Tag of the new, minified image.")
-@click.option("-c", "--command", "commands", multiple=True, metavar="CMD", help="Workload command (/bin/sh -c); repeat.")
+@click.option(
+    "-c", "--command", "commands", multiple=True, metavar="CMD", help="Workload command (/bin/sh -c); repeat."
+)
 @click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount; repeat.")
-@click.option("--profile", metavar="NAME|FILE", help="A minify profile (minify/NAME.yaml): input setup, commands, keep rules.")
-@click.option("--keep", "keep", multiple=True, metavar="PATH_OR_GLOB", help="Keep this in-image path (directories whole).")
-@click.option("--keep-packages", is_flag=True, help="Keep whole every OS package (dpkg) that owns a traced file; docs and translations excluded.")
-@click.option("--keep-package", "package_names", multiple=True, metavar="NAME", help="Keep this installed OS package whole; repeat.")
-@click.option("--tests", "tests_path", type=click.Path(dir_okay=False, path_type=Path), metavar="SUITE.yaml", help="A neurocontainers fulltest.yaml: traced as workload (setup included); verify = the whole suite and the deploy check pass on the result.")
-@click.option("--tests-data", "tests_data", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Data cache with the suite's required_files as DATASET/FILE.")
+@click.option(
+    "--profile", metavar="NAME|FILE", help="A minify profile (minify/NAME.yaml): input setup, commands, keep rules."
+)
+@click.option(
+    "--keep", "keep", multiple=True, metavar="PATH_OR_GLOB", help="Keep this in-image path (directories whole)."
+)
+@click.option(
+    "--keep-packages",
+    is_flag=True,
+    help="Keep whole every OS package (dpkg) that owns a traced file; docs and translations excluded.",
+)
+@click.option(
+    "--keep-package",
+    "package_names",
+    multiple=True,
+    metavar="NAME",
+    help="Keep this installed OS package whole; repeat.",
+)
+@click.option(
+    "--tests",
+    "tests_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="SUITE.yaml",
+    help="A neurocontainers fulltest.yaml: traced as workload (setup included); verify = the whole suite and the deploy check pass on the result.",
+)
+@click.option(
+    "--tests-data",
+    "tests_data",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Data cache with the suite's required_files as DATASET/FILE.",
+)
 @click.option(
     "--format", "fmt", type=click.Choice(["docker", "singularity", "both"]), default="docker", show_default=True
 )
-@click.option("--squashfs", "squashfs_out", type=click.Path(dir_okay=False, path_type=Path), help="SquashFS output file (singularity format); default TAG.sqfs.")
+@click.option(
+    "--squashfs",
+    "squashfs_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SquashFS output file (singularity format); default TAG.sqfs.",
+)
 @click.option("--tracer", type=click.Choice(["fanotify", "ptrace"]), help="Default: fanotify, else ptrace.")
 @click.option("--no-verify", is_flag=True, help="Do not rerun the commands in the new image.")
 @click.option("--no-repair", is_flag=True, help="On a verify mismatch, do not add the paths a re-trace finds missing.")
@@ -43,7 +76,9 @@ _TAG = re.compile(
     metavar="SECONDS",
     help="Per command, in the trace, the untraced run, profile setup and verify: then it is killed.",
 )
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON."
+)
 def minify_cmd(
     image: str,
     tag: str,
@@ -71,11 +106,10 @@ def minify_cmd(
     """
     from rich.console import Console
 
-    from neurodocker_nd.minify import pipeline, report
-    from neurodocker_nd.minify.sandbox import Mount
-
-    from neurodocker_nd.minify.profile import load_profile
     from neurodocker_nd.build.suite import load_suite
+    from neurodocker_nd.minify import pipeline, report
+    from neurodocker_nd.minify.profile import load_profile
+    from neurodocker_nd.minify.sandbox import Mount
 
     mounts = tuple(Mount.parse(spec) for spec in volumes)
     loaded = load_profile(profile) if profile else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import click
 
@@ -22,7 +22,11 @@ def render_default(
     from neurodocker_nd.render.renderer import render_recipe
 
     recipe = render_recipe(
-        pkgs=pkgs, os_name=os_name, base_image=base_image, pkg_manager=pkg_manager, fmt=fmt  # type: ignore[arg-type]
+        pkgs=pkgs,
+        os_name=os_name,
+        base_image=base_image,
+        pkg_manager=pkg_manager,
+        fmt=fmt,  # type: ignore[arg-type]
     )
     if output and output != "-":
         outfile.write_text(output, recipe.text)

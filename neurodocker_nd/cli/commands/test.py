@@ -31,8 +31,16 @@ if TYPE_CHECKING:
     type=click.Path(file_okay=False, path_type=Path),
     help="Data cache holding required_files as DATASET/FILE (default: WORK/.data_cache).",
 )
-@click.option("--tagged", "tags", multiple=True, metavar="TAG", help="Run only tests tagged TAG (and what they depend on); repeat for more.")
-@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JUnit XML report here.")
+@click.option(
+    "--tagged",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Run only tests tagged TAG (and what they depend on); repeat for more.",
+)
+@click.option(
+    "--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JUnit XML report here."
+)
 @click.option("--no-deploy-check", is_flag=True, help="Skip the DEPLOY_BINS/DEPLOY_PATH check.")
 @click.option(
     "--log",
@@ -84,8 +92,8 @@ def test_image(
     `suite_source`: a suite path the user named, a Suite already loaded (a
     recipe directory's, read by its contained reader), or None (deploy check only).
     """
-    from neurodocker_nd.core import scratchdir
     from neurodocker_nd.build import suite, testrun
+    from neurodocker_nd.core import scratchdir
 
     if isinstance(suite_source, suite.Suite) or suite_source is None:
         loaded = suite_source
@@ -138,7 +146,9 @@ def report(run: Any) -> None:
     table.add_column("detail", overflow="fold")
     for result in run.results:
         name = result.name if result.group == "test" else f"{result.group}: {result.name}"
-        table.add_row(Text(name), Text(result.status, colours[result.status]), f"{result.seconds:.1f} s", Text(result.message))
+        table.add_row(
+            Text(name), Text(result.status, colours[result.status]), f"{result.seconds:.1f} s", Text(result.message)
+        )
     Console(highlight=False).print(table)
     counts = {s: sum(r.status == s for r in run.results) for s in ("PASS", "FAIL", "SKIP", "WARN")}
     click.echo(", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) or "no checks")

@@ -30,16 +30,38 @@ def upstream_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Registry directory (default: ndgen's registry/).",
 )
-@click.option("--author", metavar="'NAME <EMAIL>'",
-              help="Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).")
-@click.option("--target", type=click.Choice(["neurodocker", "neurocontainers"]), default="neurodocker",
-              show_default=True, help="neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.")
-@click.option("--build-evidence", is_flag=True,
-              help="Also build each entry's Debian-packaged method=system on the Docker engine and run its test (PR.md says so).")
-@click.option("--network", type=click.Choice(["default", "none", "host"]), default=None,
-              help="With --build-evidence: the build's network, as `ndgen build --network` (default: default).")
-def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: str | None, target: str,
-               build_evidence: bool, network: str | None) -> None:
+@click.option(
+    "--author",
+    metavar="'NAME <EMAIL>'",
+    help="Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["neurodocker", "neurocontainers"]),
+    default="neurodocker",
+    show_default=True,
+    help="neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.",
+)
+@click.option(
+    "--build-evidence",
+    is_flag=True,
+    help="Also build each entry's Debian-packaged method=system on the Docker engine and run its test (PR.md says so).",
+)
+@click.option(
+    "--network",
+    type=click.Choice(["default", "none", "host"]),
+    default=None,
+    help="With --build-evidence: the build's network, as `ndgen build --network` (default: default).",
+)
+def export_cmd(
+    upstream: Path | None,
+    out: Path,
+    registry: Path | None,
+    author: str | None,
+    target: str,
+    build_evidence: bool,
+    network: str | None,
+) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
     from neurodocker_nd.core import paths
     from neurodocker_nd.upstream.export import export
@@ -54,7 +76,9 @@ def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: 
         from neurodocker_nd.upstream import neurocontainers
 
         if upstream is not None:  # a neurocontainers checkout: patch series for `pr --target neurocontainers`
-            made = neurocontainers.export_series(registry or paths.registry_dir(), upstream, out, resolve_identity(author))
+            made = neurocontainers.export_series(
+                registry or paths.registry_dir(), upstream, out, resolve_identity(author)
+            )
             for s in made:
                 click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
             click.echo(f"exported {len(made)} series to {out}")
@@ -65,34 +89,74 @@ def export_cmd(upstream: Path | None, out: Path, registry: Path | None, author: 
         click.echo(f"exported {len(done)} neurocontainers recipes to {out}")
         return
 
-    series = export(registry or paths.registry_dir(), upstream, out, resolve_identity(author), build_evidence,
-                    network or "default")
+    series = export(
+        registry or paths.registry_dir(), upstream, out, resolve_identity(author), build_evidence, network or "default"
+    )
     for s in series:
         click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
     click.echo(f"exported {len(series)} series to {out}")
 
 
 @upstream_group.command("pr")
-@click.option("--dry-run/--apply", "dry_run", default=True, show_default=True,
-              help="--dry-run (default) only reads; --apply pushes branches and writes PRs.")
+@click.option(
+    "--dry-run/--apply",
+    "dry_run",
+    default=True,
+    show_default=True,
+    help="--dry-run (default) only reads; --apply pushes branches and writes PRs.",
+)
 @click.option("--upstream-repo", required=True, metavar="OWNER/NAME")
 @click.option("--fork", required=True, metavar="OWNER/NAME")
 @click.option("--patches", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True)
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="File holding the GitHub token (default: $GITHUB_TOKEN).")
-@click.option("--author", metavar="'NAME <EMAIL>'",
-              help="Who the bot's commits are by: the token's owner (default: $NDGEN_UPSTREAM_AUTHOR, else git config).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the GitHub token (default: $GITHUB_TOKEN).",
+)
+@click.option(
+    "--author",
+    metavar="'NAME <EMAIL>'",
+    help="Who the bot's commits are by: the token's owner (default: $NDGEN_UPSTREAM_AUTHOR, else git config).",
+)
 @click.option("--api-url", default="https://api.github.com", show_default=True)
-@click.option("--git-url-template", default="https://github.com/{repo}.git", show_default=True,
-              help="Git URL of a repository; {repo} is OWNER/NAME.")
-@click.option("--max-wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
-              help="Longest wait for a GitHub rate limit to reset, in seconds.")
-@click.option("--target", type=click.Choice(["neurodocker", "neurocontainers"]), default="neurodocker",
-              show_default=True, help="What the series in --patches are for (see `export --target`).")
-@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append a Markdown report to this file (e.g. $GITHUB_STEP_SUMMARY).")
-def pr_cmd(dry_run: bool, upstream_repo: str, fork: str, patches: Path, token_file: Path | None, author: str | None,
-           api_url: str, git_url_template: str, max_wait: float, target: str, summary: Path | None) -> None:
+@click.option(
+    "--git-url-template",
+    default="https://github.com/{repo}.git",
+    show_default=True,
+    help="Git URL of a repository; {repo} is OWNER/NAME.",
+)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Longest wait for a GitHub rate limit to reset, in seconds.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["neurodocker", "neurocontainers"]),
+    default="neurodocker",
+    show_default=True,
+    help="What the series in --patches are for (see `export --target`).",
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append a Markdown report to this file (e.g. $GITHUB_STEP_SUMMARY).",
+)
+def pr_cmd(
+    dry_run: bool,
+    upstream_repo: str,
+    fork: str,
+    patches: Path,
+    token_file: Path | None,
+    author: str | None,
+    api_url: str,
+    git_url_template: str,
+    max_wait: float,
+    target: str,
+    summary: Path | None,
+) -> None:
     """Push each series to the fork and open, update or close its pull request.
 
     Each series is handled on its own; exit status 1 when any failed.
@@ -110,8 +174,16 @@ def pr_cmd(dry_run: bool, upstream_repo: str, fork: str, patches: Path, token_fi
             identity = SCRATCH  # a dry run's commits never leave this machine
     else:
         identity = resolve_identity(author)
-    config = BotConfig(upstream_repo=upstream_repo, fork=fork, api_url=api_url, git_url_template=git_url_template,
-                       apply=not dry_run, identity=identity, max_wait=max_wait, target=target)
+    config = BotConfig(
+        upstream_repo=upstream_repo,
+        fork=fork,
+        api_url=api_url,
+        git_url_template=git_url_template,
+        apply=not dry_run,
+        identity=identity,
+        max_wait=max_wait,
+        target=target,
+    )
     outcome = Outcome()
     lines = []
     for line in run(config, patches, token, outcome):
