@@ -23,6 +23,7 @@ NOWHERE = "ndgen-no-such-host.invalid"  # .invalid never resolves (RFC 2606)
 
 def _pytest(tmp_path: Path, body: str, **env: str) -> subprocess.CompletedProcess:
     shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    shutil.copytree(HERE / "support", tmp_path / "support", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "test_child.py").write_text(body)
     environ = {k: v for k, v in os.environ.items() if k not in ("CI", "NDGEN_TEST_BASE")}
     return subprocess.run(
@@ -32,7 +33,7 @@ def _pytest(tmp_path: Path, body: str, **env: str) -> subprocess.CompletedProces
 
 
 def test_a_missing_tool_fails_never_skips(tmp_path):
-    proc = _pytest(tmp_path, "from conftest import tool\n\ndef test_lint():\n    tool('ndgen-no-such-tool')\n")
+    proc = _pytest(tmp_path, "from support import tool\n\ndef test_lint():\n    tool('ndgen-no-such-tool')\n")
     assert proc.returncode == 1, proc.stdout
     assert "1 failed" in proc.stdout and "skipped" not in proc.stdout
     assert "ndgen-no-such-tool is not installed" in proc.stdout
