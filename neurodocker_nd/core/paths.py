@@ -21,7 +21,7 @@ import functools
 import os
 import stat
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import attrs
 
@@ -68,6 +68,38 @@ def beside_python(tool: str) -> str | None:
     """A console script installed in this interpreter's environment (a venv not on PATH)."""
     cand = Path(sys.executable).parent / tool
     return str(cand) if cand.is_file() else None
+
+
+# ---------------------------------------------------------------- containment checks
+#
+# Two questions, asked by every tree ndgen takes paths for (a recipe directory,
+# a test suite's work directory, a build context).  The contained readers below
+# answer the stronger one for reads; these two are for the names themselves.
+
+
+def resolve_inside(root: Path, rel: str | os.PathLike[str]) -> Path | None:
+    """`root/rel` resolved on the host (symlinks followed, `..` applied), or None when
+    the result is not `root` itself or below it.
+
+    Resolution means a link inside `root` pointing out of it counts as outside:
+    an untrusted tree must never make ndgen name (and later stage) a host file
+    such as /etc/shadow.  An absolute `rel` replaces `root` (pathlib's `/`), so
+    it is inside only when it really lies below `root`.  This checks a name at
+    one moment; a read that must not race a swapped link goes through
+    `open_inside`.
+    """
+    real_root = root.resolve()
+    resolved = (real_root / rel).resolve()
+    return resolved if resolved.is_relative_to(real_root) else None
+
+
+def is_relative_inside(value: str) -> bool:
+    """True when `value`, read lexically as a POSIX path (nothing is resolved), names
+    something strictly below whatever directory it is taken relative to: not empty,
+    not absolute, no `..` component, and not `.` (that is the directory itself,
+    which a caller emptying the path would wipe)."""
+    pure = PurePosixPath(value)
+    return bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts
 
 
 # ---------------------------------------------------------------- contained reads

@@ -676,8 +676,8 @@ class _Loader:
         A recipe is untrusted: an absolute path, a `..` or a symlink out of the
         directory would stage a host file (say /etc/shadow) into the image.
         """
-        p = (self.dir / src).resolve()
-        if not p.is_relative_to(self.dir):
+        p = paths.resolve_inside(self.dir, src)
+        if p is None:
             raise RecipeError(f"{where.line()}: {what} {src!r} is outside the recipe directory")
         return p
 
