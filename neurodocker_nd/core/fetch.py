@@ -219,7 +219,7 @@ def _resolve(host: str, port: int) -> list[tuple]:
     ports = allowed_loopback_ports()
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     for info in infos:
-        why = address_refusal(info[4][0], port, ports)
+        why = address_refusal(str(info[4][0]), port, ports)  # sockaddr[0] is the address text for INET/INET6
         if why is not None:
             note = f" ({ALLOW_LOOPBACK_ENV} does not list port {port})" if "loopback" in why else ""
             raise _Refused(f"{why}{note}")

@@ -129,7 +129,8 @@ def read_text(path: Path, *, limit: int = MAX_YAML_BYTES) -> str:
 
 
 def _read_capped(fd: int, limit: int, path: Path) -> bytes:
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         try:
             chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
@@ -144,7 +145,7 @@ def _read_capped(fd: int, limit: int, path: Path) -> bytes:
 
 
 def parse_yaml(text: str, path: Path | str) -> Any:
-    """YAML text read from `path` (by read_text or a contained reader); malformed YAML is one file:line DataFileError."""
+    """YAML text read from `path` (by read_text or a contained reader); malformed YAML: one file:line DataFileError."""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
