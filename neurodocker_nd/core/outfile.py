@@ -132,21 +132,28 @@ def write_text(path: str | os.PathLike, text: str, *, mkdir: bool = False) -> No
 
 
 @contextlib.contextmanager
-def new_directory(path: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
+def new_directory(path: str | os.PathLike, *, merge: bool = False, replace: bool = False) -> Iterator[Path]:
     """Yield a staging directory whose content appears at `path` only if the block succeeds.
 
-    Without `merge`, `path` must not exist, or be an empty directory: the stage
-    is made beside it and renamed to it (a build context). With `merge`, an
+    By default `path` must not exist, or be an empty directory: the stage is
+    made beside it and renamed to it (a build context). With `merge`, an
     existing directory keeps what the block does not write: the stage is made
     inside it and each staged entry is renamed over its namesake (a matrix) —
     a rename allocates no data, so ENOSPC cannot strike after the first entry
-    is replaced. On any error the stage is removed and `path` is as it was.
+    is replaced. With `replace`, an existing directory (a link to one: its
+    target) is replaced whole (an export): it is renamed aside only once the
+    stage is complete, the stage is renamed in, and the old one is put back if
+    that fails. On any error the stage is removed and `path` is as it was.
     """
     import shutil
 
-    out = Path(path)
+    if merge and replace:
+        raise ValueError("new_directory: merge and replace exclude each other")
+    out = Path(os.path.realpath(path)) if replace else Path(path)
     into = merge and out.is_dir()
-    if not into and out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if replace and out.exists() and not out.is_dir():
+        raise _fail(path, "exists and is not a directory")
+    if not (into or replace) and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _fail(path, "exists and is not an empty directory")
     parent = out.parent if str(out.parent) else Path(".")
     try:
@@ -162,12 +169,40 @@ def new_directory(path: str | os.PathLike, *, merge: bool = False) -> Iterator[P
             stage.rmdir()
         else:
             stage.chmod(0o777 & ~umask())  # mkdtemp made it 0700; a new directory honours the umask
-            if out.exists():
-                out.rmdir()
-            os.rename(stage, out)
+            if replace:
+                _swap_in(stage, out)
+            else:
+                if out.exists():
+                    out.rmdir()
+                os.rename(stage, out)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
         raise _fail(path, exc) from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Rename the complete `stage` to `out`, replacing a directory there.
+
+    A rename cannot replace a non-empty directory, so the old one moves aside
+    first (a rename in the same directory: nothing is deleted until the new
+    one is in place) and comes back if the second rename fails.
+    """
+    import shutil
+
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    try:
+        os.rename(out, aside / "old")
+        try:
+            os.rename(stage, out)
+        except OSError:
+            os.rename(aside / "old", out)
+            raise
+    finally:
+        # The new directory is in place (or the old one is back): what is left aside is only garbage.
+        shutil.rmtree(aside, ignore_errors=True)

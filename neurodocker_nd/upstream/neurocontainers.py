@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import attrs
 import yaml
 
+from neurodocker_nd.core import outfile
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.render.template_sandbox import BoundMethod
 
@@ -198,23 +198,12 @@ def recipes(registry_dir: Path) -> list[NcRecipe]:
 def export(registry_dir: Path, out: Path) -> list[NcRecipe]:
     """Write `out/recipes/<name>/{build,fulltest}.yaml`, replacing `out` whole."""
     found = recipes(registry_dir)
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    try:
+    with outfile.new_directory(out, replace=True) as staging:
         for r in found:
             d = staging / "recipes" / r.name
             d.mkdir(parents=True)
             (d / "build.yaml").write_text(r.build, encoding="utf-8")
             (d / "fulltest.yaml").write_text(r.fulltest, encoding="utf-8")
-        if out.exists():
-            if not out.is_dir():
-                raise NdgenError(f"--out {out}: not a directory")
-            shutil.rmtree(out)
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return found
 
 
@@ -224,7 +213,7 @@ def export(registry_dir: Path, out: Path) -> list[NcRecipe]:
 def export_series(registry_dir: Path, checkout: Path, out: Path, author: Any) -> list[Any]:
     """Per recipe, a proven patch series against a neurocontainers checkout (what `ndgen upstream pr
     --target neurocontainers` reads): adds or updates recipes/<name>/{build,fulltest}.yaml."""
-    from neurodocker_nd.upstream.export import HASH_MARKER, NC_RECIPE_FILE, Series, _write_atomically, series_hash
+    from neurodocker_nd.upstream.export import HASH_MARKER, NC_RECIPE_FILE, Series, series_hash, write_series_dir
     from neurodocker_nd.upstream.gitcmd import git
 
     if not (checkout / "recipes").is_dir():
@@ -290,7 +279,7 @@ def export_series(registry_dir: Path, checkout: Path, out: Path, author: Any) ->
                 + "\n"
             )
             series.append(Series(r.name, kind, contents, title, body, digest, r.build, NC_RECIPE_FILE))
-        _write_atomically(series, out, "neurocontainers")
+        write_series_dir(series, out, "neurocontainers")
     return series
 
 

@@ -170,3 +170,68 @@ def test_failure_leaves_old_content_and_no_temp(tmp_path, monkeypatch):
             tmp.write_text("half")
             raise RuntimeError("disk full")
     assert f.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+# ---------------------------------------------------------------- new_directory(replace=True)
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_replace_swaps_a_whole_directory_in(tmp_path):
+    out = tmp_path / "out"
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "f").write_text("old\n")
+    with outfile.new_directory(out, replace=True) as stage:
+        (stage / "new").write_text("new\n")
+        assert _tree(out) == {"old/f": "old\n"}  # nothing changes until the block is done
+    assert _tree(out) == {"new": "new\n"}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~outfile.umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_follows_a_link_to_the_directory(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("old\n")
+    (tmp_path / "link").symlink_to("real")
+    with outfile.new_directory(tmp_path / "link", replace=True) as stage:
+        (stage / "g").write_text("new\n")
+    assert (tmp_path / "link").is_symlink() and _tree(tmp_path / "real") == {"g": "new\n"}
+
+
+@pytest.mark.parametrize("where", ["in the block", "on the final rename"])
+def test_replace_failure_leaves_the_old_directory_whole(tmp_path, monkeypatch, where):
+    import errno
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f").write_text("old\n")
+    rename = os.rename
+
+    def full_disk(src, dst, *args, **kwargs):
+        if str(dst) == str(out) and os.path.dirname(src) == str(tmp_path):  # the stage, not the old one coming back
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", full_disk)
+    with pytest.raises((RuntimeError, NdgenError)) as err:
+        with outfile.new_directory(out, replace=True) as stage:
+            (stage / "g").write_text("half")
+            if where == "in the block":
+                raise RuntimeError("disk full")
+    if where == "on the final rename":
+        assert err.type is NdgenError and "No space left on device" in str(err.value)
+    assert _tree(out) == {"f": "old\n"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_refuses_a_file_and_merge_with_replace(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("mine\n")
+    with pytest.raises(NdgenError, match="exists and is not a directory"):
+        with outfile.new_directory(f, replace=True):
+            pass
+    assert f.read_text() == "mine\n" and [p.name for p in tmp_path.iterdir()] == ["f"]
+    with pytest.raises(ValueError):
+        with outfile.new_directory(tmp_path / "d", merge=True, replace=True):
+            pass

@@ -166,3 +166,41 @@ def test_pr_target_neurocontainers_opens_prs_with_the_same_bot(tmp_path):
             pulls[number]["state"] == "closed" and f"elastix: close #{number} (landed upstream on main)" in again.stdout
         )
         assert again.stdout.count("up to date") == len(made) - 1
+
+
+@pytest.mark.parametrize("fails", ["while writing", "on the final rename"])
+def test_a_failed_export_leaves_the_previous_one_whole(tmp_path, monkeypatch, fails):
+    """The export replaces `out` only once the new one is complete. It used to delete the
+    old directory before renaming the new one in: a failed rename left no export at all."""
+    import errno
+
+    from neurodocker_nd.errors import NdgenError
+    from neurodocker_nd.upstream import neurocontainers
+
+    out = tmp_path / "out"
+    (out / "recipes" / "old").mkdir(parents=True)
+    (out / "recipes" / "old" / "build.yaml").write_text("previous export\n")
+    recipe = neurocontainers.NcRecipe("new", "new", "1.0", "name: new\n", "name: new\n")
+    monkeypatch.setattr(neurocontainers, "recipes", lambda registry_dir: [recipe])
+    if fails == "while writing":
+        monkeypatch.setattr(neurocontainers.NcRecipe, "fulltest", property(lambda self: 1 / 0))
+        expected: tuple[type[Exception], ...] = (ZeroDivisionError,)
+    else:
+        rename = os.rename
+
+        def full_disk(src, dst, *args, **kwargs):
+            if Path(dst) == out and Path(src).parent == tmp_path:  # the staged export, not the old one put back
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return rename(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "rename", full_disk)
+        expected = (NdgenError, OSError)  # ndgen says it in one line; the point is what is left
+    with pytest.raises(expected):
+        neurocontainers.export(tmp_path / "registry", out)
+    assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*"))] == [
+        "recipes",
+        "recipes/old",
+        "recipes/old/build.yaml",
+    ]
+    assert (out / "recipes" / "old" / "build.yaml").read_text() == "previous export\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging or set-aside directory is left"
