@@ -63,6 +63,33 @@ def test_neurocontainers_export_renders_in_the_sandbox_itself(tmp_path):
     assert not marker.exists()
 
 
+# What the bounded sandbox refuses (tests/render/test_sec_template_bounds.py has the full set):
+# an in-process check, and one only the forked worker's deadline ends.
+BOUNDED = {
+    "power": "{{ 9**(9**9) }}",
+    "shared-repr": "{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}"
+    "{% endfor %}{{ ns.l }}",
+}
+
+
+@pytest.mark.parametrize("where", ["instructions", "env"])
+@pytest.mark.parametrize("kind", sorted(BOUNDED))
+def test_neurocontainers_export_renders_within_the_sandbox_bounds(tmp_path, kind, where):
+    """The export's renderer is the bounded one too: a template the sandbox's size and time
+    bounds refuse elsewhere ends here in seconds, as one error naming the entry."""
+    import time
+
+    from neurodocker_nd.core.yamlfile import read_yaml
+    from neurodocker_nd.errors import NdgenError
+    from neurodocker_nd.upstream import neurocontainers
+
+    path = _entry(tmp_path / "reg", BOUNDED[kind], where) / "template.yaml"
+    start = time.monotonic()
+    with pytest.raises(NdgenError, match="^evil: template refused: "):
+        neurocontainers._rendered("evil", read_yaml(path), "1.0")
+    assert time.monotonic() - start < 30
+
+
 def test_neurodocker_export_refuses_an_entry_validate_refuses(tmp_path):
     """On 157b632 upstream's renderer (in bubblewrap, so harmless there) accepted this SSTI
     template and the export wrote its series toward an upstream PR."""
