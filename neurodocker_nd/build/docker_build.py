@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
-from neurodocker_nd.core import engine, outfile, runcapture
+from neurodocker_nd.core import engine, outfile
 from neurodocker_nd.core.engine import BuildContext
 from neurodocker_nd.errors import EngineError, NdgenError
 
@@ -97,7 +97,7 @@ class TestOutcome:
     command: str
     exit_code: int | None  # None: timed out (and killed)
     seconds: float
-    output: str  # stdout+stderr interleaved: the last runcapture.TAIL_BYTES, marked when cut
+    output: str  # stdout+stderr interleaved: the last `runcapture.TAIL_BYTES`, marked when cut
 
     @property
     def passed(self) -> bool:
@@ -698,7 +698,7 @@ def _run_one(
     """
     argv = ["/bin/sh", "-c", command] if command else None
     log.write(f"\n# test {name}: {command or '/.singularity.d/test'}\n")
-    result = runcapture.run(
+    result = engine.run_once(
         client,
         image_id,
         argv,

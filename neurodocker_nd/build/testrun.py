@@ -3,7 +3,7 @@
 Each command runs as neurocontainers' runner runs it under Apptainer — `bash
 SCRIPT` from the work directory, which is mounted at the same path, as the
 invoking user — but in a throw-away Docker container with no network at all
-(`runcapture.run`). Nothing from the suite ever runs on the host: setup,
+(`engine.run_once`). Nothing from the suite ever runs on the host: setup,
 `host_script` and cleanup run in the image too, and only the work directory is
 mounted (their runner also binds parents of absolute test_data paths).
 
@@ -291,7 +291,7 @@ class _Runner:
         binds = (self.work_dir,) if self.work_dir else ()
         entry = self.prefix + argv[:1]
         self.log.write(f"\n# {label}: {' '.join(argv)}\n")
-        result = runcapture.run(
+        result = engine.run_once(
             self.client,
             self.image_id,
             argv[1:],

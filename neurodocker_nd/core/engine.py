@@ -1,4 +1,4 @@
-"""The Docker engine edge shared by `ndgen base` and `ndgen build`.
+"""The Docker engine edge shared by `ndgen base`, `ndgen build`, `ndgen test` and minify's verify.
 
 Everything here imports the Docker SDK lazily, inside the functions, so that
 `ndgen --pkg …` (rendering) never loads it.  Engine problems become one-line
@@ -6,7 +6,9 @@ Everything here imports the Docker SDK lazily, inside the functions, so that
 that says how to get it (no pull is ever attempted: there is no registry here).
 
 It also owns the saved step log (:class:`StepLog`): every engine step writes its
-full output to a file and shows only a one-line live status on stderr.
+full output to a file and shows only a one-line live status on stderr; and the
+one runner of throw-away containers (:func:`run_once`, its output captured by
+:mod:`runcapture`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -219,48 +221,113 @@ def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes, mode: int) -> N
 # --------------------------------------------------------------------------- one-shot containers
 
 
-# What one command printed and returned: its exit code (None: killed at the timeout), the
-# bounded tails of stdout, stderr and both interleaved, the seconds, the probed paths present.
-RunResult = runcapture.CapturedRun
-
-
 def run_once(
     client: Any,
     image: str,
     argv: list[str] | None,
     *,
     entrypoint: list[str] | None = None,
-    timeout: float,
+    timeout: float | None,
     binds: tuple[Path, ...] = (),
+    mounts: Sequence[tuple[Path, str, bool]] = (),
     workdir: str | None = None,
+    hostname: str | None = None,
     user: str | None = None,
     labels: dict[str, str] | None = None,
     probe: tuple[str, ...] = (),
-) -> RunResult:
+    expect: Sequence[str] = (),
+    log: Callable[[str], None] | None = None,
+    tail_bytes: int = runcapture.TAIL_BYTES,
+    log_bytes: int = runcapture.LOG_BYTES,
+    keep_bytes: int = 0,
+) -> runcapture.CapturedRun:
     """Run `argv` in a fresh container of `image` with no network at all; always remove it.
 
-    `binds` are host directories mounted read-write at the same path (as
-    Apptainer binds them). `probe` paths are looked up in the stopped
+    The one runner for every throw-away container (`ndgen test`, `ndgen build`'s
+    package tests, minify's verify rerun). `binds` are host directories mounted
+    read-write at the same path (as Apptainer binds them); `mounts` are (host,
+    target, read_only) triples. `probe` paths are looked up in the stopped
     container's own root by the engine (never on the host), so a path a test
-    wrote anywhere in the container is seen, and a path can never reach out
-    of it.
+    wrote anywhere in the container is seen, and a path can never reach out of it.
+    `timeout` None waits for the command however long it runs; past a timeout the
+    container is killed and `exit_code` is None. A command the runtime cannot
+    start (e.g. no bash in the image) exits 127 with the reason on stderr, as the
+    shell would report it, so a test fails with the reason instead of aborting the run.
 
     The image decides how much the command prints, so its output is streamed
-    (`runcapture.run`, the one mechanism for throw-away containers): ndgen keeps
-    the last `runcapture.TAIL_BYTES` of each stream, marked when cut, never the whole.
+    through a `runcapture.Capture`, never held whole: bounded tails (`tail_bytes`),
+    `expect` texts watched for, the capped interleaved output into `log`, and,
+    when `keep_bytes` > 0, that much of each stream exact (verify's byte comparison).
     """
-    return runcapture.run(
-        client,
-        image,
-        argv,
-        entrypoint=entrypoint,
-        timeout=timeout,
-        binds=binds,
-        workdir=workdir,
-        user=user,
-        labels=labels,
-        probe=probe,
+    import docker.types
+
+    capture = runcapture.Capture.new(
+        expect=expect, log=log, tail_bytes=tail_bytes, log_bytes=log_bytes, keep_bytes=keep_bytes
     )
+    volumes = {str(p): {"bind": str(p), "mode": "rw"} for p in binds}
+    volumes.update({str(host): {"bind": target, "mode": "ro" if ro else "rw"} for host, target, ro in mounts})
+    started = time.monotonic()
+    container = client.containers.create(
+        image,
+        command=argv,
+        entrypoint=entrypoint,
+        network_mode="none",
+        volumes=volumes,
+        working_dir=workdir,
+        hostname=hostname,
+        user=user,
+        labels=labels or {},
+        # The output reaches ndgen through the attach; the engine keeps no second copy on its disk.
+        log_config=docker.types.LogConfig(type="none"),
+    )
+    try:
+        exit_code, present = _attached_run(client, container, capture, timeout, probe)
+        seconds = time.monotonic() - started
+    finally:
+        container.remove(force=True)
+    return capture.result(exit_code, seconds, present)
+
+
+# After the command ended, how long the attach may take to deliver what is left.
+_DRAIN_S = 30.0
+
+
+def _attached_run(
+    client: Any, container: Any, capture: runcapture.Capture, timeout: float | None, probe: tuple[str, ...]
+) -> tuple[int | None, tuple[str, ...]]:
+    """Start `container` with its output attached to `capture`: (exit code, probed paths present)."""
+    import docker.errors
+
+    # Attached before the start, so not a byte is missed; demux keeps stdout and stderr apart.
+    stream = client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=False, demux=True)
+    reader = capture.follow(stream)
+    try:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            capture.say(first_line(exc))  # the runtime's reason, as the shell's 127 would come with one
+            return 127, ()
+        exit_code = _wait(container, timeout)
+        reader.join(_DRAIN_S)
+        return exit_code, tuple(p for p in probe if _exists_in(client, container.id, p))
+    finally:
+        stream.close()  # unblocks the reader if the engine still holds the attach open
+        reader.join(_DRAIN_S)
+
+
+def _wait(container: Any, timeout: float | None) -> int | None:
+    """The command's exit code, or None when it was still running at `timeout` (then killed)."""
+    import docker.errors
+    from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
+
+    try:
+        return int(container.wait(timeout=timeout)["StatusCode"])
+    except RequestException:  # no answer within the timeout: a hung command
+        try:
+            container.kill()
+        except docker.errors.APIError:  # it exited between the timeout and the kill
+            pass
+        return None
 
 
 def _exists_in(client: Any, container_id: str, path: str) -> bool:

@@ -1,11 +1,12 @@
-"""One command in a throw-away container, its output streamed with a bounded memory cost.
+"""A throw-away container's output, captured while it streams with a bounded memory cost.
 
-Every throw-away container ndgen runs goes through :func:`run` (`ndgen test`,
-`engine.run_once` and so `ndgen build`'s package tests, minify's verify rerun).
-Reading a finished container's whole log three times (stdout, stderr, both) and
-decoding each cost ndgen 1.47 GB for a test printing 300 MB. Here the output is read while the command runs, from an attach made before
-the container starts (the engine keeps no log of its own: log driver `none`),
-and each chunk goes once through:
+Every throw-away container ndgen runs goes through `engine.run_once` (`ndgen
+test`, `ndgen build`'s package tests, minify's verify rerun), which feeds the
+attach stream to a :class:`Capture`. Reading a finished container's whole log
+three times (stdout, stderr, both) and decoding each cost ndgen 1.47 GB for a
+test printing 300 MB. Here the output is read while the command runs, from an
+attach made before the container starts (the engine keeps no log of its own:
+log driver `none`), and each chunk goes once through:
 
 * bounded tails — the last `tail_bytes` (default 64 KiB) of stdout, of stderr
   and of both interleaved, for messages, the report and JUnit;
@@ -19,15 +20,15 @@ and each chunk goes once through:
 
 So memory is O(tail + log chunk + longest expected text + keep_bytes) whatever
 the command prints. A frame is at most the engine's copy buffer (32 KiB).
+This module knows nothing of the engine: the container's lifecycle is
+`engine.run_once`'s.
 """
 
 from __future__ import annotations
 
 import codecs
 import threading
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -35,12 +36,17 @@ import attrs
 TAIL_BYTES = 64 * 1024
 LOG_BYTES = 4 * 1024 * 1024
 _STDOUT, _STDERR = 0, 1
-_DRAIN_S = 30.0  # after the command ended, how long the attach may take to deliver what is left
 
 
 @attrs.frozen
 class CapturedRun:
-    """What one command returned; its output as bounded tails (docs: module docstring)."""
+    """What one command returned; its output as bounded tails (docs: module docstring).
+
+    The one result of `engine.run_once`. The callers' own types are not this one
+    folded in: `docker_build.TestOutcome` and `testrun.CaseResult` are report rows
+    (a name, a verdict by their own rules, SKIP and WARN rows that ran nothing),
+    and minify's `model.CommandResult` holds exact bytes from host-sandbox runs too.
+    """
 
     exit_code: int | None  # None: still running at the timeout (then killed)
     stdout: str  # the last tail_bytes of each, marked when cut
@@ -151,14 +157,36 @@ class _LogCopy:
 
 
 @attrs.define
-class _Capture:
-    """Every chunk once through the tails, the watchers and the log copy (thread-safe)."""
+class Capture:
+    """Every chunk once through the tails, the heads, the watchers and the log copy (thread-safe)."""
 
+    expect: tuple[str, ...]
     tails: tuple[_Tail, _Tail, _Tail]  # stdout, stderr, both
     heads: tuple[_Head, _Head]  # stdout, stderr
     watch: _Watch
     log: _LogCopy | None
+    problems: list[str] = attrs.field(factory=list)  # what broke the stream, said on stderr at the end
     lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        expect: Sequence[str] = (),
+        log: Callable[[str], None] | None = None,
+        tail_bytes: int = TAIL_BYTES,
+        log_bytes: int = LOG_BYTES,
+        keep_bytes: int = 0,
+    ) -> Capture:
+        """`expect` texts are watched for, `log` receives the capped interleaved output,
+        `keep_bytes` > 0 keeps that much of each stream exact (module docstring)."""
+        return cls(
+            expect=tuple(expect),
+            tails=(_Tail(tail_bytes), _Tail(tail_bytes), _Tail(tail_bytes)),
+            heads=(_Head(keep_bytes), _Head(keep_bytes)),
+            watch=_Watch(tuple(text.encode() for text in expect)),
+            log=_LogCopy(log, log_bytes) if log is not None else None,
+        )
 
     def add(self, stream: int, chunk: bytes) -> None:
         with self.lock:
@@ -169,129 +197,46 @@ class _Capture:
             if self.log is not None:
                 self.log.add(chunk)
 
+    def say(self, line: str) -> None:
+        """One line of ndgen's own on stderr (e.g. why the runtime could not start the command)."""
+        self.add(_STDERR, (line + "\n").encode())
 
-def run(
-    client: Any,
-    image: str,
-    argv: list[str] | None,
-    *,
-    entrypoint: list[str] | None = None,
-    timeout: float | None,
-    binds: tuple[Path, ...] = (),
-    mounts: Sequence[tuple[Path, str, bool]] = (),
-    workdir: str | None = None,
-    hostname: str | None = None,
-    user: str | None = None,
-    labels: dict[str, str] | None = None,
-    probe: tuple[str, ...] = (),
-    expect: Sequence[str] = (),
-    log: Callable[[str], None] | None = None,
-    tail_bytes: int = TAIL_BYTES,
-    log_bytes: int = LOG_BYTES,
-    keep_bytes: int = 0,
-) -> CapturedRun:
-    """Run `argv` in a fresh container of `image` with no network at all; always remove it.
-
-    `binds` are host directories mounted read-write at the same path (as
-    Apptainer binds them); `mounts` are (host, target, read_only) triples.
-    `probe` paths are looked up by the engine inside the stopped container
-    (never on the host). `timeout` None waits for the command however long it
-    runs. The output is streamed (module docstring): `expect` texts are watched
-    for, `log` receives the capped interleaved output, `keep_bytes` > 0 keeps
-    that much of each stream exact.
-    """
-    import docker.errors
-    import docker.types
-    from requests.exceptions import RequestException  # the SDK's transport: a read timeout lands here
-
-    from neurodocker_nd.core import engine
-
-    capture = _Capture(
-        tails=(_Tail(tail_bytes), _Tail(tail_bytes), _Tail(tail_bytes)),
-        heads=(_Head(keep_bytes), _Head(keep_bytes)),
-        watch=_Watch(tuple(text.encode() for text in expect)),
-        log=_LogCopy(log, log_bytes) if log is not None else None,
-    )
-    volumes = {str(p): {"bind": str(p), "mode": "rw"} for p in binds}
-    volumes.update({str(host): {"bind": target, "mode": "ro" if ro else "rw"} for host, target, ro in mounts})
-    started = time.monotonic()
-    container = client.containers.create(
-        image,
-        command=argv,
-        entrypoint=entrypoint,
-        network_mode="none",
-        volumes=volumes,
-        working_dir=workdir,
-        hostname=hostname,
-        user=user,
-        labels=labels or {},
-        # The output reaches ndgen through the attach below; the engine keeps no second copy on its disk.
-        log_config=docker.types.LogConfig(type="none"),
-    )
-    reader: threading.Thread | None = None
-    stream: Any = None
-    exit_code: int | None = 127
-    present: tuple[str, ...] = ()
-    try:
-        # Attached before the start, so not a byte is missed; demux keeps stdout and stderr apart.
-        stream = client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=False, demux=True)
-        problems: list[str] = []
-        reader = threading.Thread(target=_pump, args=(stream, capture, problems), daemon=True)
+    def follow(self, stream: Any) -> threading.Thread:
+        """A started daemon thread reading `stream`'s (stdout, stderr) frames until it ends."""
+        reader = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         reader.start()
+        return reader
+
+    def _pump(self, stream: Any) -> None:
         try:
-            container.start()
-        except docker.errors.APIError as exc:
-            # The runtime could not start the command (e.g. no bash in the image): report it
-            # as the shell would (127), so a test fails with the reason instead of aborting the run.
-            capture.add(_STDERR, (engine.first_line(exc) + "\n").encode())
-        else:
-            try:
-                exit_code = container.wait(timeout=timeout)["StatusCode"]
-            except RequestException:  # no answer within the timeout: a hung command
-                exit_code = None
-                try:
-                    container.kill()
-                except docker.errors.APIError:  # it exited between the timeout and the kill
-                    pass
-            reader.join(_DRAIN_S)
-            present = tuple(p for p in probe if engine._exists_in(client, container.id, p))
-        seconds = time.monotonic() - started
-    finally:
-        if stream is not None:
-            stream.close()  # unblocks the reader if the engine still holds the attach open
-        if reader is not None:
-            reader.join(_DRAIN_S)
-        container.remove(force=True)
-    for problem in problems:
-        capture.add(_STDERR, f"[ndgen: the output stream broke: {problem}]\n".encode())
-    with capture.lock:
-        out, err, both = capture.tails
-        if capture.log is not None:
-            capture.log.finish(both)
-        found = capture.watch.result()
-        return CapturedRun(
-            exit_code=exit_code,
-            stdout=out.text(),
-            stderr=err.text(),
-            output=both.text(),
-            seconds=seconds,
-            present=present,
-            found=frozenset(text for index, text in enumerate(expect) if index in found),
-            stdout_bytes=out.total,
-            stderr_bytes=err.total,
-            stdout_cut=out.total > len(out.data),
-            stdout_head=bytes(capture.heads[_STDOUT].data),
-            stderr_head=bytes(capture.heads[_STDERR].data),
-        )
+            for out, err in stream:
+                if out:
+                    self.add(_STDOUT, out)
+                if err:
+                    self.add(_STDERR, err)
+        except Exception as exc:  # noqa: BLE001 - closed by us after the drain wait, or the engine went away
+            self.problems.append(f"{type(exc).__name__}: {exc}")
 
-
-def _pump(stream: Any, capture: _Capture, problems: list[str]) -> None:
-    """The reader thread: each (stdout, stderr) frame into the capture until the stream ends."""
-    try:
-        for out, err in stream:
-            if out:
-                capture.add(_STDOUT, out)
-            if err:
-                capture.add(_STDERR, err)
-    except Exception as exc:  # noqa: BLE001 - closed by us after the drain wait, or the engine went away
-        problems.append(f"{type(exc).__name__}: {exc}")
+    def result(self, exit_code: int | None, seconds: float, present: tuple[str, ...] = ()) -> CapturedRun:
+        """What the command did, once its stream has ended (or been given up on)."""
+        for problem in self.problems:
+            self.say(f"[ndgen: the output stream broke: {problem}]")
+        with self.lock:
+            out, err, both = self.tails
+            if self.log is not None:
+                self.log.finish(both)
+            found = self.watch.result()
+            return CapturedRun(
+                exit_code=exit_code,
+                stdout=out.text(),
+                stderr=err.text(),
+                output=both.text(),
+                seconds=seconds,
+                present=present,
+                found=frozenset(text for index, text in enumerate(self.expect) if index in found),
+                stdout_bytes=out.total,
+                stderr_bytes=err.total,
+                stdout_cut=out.total > len(out.data),
+                stdout_head=bytes(self.heads[_STDOUT].data),
+                stderr_head=bytes(self.heads[_STDERR].data),
+            )

@@ -194,15 +194,15 @@ def run_in_image(
     """`docker run --network none --entrypoint /bin/sh TAG -c CMD`, output captured exactly.
 
     After `timeout` seconds the container is killed and :class:`CommandTimeout` names the command.
-    The image decides how much the command prints: the output is streamed (`runcapture.run`)
+    The image decides how much the command prints: the output is streamed (`engine.run_once`)
     and a stream longer than :data:`OUTPUT_BYTES` is refused, never held whole.
     """
     import docker.errors
 
-    from neurodocker_nd.core import runcapture
+    from neurodocker_nd.core import engine
 
     try:
-        run = runcapture.run(
+        run = engine.run_once(
             client,
             tag,
             ["-c", command],
