@@ -43,9 +43,10 @@ from neurodocker_nd.core import engine
 from neurodocker_nd.core.paths import beside_python
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.fanotify import FanotifyTracer
+from neurodocker_nd.minify.model import Mount
 from neurodocker_nd.minify.profile import REFERENCE_LABEL, ensure_reference_image, load_profile
 from neurodocker_nd.minify.ptrace import PtraceTracer
-from neurodocker_nd.minify.sandbox import Mount, run_plain
+from neurodocker_nd.minify.sandbox import run_plain
 from neurodocker_nd.minify.source import open_source
 
 TAG = "ndgen-bench-mrtrix3"

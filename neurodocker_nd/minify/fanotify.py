@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neurodocker_nd.errors import TraceError
-from neurodocker_nd.minify.model import CommandResult, TraceRecord, in_image_path
-from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, Mount, run_sandboxed, sandbox_command
-from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import DEFAULT_TIMEOUT, CommandResult, ImageConfig, Mount, TraceRecord, in_image_path
+from neurodocker_nd.minify.sandbox import run_sandboxed, sandbox_command
 
 # <linux/fanotify.h>
 FAN_CLOEXEC = 0x01

@@ -37,10 +37,9 @@ import attrs
 
 from neurodocker_nd.minify import families, imagefs
 from neurodocker_nd.minify import packages as packages_step
-from neurodocker_nd.minify.model import TraceRecord
+from neurodocker_nd.minify.model import DEFAULT_PATH, SHELL, ImageConfig, Mount, TraceRecord
 from neurodocker_nd.minify.ptrace import shebang_interpreters
-from neurodocker_nd.minify.sandbox import SHELL, Mount, resolve_user
-from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
+from neurodocker_nd.minify.sandbox import resolve_user
 
 # Never part of an image's content: the runtime provides them, or they are the workload's scratch.
 RUNTIME_DIRS = ("/proc", "/sys", "/dev", "/tmp", "/run")

@@ -29,10 +29,10 @@ from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify import workload as workload_step
 from neurodocker_nd.minify import write as image_step
 from neurodocker_nd.minify.fanotify import FanotifyIncomplete, FanotifyUnavailable
-from neurodocker_nd.minify.model import CommandResult, Tracer, TraceRecord
+from neurodocker_nd.minify.model import DEFAULT_TIMEOUT, CommandResult, Mount, Tracer, TraceRecord
 from neurodocker_nd.minify.packages import PackageDb, read_database
 from neurodocker_nd.minify.profile import Profile, run_setup, scratch_mounts
-from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, Mount, run_plain
+from neurodocker_nd.minify.sandbox import run_plain
 from neurodocker_nd.minify.source import Source, interrupts_as_exceptions, open_source, scratch_base
 
 MAX_REPAIRS = 3

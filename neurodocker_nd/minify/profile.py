@@ -15,17 +15,15 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from neurodocker_nd.core import paths
 from neurodocker_nd.core.yamlfile import check_schema, read_yaml, schema_validator
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.minify.sandbox import Mount, run_plain
-
-if TYPE_CHECKING:
-    from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import ImageConfig, Mount
+from neurodocker_nd.minify.sandbox import run_plain
 
 SCHEMA_NAME = "profile.schema.json"
 REFERENCE_LABEL = "org.ndgen.reference.apt"  # the Debian packages a reference image holds

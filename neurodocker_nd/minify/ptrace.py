@@ -42,17 +42,13 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify import imagefs
-from neurodocker_nd.minify.model import CommandResult, TraceRecord
-from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, SHELL, Mount, run_sandboxed, sandbox_command
-
-if TYPE_CHECKING:
-    from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import DEFAULT_TIMEOUT, SHELL, CommandResult, ImageConfig, Mount, TraceRecord
+from neurodocker_nd.minify.sandbox import run_sandboxed, sandbox_command
 
 # %file = every syscall taking a path; fchdir moves the cwd without one.
 STRACE_FLAGS = (

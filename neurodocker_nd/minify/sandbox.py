@@ -23,46 +23,19 @@ import attrs
 
 from neurodocker_nd.errors import NdgenError, TraceError
 from neurodocker_nd.minify import imagefs, oci
-from neurodocker_nd.minify.model import CommandResult
-from neurodocker_nd.minify.source import DEFAULT_PATH, ImageConfig
+from neurodocker_nd.minify.model import (
+    DEFAULT_PATH,
+    DEFAULT_TIMEOUT,
+    HOSTNAME,
+    OUTPUT_BYTES,
+    SHELL,
+    CommandResult,
+    ImageConfig,
+    Mount,
+    UserIds,
+)
 
-HOSTNAME = "ndgen-minify"  # verify uses the same name, so `hostname` output compares equal
-SHELL = "/bin/sh"
 RUNC_STATE = "runc"  # runc's --root beside each view (see pipeline cleanup)
-DEFAULT_TIMEOUT = 600.0  # seconds per command: a hung workload must not hang ndgen
-# Output of one command kept per stream, in the trace and in verify alike (they are compared
-# byte for byte): the image's program decides how much it prints, ndgen's memory must not.
-OUTPUT_BYTES = 64 * 1024 * 1024
-
-
-@attrs.frozen
-class Mount:
-    """A bind mount, as given with ``-v HOST:CTR[:ro]``."""
-
-    host: Path
-    target: str
-    read_only: bool = False
-
-    @classmethod
-    def parse(cls, spec: str) -> Mount:
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise NdgenError(f"bad -v {spec!r}: expected HOST:CONTAINER[:ro|rw]")
-        mode = parts[2] if len(parts) == 3 else "rw"
-        if mode not in ("ro", "rw"):
-            raise NdgenError(f"bad -v {spec!r}: mode must be ro or rw, not {mode!r}")
-        host = Path(parts[0]).expanduser()
-        if not host.exists():
-            raise NdgenError(f"-v {spec}: host path {host} does not exist")
-        if not parts[1].startswith("/"):
-            raise NdgenError(f"-v {spec}: container path {parts[1]!r} must be absolute")
-        return cls(host=host.resolve(), target=os.path.normpath(parts[1]), read_only=mode == "ro")
-
-    def with_host(self, host: Path) -> Mount:
-        return attrs.evolve(self, host=host)
-
-    def docker_spec(self) -> str:
-        return f"{self.host}:{self.target}:{'ro' if self.read_only else 'rw'}"
 
 
 @attrs.frozen
@@ -73,14 +46,6 @@ class SandboxCommand:
     env: dict[str, str]
     kill: tuple[str, ...] = ()  # argv that kills the whole sandbox (runc kill --all)
     cleanup: tuple[str, ...] = ()  # argv that removes what a killed sandbox leaves (runc delete)
-
-
-@attrs.frozen
-class UserIds:
-    uid: int
-    gid: int
-    home: str
-    groups: tuple[int, ...] = ()  # supplementary groups from the image's /etc/group, as Docker adds
 
 
 _TABLE_LIMIT = 16 << 20  # bytes of /etc/passwd or /etc/group: ~200,000 accounts

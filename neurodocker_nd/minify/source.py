@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import signal
 import subprocess
@@ -23,72 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from neurodocker_nd.core import engine, scratchdir
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import stale
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-@attrs.frozen
-class ImageConfig:
-    """The parts of a Docker image config that a run needs and a new image copies."""
-
-    image_id: str
-    name: str  # as the user wrote it
-    repo_digests: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()  # "KEY=VALUE", in image order
-    entrypoint: tuple[str, ...] | None = None
-    cmd: tuple[str, ...] | None = None
-    workdir: str = ""
-    user: str = ""
-    exposed_ports: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    labels: tuple[tuple[str, str], ...] = ()
-    size: int = 0
-    # The image config as the engine reports it (architecture, os, author, and the whole
-    # `config`: HEALTHCHECK, STOPSIGNAL, SHELL, ONBUILD …), JSON text: the new image carries it.
-    image_json: str = ""
-
-    @classmethod
-    def from_inspect(cls, name: str, attrs_: dict[str, Any]) -> ImageConfig:
-        """Build from the Docker SDK's ``Image.attrs`` (the ``docker image inspect`` JSON)."""
-        config = attrs_.get("Config") or {}
-        return cls(
-            image_id=attrs_["Id"],
-            name=name,
-            repo_digests=tuple(attrs_.get("RepoDigests") or ()),
-            env=tuple(config.get("Env") or ()),
-            entrypoint=tuple(config["Entrypoint"]) if config.get("Entrypoint") else None,
-            cmd=tuple(config["Cmd"]) if config.get("Cmd") else None,
-            workdir=config.get("WorkingDir") or "",
-            user=config.get("User") or "",
-            exposed_ports=tuple(sorted(config.get("ExposedPorts") or {})),
-            volumes=tuple(sorted(config.get("Volumes") or {})),
-            labels=tuple(sorted((config.get("Labels") or {}).items())),
-            size=int(attrs_.get("Size") or 0),
-            image_json=json.dumps(
-                {
-                    "architecture": attrs_.get("Architecture") or "amd64",
-                    "os": attrs_.get("Os") or "linux",
-                    **({"variant": attrs_["Variant"]} if attrs_.get("Variant") else {}),
-                    **({"author": attrs_["Author"]} if attrs_.get("Author") else {}),
-                    "config": config,
-                },
-                ensure_ascii=False,
-            ),
-        )
-
-    @property
-    def env_dict(self) -> dict[str, str]:
-        return {key: value for key, _, value in (item.partition("=") for item in self.env)}
-
-    @property
-    def digest(self) -> str:
-        """The most specific identity available: a repo digest, else the image ID."""
-        return self.repo_digests[0] if self.repo_digests else self.image_id
+from neurodocker_nd.minify.model import ImageConfig
 
 
 class Source:

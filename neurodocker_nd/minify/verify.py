@@ -22,9 +22,16 @@ import attrs
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import RUNTIME_DIRS
-from neurodocker_nd.minify.model import CommandResult
-from neurodocker_nd.minify.sandbox import DEFAULT_TIMEOUT, HOSTNAME, OUTPUT_BYTES, SHELL, CommandTimeout, Mount
-from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import (
+    DEFAULT_TIMEOUT,
+    HOSTNAME,
+    OUTPUT_BYTES,
+    SHELL,
+    CommandResult,
+    ImageConfig,
+    Mount,
+)
+from neurodocker_nd.minify.sandbox import CommandTimeout
 
 
 @attrs.frozen

@@ -25,8 +25,7 @@ import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
 from neurodocker_nd.build import suite, testrun
-from neurodocker_nd.minify.sandbox import Mount
-from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import ImageConfig, Mount
 
 
 @attrs.frozen

@@ -51,7 +51,7 @@ from neurodocker_nd.core import engine, outfile, paths
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
 from neurodocker_nd.minify.keep import KeepSet
-from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import ImageConfig
 
 LABEL_PREFIX = "org.ndgen.minify"
 # xattrs worth carrying: capabilities and user data; overlay/selinux internals are not ours.

@@ -13,11 +13,9 @@ import pytest
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import keep, verify
-from neurodocker_nd.minify import sandbox as run
 from neurodocker_nd.minify import write as image
-from neurodocker_nd.minify.model import CommandResult, TraceRecord, in_image_path
-from neurodocker_nd.minify.sandbox import Mount, resolve_user, sandbox_command, sandbox_env
-from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import CommandResult, ImageConfig, Mount, TraceRecord, UserIds, in_image_path
+from neurodocker_nd.minify.sandbox import resolve_user, sandbox_command, sandbox_env
 
 MULTIARCH = "/usr/lib/x86_64-linux-gnu"
 
@@ -195,7 +193,7 @@ def test_sandbox_is_docker_like(rootfs, tmp_path):
     """As root the sandbox is an OCI bundle with `docker run`'s defaults (run by runc)."""
     config = _config(env=("PATH=/opt/bin", "FOO=1"), workdir="/work", user="neuro:users")
     (rootfs / "etc/group").write_text("root:x:0:\nneuro:x:1000:\nusers:x:100:\naudio:x:29:neuro\n")
-    assert resolve_user(rootfs, "neuro:users") == run.UserIds(1000, 100, "/home/neuro", (29,))
+    assert resolve_user(rootfs, "neuro:users") == UserIds(1000, 100, "/home/neuro", (29,))
     assert resolve_user(rootfs, "").home == "/root"
     with pytest.raises(NdgenError, match="no such user"):
         resolve_user(rootfs, "ghost")

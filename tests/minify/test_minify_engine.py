@@ -331,8 +331,8 @@ def test_singularity_squashfs_layout(docker_client, app_image, new_tag, scratch,
     assert "export PYTHONPATH='/opt/app'" in env
     assert _run(docker_client, new_tag, "python3 /opt/app/tool.py x") == b"X\n"  # --format both: the image too
     # Run it the way apptainer does (the image's action scripts), in ndgen's own sandbox.
+    from neurodocker_nd.minify.model import ImageConfig
     from neurodocker_nd.minify.sandbox import run_plain
-    from neurodocker_nd.minify.source import ImageConfig
 
     tree = tmp_path / "tree"
     subprocess.run(["unsquashfs", "-q", "-d", str(tree), str(out)], check=True, capture_output=True)

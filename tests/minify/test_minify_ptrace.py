@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.errors import TraceError
+from neurodocker_nd.minify.model import Mount
 from neurodocker_nd.minify.ptrace import PtraceTracer, parse_strace, shebang_interpreters
-from neurodocker_nd.minify.sandbox import Mount, sandbox_command
+from neurodocker_nd.minify.sandbox import sandbox_command
 
 pytestmark = pytest.mark.docker
 

@@ -17,8 +17,9 @@ import attrs
 import pytest
 
 from neurodocker_nd.minify.fanotify import FanotifyTracer, fanotify_available
+from neurodocker_nd.minify.model import HOSTNAME, SHELL
 from neurodocker_nd.minify.ptrace import PtraceTracer
-from neurodocker_nd.minify.sandbox import HOSTNAME, SHELL, run_plain
+from neurodocker_nd.minify.sandbox import run_plain
 from neurodocker_nd.minify.source import open_source
 
 pytestmark = [

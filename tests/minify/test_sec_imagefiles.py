@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.minify import imagefs, verify
-from neurodocker_nd.minify.sandbox import Mount
+from neurodocker_nd.minify.model import Mount
 
 DEADLINE = 30.0  # seconds: every case below takes milliseconds when handled
 MULTIARCH = "/usr/lib/x86_64-linux-gnu"
@@ -175,8 +175,7 @@ CLOSURE = """
     from pathlib import Path
     from neurodocker_nd.errors import NdgenError
     from neurodocker_nd.minify import keep
-    from neurodocker_nd.minify.model import TraceRecord
-    from neurodocker_nd.minify.source import ImageConfig
+    from neurodocker_nd.minify.model import ImageConfig, TraceRecord
     config = ImageConfig(image_id="sha256:abc", name="src:1", entrypoint={entrypoint!r})
     extra = {{"executed": frozenset({executed!r})}} if {executed!r} else {{}}  # older records had no field
     record = TraceRecord(frozenset({{"/bin/true"}}), frozenset(), (), "test", 0.0, **extra)
@@ -248,7 +247,7 @@ def test_shebang_interpreters_never_read_through_a_mount_or_block(root, tmp_path
     proc = bounded(f"""
         from pathlib import Path
         from neurodocker_nd.minify.ptrace import shebang_interpreters
-        from neurodocker_nd.minify.sandbox import Mount
+        from neurodocker_nd.minify.model import Mount
         mounts = [Mount(host=Path({str(host)!r}), target="/data")]
         print(sorted(shebang_interpreters(Path({str(root)!r}), ["/opt/fifo", "/data/run"], mounts)))
     """)
@@ -317,7 +316,7 @@ COPY = """
     from pathlib import Path
     from neurodocker_nd.errors import NdgenError
     from neurodocker_nd.minify import verify
-    from neurodocker_nd.minify.sandbox import Mount
+    from neurodocker_nd.minify.model import Mount
     scratch = Path({scratch!r})
     mounts = verify.MountSet(mounts=(Mount(host=Path({host!r}), target="/data"),), snapshots=(Path({snap!r}),))
     try:

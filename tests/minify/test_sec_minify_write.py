@@ -28,7 +28,7 @@ from docker.errors import ImageNotFound
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import write as image
 from neurodocker_nd.minify.keep import KeepSet
-from neurodocker_nd.minify.source import ImageConfig
+from neurodocker_nd.minify.model import ImageConfig
 from support import remove_image, run_ndgen
 
 PREFIX = "ndgen-test-sec-write"

@@ -21,7 +21,8 @@ import pytest
 
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify import oci
-from neurodocker_nd.minify.sandbox import SHELL, run_plain
+from neurodocker_nd.minify.model import SHELL
+from neurodocker_nd.minify.sandbox import run_plain
 from neurodocker_nd.minify.source import open_source
 
 pytestmark = [

@@ -108,8 +108,8 @@ def minify_cmd(
 
     from neurodocker_nd.build.suite import load_suite
     from neurodocker_nd.minify import pipeline, report
+    from neurodocker_nd.minify.model import Mount
     from neurodocker_nd.minify.profile import load_profile
-    from neurodocker_nd.minify.sandbox import Mount
 
     mounts = tuple(Mount.parse(spec) for spec in volumes)
     loaded = load_profile(profile) if profile else None
