@@ -14,7 +14,6 @@ Errors name the file and line of the directive: `build.yaml:42: …`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -29,11 +28,11 @@ from typing import Any
 import attrs
 
 from neurodocker_nd.core import paths
+from neurodocker_nd.core.jinja import compiled
 from neurodocker_nd.core.yamlfile import line_of, parse_yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render import steps as st
-from neurodocker_nd.render import template_sandbox as sandbox
 from neurodocker_nd.render.defaults import ENTRYPOINT, default_template
 from neurodocker_nd.render.target import Target, _check_image
 from neurodocker_nd.render.templatedir import TemplateSource
@@ -125,15 +124,6 @@ class _Context:
 
     def get_local(self, key: str) -> str:
         raise RecipeError(f"get_local({key!r}): local build contexts are not supported")
-
-
-@functools.lru_cache(maxsize=8192)
-def _compiled(text: str):
-    """Compile once per distinct string (conditions and macros repeat across recipes);
-    the environment holds no per-recipe state: the context is passed at render time.
-    It is the one bounded sandbox (sandbox.environment): a recipe's Jinja is as hostile
-    as a template's, and `{{ 9**(9**9) }}` in a build.yaml hung `ndgen recipe`."""
-    return sandbox.environment().from_string(text)
 
 
 _SIMPLE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*)\s*\}\}")
@@ -309,7 +299,9 @@ class _Loader:
         if fast is not None:
             return fast
         try:
-            return _compiled(text).render(**ns)
+            # core.jinja's bounded sandbox: a recipe's Jinja is as hostile as a template's
+            # (`{{ 9**(9**9) }}` in a build.yaml hung `ndgen recipe`).
+            return compiled(text).render(**ns)
         except RecipeError as exc:
             raise RecipeError(f"{where.line()}: {exc.message}") from None
         except jinja2.TemplateSyntaxError as exc:
@@ -345,7 +337,7 @@ class _Loader:
         import jinja2
 
         try:
-            _compiled("{{ " + str(cond) + " }}")
+            compiled("{{ " + str(cond) + " }}")
         except jinja2.TemplateSyntaxError as exc:
             raise RecipeError(f"{where.line()}: condition {str(cond)!r} does not parse: {exc.message}") from None
         return self.render_str("{{ " + str(cond) + " }}", where).strip() == "True"

@@ -19,7 +19,7 @@ from neurodocker_nd.maintain.equivalence import instructions
 from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe import load_recipe
 from neurodocker_nd.render.renderer import render
-from support import TESTS
+from support import TESTS, run_ndgen
 
 HERE = TESTS
 DEMO = HERE / "recipes" / "ndgen-demo"
@@ -157,9 +157,7 @@ def test_bad_recipe_one_line_exit_2_nothing_written(tmp_path, case, body, messag
     out = tmp_path / "out"
     out.mkdir()
     for extra in (["-o", str(out / "Dockerfile")], ["--out", str(out / "ctx")]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "neurodocker_nd.cli", "recipe", str(recipe), *extra], capture_output=True, text=True
-        )
+        proc = run_ndgen("recipe", str(recipe), *extra)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr
@@ -288,6 +286,7 @@ def test_a_newline_in_the_recipe_path_stays_in_the_comment(tmp_path):
 
 def test_plain_substitutions_skip_jinja_but_match_it(tmp_path):
     """The no-compile path for `{{ a.b }}` strings gives exactly Jinja's text; anything else goes to Jinja."""
+    from neurodocker_nd.core import jinja
     from neurodocker_nd.render import recipe as rc
 
     recipe = _recipe(
@@ -307,7 +306,7 @@ def test_plain_substitutions_skip_jinja_but_match_it(tmp_path):
     ]
     for text in cases:
         fast = rc._substitute(text, ns)
-        slow = rc._compiled(text).render(**ns)
+        slow = jinja.compiled(text).render(**ns)
         assert fast is None or fast == slow, text
     assert rc._substitute(cases[0], ns) == "v1-x86_64" and rc._substitute(cases[1], ns) == "v 3 2"
     assert rc._substitute("{{ d.items }}", ns) is None and rc._substitute("{{ n + 1 }}", ns) is None

@@ -86,16 +86,16 @@ def test_heavy_jinja_in_build_yaml_ends_fast_with_one_line(tmp_path, kind):
 
 def test_bounded_sandbox_keeps_ordinary_templates_working():
     """Loops, `~`, `*`, `%`, filters and method calls within the bounds render as before."""
-    from neurodocker_nd.render import template_sandbox as sandbox
+    from neurodocker_nd.core import jinja
 
-    env = sandbox.environment()
+    env = jinja.environment()
     text = env.from_string(
         "{% for p in 'a b'.split() %}{{ p ~ '-' ~ loop.index }}{% if not loop.last %},{% endif %}{% endfor %} "
         "{{ '%s=%d' % ('x', 2 ** 10) }} {{ 'ab' * 3 }} {{ [1, 2] + [3] }} {{ ['q', 'r'] | join('/') }} "
         "{{ '6.0.7'.split('.') | map('int') | list >= [6, 0, 6] }} {{ '{}!'.format('hi') }}"
     ).render()
     assert text == "a-1,b-2 x=1024 ababab [1, 2, 3] q/r True hi!"
-    with pytest.raises(sandbox.RenderLimit):
+    with pytest.raises(jinja.RenderLimit):
         env.from_string("{{ 'x' | center(10 ** 9) }}").render()
-    with pytest.raises(sandbox.RenderLimit):
+    with pytest.raises(jinja.RenderLimit):
         env.from_string("{{ (2).to_bytes(10 ** 9, 'big') }}").render()
