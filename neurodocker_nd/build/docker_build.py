@@ -67,10 +67,6 @@ _PROXY_URL = re.compile(
 )
 # Never proxied: the host's own loopback (a local download server, as in the tests).
 NO_PROXY = "localhost,127.0.0.1,::1"
-# docker's reference grammar, without a registry host (there is no registry here).
-_TAG = re.compile(
-    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?$"
-)
 
 
 class PackageLike(Protocol):
@@ -412,7 +408,7 @@ def _log_network(log: engine.StepLog, network: str) -> None:
 
 
 def check_tag(tag: str) -> None:
-    if not _TAG.match(tag or ""):
+    if not engine.is_image_name(tag, host=False):  # no registry host: there is no registry here
         raise NdgenError(f"bad image tag {tag!r}: expected name[:tag] in lower case, e.g. dcm2niix:sys")
 
 

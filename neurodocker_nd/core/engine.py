@@ -76,6 +76,25 @@ def _is_debootstrappable(ref: str) -> bool:
     return ref.split("/")[-1].split(":")[0] in {"debian", "ubuntu"}
 
 
+# Docker's reference grammar (distribution/reference): path components of lower-case letters
+# and digits joined by one '.', one '_', '__' or a run of '-'; a tag of at most 128 word
+# characters, dots and dashes, not starting with either.  A registry host is optional and
+# only where the name may live in a registry.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_TAG = rf"{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?"
+_NAME = re.compile(_PATH_TAG)
+_NAME_WITH_HOST = re.compile(rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_PATH_TAG}")
+
+
+def is_image_name(ref: str | None, *, host: bool) -> bool:
+    """`ref` is `name[:tag]` by docker's grammar; `host` allows a leading `registry[:port]/`.
+
+    The whole text must match (a trailing newline is no part of a name).
+    """
+    grammar = _NAME_WITH_HOST if host else _NAME
+    return grammar.fullmatch(ref or "") is not None
+
+
 def split_ref(ref: str) -> tuple[str, str]:
     """`repo[:tag]` → (repo, tag) as the engine reads it (a registry port is not a tag);
     the tag defaults to `latest` as docker's does."""

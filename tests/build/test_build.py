@@ -12,6 +12,7 @@ import pytest
 
 from neurodocker_nd.build import apptainer as defbuild
 from neurodocker_nd.build.docker_build import build_recipe, check_tag
+from neurodocker_nd.core import engine
 from neurodocker_nd.errors import NdgenError
 from support import remove_images, unique_tag
 
@@ -129,6 +130,31 @@ def test_apptainer_command_for_sites_that_have_it():
 def test_bad_tags_are_refused_before_anything_runs(tag):
     with pytest.raises(NdgenError, match="bad image tag"):
         check_tag(tag)
+
+
+@pytest.mark.parametrize(
+    ("ref", "plain", "with_host"),
+    [
+        ("dcm2niix:sys", True, True),
+        ("neurodesk/ndtool_1.0:v1.2-rc_3", True, True),
+        ("a__b-c--d/e.f", True, True),
+        ("localhost:5000/tool:1", False, True),
+        ("registry.example.org/team/tool", True, True),  # as a path: `registry.example.org` is a component
+        ("Registry.Example.org:443/tool", False, True),
+        ("a..b", False, False),  # docker's separators: one '.', one '_', '__' or a run of '-'
+        ("a_-b", False, False),
+        ("a._b:1", False, False),
+        ("tool:-x", False, False),
+        ("tool:" + "x" * 128, True, True),
+        ("tool:" + "x" * 129, False, False),
+        ("tool:sys\n", False, False),  # the whole text must be the name
+        ("", False, False),
+    ],
+)
+def test_one_image_name_grammar_for_build_and_minify(ref, plain, with_host):
+    """build's check_tag (no registry host) and minify's -t (host allowed) read one grammar."""
+    assert engine.is_image_name(ref, host=False) is plain
+    assert engine.is_image_name(ref, host=True) is with_host
 
 
 def test_missing_engine_is_one_clear_line(ndgen_cli, tmp_path):

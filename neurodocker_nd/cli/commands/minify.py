@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from neurodocker_nd.errors import NdgenError
-
-# Docker's reference grammar, simplified: [host[:port]/]path-components[:tag]
-_TAG = re.compile(
-    r"^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[\w][\w.-]{0,127})?$"
-)
 
 
 @click.command("minify", context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,6 +101,7 @@ def minify_cmd(
     from rich.console import Console
 
     from neurodocker_nd.build.suite import load_suite
+    from neurodocker_nd.core.engine import is_image_name
     from neurodocker_nd.minify import pipeline, report
     from neurodocker_nd.minify.model import Mount
     from neurodocker_nd.minify.profile import load_profile
@@ -114,7 +109,7 @@ def minify_cmd(
     mounts = tuple(Mount.parse(spec) for spec in volumes)
     loaded = load_profile(profile) if profile else None
     suite = load_suite(tests_path) if tests_path else None  # a bad suite fails before any engine work
-    if not _TAG.match(tag):
+    if not is_image_name(tag, host=True):
         raise NdgenError(f"-t {tag!r} is not a valid image name (lowercase repo[:tag])")
     if squashfs_out is not None and fmt == "docker":
         raise NdgenError("--squashfs needs --format singularity or both")
