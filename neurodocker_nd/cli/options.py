@@ -45,6 +45,47 @@ def recipe_options(func: F) -> F:
     return func
 
 
+def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
+    """Add --arch/--option/--templates (a build.yaml's inputs); `scope` prefixes each help text."""
+
+    def helped(text: str) -> str:
+        return f"{scope}: {text[0].lower()}{text[1:]}" if scope else text
+
+    decorators = [
+        click.option(
+            "--arch",
+            type=click.Choice(["x86_64", "aarch64"]),
+            default="x86_64",
+            show_default=True,
+            help=helped("Architecture."),
+        ),
+        click.option(
+            "--option", "options", multiple=True, metavar="KEY=VALUE", help=helped("Set a recipe option (repeat).")
+        ),
+        click.option(
+            "--templates",
+            multiple=True,
+            type=click.Path(file_okay=False),
+            metavar="DIR",
+            help=helped("Template directory searched before ndgen's registry (repeat)."),
+        ),
+    ]
+
+    def add(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return add
+
+
+def parse_options(values: tuple[str, ...]) -> dict[str, str]:
+    """`--option KEY=VALUE` (repeatable) → {KEY: VALUE}."""
+    from neurodocker_nd.render.flags import key_values
+
+    return key_values("--option", values)
+
+
 # ---------------------------------------------------------------- directive flags
 
 

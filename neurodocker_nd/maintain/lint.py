@@ -24,12 +24,15 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from neurodocker_nd.core.yamlfile import line_of, read_yaml
 from neurodocker_nd.registry.entries import _MOVING, Entry, Registry
+
+if TYPE_CHECKING:
+    from neurodocker_nd.render.steps import Package
 
 WAIVABLE = ("dropbox", "unpinned", "pipe-to-shell", "apt-key", "missing-checksum")
 _PIPE_TO_SHELL = re.compile(r"\b(curl|wget)\b[^\n|]*\|\s*(sudo\s+)?(sh|bash|python[0-9.]*)\b")
@@ -65,6 +68,16 @@ def _where(path: Path | None, parts: list[Any]) -> str:
         return str(path)
 
 
+def _meta_finding(entry: Entry, rule: str, version: str | None, parts: list[Any], message: str) -> Finding:
+    """A finding located at `parts` (a YAML path) in the entry's meta.yaml."""
+    return Finding(entry.name, rule, version, _where(entry.meta_path, parts), message)
+
+
+def _is_dropbox(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "dropbox.com" or host.endswith(".dropbox.com")
+
+
 def upstream_template(registry: Registry, name: str) -> Mapping[str, Any] | None:
     path = registry.upstream_dir / f"{name}.yaml"
     return read_yaml(path) if path.is_file() else None
@@ -96,26 +109,12 @@ def provenance(entry: Entry, upstream: Mapping[str, Any] | None) -> list[Finding
                 )
             )
         elif changed and info is not None and info.status == "inherited":
-            out.append(
-                Finding(
-                    entry.name,
-                    "provenance",
-                    version,
-                    _where(entry.meta_path, ["versions", version, "status"]),
-                    f"{entry.name} {version}: status 'inherited' but the URL differs from upstream's",
-                )
-            )
+            message = f"{entry.name} {version}: status 'inherited' but the URL differs from upstream's"
+            out.append(_meta_finding(entry, "provenance", version, ["versions", version, "status"], message))
     for version in meta.versions:
         if version not in ours:
-            out.append(
-                Finding(
-                    entry.name,
-                    "provenance",
-                    version,
-                    _where(entry.meta_path, ["versions", version]),
-                    f"{entry.name}: meta.yaml describes version {version!r}, which the template does not have",
-                )
-            )
+            message = f"{entry.name}: meta.yaml describes version {version!r}, which the template does not have"
+            out.append(_meta_finding(entry, "provenance", version, ["versions", version], message))
     return out
 
 
@@ -127,8 +126,7 @@ def hygiene(entry: Entry) -> list[Finding]:
         return found
     for version, url in _urls(template).items():
         where = _where(path, ["binaries", "urls", version])
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if host == "dropbox.com" or host.endswith(".dropbox.com"):
+        if _is_dropbox(url):
             found.append(
                 Finding(
                     entry.name,
@@ -193,15 +191,8 @@ def stale_waivers(entry: Entry, findings: Iterable[Finding]) -> list[Finding]:
     for i, w in enumerate(entry.meta.waivers):
         if not any(w.covers(f.rule, f.version) for f in findings):
             scope = f" for {', '.join(w.versions)}" if w.versions else ""
-            out.append(
-                Finding(
-                    entry.name,
-                    "waiver",
-                    None,
-                    _where(entry.meta_path, ["waivers", i]),
-                    f"{entry.name}: waiver of {w.rule!r}{scope} matches nothing; remove it",
-                )
-            )
+            message = f"{entry.name}: waiver of {w.rule!r}{scope} matches nothing; remove it"
+            out.append(_meta_finding(entry, "waiver", None, ["waivers", i], message))
     return out
 
 
@@ -260,22 +251,20 @@ def check_or_raise(entries: Iterable[Entry], registry: Registry) -> tuple[int, i
     return waived, renders
 
 
-def dead_download_notes(packages: Iterable, registry: Registry | None = None) -> list[str]:
-    """`ndgen: note:` lines for rendered packages whose download is known dead (Dropbox).
+def dead_download_notes(packages: Iterable[Package], registry: Registry) -> list[str]:
+    """Notes for rendered packages whose download is known dead (Dropbox), one per package.
 
     Rendering still succeeds (upstream lists these versions), but the user
     learns now, not minutes into a build, that the download answers 403.
+    `registry`: the one the packages were rendered from (not read twice).
     """
-    registry = registry if registry is not None else Registry()
     notes = []
     for p in packages:
         if p.method != "binaries" or p.version is None or p.name not in registry:
             continue
-        url = _urls(registry.get(p.name).template).get(p.version, "")
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if host == "dropbox.com" or host.endswith(".dropbox.com"):
+        if _is_dropbox(_urls(registry.get(p.name).template).get(p.version, "")):
             notes.append(
-                f"ndgen: note: {p.name} {p.version} downloads from Dropbox, which answers 403 "
+                f"{p.name} {p.version} downloads from Dropbox, which answers 403 "
                 "(neurodocker#635): the build will fail; choose another version"
             )
     return notes

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from neurodocker_nd.cli.options import recipe_options
+from neurodocker_nd.cli import output
+from neurodocker_nd.cli.options import recipe_dir_options, recipe_options
 from neurodocker_nd.errors import ChecksFailed, NdgenError
 
 if TYPE_CHECKING:
     from neurodocker_nd.build.docker_build import AptProxy
+    from neurodocker_nd.render.renderer import Format
 
 
 @click.command("build")
@@ -53,30 +55,14 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Build log file (default: ~/.cache/ndgen/logs/build-TAG-TIME.log); the recipe is saved next to it.",
 )
-@click.option(
-    "--arch",
-    type=click.Choice(["x86_64", "aarch64"]),
-    default="x86_64",
-    show_default=True,
-    help="RECIPE_DIR: architecture.",
-)
-@click.option(
-    "--option", "options", multiple=True, metavar="KEY=VALUE", help="RECIPE_DIR: set a recipe option (repeat)."
-)
-@click.option(
-    "--templates",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    metavar="DIR",
-    help="RECIPE_DIR: template directory (repeat).",
-)
+@recipe_dir_options("RECIPE_DIR")
 def build_cmd(
     recipe_dir: Path | None,
     pkgs: tuple[str, ...],
     os_name: str | None,
     base_image: str | None,
     pkg_manager: str | None,
-    fmt: str,
+    fmt: Format,
     tag: str,
     no_test: bool,
     no_cache: bool,
@@ -102,19 +88,20 @@ def build_cmd(
     if recipe_dir is not None:
         if pkgs or os_name or base_image or pkg_manager:
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
-        _build_recipe_dir(recipe_dir, fmt, tag, arch, options, templates, no_test, no_cache, log_path, network, proxy)
+        _build_recipe_dir(
+            recipe_dir, fmt, tag, arch, options, templates, not no_test, no_cache, log_path, network, proxy
+        )
         return
     if not pkgs:
         raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
     from neurodocker_nd.build.docker_build import build_recipe, check_tag
+    from neurodocker_nd.registry.entries import Registry
     from neurodocker_nd.render.renderer import render_recipe
 
     check_tag(tag)
-    recipe = render_recipe(pkgs, os_name=os_name, base_image=base_image, pkg_manager=pkg_manager, fmt=fmt)
-    from neurodocker_nd.maintain.lint import dead_download_notes
-
-    for note in dead_download_notes(recipe.packages):
-        click.echo(note, err=True)
+    registry = Registry()
+    recipe = render_recipe(pkgs, os_name, base_image, pkg_manager, fmt, registry)
+    output.package_notes(recipe.packages, registry, alerts=False)
     outcome = build_recipe(
         recipe,
         tag,
@@ -125,60 +112,13 @@ def build_cmd(
         network=network,
         apt_proxy=proxy,
     )
-    _report(outcome)
+    output.build_report(outcome)
     if outcome.failures:
         names = ", ".join(f"{t.name} ({t.reason})" for t in outcome.failures)
         # exit 1 like `ndgen test` and a recipe build's suite: the image was built and tested
         raise ChecksFailed(
             f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}"
         )
-
-
-def _build_recipe_dir(
-    recipe_dir: Path,
-    fmt: str,
-    tag: str,
-    arch: str,
-    options: tuple[str, ...],
-    templates: tuple[str, ...],
-    no_test: bool,
-    no_cache: bool,
-    log_path: Path | None,
-    network: str,
-    proxy: AptProxy | None,
-) -> None:
-    """Render the recipe into a staged build context, build it, then run its suite and the deploy check."""
-    from neurodocker_nd.build.docker_build import build_context_dir, check_tag
-    from neurodocker_nd.build.suite import load_recipe_suite
-    from neurodocker_nd.cli.commands.recipe import parse_options
-    from neurodocker_nd.cli.commands.test import fail_if_failed, test_image
-    from neurodocker_nd.core import scratchdir
-    from neurodocker_nd.render.context import write_context
-    from neurodocker_nd.render.recipe import find_recipe, load_recipe
-    from neurodocker_nd.render.renderer import render
-
-    check_tag(tag)
-    # Read once, through the recipe tree's contained reader (no link out of it,
-    # regular files only, capped), and tested as read: a bad suite fails before
-    # any build time is spent, and the file is not read again after the build.
-    suite = None if no_test else load_recipe_suite(find_recipe(recipe_dir).parent)
-    plan = load_recipe(recipe_dir, arch=arch, options=parse_options(options), templates=templates)
-    text = render(plan, fmt, cache_stage=True)  # the Dockerfile's first stage holds the staged files
-    with scratchdir.directory("ndgen-build-", "/var/tmp") as scratch:
-        context = write_context(plan, scratch / "context", fmt, text)
-        outcome = build_context_dir(
-            context,
-            fmt,
-            tag,
-            plan.target.base_image,
-            no_cache=no_cache,
-            log_path=log_path,
-            network=network,
-            apt_proxy=proxy,
-        )
-    _report(outcome)
-    if not no_test:
-        fail_if_failed(test_image(tag, suite))
 
 
 def _apt_proxy(value: str | None, network: str) -> AptProxy | None:
@@ -199,33 +139,37 @@ def _apt_proxy(value: str | None, network: str) -> AptProxy | None:
     return proxy
 
 
-def _report(outcome: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+def _build_recipe_dir(
+    recipe_dir: Path,
+    fmt: Format,
+    tag: str,
+    arch: str,
+    options: tuple[str, ...],
+    templates: tuple[str, ...],
+    test: bool,
+    no_cache: bool,
+    log_path: Path | None,
+    network: str,
+    proxy: AptProxy | None,
+) -> None:
+    from neurodocker_nd.build.imagetest import check_passed, run_image_tests
+    from neurodocker_nd.build.recipe_dir import build_recipe_dir
 
-    verb = "reused" if outcome.reused else f"built in {outcome.build_seconds:.0f} s"
-    click.echo(f"image {outcome.tag} ({outcome.image_id[:19]}) {verb} [{outcome.fmt}]")
-    if outcome.tests:
-        table = Table(title=f"tests in {outcome.tag} (--network none)")
-        # Names and verdicts never wrap (scripts grep them); the test command folds instead.
-        for column in ("package", "version", "method", "test", "result", "time"):
-            table.add_column(column, no_wrap=column != "test", overflow="fold" if column == "test" else "ellipsis")
-        versions = {p.name: (p.version or "-", p.method) for p in outcome.packages}
-        for test in outcome.tests:
-            version, method = versions.get(test.name, ("-", "-"))
-            verdict = "timeout" if test.exit_code is None else f"exit {test.exit_code}"
-            result = Text("PASS", "green") if test.passed else Text(f"FAIL ({verdict})", "red")
-            cells = (test.name, version, method, test.command)
-            table.add_row(*(Text(c) for c in cells), result, f"{test.seconds:.1f} s")
-        Console(highlight=False).print(table)
-    # Plain lines (never wrapped): paths must stay copy-pasteable.
-    if outcome.network == "host":  # an opt-in with a cost: said in the report as in the log
-        from neurodocker_nd.build.docker_build import HOST_NETWORK_NOTE
-
-        click.echo(f"note: {HOST_NETWORK_NOTE}")
-    click.echo(f"log: {outcome.log_path}")
-    click.echo(f"recipe: {outcome.recipe_path}")
-    if outcome.apptainer_command:
-        click.echo("built by ndgen's Apptainer stand-in on Docker; with Apptainer, build it with:")
-        click.echo(f"  {outcome.apptainer_command}")
+    built = build_recipe_dir(
+        recipe_dir,
+        fmt,
+        tag,
+        arch=arch,
+        options=options,
+        templates=templates,
+        test=test,
+        no_cache=no_cache,
+        log_path=log_path,
+        network=network,
+        apt_proxy=proxy,
+    )
+    output.build_report(built.outcome)
+    if test:
+        tested = run_image_tests(tag, built.suite, output.suite_report)
+        output.image_test_files(tested)
+        check_passed(tested.run)
