@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -151,20 +150,17 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
                 # Its output becomes the initial content every later run gets a fresh copy of.
                 run_setup(options.profile, source.view("setup"), source.config, mount_set.initial(), options.timeout)
         with _step("trace", progress, steps):
-            record, trace_mounts, note = _trace(tracer, source, options, mount_set)
+            record, trace_mounts, note = _trace_workload(tracer, source, options, mount_set)
             tracer_note = note or tracer_note
-            if options.suite is not None:
-                suite_record, note = _trace_suite(tracer, source, options)
-                tracer_note = note or tracer_note
-                record = _merged(record, suite_record)
         # Measured after the trace: a cold page cache slows the traced run, so the reported
         # overhead errs high, never low.
         untraced: tuple[CommandResult, ...] = ()
         if options.baseline:
             with _step("untraced run", progress, steps):
                 untraced = _run_untraced(source, options, mount_set)
+        run = _Run(client, source, options, record, mount_set, trace_mounts, package_db)
         with _step("closure", progress, steps):
-            keep = _closure(source, options, record, mount_set.mounts, (), package_db)
+            keep = run.closure()
             if keep.unmatched:  # a typo must not silently drop what the user asked to keep
                 raise NdgenError(f"--keep {keep.unmatched[0]}: no such path in {options.image}")
         # The import goes to a temporary tag: a user's existing NEW_TAG is replaced only by
@@ -174,62 +170,49 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         written = None
         if "docker" in options.formats or options.verify:
             with _step("write", progress, steps):
-                written = image_step.write_docker(
-                    client, source.pristine, keep, source.config, work_tag, list(options.commands)
-                )
-        verified: bool | None = None
-        message = ""
-        repaired: tuple[str, ...] = ()
+                written = run.write(keep, work_tag)
+        outcome = _Verified(keep, written, report_step.Verdict())
         if options.verify:
             with _step("verify", progress, steps):
-                keep, written, verified, message, repaired = _verify_and_repair(
-                    client, source, options, record, keep, written, work_tag, mount_set, trace_mounts, package_db
-                )
+                outcome = _verify_and_repair(run, work_tag, keep, written)
+        keep, written, verdict = outcome.keep, outcome.written, outcome.verdict
         # The SquashFS comes before the tag: with --format both, a refused or failed SquashFS
         # must not leave NEW_TAG moved.
         squashfs = None
-        if "singularity" in options.formats and verified is not False:
+        if "singularity" in options.formats and verdict.verified is not False:
             with _step("squashfs", progress, steps):
                 out = options.squashfs_out or Path(_squashfs_name(options.tag))
                 squashfs = image_step.write_squashfs(source.pristine, keep, source.config, list(options.commands), out)
-        tag = None
-        if "docker" in options.formats and (verified is not False or options.keep_failed):
-            client.images.get(work_tag).tag(*engine.split_ref(options.tag))
-            tag = options.tag
-            if verified is False:
-                message += f" (kept {tag} for inspection: --keep-failed)"
-        files = report_step.kept_files(source.pristine, keep)
-        return report_step.Report(
+        tag, verdict = _tag_result(client, options, work_tag, verdict)
+        return report_step.Report.from_run(
             source_image=options.image,
-            source_id=source.config.image_id,
-            tag=tag,
-            image_id=written.image_id if written and tag else None,
-            tracer=record.tracer,
+            config=source.config,
+            pristine=source.pristine,
+            record=record,
+            untraced=untraced,
             tracer_note=tracer_note,
-            size_before=source.config.size,
-            size_after=(written.size if written else squashfs.size if squashfs else 0),
-            entries_kept=len(keep.paths),
-            entries_in_image=keep.image_entries,
-            kept_file_bytes=written.file_bytes if written else 0,
-            biggest_dirs=report_step.biggest_dirs(files),
-            traced_seconds=record.seconds,
-            untraced_seconds=sum(r.seconds for r in untraced) if untraced else None,
-            steps=tuple(steps),
-            commands=tuple(
-                report_step.CommandReport(r.command, r.exit_code, r.seconds, u.seconds if u else None)
-                for r, u in itertools.zip_longest(record.results, untraced[: len(record.results)])
-            ),
-            verified=verified,
-            verify_message=message,
-            repaired=repaired,
-            squashfs=str(squashfs.squashfs) if squashfs else None,
-            keep_reasons=dict(keep.reasons),
-            packages=keep.packages,
-            kept=dict(keep.why),
-            top_dirs=report_step.top_dirs(files),
-            reason_bytes=report_step.reason_bytes(files, keep.why),
-            suite=str(options.suite.path) if options.suite is not None else None,
+            keep=keep,
+            written=written,
+            squashfs=squashfs,
+            tag=tag,
+            verdict=verdict,
+            steps=steps,
+            suite=options.suite.path if options.suite is not None else None,
         )
+
+
+def _tag_result(
+    client: Any, options: MinifyOptions, work_tag: str, verdict: report_step.Verdict
+) -> tuple[str | None, report_step.Verdict]:
+    """Move NEW_TAG to the work image when it passed verify (or --keep-failed asks for it anyway)."""
+    if "docker" not in options.formats or (verdict.verified is False and not options.keep_failed):
+        return None, verdict
+    client.images.get(work_tag).tag(*engine.split_ref(options.tag))
+    if verdict.verified is False:
+        verdict = attrs.evolve(
+            verdict, message=verdict.message + f" (kept {options.tag} for inspection: --keep-failed)"
+        )
+    return options.tag, verdict
 
 
 def _refuse_source_tag(client: Any, options: MinifyOptions) -> None:
@@ -249,6 +232,18 @@ def _refuse_source_tag(client: Any, options: MinifyOptions) -> None:
             f"-t {options.tag} names the source image {options.image} ({source.short_id}): "
             "pick a new tag (the source's tags are never moved)"
         )
+
+
+def _trace_workload(
+    tracer: Tracer, source: Source, options: MinifyOptions, mount_set: verify_step.MountSet
+) -> tuple[TraceRecord, tuple[Mount, ...], str]:
+    """The -c commands' trace (as :func:`_trace`), with the --tests suite's paths merged in."""
+    record, mounts, note = _trace(tracer, source, options, mount_set)
+    if options.suite is not None:
+        suite_record, suite_note = _trace_suite(tracer, source, options)
+        note = suite_note or note
+        record = _merged(record, suite_record)
+    return record, mounts, note
 
 
 def _trace(
@@ -352,63 +347,75 @@ def _rpm_query(source: Source, command: str) -> str:
     return result.stdout.decode("utf-8", errors="surrogateescape")
 
 
-def _closure(
-    source: Source,
-    options: MinifyOptions,
-    record: TraceRecord,
-    mounts: Sequence[Mount],
-    extra: Sequence[str],
-    package_db: PackageDb | None,
-) -> keep_step.KeepSet:
-    return keep_step.closure(
-        source.pristine,
-        source.config,
-        record,
-        mounts=mounts,
-        keep=options.keep,
-        profile_keep=options.profile_keep,
-        extra_paths=extra,
-        package_db=package_db,
-        keep_packages=options.keep_packages,
-        package_names=options.package_names,
-    )
+@attrs.frozen
+class _Run:
+    """What the steps after the trace read: one minify run's inputs and the trace it made."""
+
+    client: Any
+    source: Source
+    options: MinifyOptions
+    record: TraceRecord
+    mount_set: verify_step.MountSet
+    trace_mounts: tuple[Mount, ...]  # the mounts the traced commands wrote to (compared at verify)
+    package_db: PackageDb | None
+
+    def closure(self, repaired: Sequence[str] = ()) -> keep_step.KeepSet:
+        """The keep-set of the trace, plus the paths verify found missing (`repaired`)."""
+        return keep_step.closure(
+            self.source.pristine,
+            self.source.config,
+            self.record,
+            mounts=self.mount_set.mounts,
+            keep=self.options.keep,
+            profile_keep=self.options.profile_keep,
+            extra_paths=repaired,
+            package_db=self.package_db,
+            keep_packages=self.options.keep_packages,
+            package_names=self.options.package_names,
+        )
+
+    def write(self, keep: keep_step.KeepSet, tag: str) -> image_step.Written:
+        source = self.source
+        return image_step.write_docker(
+            self.client, source.pristine, keep, source.config, tag, list(self.options.commands)
+        )
 
 
-def _verify_and_repair(
-    client: Any,
-    source: Source,
-    options: MinifyOptions,
-    record: TraceRecord,
-    keep: keep_step.KeepSet,
-    written: image_step.Written | None,
-    tag: str,
-    mount_set: verify_step.MountSet,
-    trace_mounts: Sequence[Mount],
-    package_db: PackageDb | None,
-) -> tuple[keep_step.KeepSet, image_step.Written | None, bool, str, tuple[str, ...]]:
+@attrs.frozen
+class _Verified:
+    """The keep-set and image verify ended with (repairs rewrite both), and its verdict."""
+
+    keep: keep_step.KeepSet
+    written: image_step.Written | None
+    verdict: report_step.Verdict
+
+
+def _verify_and_repair(run: _Run, tag: str, keep: keep_step.KeepSet, written: image_step.Written | None) -> _Verified:
     """Rerun in the new image; on a mismatch add what a re-trace found missing and retry."""
+    source, options, mount_set = run.source, run.options, run.mount_set
     repaired: list[str] = []
-    commands = [r.command for r in record.results]
+    commands = [r.command for r in run.record.results]
     attempt = 0
     while True:
         mounts = mount_set.fresh(source.scratch, f"verify{attempt}")
-        rerun = verify_step.rerun(client, tag, commands, mounts, options.timeout)
-        mismatch = verify_step.compare_results(record.results, rerun) or verify_step.compare_outputs(
-            trace_mounts, mounts
+        rerun = verify_step.rerun(run.client, tag, commands, mounts, options.timeout)
+        mismatch = verify_step.compare_results(run.record.results, rerun) or verify_step.compare_outputs(
+            run.trace_mounts, mounts
         )
         failed_suite = None
         if mismatch is None and options.suite is not None:
-            run = workload_step.verify(
+            suite_run = workload_step.verify(
                 tag, options.suite, source.scratch / f"suite-verify{attempt}", options.suite_data
             )
-            failed_suite = None if run.passed else run
+            failed_suite = None if suite_run.passed else suite_run
         if mismatch is None and failed_suite is None:
-            return keep, written, True, "", tuple(repaired)
+            return _Verified(keep, written, report_step.Verdict(True, "", tuple(repaired)))
         if mismatch is not None:
             missing = _diagnose(
                 source, keep, commands, mount_set.fresh(source.scratch, f"diagnose{attempt}"), attempt, options.timeout
             )
         else:  # the suite failed: re-trace it in the minified tree, on a fresh work directory
+            assert options.suite is not None  # failed_suite is set only when a suite ran
             work = workload_step.prepare(
                 options.suite, source.scratch / f"suite-diagnose{attempt}", source.config, options.suite_data
             )
@@ -416,13 +423,14 @@ def _verify_and_repair(
         new = [p for p in missing if p not in keep.paths]
         if not new or not options.repair or attempt == MAX_REPAIRS:
             if mismatch is not None:
-                mismatch = attrs.evolve(mismatch, missing=tuple(new or missing))
-                return keep, written, False, mismatch.message(), tuple(repaired)
-            return keep, written, False, _suite_failure(source, options, failed_suite, new or missing), tuple(repaired)
+                message = attrs.evolve(mismatch, missing=tuple(new or missing)).message()
+            else:
+                message = _suite_failure(source, options, failed_suite, new or missing)
+            return _Verified(keep, written, report_step.Verdict(False, message, tuple(repaired)))
         repaired += new
         attempt += 1
-        keep = _closure(source, options, record, mount_set.mounts, repaired, package_db)
-        written = image_step.write_docker(client, source.pristine, keep, source.config, tag, list(options.commands))
+        keep = run.closure(repaired)
+        written = run.write(keep, tag)
 
 
 def _suite_failure(source: Source, options: MinifyOptions, run: Any, missing: Sequence[str]) -> str:
@@ -430,7 +438,10 @@ def _suite_failure(source: Source, options: MinifyOptions, run: Any, missing: Se
     assert options.suite is not None
     on_source = workload_step.verify(options.image, options.suite, source.scratch / "suite-source", options.suite_data)
     if not on_source.passed:
-        return f"test suite {options.suite.path} fails on the source image {options.image} too: {workload_step.failure_text(on_source)}"
+        return (
+            f"test suite {options.suite.path} fails on the source image {options.image} too: "
+            f"{workload_step.failure_text(on_source)}"
+        )
     hint = f"; likely missing: {', '.join(missing[:5])}" if missing else ""
     return (
         f"verify failed: test suite {options.suite.path} in the minified image: {workload_step.failure_text(run)}{hint}"

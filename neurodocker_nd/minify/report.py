@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import attrs
 
 from neurodocker_nd.core import outfile
 from neurodocker_nd.minify.keep import KeepSet
+from neurodocker_nd.minify.model import CommandResult, ImageConfig, TraceRecord
+from neurodocker_nd.minify.write import Written
 
 # Why an entry was kept (the report's "kept": path -> reason).  A reason is one of these
 # kinds, alone or as "KIND:DETAIL" (e.g. "package:dcmtk", "family:zoneinfo").
@@ -48,6 +51,15 @@ class CommandReport:
 
 
 @attrs.frozen
+class Verdict:
+    """How verify ended: `verified` None when it did not run (--no-verify)."""
+
+    verified: bool | None = None
+    message: str = ""  # why it failed, in one line
+    repaired: tuple[str, ...] = ()  # paths verify added after a first mismatch
+
+
+@attrs.frozen
 class Report:
     source_image: str
     source_id: str
@@ -77,6 +89,62 @@ class Report:
     # add (families, packages, closure) — the floor any minifier keeping output identical hits
     reason_bytes: tuple[tuple[str, int], ...] = ()
     suite: str | None = None  # --tests: the fulltest.yaml traced and run on the result
+
+    @classmethod
+    def from_run(
+        cls,
+        *,
+        source_image: str,
+        config: ImageConfig,
+        pristine: Path,
+        record: TraceRecord,
+        untraced: Sequence[CommandResult],
+        tracer_note: str,
+        keep: KeepSet,
+        written: Written | None,
+        squashfs: Written | None,
+        tag: str | None,
+        verdict: Verdict,
+        steps: Sequence[tuple[str, float]],
+        suite: Path | None,
+    ) -> Report:
+        """The report of one minify run, from what its steps returned.
+
+        `tag` is None when no image was tagged (then no image ID is reported, even if one
+        was written for verify); `untraced` is empty when no baseline was run.
+        """
+        files = kept_files(pristine, keep)
+        return cls(
+            source_image=source_image,
+            source_id=config.image_id,
+            tag=tag,
+            image_id=written.image_id if written and tag else None,
+            tracer=record.tracer,
+            tracer_note=tracer_note,
+            size_before=config.size,
+            size_after=(written.size if written else squashfs.size if squashfs else 0),
+            entries_kept=len(keep.paths),
+            entries_in_image=keep.image_entries,
+            kept_file_bytes=written.file_bytes if written else 0,
+            biggest_dirs=biggest_dirs(files),
+            traced_seconds=record.seconds,
+            untraced_seconds=sum(r.seconds for r in untraced) if untraced else None,
+            steps=tuple(steps),
+            commands=tuple(
+                CommandReport(r.command, r.exit_code, r.seconds, u.seconds if u else None)
+                for r, u in itertools.zip_longest(record.results, untraced[: len(record.results)])
+            ),
+            verified=verdict.verified,
+            verify_message=verdict.message,
+            repaired=verdict.repaired,
+            squashfs=str(squashfs.squashfs) if squashfs else None,
+            keep_reasons=dict(keep.reasons),
+            packages=keep.packages,
+            kept=dict(keep.why),
+            top_dirs=top_dirs(files),
+            reason_bytes=reason_bytes(files, keep.why),
+            suite=str(suite) if suite is not None else None,
+        )
 
     @property
     def ratio(self) -> float:

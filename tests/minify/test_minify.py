@@ -362,3 +362,30 @@ def test_every_kept_entry_says_why(rootfs):
     assert kept.why["/etc/unrelated.conf"] == "--keep" and kept.why["/etc/passwd"] == "essential"
     assert kept.why["/usr"] == "parent" or kept.why["/usr"] == "traced"
     assert sum(kept.reasons.values()) == len(kept.paths)
+
+
+def test_report_from_run_reads_each_step_result(rootfs):
+    """Report.from_run: sizes from the written image, timings paired per command, the verdict as is."""
+    from neurodocker_nd.minify import report
+    from neurodocker_nd.minify.write import Written
+
+    kept = keep.closure(rootfs, _config(size=10_000_000), _record("/bin/true"))
+    traced = (CommandResult("true", 0, b"", b"", 0.5), CommandResult("false", 1, b"", b"", 0.25))
+    record = TraceRecord(frozenset({"/bin/true"}), frozenset(), traced, "test", 0.75)
+    written = Written(tag="tmp", image_id="sha256:new", size=2_000_000, entries=len(kept.paths), file_bytes=1234)
+    verdict = report.Verdict(verified=True, repaired=("/etc/x",))
+    common = dict(source_image="src:1", config=_config(size=10_000_000), pristine=rootfs, record=record,
+                  untraced=(CommandResult("true", 0, b"", b"", 0.25),), tracer_note="", keep=kept,
+                  squashfs=None, verdict=verdict, steps=[("trace", 1.0)], suite=None)  # fmt: skip
+    rep = report.Report.from_run(written=written, tag="new:1", **common)
+    assert (rep.tag, rep.image_id, rep.size_after, rep.kept_file_bytes) == ("new:1", "sha256:new", 2_000_000, 1234)
+    assert rep.ratio == 5.0 and rep.traced_seconds == 0.75 and rep.untraced_seconds == 0.25
+    assert [(c.command, c.exit_code, c.untraced_seconds) for c in rep.commands] == [
+        ("true", 0, 0.25),
+        ("false", 1, None),
+    ]
+    assert (rep.verified, rep.repaired, rep.entries_kept) == (True, ("/etc/x",), len(kept.paths))
+    assert rep.kept == kept.why and sum(b for _, b in rep.top_dirs) == sum(b for _, b in rep.reason_bytes)
+    # Written for verify but not tagged: no image ID is reported; without any image, size 0.
+    assert report.Report.from_run(written=written, tag=None, **common).image_id is None
+    assert report.Report.from_run(written=None, tag=None, **common).size_after == 0
