@@ -1,4 +1,4 @@
-"""The minify pipeline: source → run/trace → keep → image → verify → report, in that order.
+"""The minify pipeline: source → sandbox + tracer → keep → write → verify → report, in that order.
 
 This module only sequences the steps and owns the cleanup: one ExitStack holds
 the scratch directory, the overlay mounts, and — until the result is verified —
@@ -26,7 +26,7 @@ from neurodocker_nd.minify import report as report_step
 from neurodocker_nd.minify import stale
 from neurodocker_nd.minify import verify as verify_step
 from neurodocker_nd.minify import workload as workload_step
-from neurodocker_nd.minify import write as image_step
+from neurodocker_nd.minify import write as write_step
 from neurodocker_nd.minify.fanotify import FanotifyIncomplete, FanotifyUnavailable
 from neurodocker_nd.minify.model import DEFAULT_TIMEOUT, CommandResult, Mount, Tracer, TraceRecord
 from neurodocker_nd.minify.packages import PackageDb, read_database
@@ -117,8 +117,8 @@ def _materialize(root: Path, keep: keep_step.KeepSet, target: Path) -> Path:
     target.mkdir(parents=True)
     archive = target.with_suffix(".tar")
     with open(archive, "wb") as fh:
-        image_step.write_tar(root, keep, fh)
-    image_step.unpack_tar(archive, target)
+        write_step.write_tar(root, keep, fh)
+    write_step.unpack_tar(archive, target)
     archive.unlink()
     return target
 
@@ -136,7 +136,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         with _step("open", progress, steps):
             source = stack.enter_context(open_source(client, options.image))
             if "singularity" in options.formats:  # refused before anything is traced or written
-                image_step.check_singularity_layout(source.pristine, options.image)
+                write_step.check_singularity_layout(source.pristine, options.image)
             if source.method == "export-copy" and tracer.name == "fanotify":
                 # No overlay of our own to mark: fanotify would watch the whole host filesystem.
                 tracer, tracer_note = _ptrace(), "no overlay mount possible: using the ptrace tracer"
@@ -166,7 +166,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         # The import goes to a temporary tag: a user's existing NEW_TAG is replaced only by
         # a verified result, and whatever happens the temporary tag is removed on exit.
         work_tag = stale.temporary_tag(uuid.uuid4().hex[:12])
-        stack.callback(image_step.remove_tag, client, work_tag)
+        stack.callback(write_step.remove_tag, client, work_tag)
         written = None
         if "docker" in options.formats or options.verify:
             with _step("write", progress, steps):
@@ -182,7 +182,7 @@ def minify(options: MinifyOptions, progress: Progress = lambda name, seconds: No
         if "singularity" in options.formats and verdict.verified is not False:
             with _step("squashfs", progress, steps):
                 out = options.squashfs_out or Path(_squashfs_name(options.tag))
-                squashfs = image_step.write_squashfs(source.pristine, keep, source.config, list(options.commands), out)
+                squashfs = write_step.write_squashfs(source.pristine, keep, source.config, list(options.commands), out)
         tag, verdict = _tag_result(client, options, work_tag, verdict)
         return report_step.Report.from_run(
             source_image=options.image,
@@ -374,9 +374,9 @@ class _Run:
             package_names=self.options.package_names,
         )
 
-    def write(self, keep: keep_step.KeepSet, tag: str) -> image_step.Written:
+    def write(self, keep: keep_step.KeepSet, tag: str) -> write_step.Written:
         source = self.source
-        return image_step.write_docker(
+        return write_step.write_docker(
             self.client, source.pristine, keep, source.config, tag, list(self.options.commands)
         )
 
@@ -386,11 +386,11 @@ class _Verified:
     """The keep-set and image verify ended with (repairs rewrite both), and its verdict."""
 
     keep: keep_step.KeepSet
-    written: image_step.Written | None
+    written: write_step.Written | None
     verdict: report_step.Verdict
 
 
-def _verify_and_repair(run: _Run, tag: str, keep: keep_step.KeepSet, written: image_step.Written | None) -> _Verified:
+def _verify_and_repair(run: _Run, tag: str, keep: keep_step.KeepSet, written: write_step.Written | None) -> _Verified:
     """Rerun in the new image; on a mismatch add what a re-trace found missing and retry."""
     source, options, mount_set = run.source, run.options, run.mount_set
     repaired: list[str] = []

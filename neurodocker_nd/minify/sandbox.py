@@ -1,4 +1,4 @@
-"""Run step: one workload command in a sandbox on the image's rootfs.
+"""Sandbox step: one workload command in a sandbox on the image's rootfs.
 
 The sandbox gives the process what ``docker run --network none`` would: the
 image's ENV (plus HOME, PATH and HOSTNAME the way Docker fills them in), its

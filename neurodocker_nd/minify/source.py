@@ -148,8 +148,8 @@ class _MountRefused(Exception):
 
 
 def _own_runc_dirs(scratch: Path, name: str) -> None:
-    """Create the view's runc state root and bundle directory (run.py puts them beside the
-    rootfs) 0700, and record the view: the stale-run reaper runs runc only on state below
+    """Create the view's runc state root and bundle directory (:mod:`sandbox` puts them beside
+    the rootfs) 0700, and record the view: the stale-run reaper runs runc only on state below
     views listed in that record, which ndgen alone writes."""
     base = scratch / name
     (base / stale.RUNC_STATE).mkdir(mode=0o700, exist_ok=True)

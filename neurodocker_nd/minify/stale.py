@@ -45,7 +45,7 @@ MAX_RECORD_BYTES = 64 << 10
 MAX_VIEWS = 512
 MAX_CONTAINERS = 64
 RUNC_SECONDS = 30
-# Beside each view's rootfs, as run.py creates them (source.py pre-creates both 0700).
+# Beside each view's rootfs, as sandbox.py creates them (source.py pre-creates both 0700).
 RUNC_STATE = "runc"
 OCI_BUNDLES = "oci"
 

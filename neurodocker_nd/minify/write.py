@@ -1,4 +1,4 @@
-"""Image step: write the keep-set as a one-layer image (and/or a SquashFS for Singularity).
+"""Write step: write the keep-set as a one-layer image (and/or a SquashFS for Singularity).
 
 The layer is a tar stream built with :mod:`tarfile` straight from the pristine
 rootfs and piped into ``docker import`` through the Docker SDK — nothing is
