@@ -319,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             med = statistics.median(times[mode])
             overhead[mode] = med / base
             print(
-                f"  {mode:9} {med:6.2f} s  {overhead[mode]:.2f}x  target <= {TARGET_OVERHEAD}x  {verdict(overhead[mode] <= TARGET_OVERHEAD)}"
+                f"  {mode:9} {med:6.2f} s  {overhead[mode]:.2f}x  target <= {TARGET_OVERHEAD}x  "
+                f"{verdict(overhead[mode] <= TARGET_OVERHEAD)}"
             )
 
         print("\n== ndgen minify (end to end, verify on)")
@@ -361,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         made.append(tag)
         after = image_size(client, tag)
         print(
-            f"  --profile mrtrix3 (setup untraced): {mb(before)} -> {mb(after)}  {before / after:5.1f}x  {seconds:5.1f} s  "
+            f"  --profile mrtrix3 (setup untraced): {mb(before)} -> {mb(after)}  {before / after:5.1f}x  "
+            f"{seconds:5.1f} s  "
             f"verified by ndgen: {report.get('verified')}"
         )
 
@@ -379,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{'  (its script apt-installed bzip2+curl first)' if nd['installed_deps'] else ''}"
             )
         print(
-            f"\ntargets: >= {TARGET_RATIO:g}x smaller with identical output, tracer <= {TARGET_OVERHEAD}x, end-to-end <= {TARGET_E2E:g} s"
+            f"\ntargets: >= {TARGET_RATIO:g}x smaller with identical output, tracer <= {TARGET_OVERHEAD}x, "
+            f"end-to-end <= {TARGET_E2E:g} s"
         )
     finally:
         if not args.keep_images:

@@ -29,9 +29,9 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import attrs
 
@@ -437,7 +437,7 @@ def _read_elf(image: _Image, path: str) -> tuple[str | None, list[str], list[str
             if opened is None:
                 return None
             with mmap.mmap(opened[0], 0, access=mmap.ACCESS_READ) as mapped:
-                elf = ELFFile(mapped)
+                elf = ELFFile(cast(IO[bytes], mapped))  # a mapping has the read/seek/tell ELFFile uses
                 # Real objects have a few dozen headers and dynamic entries; a crafted one with
                 # 65,535 of each, times thousands of files, would stall the closure.
                 if elf.num_segments() > _ELF_MAX_HEADERS or elf.num_sections() > _ELF_MAX_HEADERS:
@@ -462,7 +462,9 @@ def _dynamic(elf: Any) -> tuple[str | None, list[str], list[str], list[str]]:
     for section in elf.iter_sections():
         if not isinstance(section, DynamicSection):
             continue
-        for tag in itertools.islice(section.iter_tags(), _ELF_MAX_DYNAMIC):
+        # pyelftools sets .needed/.rpath/.runpath on a tag at run time, by its kind: untyped
+        tags: Iterator[Any] = itertools.islice(section.iter_tags(), _ELF_MAX_DYNAMIC)
+        for tag in tags:
             if tag.entry.d_tag == "DT_NEEDED":
                 needed.append(tag.needed)
             elif tag.entry.d_tag == "DT_RPATH":

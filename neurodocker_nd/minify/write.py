@@ -98,7 +98,10 @@ def _tarinfo(tar: tarfile.TarFile, root: str, path: str) -> tarfile.TarInfo | No
 
 def _tar_stream(out: IO[bytes]) -> tarfile.TarFile:
     # copybufsize: files are read in 1 MiB pieces (ZeroBudget counts whole zero MiBs).
-    return tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_CHUNK, copybufsize=_CHUNK)
+    # (typeshed's tarfile.open overloads lack copybufsize, which open passes on to TarFile)
+    return tarfile.open(  # type: ignore[call-overload]
+        fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_CHUNK, copybufsize=_CHUNK
+    )
 
 
 def _open_regular(path: str, info: tarfile.TarInfo) -> tuple[int, os.stat_result]:

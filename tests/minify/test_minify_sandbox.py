@@ -118,8 +118,12 @@ def test_host_proc_and_sys_cannot_be_changed(source):
             # a harmless sysctl with a new value: the host must not see it
             "/proc/sys/kernel/printk_ratelimit": f"echo {changed} > /proc/sys/kernel/printk_ratelimit",
             # dangerous ones are written with their current value: only the refusal is checked
-            "/proc/sys/kernel/core_pattern": f"printf '%s' '{before['/proc/sys/kernel/core_pattern'].strip()}' > /proc/sys/kernel/core_pattern",
-            "/proc/irq/default_smp_affinity": f"echo {before['/proc/irq/default_smp_affinity'].strip()} > /proc/irq/default_smp_affinity",
+            "/proc/sys/kernel/core_pattern": (
+                f"printf '%s' '{before['/proc/sys/kernel/core_pattern'].strip()}' > /proc/sys/kernel/core_pattern"
+            ),
+            "/proc/irq/default_smp_affinity": (
+                f"echo {before['/proc/irq/default_smp_affinity'].strip()} > /proc/irq/default_smp_affinity"
+            ),
             "/proc/sysrq-trigger": "test ! -e /proc/sysrq-trigger && exit 1; echo h > /proc/sysrq-trigger",
             "/proc/bus": "touch /proc/bus/ndgen-probe",
             "/sys": "echo 1 > /sys/kernel/mm/ksm/run",
