@@ -47,6 +47,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
+from neurodocker_nd.core import paths
 from neurodocker_nd.core.engine import BuildContext, ContextFile, slug
 from neurodocker_nd.errors import NdgenError
 
@@ -246,8 +247,8 @@ def _file_pairs(definition: Definition, source: str, root: Path) -> list[tuple[P
             continue
         if len(words) > 2:
             raise NdgenError(f"{source}: %files line {line.strip()!r}: expected SRC [DST]")
-        src = (base / words[0]).resolve()
-        if not src.is_relative_to(base):
+        src = paths.resolve_inside(base, words[0])
+        if src is None:
             raise NdgenError(f"{source}: %files source {words[0]} is outside the build context {base}")
         if not src.exists():
             raise NdgenError(f"{source}: %files source {words[0]} does not exist (relative to {root})")

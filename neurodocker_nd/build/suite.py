@@ -270,17 +270,17 @@ def _check_depends(tests: Sequence[SuiteTest], path: Path) -> None:
 def _check_inside(data: Mapping[str, Any], path: Path, text: str) -> None:
     """`output_dir` is emptied before a run, so it must be a path inside the work directory."""
     value = (data.get("test_data") or {}).get(OUTPUT_DIR)
-    if value is not None and not _is_inside(str(value)):
+    if value is not None and not _is_inside_work(str(value)):
         line = line_of(path, ["test_data", OUTPUT_DIR], text)
         raise DataFileError(
             f"{path}:{line}: test_data.output_dir {value!r} must be a relative path inside the work directory"
         )
 
 
-def _is_inside(value: str) -> bool:
-    pure = PurePosixPath(value)
-    # `.` would name the work directory itself: emptying it would delete the staged data and scripts.
-    return bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts and "$" not in value
+def _is_inside_work(value: str) -> bool:
+    # Lexical: the directory does not exist yet. `.` would name the work directory itself (emptying it
+    # would delete the staged data and scripts); a `$` is a ${variable}, substituted later into a path not checked.
+    return paths.is_relative_inside(value) and "$" not in value
 
 
 def _scalars(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -41,7 +41,7 @@ import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
 from neurodocker_nd.build.suite import SCRIPT_PREFIX, SETUP_TIMEOUT_S, PlannedTest, SuitePlan
-from neurodocker_nd.core import engine, outfile, runcapture, safefs
+from neurodocker_nd.core import engine, outfile, paths, runcapture, safefs
 from neurodocker_nd.errors import NdgenError
 
 PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"
@@ -181,11 +181,11 @@ def _cache_file(plan: SuitePlan, cache: Path, dataset: str, name: str) -> Iterat
     would be copied where the image can read it.
     """
     source = cache / dataset / name
-    work = plan.work_dir.resolve()
-    real = Path(os.path.realpath(source))
-    contained = Path(os.path.realpath(cache)).is_relative_to(work)
-    if contained and not real.is_relative_to(work):
+    contained = paths.resolve_inside(plan.work_dir, cache) is not None
+    inside = paths.resolve_inside(plan.work_dir, source)
+    if contained and inside is None:
         raise NdgenError(f"{source} leads out of the work directory {plan.work_dir} (a symlink?); use a fresh --work")
+    real = inside or Path(os.path.realpath(source))  # the user's own cache: its links are followed anywhere
     try:
         # O_NOFOLLOW on the resolved path: no link may appear after it was resolved (and no
         # container of this run is running while the work directory is staged).
