@@ -171,7 +171,8 @@ def _renderer_classes():
             if user not in self._users:
                 self._users.add(user)
                 self._post.append(
-                    f'test "$(getent passwd {user})" \\\n|| useradd --no-user-group --create-home --shell /bin/bash {user}'
+                    f'test "$(getent passwd {user})" \\\n'
+                    f"|| useradd --no-user-group --create-home --shell /bin/bash {user}"
                 )
             return self
 
@@ -453,7 +454,7 @@ def with_checksum(block: tuple[tuple[str, Mapping[str, Any]], ...], step: st.Tem
 
 
 def _unchecked_template(step: st.Template, args: Mapping[str, str]):
-    """A neurocontainers-form template (read by templatedir.py): its installation
+    """A neurocontainers-form template (read by render/recipe/templates.py): its installation
     method as neurodocker's own class, without neurodocker's template schema,
     which neurocontainers' templates outgrew (spm12's per-version `urls`
     mappings).  Its strings still render only in ndgen's sandbox."""

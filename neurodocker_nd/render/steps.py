@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import attrs
 
@@ -196,7 +196,7 @@ class Template:
     sha256: str | None = None
     url: str | None = None
     # "neurodocker": checked against neurodocker's template schema when rendered;
-    # "neurocontainers": a `directives:`-form file, checked by templatedir.py.
+    # "neurocontainers": a `directives:`-form file, checked by render/recipe/templates.py.
     schema: Literal["neurodocker", "neurocontainers"] = "neurodocker"
     # "pkg": arguments from `--pkg` (package-list words get quoted, render.py);
     # "recipe": a recipe's own words, passed verbatim as neurocontainers does.
@@ -340,7 +340,7 @@ class Deploy:
             check_balanced("deploy", v)
 
 
-Step = Union[Template, Install, Run, Env, Copy, Workdir, User, Entrypoint, Label, Arg, Deploy]
+Step = Template | Install | Run | Env | Copy | Workdir | User | Entrypoint | Label | Arg | Deploy
 
 
 # ---------------------------------------------------------------- plan

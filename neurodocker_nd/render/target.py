@@ -107,7 +107,8 @@ _IMAGE_RE = re.compile(
 )
 
 
-def _check_image(image: str) -> str:
+def check_image(image: str) -> str:
+    """`image` itself when it is a Docker image reference; NdgenError otherwise (it goes into FROM/LABEL)."""
     if not _IMAGE_RE.match(image) or "//" in image:
         raise NdgenError(f"--base-image {image!r} is not a Docker image reference (name[:tag][@sha256:…])")
     return image
@@ -136,7 +137,7 @@ def resolve_target(os_name: str | None, base_image: str | None = None, pkg_manag
             pm = _pkg_manager(pkg_manager or preset.pkg_manager, base_image)
             return attrs.evolve(
                 preset,
-                base_image=_check_image(base_image),
+                base_image=check_image(base_image),
                 pkg_manager=pm,
                 install_opts=preset.install_opts if pm == preset.pkg_manager else None,
             )
@@ -147,5 +148,5 @@ def resolve_target(os_name: str | None, base_image: str | None = None, pkg_manag
         return preset
     if base_image:
         pm = _pkg_manager(pkg_manager, base_image)
-        return Target(base_image=_check_image(base_image), pkg_manager=pm, os_name=base_image)
+        return Target(base_image=check_image(base_image), pkg_manager=pm, os_name=base_image)
     raise NdgenError("no OS given: use --os OS[:VERSION] or --base-image IMAGE --pkg-manager apt|yum")

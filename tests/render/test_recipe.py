@@ -113,7 +113,10 @@ def test_out_writes_a_complete_build_context(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
-RECIPE_HEAD = "name: bad\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\nbuild:\n  kind: neurodocker\n  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
+RECIPE_HEAD = (
+    "name: bad\nversion: '1'\narchitectures: [x86_64]\nreadme: hi\n"
+    "build:\n  kind: neurodocker\n  base-image: ubuntu:24.04\n  pkg-manager: apt\n  directives:\n"
+)
 
 BAD = [
     (
@@ -287,14 +290,16 @@ def test_a_newline_in_the_recipe_path_stays_in_the_comment(tmp_path):
 def test_plain_substitutions_skip_jinja_but_match_it(tmp_path):
     """The no-compile path for `{{ a.b }}` strings gives exactly Jinja's text; anything else goes to Jinja."""
     from neurodocker_nd.core import jinja
-    from neurodocker_nd.render import recipe as rc
+    from neurodocker_nd.render.recipe import find_recipe
+    from neurodocker_nd.render.recipe import jinja as rc
+    from neurodocker_nd.render.recipe.loader import Loader
 
     recipe = _recipe(
         tmp_path, "    - run: ['echo {{ context.version }}']\n", extra="variables:\n  d: {k: v, items: x}\n  n: 3\n"
     )
-    loader = rc._Loader(rc.find_recipe(recipe), "x86_64", {}, (), None, 2)
+    loader = Loader(find_recipe(recipe), "x86_64", {}, (), None, 2)
     loader.load()
-    ns = loader._ns()
+    ns = rc.namespace(loader.ctx)
     cases = [
         "v{{ context.version }}-{{arch}}\n",
         "{{ d.k }} {{ n }} {{ parallel_jobs }}",

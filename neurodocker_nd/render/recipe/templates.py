@@ -49,7 +49,7 @@ def _split_directives(name: str, method: str, data: Mapping[str, Any], path: Pat
             if text.strip():
                 parts.append({"instructions": text})
         elif kind == "install" and isinstance(value, list):
-            parts.append({"instructions": "{{ self.install(%s) }}" % json.dumps([str(v) for v in value])})
+            parts.append({"instructions": "{{ self.install(" + json.dumps([str(v) for v in value]) + ") }}"})
         else:
             raise NdgenError(f"{path}: {method}.directives[{i}]: unsupported template directive {kind!r}")
     # The common shape: one environment, then one run — neurodocker's own form.
@@ -145,7 +145,8 @@ class TemplateSource:
             urls = parts[0].get("urls") or {}
             if urls and "*" not in urls and args["version"] not in {str(u) for u in urls}:
                 raise NdgenError(
-                    f"template {name}: unknown version {args['version']!r}; available: {', '.join(str(u) for u in urls)}"
+                    f"template {name}: unknown version {args['version']!r}; "
+                    f"available: {', '.join(str(u) for u in urls)}"
                 )
         out = []
         for i, part in enumerate(parts):
