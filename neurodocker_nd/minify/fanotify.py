@@ -13,6 +13,7 @@ ENOENT lookups — so ``TraceRecord.missing`` is always empty here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -21,11 +22,13 @@ import select
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import attrs
+
 from neurodocker_nd.errors import TraceError
-from neurodocker_nd.minify.model import DEFAULT_TIMEOUT, CommandResult, ImageConfig, Mount, TraceRecord, in_image_path
+from neurodocker_nd.minify.model import CommandResult, ImageConfig, Mount, Tracer, TraceRecord, in_image_path
 from neurodocker_nd.minify.sandbox import run_sandboxed, sandbox_command
 
 # <linux/fanotify.h>
@@ -165,33 +168,23 @@ class _Watcher:
         os.close(self._fd)
 
 
-class FanotifyTracer:
-    """The fast tracer: opens and execs on the rootfs's superblock (see module doc)."""
+@attrs.define
+class _Session:
+    """A fanotify trace under way: the mark on the rootfs and the clock of its commands."""
 
-    name = "fanotify"
+    rootfs: Path
+    config: ImageConfig
+    mounts: Sequence[Mount]
+    watcher: _Watcher
+    start: float
+    seconds: float = 0.0
 
-    def trace(
-        self,
-        rootfs: Path,
-        config: ImageConfig,
-        commands: Sequence[str],
-        mounts: Sequence[Mount],
-        *,
-        stop_on_failure: bool = True,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> TraceRecord:
-        results: list[CommandResult] = []
-        watcher = _Watcher(rootfs)
-        start = time.perf_counter()
-        try:
-            for command in commands:
-                result = run_sandboxed(sandbox_command(rootfs, config, command, mounts), command, timeout=timeout)
-                results.append(result)
-                if stop_on_failure and not result.ok:
-                    break
-        finally:
-            seconds = time.perf_counter() - start
-            watcher.close()
+    def run(self, command: str, timeout: float | None) -> CommandResult:
+        return run_sandboxed(sandbox_command(self.rootfs, self.config, command, self.mounts), command, timeout=timeout)
+
+    def record(self, results: tuple[CommandResult, ...], tracer: str) -> TraceRecord:
+        """The record once the watcher is closed: refused when any event was lost."""
+        watcher = self.watcher
         if watcher.overflowed:
             raise FanotifyIncomplete("fanotify queue overflowed: events were lost")
         if watcher.fd_errors:
@@ -202,7 +195,22 @@ class FanotifyTracer:
         return TraceRecord(
             paths=frozenset(watcher.paths),
             missing=frozenset(),
-            results=tuple(results),
-            tracer=self.name,
-            seconds=seconds,
+            results=results,
+            tracer=tracer,
+            seconds=self.seconds,
         )
+
+
+class FanotifyTracer(Tracer):
+    """The fast tracer: opens and execs on the rootfs's superblock (see module doc)."""
+
+    name = "fanotify"
+
+    @contextlib.contextmanager
+    def session(self, rootfs: Path, config: ImageConfig, mounts: Sequence[Mount]) -> Iterator[_Session]:
+        session = _Session(rootfs, config, mounts, _Watcher(rootfs), time.perf_counter())
+        try:
+            yield session
+        finally:
+            session.seconds = time.perf_counter() - session.start
+            session.watcher.close()

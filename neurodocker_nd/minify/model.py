@@ -18,6 +18,7 @@ targets).  So a tracer may report whatever it saw without filtering.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -174,7 +175,15 @@ class TraceRecord:
         return next((r for r in self.results if not r.ok), None)
 
 
-class Tracer(Protocol):
+class TraceSession(Protocol):
+    """One trace under way: how each command runs under the tracer, and what record it makes."""
+
+    def run(self, command: str, timeout: float | None) -> CommandResult: ...
+
+    def record(self, results: tuple[CommandResult, ...], tracer: str) -> TraceRecord: ...
+
+
+class Tracer:
     """A tracer runs `commands` one after another in the sandbox on `rootfs`.
 
     It stops after the first command that exits non-zero when
@@ -182,10 +191,19 @@ class Tracer(Protocol):
     command's sandbox after `timeout` seconds (raising ``sandbox.CommandTimeout``), and
     raises :class:`neurodocker_nd.errors.TraceError` only when tracing itself
     cannot work (no permission, no kernel support).
+
+    This loop is the same for every tracer; what differs is the session a tracer opens
+    around all the commands (:meth:`session`: the fanotify mark, the strace bundle and
+    its logs), which runs each command and makes the record once it has closed
+    (fanotify's queue drained, strace's directory removed).
     """
 
-    @property
-    def name(self) -> str: ...
+    name: str
+
+    def session(
+        self, rootfs: Path, config: ImageConfig, mounts: Sequence[Mount]
+    ) -> contextlib.AbstractContextManager[TraceSession]:
+        raise NotImplementedError
 
     def trace(
         self,
@@ -195,8 +213,15 @@ class Tracer(Protocol):
         mounts: Sequence[Mount],
         *,
         stop_on_failure: bool = True,
-        timeout: float | None = None,
-    ) -> TraceRecord: ...
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> TraceRecord:
+        results: list[CommandResult] = []
+        with self.session(rootfs, config, mounts) as session:
+            for command in commands:
+                results.append(session.run(command, timeout))
+                if stop_on_failure and not results[-1].ok:
+                    break
+        return session.record(tuple(results), self.name)
 
 
 def in_image_path(host_path: str, rootfs: str) -> str | None:

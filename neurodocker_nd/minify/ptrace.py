@@ -33,6 +33,7 @@ the workload's (and a launcher traced from outside would be excluded the same wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -40,14 +41,14 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
 
 from neurodocker_nd.errors import TraceError
 from neurodocker_nd.minify import imagefs
-from neurodocker_nd.minify.model import DEFAULT_TIMEOUT, SHELL, CommandResult, ImageConfig, Mount, TraceRecord
+from neurodocker_nd.minify.model import SHELL, CommandResult, ImageConfig, Mount, Tracer, TraceRecord
 from neurodocker_nd.minify.sandbox import run_sandboxed, sandbox_command
 
 # %file = every syscall taking a path; fchdir moves the cwd without one.
@@ -368,65 +369,74 @@ def _check_started(lines: Sequence[str], result: CommandResult) -> None:
         raise TraceError(f"ptrace tracer could not run {result.command!r}: {detail}")
 
 
+@attrs.define
+class _Session:
+    """A strace trace under way: the launcher and log directory mounted into every sandbox,
+    and what the commands' logs showed so far."""
+
+    rootfs: Path
+    config: ImageConfig
+    mounts: Sequence[Mount]
+    launcher: tuple[str, ...]
+    own: tuple[Mount, ...]  # strace's bundle and the log directory
+    logs: Path
+    paths: set[str] = attrs.field(factory=set)
+    missing: set[str] = attrs.field(factory=set)
+    executed: set[str] = attrs.field(factory=set)
+    index: int = 0  # the next command's log number
+
+    def run(self, command: str, timeout: float | None) -> CommandResult:
+        index, self.index = self.index, self.index + 1
+        log = self.logs / f"{index}.log"
+        inner = (*self.launcher, *STRACE_FLAGS, "-o", f"{LOG_DIR}/{index}.log", "--")
+        sandbox = sandbox_command(self.rootfs, self.config, command, [*self.mounts, *self.own], inner=inner)
+        result = run_sandboxed(sandbox, command, timeout=timeout)
+        lines = read_log(log, command)
+        _check_started(lines, result)
+        collector = _Collector(workdir=self.config.workdir or "/")
+        for call in parse_strace(lines):
+            collector.feed(call)
+        self.paths |= collector.paths
+        self.missing |= collector.missing
+        self.executed |= collector.executed
+        return result
+
+    def record(self, results: tuple[CommandResult, ...], tracer: str) -> TraceRecord:
+        # The kernel follows the exec'ed path's symlinks without a syscall we see: add the
+        # targets, resolved in the image by lstat/readlink alone.  It also opens a script's
+        # interpreter unseen: that is read by the closure in the pristine image
+        # (`executed`), never here, where the workload's writes and mounts are.
+        executed = self.executed
+        root = str(self.rootfs)
+        paths = self.paths | executed
+        paths |= {
+            resolved
+            for p in executed
+            if not _under_mount(p, self.mounts) and (resolved := imagefs.resolve_in_root(root, p, strict=False))
+        }
+        return TraceRecord(
+            paths=frozenset(paths),
+            missing=frozenset(self.missing - paths),
+            results=results,
+            tracer=tracer,
+            seconds=sum(r.seconds for r in results),
+            executed=frozenset(executed),
+        )
+
+
 @attrs.frozen
-class PtraceTracer:
-    """Implements :class:`neurodocker_nd.minify.model.Tracer` with strace."""
+class PtraceTracer(Tracer):
+    """A :class:`neurodocker_nd.minify.model.Tracer` with strace."""
 
     name: str = "ptrace"
 
-    def trace(
-        self,
-        rootfs: Path,
-        config: ImageConfig,
-        commands: Sequence[str],
-        mounts: Sequence[Mount],
-        *,
-        stop_on_failure: bool = True,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> TraceRecord:
+    @contextlib.contextmanager
+    def session(self, rootfs: Path, config: ImageConfig, mounts: Sequence[Mount]) -> Iterator[_Session]:
         strace = strace_binary()
-        paths: set[str] = set()
-        missing: set[str] = set()
-        executed: set[str] = set()
-        results: list[CommandResult] = []
         with tempfile.TemporaryDirectory(prefix="ndgen-strace-") as tmp:
             bundle, logs = Path(tmp) / "bundle", Path(tmp) / "logs"
             launcher = strace_bundle(strace, bundle)
             logs.mkdir()
             logs.chmod(0o777)  # strace runs as the image's USER
-            own = [Mount(host=bundle, target=STRACE_DIR, read_only=True), Mount(host=logs, target=LOG_DIR)]
-            for index, command in enumerate(commands):
-                log = logs / f"{index}.log"
-                inner = (*launcher, *STRACE_FLAGS, "-o", f"{LOG_DIR}/{index}.log", "--")
-                sandbox = sandbox_command(rootfs, config, command, [*mounts, *own], inner=inner)
-                result = run_sandboxed(sandbox, command, timeout=timeout)
-                lines = read_log(log, command)
-                _check_started(lines, result)
-                collector = _Collector(workdir=config.workdir or "/")
-                for call in parse_strace(lines):
-                    collector.feed(call)
-                paths |= collector.paths
-                missing |= collector.missing
-                executed |= collector.executed
-                results.append(result)
-                if stop_on_failure and not result.ok:
-                    break
-        # The kernel follows the exec'ed path's symlinks without a syscall we see: add the
-        # targets, resolved in the image by lstat/readlink alone.  It also opens a script's
-        # interpreter unseen: that is read by the closure in the pristine image
-        # (`executed`), never here, where the workload's writes and mounts are.
-        paths |= executed
-        root = str(rootfs)
-        paths |= {
-            resolved
-            for p in executed
-            if not _under_mount(p, mounts) and (resolved := imagefs.resolve_in_root(root, p, strict=False))
-        }
-        return TraceRecord(
-            paths=frozenset(paths),
-            missing=frozenset(missing - paths),
-            results=tuple(results),
-            tracer=self.name,
-            seconds=sum(r.seconds for r in results),
-            executed=frozenset(executed),
-        )
+            own = (Mount(host=bundle, target=STRACE_DIR, read_only=True), Mount(host=logs, target=LOG_DIR))
+            yield _Session(rootfs, config, mounts, launcher, own, logs)
