@@ -8,7 +8,6 @@ import lzma
 import os
 import socket
 import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from neurodocker_nd.build import base_image as base
 from neurodocker_nd.core import scratchdir
 from neurodocker_nd.errors import NdgenError
-from support import remove_images, unique_tag
+from support import remove_images, run_ndgen, unique_tag
 
 DEBIAN_TAG = unique_tag("ndgen-test-base-h3", "bookworm")
 UBUNTU_TAG = unique_tag("ndgen-test-base-h3-ubuntu", "24.04")
@@ -101,11 +100,7 @@ def test_debootstrap_command_is_minbase_and_verifies_ubuntu_with_its_keyring(tmp
 
 def test_not_root_is_one_clear_line():
     # A user namespace without a uid map: the same process, seen as uid 65534.
-    proc = subprocess.run(
-        ["unshare", "--user", sys.executable, "-m", "neurodocker_nd.cli", "base", "ndgen-test-base-h3-never:bookworm"],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_ndgen("base", "ndgen-test-base-h3-never:bookworm", under=["unshare", "--user"])
     one_line_error(proc, "must run as root")
 
 

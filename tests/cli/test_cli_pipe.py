@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-NDGEN = [sys.executable, "-m", "neurodocker_nd.cli"]
+from support import NDGEN
 
 
 def _run_into_pipe(args: list[str], read_first_line: bool) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def _run_into_pipe(args: list[str], read_first_line: bool) -> subprocess.Complet
     fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
     if not read_first_line:
         os.close(r)  # the reader is gone before ndgen writes a byte
-    proc = subprocess.Popen(NDGEN + args, stdout=w, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*NDGEN, *args], stdout=w, stderr=subprocess.PIPE, text=True)
     os.close(w)
     if read_first_line:
         got = b""

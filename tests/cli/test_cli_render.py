@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from neurodocker_nd.cli import cli
 from neurodocker_nd.errors import NdgenError
-from support import TESTS
+from support import TESTS, run_ndgen
 
 HERE = TESTS
 FIXTURES = HERE / "golden" / "registry"
@@ -104,9 +104,7 @@ def test_bad_input_subprocess(tmp_path, env, case, args, kind, message):
     environ = env(kind)
     out = tmp_path / "out" / "Dockerfile"
     out.parent.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args, "-o", str(out)], capture_output=True, text=True, env=environ
-    )
+    proc = run_ndgen(*args, "-o", str(out), environ=environ)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -142,12 +140,7 @@ def test_output_file_equals_stdout(tmp_path, env):
 def test_template_alert_is_a_note_not_a_prompt(tmp_path):
     """neurodocker prompts to confirm FSL's licence alert; ndgen renders and tells on stderr."""
     out = tmp_path / "Dockerfile"
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "--pkg", "fsl", "--os", "ubuntu", "-o", str(out)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_ndgen("--pkg", "fsl", "--os", "ubuntu", "-o", str(out), stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("ndgen: note: fsl: FSL is non-free.") and proc.stderr.count("\n") == 1
     assert "FROM ubuntu:24.04" in out.read_text()
@@ -188,7 +181,7 @@ def test_list_json(env):
 
 
 def test_list_table_subprocess():
-    proc = subprocess.run([sys.executable, "-m", "neurodocker_nd.cli", "list"], capture_output=True, text=True)
+    proc = run_ndgen("list")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split() == ["NAME", "SOURCE", "METHODS", "DEFAULT"]
     assert any(line.split()[0] == "ants" for line in proc.stdout.splitlines()[1:])
@@ -211,9 +204,7 @@ def test_show(env):
 
 def test_show_unknown_subprocess(env):
     environ = env(None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "show", "helo"], capture_output=True, text=True, env=environ
-    )
+    proc = run_ndgen("show", "helo", environ=environ)
     assert proc.returncode == 2 and proc.stderr == "ndgen: error: unknown package 'helo'; did you mean: hello?\n"
 
 
@@ -225,10 +216,7 @@ def test_validate_whole_registry(env):
 
 
 def test_validate_project_registry_subprocess():
-    environ = {k: v for k, v in os.environ.items() if k != "NDGEN_REGISTRY"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "validate"], capture_output=True, text=True, env=environ
-    )
+    proc = run_ndgen("validate", env={"NDGEN_REGISTRY": None})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok: ")
 
@@ -241,9 +229,7 @@ def test_validate_reports_file_and_line(tmp_path, env, kind, message):
     environ = env(kind)
     reg = Path(environ["NDGEN_REGISTRY"])
     for args in (["validate"], ["validate", str(reg / "hello" / "meta.yaml")], ["validate", str(reg / "hello")]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, env=environ
-        )
+        proc = run_ndgen(*args, environ=environ)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and message in proc.stderr and str(reg / "hello") in proc.stderr
 
@@ -260,9 +246,7 @@ def test_validate_entry_directory_test_renders_it(tmp_path):
     shutil.copytree(FIXTURES / "hello", entry)
     tpl = entry / "template.yaml"
     tpl.write_text(tpl.read_text().replace("{{ self.install_path }}/bin", "{{ self.prefix }}/bin"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "validate", str(entry)], capture_output=True, text=True
-    )
+    proc = run_ndgen("validate", str(entry))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"ndgen: error: {tpl}: template error") and proc.stderr.count("\n") == 1
 

@@ -14,7 +14,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from support import table_rows
+from support import NDGEN, table_rows
 
 pytestmark = pytest.mark.docker
 
@@ -46,7 +46,7 @@ def test_300_mb_of_output_keeps_ndgen_small_and_checks_the_whole_stream(base_ima
     suite = tmp_path / "fulltest.yaml"
     suite.write_text(textwrap.dedent(LOUD))
     junit, log = tmp_path / "junit.xml", tmp_path / "test.log"
-    argv = [sys.executable, "-m", "neurodocker_nd.cli", "test", base_image, "--suite", str(suite),
+    argv = [*NDGEN, "test", base_image, "--suite", str(suite),
             "--work", str(tmp_path / "w"), "--no-deploy-check", "--junit", str(junit), "--log", str(log)]  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, timeout=900)
     exit_line = proc.stdout.strip().splitlines()[-1]

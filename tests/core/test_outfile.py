@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
 
 from neurodocker_nd.core import outfile
 from neurodocker_nd.errors import NdgenError
-from support import REPO
+from support import NDGEN, REPO
 
 NOBODY = 65534
 
@@ -31,17 +30,7 @@ def open_dir():
 
 def _ndgen_o(target, umask: int = 0o022) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neurodocker_nd.cli",
-            "--pkg",
-            "jq,method=system",
-            "--os",
-            "debian:bookworm",
-            "-o",
-            str(target),
-        ],
+        [*NDGEN, "--pkg", "jq,method=system", "--os", "debian:bookworm", "-o", str(target)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 from support import REPO, run_ndgen
 
@@ -30,16 +27,7 @@ def _installed_like_a_wheel(site, with_data: bool):
 
 
 def _ndgen(site, *args):
-    env = {k: v for k, v in os.environ.items() if k != "NDGEN_REGISTRY"}
-    env["PYTHONPATH"] = str(site)
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
-        cwd=site,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_ndgen(*args, env={"NDGEN_REGISTRY": None, "PYTHONPATH": str(site)}, cwd=site, timeout=120)
 
 
 def test_unrelated_site_packages_registry_is_ignored(tmp_path):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from neurodocker_nd.maintain.matrix import render_matrix
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render.renderer import HADOLINT_IGNORE
 from neurodocker_nd.render.target import PRESETS
-from support import TESTS, tool
+from support import TESTS, run_ndgen, tool
 
 GOLDEN = TESTS / "golden"
 FIXTURES = GOLDEN / "registry"
@@ -39,13 +37,7 @@ def spython_parse(path: Path):
 def matrix_dir(tmp_path_factory) -> tuple[Path, str]:
     """The real matrix (project registry), rendered once by a real `ndgen matrix` process."""
     out = tmp_path_factory.mktemp("matrix")
-    environ = {k: v for k, v in os.environ.items() if k != "NDGEN_REGISTRY"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "matrix", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=environ,
-    )
+    proc = run_ndgen("matrix", "--out", str(out), env={"NDGEN_REGISTRY": None})
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
 
@@ -156,12 +148,7 @@ def test_matrix_error_writes_nothing(tmp_path):
         (reg / "hello" / "template.yaml").read_text().replace("{{ self.install_path }}/bin", "{{ self.nope }}/bin")
     )
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "matrix", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NDGEN_REGISTRY": str(reg)},
-    )
+    proc = run_ndgen("matrix", "--out", str(out), env={"NDGEN_REGISTRY": str(reg)})
     assert proc.returncode == 2
     assert proc.stderr.startswith("ndgen: error: ") and proc.stderr.count("\n") == 1
     assert "hello/template.yaml: template error" in proc.stderr

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from docker.errors import ImageNotFound
 
-from support import remove_image, run_ndgen
+from support import NDGEN, remove_image, run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -286,7 +286,7 @@ def test_no_fanotify_falls_back_to_ptrace(docker_client, app_image, new_tag, scr
     source_id = _image_id(docker_client, app_image)
     proc = subprocess.run(
         ["capsh", "--drop=cap_sys_admin", "--", "-c",
-         f"{sys.executable} -m neurodocker_nd.cli minify {app_image} -t {new_tag} -c 'python3 /opt/app/tool.py x'"],
+         shlex.join([*NDGEN, "minify", app_image, "-t", new_tag, "-c", "python3 /opt/app/tool.py x"])],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -400,7 +400,7 @@ def test_profile_file_setup_seeds_mounts_and_keep_rules(docker_client, app_image
 def test_interrupt_leaves_nothing_behind(docker_client, app_image, new_tag, scratch, signum):
     source_id = _image_id(docker_client, app_image)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "neurodocker_nd.cli", "minify", app_image, "-t", new_tag, "-c", "sleep 60"],
+        [*NDGEN, "minify", app_image, "-t", new_tag, "-c", "sleep 60"],
         stderr=subprocess.PIPE,
         text=True,
     )

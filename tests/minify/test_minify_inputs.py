@@ -8,7 +8,6 @@ import contextlib
 import io
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from support import run_ndgen
+from support import NDGEN, run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -181,7 +180,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run_and_live_runs_kept(docker
     naps = f"{uuid.uuid4().int % 1000 + 1000}.{os.getpid()}"
     env = {**os.environ, "NDGEN_SCRATCH": str(tmp_path)}
     victim = subprocess.Popen(
-        [sys.executable, "-m", "neurodocker_nd.cli", "minify", f"{REPO}:src", "-t", new_tag, "-c", f"sleep {naps}"],
+        [*NDGEN, "minify", f"{REPO}:src", "-t", new_tag, "-c", f"sleep {naps}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -16,15 +16,13 @@ import io
 import json
 import os
 import posixpath
-import subprocess
-import sys
 import tarfile
 
 import pytest
 
 from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.source import _ChunkReader  # the SDK's export chunks as a stream
-from support import REPO, remove_images, unique_tag
+from support import REPO, remove_images, run_ndgen, unique_tag
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -98,12 +96,12 @@ def test_reference_workload_minifies_with_identical_output(reference, docker_cli
     new_tag = f"ndgen-test-h6-reference-{tracer}-{os.getpid()}"
     data = tmp_path / "traced"
     data.mkdir()
-    argv = [sys.executable, "-m", "neurodocker_nd.cli", "minify", TAG, "-t", new_tag, "--tracer", tracer]
+    argv = ["minify", TAG, "-t", new_tag, "--tracer", tracer]
     argv += ["-v", f"{data}:/data", "--report", str(tmp_path / "report.json")]
     for command in commands:
         argv += ["-c", command]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=170)
+        proc = run_ndgen(*argv, timeout=170)
         assert proc.returncode == 0, proc.stderr
         after = docker_client.images.get(new_tag).attrs["Size"]
         # Nothing the workload cannot use is left: no compiler, header or static library.

@@ -13,12 +13,11 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from support import remove_images, unique_tag
+from support import NDGEN, remove_images, unique_tag
 
 pytestmark = pytest.mark.docker
 
@@ -41,7 +40,7 @@ def minify(*args: str) -> subprocess.CompletedProcess[str]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (512 << 20, 512 << 20))  # /dev/zero copied to disk
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "neurodocker_nd.cli", "minify", *args],
+        [*NDGEN, "minify", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=limits, start_new_session=True,
     )  # fmt: skip

@@ -16,7 +16,6 @@ import shutil
 import stat
 import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
 import uuid
@@ -281,10 +280,9 @@ def test_minify_creates_no_device_node_on_the_host(docker_client, special_image,
     """strace watches ndgen's main thread (where the SquashFS is written) for any mknod of a device."""
     out = tmp_path / "out.sqfs"
     log = tmp_path / "mknod.log"
-    command = [sys.executable, "-m", "neurodocker_nd.cli", "minify", special_image, "-t", new_tag, "-c", "true",
-               "--keep", "/opt/kmsg", "--format", "singularity", "--no-verify", "--squashfs", str(out)]  # fmt: skip
-    proc = subprocess.run(["strace", "-qq", "-e", "trace=mknod,mknodat", "-o", str(log), *command],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = run_ndgen("minify", special_image, "-t", new_tag, "-c", "true", "--keep", "/opt/kmsg",
+                     "--format", "singularity", "--no-verify", "--squashfs", str(out),
+                     under=["strace", "-qq", "-e", "trace=mknod,mknodat", "-o", str(log)], timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     devices = [line for line in log.read_text().splitlines() if "S_IFCHR" in line or "S_IFBLK" in line]
     assert devices == [], devices

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from neurodocker_nd.cli import cli
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.maintain.equivalence import first_difference, instructions
-from support import TESTS
+from support import TESTS, run_ndgen
 
 
 def neurodocker(args: list[str]) -> str:
@@ -142,11 +142,7 @@ BAD = [
 @pytest.mark.parametrize("args, message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
 def test_bad_directive_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "Dockerfile"
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args, "--os", "debian", "-o", str(out)],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_ndgen(*args, "--os", "debian", "-o", str(out))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("ndgen: error: ") and message in lines[0], proc.stderr

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ VENV_BIN = Path(sys.executable).parent
 # In every image tag this session makes: two runs on one engine never touch each other's images.
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 KEEP_IMAGES = os.environ.get("NDGEN_TEST_KEEP_IMAGES") == "1"
+# `ndgen` as a subprocess argv, for what run_ndgen cannot do (Popen, a wrapper that measures it).
+NDGEN = (sys.executable, "-m", "neurodocker_nd.cli")
 
 
 # The smallest build.yaml the recipe loader accepts, up to its directives: list (tests append).
@@ -75,13 +78,33 @@ def tool(name: str) -> str:
     return found
 
 
-def run_ndgen(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """`ndgen ARGS` as users run it: a subprocess, so exit codes and stderr are what users get."""
+def run_ndgen(
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    under: Sequence[str] = (),
+    stdin: int | None = None,
+    timeout: float = 1800,
+) -> subprocess.CompletedProcess:
+    """`ndgen ARGS` as users run it: a subprocess, so exit codes and stderr are what users get.
+
+    `env` is set on top of `environ` (default: this process's environment); a None value
+    unsets that variable.  `under` is a command ndgen runs under (`unshare --user`, strace).
+    """
+    full = dict(os.environ if environ is None else environ)
+    for name, value in (env or {}).items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
     return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
+        [*under, *NDGEN, *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=full,
+        cwd=cwd,
+        stdin=stdin,
         timeout=timeout,
     )
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from neurodocker_nd.upstream.bot import series_name, shown_hash
 from neurodocker_nd.upstream.export import export, read_series_dir
+from support import run_ndgen
 from support.upstream_fakes import FakeGitHub, FakeRepo, author, make_upstream_and_fork, write_registry
 
 UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"
@@ -60,14 +60,7 @@ def _pr(
         args += ["--token-file", str(tmp / "token")]
     elif token:
         env["GITHUB_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=300,
-    )
+    return run_ndgen(*args, environ=env, cwd=tmp, timeout=300)
 
 
 def _branches(gh: FakeGitHub, repo: str) -> dict[str, str]:
@@ -251,14 +244,7 @@ def test_push_over_http_carries_the_token_only_in_a_header(world):
         ]
         # A wrong token: the push is refused, and the error shows neither token.
         (tmp / "wrong").write_text("ghp_wrongTOKEN999\n")
-        bad = subprocess.run(
-            [sys.executable, "-m", "neurodocker_nd.cli", *base, "--token-file", str(tmp / "wrong")],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp,
-            timeout=300,
-        )
+        bad = run_ndgen(*base, "--token-file", str(tmp / "wrong"), environ=env, cwd=tmp, timeout=300)
         # Each series fails on its own (one line each), the run goes on, exit status 1 at the end.
         assert bad.returncode == 1, bad.stderr
         assert "jq: FAILED: pushing to me/neurodocker failed" in bad.stdout
@@ -276,14 +262,7 @@ def test_push_over_http_carries_the_token_only_in_a_header(world):
 
 
 def _pr_http(tmp: Path, base: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *base],
-        capture_output=True,
-        text=True,
-        env={**env, "GITHUB_TOKEN": TOKEN},
-        cwd=tmp,
-        timeout=300,
-    )
+    return run_ndgen(*base, environ={**env, "GITHUB_TOKEN": TOKEN}, cwd=tmp, timeout=300)
 
 
 @pytest.mark.parametrize(
@@ -305,14 +284,7 @@ def test_bad_pr_input_is_one_line(world, args, message):
         "GITHUB_TOKEN": TOKEN,
         "NDGEN_UPSTREAM_AUTHOR": BOT,
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", "upstream", "pr", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=120,
-    )
+    proc = run_ndgen("upstream", "pr", *argv, environ=env, cwd=tmp, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr

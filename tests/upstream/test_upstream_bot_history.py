@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import export, read_series_dir
 from neurodocker_nd.upstream.github import GitHub, GitHubError
+from support import run_ndgen
 from support.upstream_fakes import (
     FakeGitHub,
     FakeRepo,
@@ -62,14 +62,7 @@ def _pr(
         f"file://{tmp / 'git'}/{{repo}}.git",
         *extra,
     ]
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=300,
-    )
+    return run_ndgen(*args, environ=env, cwd=tmp, timeout=300)
 
 
 def _sha(gh: FakeGitHub, repo: str, branch: str) -> str:

@@ -14,7 +14,7 @@ import yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import export, format_for_upstream, read_series_dir
 from neurodocker_nd.upstream.tree import installed_package_dir, prepare
-from support import REPO
+from support import REPO, run_ndgen
 from support.upstream_fakes import AUTHOR_TEXT, JQ_NOTES, META_SENTINELS, author, write_registry
 
 # The identity the committed upstream-patches/ are exported with (docs/upstream.md; the
@@ -23,12 +23,9 @@ COMMITTED_AUTHOR = "ndgen <ndgen@example.invalid>"
 
 
 def _ndgen(*args: str, cwd: Path | None = None, author: str | None = AUTHOR_TEXT) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "NDGEN_UPSTREAM_AUTHOR"}
     if author and args[:2] == ("upstream", "export"):
         args = (*args, "--author", author)
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
-    )
+    return run_ndgen(*args, env={"NDGEN_UPSTREAM_AUTHOR": None}, cwd=cwd)
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:
@@ -349,25 +346,15 @@ def test_export_requires_an_author(tmp_path):
     reg = write_registry(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "NDGEN_UPSTREAM_AUTHOR" and not k.startswith("GIT_")}
     env.update(HOME=str(tmp_path), GIT_CONFIG_GLOBAL=str(tmp_path / "none"), GIT_CONFIG_NOSYSTEM="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "neurodocker_nd.cli",
-        "upstream",
-        "export",
-        "--registry",
-        str(reg),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    cmd = ["upstream", "export", "--registry", str(reg), "--out", str(tmp_path / "o")]
+    proc = run_ndgen(*cmd, environ=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("ndgen: error: no commit identity: pass --author") and not (tmp_path / "o").exists()
-    bad = subprocess.run([*cmd, "--author", "nobody"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    bad = run_ndgen(*cmd, "--author", "nobody", environ=env, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip() == "ndgen: error: --author 'nobody': expected 'Name <email>'"
     # git config is a source too (the user's own identity, never a built-in one).
     (tmp_path / "none").write_text("[user]\n\tname = Some One\n\temail = someone@example.org\n")
-    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    ok = run_ndgen(*cmd, environ=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "From: Some One <someone@example.org>" in next((tmp_path / "o" / "jq").glob("*.patch")).read_text()
 

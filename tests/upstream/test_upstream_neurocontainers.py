@@ -12,13 +12,11 @@ import pytest
 import yaml
 
 from neurodocker_nd.registry.entries import Registry
-from support import REPO
+from support import REPO, run_ndgen
 
 
 def _ndgen(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "neurodocker_nd.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return run_ndgen(*args, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +127,6 @@ def test_pr_target_neurocontainers_opens_prs_with_the_same_bot(tmp_path):
     with FakeGitHub(git_root) as gh:
         gh.repos["neurodesk/neurocontainers"] = FakeRepo(default_branch="main")
         args = [
-            sys.executable,
-            "-m",
-            "neurodocker_nd.cli",
             "upstream",
             "pr",
             "--apply",
@@ -146,20 +141,16 @@ def test_pr_target_neurocontainers_opens_prs_with_the_same_bot(tmp_path):
             "--git-url-template",
             f"file://{git_root}/{{repo}}.git",
         ]
-        wrong = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        wrong = run_ndgen(*args, environ=env, timeout=300)
         assert wrong.returncode == 2 and "not --target neurodocker" in wrong.stderr
-        proc = subprocess.run(
-            [*args, "--target", "neurocontainers"], capture_output=True, text=True, env=env, timeout=300
-        )
+        proc = run_ndgen(*args, "--target", "neurocontainers", environ=env, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         pulls = gh.repos["neurodesk/neurocontainers"].pulls
         assert len(pulls) == len(made) and all(p["base"]["ref"] == "main" for p in pulls.values())
         # Landed: once upstream holds the same build.yaml, the PR is closed.
         elastix = next(s for s in made if s.name == "elastix")
         gh.repos["neurodesk/neurocontainers"].files["recipes/elastix/build.yaml"] = elastix.template_text
-        again = subprocess.run(
-            [*args, "--target", "neurocontainers"], capture_output=True, text=True, env=env, timeout=300
-        )
+        again = run_ndgen(*args, "--target", "neurocontainers", environ=env, timeout=300)
         assert again.returncode == 0, again.stderr
         number = next(n for n, p in pulls.items() if p["head"]["ref"] == "ndgen/elastix")
         assert (
