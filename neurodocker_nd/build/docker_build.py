@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -248,6 +248,28 @@ class _Plan:
     has_def_test: bool
 
 
+@attrs.frozen
+class _Job:
+    """What every step of one build reads: both entry points and both builders share it."""
+
+    tag: str
+    log: engine.StepLog
+    no_cache: bool
+    network: str  # one of NETWORKS: what RUN steps run on
+    proxy: AptProxy | None  # as apt_proxy_for returned it: None when RUN steps get none
+
+    def start(self, header: str, proxy_note: str) -> None:
+        """The log's first lines: what is built from what, the network, the apt proxy."""
+        self.log.write(header)
+        self.log.write(f"# network: {self.network}" + (f" — {HOST_NETWORK_NOTE}\n" if self.network == "host" else "\n"))
+        self.log.write(proxy_note)
+
+    def reuse_or(self, client: Any, digest: str, build: Callable[[], str]) -> tuple[str, bool]:
+        """(image id, reused): an identical earlier build (same recipe-hash label) now tagged too, else `build()`."""
+        image_id = _reuse(client, digest, self.tag, self.no_cache, self.log)
+        return (image_id, True) if image_id is not None else (build(), False)
+
+
 # --------------------------------------------------------------------------- public
 
 
@@ -266,9 +288,7 @@ def build_recipe(
 
     `apt_proxy`: given to RUN steps that can reach it (see `apt_proxy_for`), never kept in the image.
     """
-    check_tag(tag)
-    check_network(network)
-    proxy, proxy_note = apt_proxy_for(apt_proxy, network)
+    proxy, proxy_note = _preflight(tag, network, apt_proxy)
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     recipe_path = log_path.with_suffix(".def" if recipe.fmt == "singularity" else ".Dockerfile")
     outfile.write_text(recipe_path, recipe.text, mkdir=True)
@@ -282,17 +302,16 @@ def build_recipe(
 
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
-        log.write(f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n")
-        _log_network(log, network)
-        log.write(proxy_note)
-        image_id = _reuse(client, digest, tag, no_cache, log)
-        reused = image_id is not None
-        if image_id is None:
-            image_id = _stream_build(client, context_tar, tag, labels, no_cache, log, recipe.fmt, network, proxy)
+        job = _Job(tag, log, no_cache, network, proxy)
+        job.start(
+            f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n",
+            proxy_note,
+        )
+        image_id, reused = job.reuse_or(
+            client, digest, lambda: _stream_build(client, job, context_tar, labels, recipe.fmt)
+        )
         build_seconds = time.monotonic() - started
-        tests: list[TestOutcome] = []
-        if run_tests:
-            tests = _run_tests(client, image_id, recipe, plan, log, test_timeout)
+        tests = _run_tests(client, image_id, recipe, plan, log, test_timeout) if run_tests else []
     return BuildOutcome(
         tag=tag,
         image_id=image_id,
@@ -327,9 +346,7 @@ def build_context_dir(
     Singularity: the stand-in, with `%files` relative to the context.
     RUN steps run on `network` (one of NETWORKS), with `apt_proxy` as for `build_recipe`.
     """
-    check_tag(tag)
-    check_network(network)
-    proxy, proxy_note = apt_proxy_for(apt_proxy, network)
+    proxy, proxy_note = _preflight(tag, network, apt_proxy)
     context_dir = Path(context_dir)
     recipe_name = "Singularity.def" if fmt == "singularity" else "Dockerfile"
     recipe_path = context_dir / recipe_name
@@ -339,13 +356,11 @@ def build_context_dir(
     digest = hashlib.sha256(_tree_digest(context_dir).encode() + base.id.encode()).hexdigest()
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
-        log.write(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n")
-        _log_network(log, network)
-        log.write(proxy_note)
-        image_id = _reuse(client, digest, tag, no_cache, log)
-        reused = image_id is not None
-        if image_id is None:
-            image_id = _build_dir(client, context_dir, recipe_path, fmt, tag, digest, no_cache, log, network, proxy)
+        job = _Job(tag, log, no_cache, network, proxy)
+        job.start(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n", proxy_note)
+        image_id, reused = job.reuse_or(
+            client, digest, lambda: _build_dir(client, job, context_dir, recipe_path, fmt, digest)
+        )
     saved = log_path.with_suffix(".def" if fmt == "singularity" else ".Dockerfile")
     outfile.write_text(saved, recipe_path.read_text(encoding="utf-8"), mkdir=True)
     return BuildOutcome(
@@ -362,27 +377,23 @@ def build_context_dir(
     )
 
 
-def _build_dir(
-    client: Any,
-    context_dir: Path,
-    recipe_path: Path,
-    fmt: str,
-    tag: str,
-    digest: str,
-    no_cache: bool,
-    log: engine.StepLog,
-    network: str,
-    proxy: AptProxy | None,
-) -> str:
+def _preflight(tag: str, network: str, apt_proxy: AptProxy | None) -> tuple[AptProxy | None, str]:
+    """What both builds check before any engine work: the tag, the network, and the proxy RUN
+    steps get with the log's note about it (see `apt_proxy_for`)."""
+    check_tag(tag)
+    check_network(network)
+    return apt_proxy_for(apt_proxy, network)
+
+
+def _build_dir(client: Any, job: _Job, context_dir: Path, recipe_path: Path, fmt: str, digest: str) -> str:
     if fmt == "docker":
         labels = {HASH_LABEL: digest, "org.ndgen.format": fmt}
-        bk_network = _buildkit_network(client, network, log)
-        return _buildkit_build(context_dir, recipe_path, tag, labels, no_cache, log, bk_network, proxy)
+        return _buildkit_build(job, context_dir, recipe_path, labels, _buildkit_network(client, job.network, job.log))
     text = recipe_path.read_text(encoding="utf-8")
     definition = defbuild.parse_definition(text, source=str(recipe_path))
     standin = defbuild.translate(definition, source=str(recipe_path), files_root=context_dir)
     labels = {**standin.labels, HASH_LABEL: digest, "org.ndgen.format": fmt}
-    return _stream_build(client, standin.context.tar(), tag, labels, no_cache, log, fmt, network, proxy)
+    return _stream_build(client, job, standin.context.tar(), labels, fmt)
 
 
 def _buildkit_network(client: Any, network: str, log: engine.StepLog) -> str:
@@ -401,10 +412,6 @@ def _buildkit_network(client: Any, network: str, log: engine.StepLog) -> str:
 def check_network(network: str) -> None:
     if network not in NETWORKS:
         raise NdgenError(f"bad build network {network!r}: choose one of {', '.join(NETWORKS)}")
-
-
-def _log_network(log: engine.StepLog, network: str) -> None:
-    log.write(f"# network: {network}" + (f" — {HOST_NETWORK_NOTE}\n" if network == "host" else "\n"))
 
 
 def check_tag(tag: str) -> None:
@@ -456,17 +463,11 @@ _BK_ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
 _BK_COUNT = re.compile(r"\[[^\]]*?(\d+)/(\d+)\]")
 
 
-def _buildkit_build(
-    context_dir: Path,
-    dockerfile: Path,
-    tag: str,
-    labels: dict[str, str],
-    no_cache: bool,
-    log: engine.StepLog,
-    network: str,
-    proxy: AptProxy | None = None,
-) -> str:
-    """`DOCKER_BUILDKIT=1 /usr/bin/docker build --network NETWORK …`; the new image's id."""
+def _buildkit_build(job: _Job, context_dir: Path, dockerfile: Path, labels: dict[str, str], network: str) -> str:
+    """`DOCKER_BUILDKIT=1 /usr/bin/docker build --network NETWORK …`; the new image's id.
+
+    `network` is BuildKit's name for the job's network (`_buildkit_network`).
+    """
     import subprocess
     import tempfile
 
@@ -477,15 +478,9 @@ def _buildkit_build(
         )
     with tempfile.TemporaryDirectory(prefix="ndgen-iid-") as scratch:
         iidfile = Path(scratch) / "iid"
-        argv = [BUILDKIT_CLI, "build", "--network", network, "--progress", "plain", "--pull=false"]
-        argv += ["-f", str(dockerfile), "-t", tag, "--iidfile", str(iidfile)]
-        argv += [f"--label={k}={v}" for k, v in labels.items()] + (["--no-cache"] if no_cache else [])
-        argv += [f"--build-arg={k}={v}" for k, v in (proxy.build_args() if proxy else {}).items()]
-        argv.append(str(context_dir))
-        log.write("# " + " ".join(argv) + "\n")
-        steps: dict[str, str] = {}
-        tails: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=40))
-        failed: tuple[str, str] | None = None
+        argv = _buildkit_argv(job, context_dir, dockerfile, labels, network, iidfile)
+        job.log.write("# " + " ".join(argv) + "\n")
+        progress = _BuildkitProgress()
         proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -497,42 +492,60 @@ def _buildkit_build(
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = _ANSI.sub("", raw).rstrip("\n")
-            log.write(line + "\n")
-            if match := _BK_STEP.match(line):
-                steps[match[1]] = match[2]
-                if count := _BK_COUNT.search(match[2]):
-                    log.status(f"{tag}: {_short(match[2], 80)}", int(count[1]) - 1, int(count[2]))
-            elif match := _BK_ERROR.match(line):
-                failed = failed or (match[1], match[2])
-            elif match := _BK_OUT.match(line):
-                tails[match[1]].append(match[2])
-        code = proc.wait()
-        if code != 0:
-            raise NdgenError(_buildkit_failure(tag, steps, tails, failed, log.path, network))
+            job.log.write(line + "\n")
+            progress.feed(line, job)
+        if proc.wait() != 0:
+            raise NdgenError(progress.failure(job, network))
         image_id = iidfile.read_text().strip() if iidfile.exists() else ""
     if not image_id:
-        raise EngineError(f"build of {tag} finished without an image; log: {log.path}")
+        raise EngineError(f"build of {job.tag} finished without an image; log: {job.log.path}")
     return image_id
 
 
-def _buildkit_failure(
-    tag: str,
-    steps: dict[str, str],
-    tails: dict[str, collections.deque],
-    failed: tuple[str, str] | None,
-    log_path: Path,
-    network: str,
-) -> str:
-    if failed is None:
-        return f"build of {tag} failed before any step ran; log: {log_path}"
-    vertex, error = failed
-    code = re.search(r"exit code: (\d+)", error)
-    exit_part = f"exit {code[1]}" if code else _short(error, 120)
-    where = steps.get(vertex, "the Dockerfile")
-    tail = tails.get(vertex, ())
-    reason = _reason(tail) or error
-    hint = _network_hint(network, [*tail, error])
-    return f"build of {tag} failed at `{_short(where)}` ({exit_part}): {reason}{hint}; log: {log_path}"
+def _buildkit_argv(
+    job: _Job, context_dir: Path, dockerfile: Path, labels: dict[str, str], network: str, iidfile: Path
+) -> list[str]:
+    argv = [BUILDKIT_CLI, "build", "--network", network, "--progress", "plain", "--pull=false"]
+    argv += ["-f", str(dockerfile), "-t", job.tag, "--iidfile", str(iidfile)]
+    argv += [f"--label={k}={v}" for k, v in labels.items()] + (["--no-cache"] if job.no_cache else [])
+    argv += [f"--build-arg={k}={v}" for k, v in (job.proxy.build_args() if job.proxy else {}).items()]
+    argv.append(str(context_dir))
+    return argv
+
+
+@attrs.define
+class _BuildkitProgress:
+    """Follows BuildKit's plain progress: each vertex's step, its last output lines, the first error."""
+
+    steps: dict[str, str] = attrs.field(factory=dict)  # vertex → `[stage 3/9] RUN …`
+    tails: dict[str, collections.deque[str]] = attrs.field(  # vertex → its last 40 output lines
+        factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=40))
+    )
+    failed: tuple[str, str] | None = None  # (vertex, error) of the first ERROR line
+
+    def feed(self, line: str, job: _Job) -> None:
+        """Record one line; a numbered step moves the live line."""
+        if match := _BK_STEP.match(line):
+            self.steps[match[1]] = match[2]
+            if count := _BK_COUNT.search(match[2]):
+                job.log.status(f"{job.tag}: {_short(match[2], 80)}", int(count[1]) - 1, int(count[2]))
+        elif match := _BK_ERROR.match(line):
+            self.failed = self.failed or (match[1], match[2])
+        elif match := _BK_OUT.match(line):
+            self.tails[match[1]].append(match[2])
+
+    def failure(self, job: _Job, network: str) -> str:
+        """One line naming the failing step, its exit code and its most telling output line."""
+        if self.failed is None:
+            return f"build of {job.tag} failed before any step ran; log: {job.log.path}"
+        vertex, error = self.failed
+        code = re.search(r"exit code: (\d+)", error)
+        exit_part = f"exit {code[1]}" if code else _short(error, 120)
+        where = self.steps.get(vertex, "the Dockerfile")
+        tail = self.tails.get(vertex, ())
+        reason = _reason(tail) or error
+        hint = _network_hint(network, [*tail, error])
+        return f"build of {job.tag} failed at `{_short(where)}` ({exit_part}): {reason}{hint}; log: {job.log.path}"
 
 
 def _network_hint(network: str, output: Sequence[str]) -> str:
@@ -574,66 +587,63 @@ class _StepTracker:
         return False
 
 
-def _stream_build(
-    client: Any,
-    context_tar: Any,
-    tag: str,
-    labels: dict[str, str],
-    no_cache: bool,
-    log: engine.StepLog,
-    fmt: str,
-    network: str,
-    proxy: AptProxy | None = None,
-) -> str:
+def _stream_build(client: Any, job: _Job, context_tar: Any, labels: dict[str, str], fmt: str) -> str:
+    """The SDK's (legacy) build of `context_tar`, streamed into the log; the new image's id."""
     import docker.errors
 
     step = _StepTracker()
-    image_id = ""
     try:
         stream = client.api.build(
             fileobj=context_tar,
             custom_context=True,
-            tag=tag,
+            tag=job.tag,
             labels=labels,
-            network_mode=network,  # NETWORKS: "host" only when asked for
-            buildargs=proxy.build_args() if proxy else None,  # predefined proxy args: not kept in the image
+            network_mode=job.network,  # NETWORKS: "host" only when asked for
+            buildargs=job.proxy.build_args() if job.proxy else None,  # predefined proxy args: not kept in the image
             rm=True,
             forcerm=True,
             pull=False,
-            nocache=no_cache,
+            nocache=job.no_cache,
             decode=True,
         )
-        for chunk in stream:
-            if "stream" in chunk:
-                for line in step.lines(chunk["stream"]):
-                    log.write(line + "\n")
-                    if step.feed(line):
-                        log.status(
-                            f"{tag}: step {step.number}/{step.total} {step.instruction}", step.number - 1, step.total
-                        )
-            elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                image_id = chunk["aux"]["ID"]
-            elif "error" in chunk:
-                for line in step.lines("\n"):  # flush a last line without newline
-                    log.write(line + "\n")
-                    step.feed(line)
-                detail = chunk.get("errorDetail") or {}
-                log.write(f"ERROR: {chunk['error']}\n")
-                failure = _build_failure(tag, step, detail.get("code"), chunk["error"], fmt, log.path, network)
-                raise NdgenError(failure)
+        image_id = _follow_build(job, step, stream, fmt)
     except docker.errors.APIError as exc:
-        log.write(f"ERROR: {exc}\n")
-        raise EngineError(f"build of {tag} refused by the engine: {engine.first_line(exc)}; log: {log.path}") from exc
+        job.log.write(f"ERROR: {exc}\n")
+        raise EngineError(
+            f"build of {job.tag} refused by the engine: {engine.first_line(exc)}; log: {job.log.path}"
+        ) from exc
     if not image_id:
-        image = engine.find_image(client, tag)
+        image = engine.find_image(client, job.tag)
         if image is None:
-            raise EngineError(f"build of {tag} finished without an image; log: {log.path}")
+            raise EngineError(f"build of {job.tag} finished without an image; log: {job.log.path}")
         image_id = image.id
-    log.status(f"{tag}: built", step.total, step.total)
+    job.log.status(f"{job.tag}: built", step.total, step.total)
     return image_id
 
 
-def _build_failure(tag: str, step: _StepTracker, code: Any, error: str, fmt: str, log_path: Path, network: str) -> str:
+def _follow_build(job: _Job, step: _StepTracker, stream: Any, fmt: str) -> str:
+    """The builder's stream into the log and the live line; the image id it names ("" when none)."""
+    image_id = ""
+    for chunk in stream:
+        if "stream" in chunk:
+            for line in step.lines(chunk["stream"]):
+                job.log.write(line + "\n")
+                if step.feed(line):
+                    status = f"{job.tag}: step {step.number}/{step.total} {step.instruction}"
+                    job.log.status(status, step.number - 1, step.total)
+        elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        elif "error" in chunk:
+            for line in step.lines("\n"):  # flush a last line without newline
+                job.log.write(line + "\n")
+                step.feed(line)
+            detail = chunk.get("errorDetail") or {}
+            job.log.write(f"ERROR: {chunk['error']}\n")
+            raise NdgenError(_build_failure(job, step, detail.get("code"), chunk["error"], fmt))
+    return image_id
+
+
+def _build_failure(job: _Job, step: _StepTracker, code: Any, error: str, fmt: str) -> str:
     """One line naming the failing step (and, for %post, the failing command)."""
     reason = _reason(step.tail) or error
     exit_part = f"exit {code}" if code else error.strip().splitlines()[0][:120]
@@ -642,8 +652,8 @@ def _build_failure(tag: str, step: _StepTracker, code: Any, error: str, fmt: str
         where = f"%post command `{_short(traced[-1])}`" if traced else "%post"
     else:
         where = f"step {step.number}/{step.total} `{_short(step.instruction)}`" if step.number else "the Dockerfile"
-    hint = _network_hint(network, [*step.tail, error])
-    return f"build of {tag} failed at {where} ({exit_part}): {reason}{hint}; log: {log_path}"
+    hint = _network_hint(job.network, [*step.tail, error])
+    return f"build of {job.tag} failed at {where} ({exit_part}): {reason}{hint}; log: {job.log.path}"
 
 
 def _reason(tail: Sequence[str]) -> str:
