@@ -213,7 +213,7 @@ def errors_of(findings: Iterable[Finding]) -> list[Finding]:
 def checksum_renders(entry: Entry, registry: Registry) -> int:
     """Render every version that records a sha256, so a template that streams its
     download (and so cannot be verified) fails `validate`, not a user's build."""
-    from neurodocker_nd.render.pkg import PkgRequest, RecipeSpec, resolve_package
+    from neurodocker_nd.render.pkg import package_plan
     from neurodocker_nd.render.renderer import RecipeRenderer
     from neurodocker_nd.render.target import resolve_target
 
@@ -226,9 +226,7 @@ def checksum_renders(entry: Entry, registry: Registry) -> int:
     for version, info in entry.meta.versions.items():
         if info.sha256 is None:
             continue
-        req = PkgRequest(name=entry.name, version=version, args=(("method", "binaries"),), text=entry.name)
-        pkg = resolve_package(req, registry, target)
-        renderer.render(RecipeSpec(target=target, packages=(pkg,)))
+        renderer.recipe(package_plan(entry.name, target, registry, method="binaries", version=version))
         n += 1
     return n
 

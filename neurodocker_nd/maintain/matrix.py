@@ -12,7 +12,6 @@ from pathlib import Path
 import attrs
 
 from neurodocker_nd.registry.entries import Registry
-from neurodocker_nd.render.pkg import RecipeSpec
 from neurodocker_nd.render.renderer import Format, Recipe, RecipeRenderer
 
 
@@ -56,7 +55,7 @@ def render_matrix(
     not support an OS's package manager are skipped with the reason; any other
     error aborts (nothing is returned, so nothing is written).
     """
-    from neurodocker_nd.render.pkg import MissingArgument, PkgRequest, UnsupportedTarget, resolve_package
+    from neurodocker_nd.render.pkg import MissingArgument, UnsupportedTarget, package_plan
     from neurodocker_nd.render.target import resolve_target
 
     renderer = RecipeRenderer(registry)
@@ -68,14 +67,12 @@ def render_matrix(
     for entry in entries:
         for method in _variants(entry):
             label = entry.name if method == entry.default_method else f"{entry.name}-{method}"
-            req = PkgRequest(name=entry.name, version=None, args=(("method", method),), text=entry.name)
             for target in targets:
                 try:
-                    pkg = resolve_package(req, registry, target)
+                    plan = package_plan(entry.name, target, registry, method=method)
                 except (MissingArgument, UnsupportedTarget) as exc:
                     skipped.append(Skipped(entry.name, method, target.os_name, exc.message))
                     continue
-                spec = RecipeSpec(target=target, packages=(pkg,))
                 slug = target.os_name.replace(":", "-")
                 for fmt in fmts:
                     ext = "Dockerfile" if fmt == "docker" else "def"
@@ -86,7 +83,7 @@ def render_matrix(
                             os_name=target.os_name,
                             fmt=fmt,
                             filename=f"{label}.{slug}.{ext}",
-                            recipe=renderer.render(spec, fmt),
+                            recipe=renderer.recipe(plan, fmt),
                         )
                     )
     return items, skipped

@@ -191,63 +191,15 @@ def parse_pkg(text: str) -> PkgRequest:
 def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> PackageSpec:
     """Check a request against its registry entry and the target; fill defaults."""
     entry = registry.get(req.name)  # case-insensitive: `ANTs` is ants
-    args = dict(req.args)
-    method = args.pop("method", None) or entry.default_method
-    if method not in entry.methods:
-        raise NdgenError(f"{entry.name}: unknown method {method!r}; available: {', '.join(entry.methods)}")
-    version = req.version
-    if "version" in args:
-        if version is not None and version != args["version"]:
-            raise NdgenError(f"{entry.name}: version given twice ({version!r} and {args['version']!r})")
-        version = args.pop("version")
-        if not _VERSION_RE.match(version):
-            raise NdgenError(f"--pkg {entry.name}: version {version!r} is not a version name")
-
-    if target.pkg_manager not in entry.pkg_managers(method):
-        raise UnsupportedTarget(
-            f"{entry.name} (method={method}) cannot install with {target.pkg_manager} "
-            f"(supports: {', '.join(sorted(entry.pkg_managers(method))) or 'none'}); choose another --os"
-        )
-
+    args = dict(req.args)  # the phases below take `method` and `version` out of it
+    method = _method(entry, args)
+    version = _given_version(entry, req.version, args)
+    _check_pkg_manager(entry, method, target)
     if method == "system":
-        if version is not None:
-            raise NdgenError(
-                f"{entry.name}: method=system installs the OS package; it takes no version (got {version!r})"
-            )
-        if args:
-            raise NdgenError(
-                f"{entry.name}: unknown template argument {next(iter(args))!r} for method=system (it takes none)"
-            )
-        return PackageSpec(name=entry.name, method=method, version=None, kwds=(), entry=entry)
-
-    required, optional = entry.arguments(method)
-    allowed = set(required) | set(optional)
-    for key in args:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed - {"version"})) or "none"
-            raise NdgenError(f"{entry.name}: unknown template argument {key!r} (method={method}; arguments: {known})")
-    if "version" in allowed:
-        versions = entry.versions(method)
-        if version is None:
-            version = entry.default_version(method)
-            if version is None and "version" in required:
-                raise MissingArgument(f"{entry.name}: method={method} needs a version: --pkg {entry.name}==VERSION")
-        elif method == "binaries" and "*" not in versions and version not in versions:
-            raise NdgenError(f"{entry.name}: unknown version {version!r}; available: {', '.join(versions)}")
-        if version is not None:
-            args["version"] = version
-    elif version is not None:
-        raise NdgenError(f"{entry.name}: method={method} has no versions (got {version!r})")
-    if "os_codename" in required and "os_codename" not in args:
-        # An OS-derived argument: fill it from the preset rather than asking.
-        if target.codename is None:
-            raise MissingArgument(f"{entry.name}: needs os_codename=…, unknown for {target.os_name}")
-        args["os_codename"] = target.codename
-    missing = [k for k in required if k not in args]
-    if missing:
-        raise MissingArgument(
-            f"{entry.name}: missing required argument {missing[0]!r}: --pkg {entry.name},{missing[0]}=…"
-        )
+        return _system_package(entry, version, args)
+    _check_arguments(entry, method, args)
+    _fill_version(entry, method, version, args)
+    _fill_required(entry, method, args, target)
     check_requires(entry, method, args.get("version"), target)
     return PackageSpec(
         name=entry.name,
@@ -256,6 +208,85 @@ def resolve_package(req: PkgRequest, registry: Registry, target: Target) -> Pack
         kwds=tuple(sorted(args.items())),
         entry=entry,
     )
+
+
+def _method(entry: Entry, args: dict[str, str]) -> str:
+    """`method=` (taken out of `args`), else the entry's default; it must be one of its methods."""
+    method = args.pop("method", None) or entry.default_method
+    if method not in entry.methods:
+        raise NdgenError(f"{entry.name}: unknown method {method!r}; available: {', '.join(entry.methods)}")
+    return method
+
+
+def _given_version(entry: Entry, version: str | None, args: dict[str, str]) -> str | None:
+    """`NAME==VERSION` or `version=` (taken out of `args`), not both with different values."""
+    if "version" in args:
+        if version is not None and version != args["version"]:
+            raise NdgenError(f"{entry.name}: version given twice ({version!r} and {args['version']!r})")
+        version = args.pop("version")
+        if not _VERSION_RE.match(version):
+            raise NdgenError(f"--pkg {entry.name}: version {version!r} is not a version name")
+    return version
+
+
+def _check_pkg_manager(entry: Entry, method: str, target: Target) -> None:
+    if target.pkg_manager not in entry.pkg_managers(method):
+        raise UnsupportedTarget(
+            f"{entry.name} (method={method}) cannot install with {target.pkg_manager} "
+            f"(supports: {', '.join(sorted(entry.pkg_managers(method))) or 'none'}); choose another --os"
+        )
+
+
+def _system_package(entry: Entry, version: str | None, args: dict[str, str]) -> PackageSpec:
+    """method=system installs the OS package: no version, no arguments."""
+    if version is not None:
+        raise NdgenError(f"{entry.name}: method=system installs the OS package; it takes no version (got {version!r})")
+    if args:
+        raise NdgenError(
+            f"{entry.name}: unknown template argument {next(iter(args))!r} for method=system (it takes none)"
+        )
+    return PackageSpec(name=entry.name, method="system", version=None, kwds=(), entry=entry)
+
+
+def _check_arguments(entry: Entry, method: str, args: dict[str, str]) -> None:
+    required, optional = entry.arguments(method)
+    allowed = set(required) | set(optional)
+    for key in args:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed - {"version"})) or "none"
+            raise NdgenError(f"{entry.name}: unknown template argument {key!r} (method={method}; arguments: {known})")
+
+
+def _fill_version(entry: Entry, method: str, version: str | None, args: dict[str, str]) -> None:
+    """The version into `args`: the given one (a known one, for binaries) or the entry's default."""
+    required, optional = entry.arguments(method)
+    if "version" not in set(required) | set(optional):
+        if version is not None:
+            raise NdgenError(f"{entry.name}: method={method} has no versions (got {version!r})")
+        return
+    versions = entry.versions(method)
+    if version is None:
+        version = entry.default_version(method)
+        if version is None and "version" in required:
+            raise MissingArgument(f"{entry.name}: method={method} needs a version: --pkg {entry.name}==VERSION")
+    elif method == "binaries" and "*" not in versions and version not in versions:
+        raise NdgenError(f"{entry.name}: unknown version {version!r}; available: {', '.join(versions)}")
+    if version is not None:
+        args["version"] = version
+
+
+def _fill_required(entry: Entry, method: str, args: dict[str, str], target: Target) -> None:
+    """Every required argument is given; an OS-derived one (os_codename) comes from the preset."""
+    required, _optional = entry.arguments(method)
+    if "os_codename" in required and "os_codename" not in args:
+        if target.codename is None:
+            raise MissingArgument(f"{entry.name}: needs os_codename=…, unknown for {target.os_name}")
+        args["os_codename"] = target.codename
+    missing = [k for k in required if k not in args]
+    if missing:
+        raise MissingArgument(
+            f"{entry.name}: missing required argument {missing[0]!r}: --pkg {entry.name},{missing[0]}=…"
+        )
 
 
 def _resolve_once(req: PkgRequest, registry: Registry, target: Target, seen: dict[str, str]) -> PackageSpec:
@@ -272,6 +303,31 @@ def _resolve_once(req: PkgRequest, registry: Registry, target: Target, seen: dic
     return pkg
 
 
+def _resolve_items(
+    items: Sequence[str | st.Step],
+    os_name: str | None,
+    base_image: str | None,
+    pkg_manager: str | None,
+    registry: Registry | None,
+) -> tuple[Target, Registry, list[PackageSpec | st.Step]]:
+    """The one parse → target → registry → resolve loop: `--pkg` strings become PackageSpecs,
+    steps pass through, order kept.  Every string is parsed before the OS is looked at."""
+    if not items:
+        raise NdgenError("nothing to install: give at least one --pkg NAME")
+    requests = [parse_pkg(i) if isinstance(i, str) else i for i in items]
+    target = resolve_target(os_name, base_image, pkg_manager)
+    registry = registry if registry is not None else Registry()
+    seen: dict[str, str] = {}
+    resolved: list[PackageSpec | st.Step] = [
+        _resolve_once(req, registry, target, seen) if isinstance(req, PkgRequest) else req for req in requests
+    ]
+    return target, registry, resolved
+
+
+def _spec(target: Target, items: Iterable[PackageSpec | st.Step]) -> RecipeSpec:
+    return RecipeSpec(target=target, packages=tuple(i for i in items if isinstance(i, PackageSpec)))
+
+
 def resolve(
     pkgs: Iterable[str],
     os_name: str | None,
@@ -280,23 +336,19 @@ def resolve(
     registry: Registry | None = None,
 ) -> RecipeSpec:
     """Parse and resolve every --pkg (order kept) against the registry and OS."""
-    pkgs = list(pkgs)
-    if not pkgs:
-        raise NdgenError("nothing to install: give at least one --pkg NAME")
-    requests = [parse_pkg(p) for p in pkgs]
-    target = resolve_target(os_name, base_image, pkg_manager)
-    registry = registry if registry is not None else Registry()
-    seen: dict[str, str] = {}
-    packages = [_resolve_once(req, registry, target, seen) for req in requests]
-    return RecipeSpec(target=target, packages=tuple(packages))
+    target, _registry, resolved = _resolve_items(list(pkgs), os_name, base_image, pkg_manager, registry)
+    return _spec(target, resolved)
+
+
+def package_plan(name: str, target: Target, registry: Registry, *, method: str, version: str | None = None) -> st.Plan:
+    """The plan of `--pkg NAME[==VERSION],method=METHOD` alone on `target` (the matrix, validate).
+    Raises MissingArgument / UnsupportedTarget when the entry cannot render there without more."""
+    req = PkgRequest(name=name, version=version, args=(("method", method),), text=name)
+    pkg = resolve_package(req, registry, target)
+    return _plan(target, [pkg], RecipeSpec(target=target, packages=(pkg,)), registry)
 
 
 # ---------------------------------------------------------------- spec -> plan
-
-
-def plan_from_spec(spec: RecipeSpec, registry: Registry) -> st.Plan:
-    """The steps of a `--pkg`-only recipe (see `plan_from_items`)."""
-    return _plan(spec.target, list(spec.packages), spec, registry)
 
 
 def plan_from_items(
@@ -312,18 +364,8 @@ def plan_from_items(
     item in order, then (ndgen) the labels, then the default entrypoint
     unless a directive set one.
     """
-    items = list(items)
-    if not items:
-        raise NdgenError("nothing to install: give at least one --pkg NAME or a directive (--run, --install, …)")
-    requests = [parse_pkg(i) if isinstance(i, str) else i for i in items]
-    target = resolve_target(os_name, base_image, pkg_manager)
-    registry = registry if registry is not None else Registry()
-    seen: dict[str, str] = {}
-    resolved: list[PackageSpec | st.Step] = [
-        _resolve_once(req, registry, target, seen) if isinstance(req, PkgRequest) else req for req in requests
-    ]
-    spec = RecipeSpec(target=target, packages=tuple(r for r in resolved if isinstance(r, PackageSpec)))
-    return _plan(target, resolved, spec, registry)
+    target, registry, resolved = _resolve_items(list(items), os_name, base_image, pkg_manager, registry)
+    return _plan(target, resolved, _spec(target, resolved), registry)
 
 
 def _plan(target: Target, items: list, spec: RecipeSpec, registry: Registry) -> st.Plan:

@@ -35,8 +35,8 @@ from neurodocker_nd import __version__
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render import steps as st
-from neurodocker_nd.render.defaults import ENTRYPOINT, NEURODEBIAN_MIRROR, default_template, system_template  # noqa: F401
-from neurodocker_nd.render.pkg import PKG_LIST_ARGS, RecipeSpec, plan_from_items, plan_from_spec, resolve
+from neurodocker_nd.render.defaults import default_template
+from neurodocker_nd.render.pkg import PKG_LIST_ARGS, plan_from_items
 
 Format = Literal["docker", "singularity"]
 FORMATS: tuple[Format, ...] = ("docker", "singularity")
@@ -62,9 +62,6 @@ HADOLINT_IGNORE: tuple[str, ...] = (
 )
 
 
-RenderedPackage = st.Package  # what a recipe installs, for `ndgen build` to test
-
-
 @attrs.frozen
 class Recipe:
     """A rendered Dockerfile or Singularity definition and what it contains."""
@@ -74,7 +71,7 @@ class Recipe:
     base_image: str
     pkg_manager: str
     os_name: str
-    packages: tuple[RenderedPackage, ...]
+    packages: tuple[st.Package, ...]  # what the recipe installs, for `ndgen build` to test
 
 
 # ---------------------------------------------------------------- renderer subclasses
@@ -191,6 +188,10 @@ def _renderer_classes():
 class RecipeRenderer:
     """Renders plans; memoises template blocks for the lifetime of this object.
 
+    `render_plan(plan, fmt)` is the text; `recipe(plan, fmt)` the text with what a
+    build needs (target, packages).  The module's `render` and `render_recipe`
+    are the public API over these.
+
     Not shared globally: `render_recipe` makes one per call, `ndgen matrix`
     and `bench/recipes.py` one per run.
     """
@@ -287,12 +288,8 @@ class RecipeRenderer:
         return default_template(self.registry)
 
     # ---- rendering
-    def render(self, spec: RecipeSpec, fmt: Format = "docker") -> Recipe:
-        """Render a resolved `--pkg` spec (its plan: _default, packages, labels, entrypoint)."""
-        plan = plan_from_spec(spec, self.registry)
-        return self.recipe(plan, fmt)
-
     def recipe(self, plan: st.Plan, fmt: Format = "docker") -> Recipe:
+        """The rendered plan with what a build needs to know about it (target, packages)."""
         t = plan.target
         return Recipe(
             text=self.render_plan(plan, fmt),
@@ -552,8 +549,5 @@ def render_recipe(
     """Render `--pkg …` strings — and directive steps, in command-line order —
     for an OS into a Recipe (stable API for `ndgen build`)."""
     registry = registry if registry is not None else Registry()
-    items = list(pkgs)
-    if all(isinstance(i, str) for i in items):
-        return RecipeRenderer(registry).render(resolve(items, os_name, base_image, pkg_manager, registry), fmt)  # type: ignore[arg-type]
-    plan = plan_from_items(items, os_name, base_image, pkg_manager, registry)
+    plan = plan_from_items(list(pkgs), os_name, base_image, pkg_manager, registry)
     return RecipeRenderer(registry).recipe(plan, fmt)

@@ -1,9 +1,9 @@
 """The one representation every front end produces: an immutable list of steps.
 
-`--pkg` strings (spec.py), the directive flags (directives.py) and recipe files
-(recipe.py) only parse and validate into a :class:`Plan`; `render.render_plan`
-is the one place that turns steps into Dockerfile or Singularity text (through
-neurodocker's reproenv renderers).  Steps are plain data: any Jinja of a recipe
+`--pkg` strings (render.pkg), the directive flags (render.flags) and recipe files
+(render.recipe) only parse and validate into a :class:`Plan`; the renderer
+(`render(plan, fmt)`, render.renderer) is the one place that turns steps into
+Dockerfile or Singularity text (through neurodocker's reproenv renderers).  Steps are plain data: any Jinja of a recipe
 has been evaluated before a step exists.
 
 Safety lives here, so that every front end gets it: a step's value can never
