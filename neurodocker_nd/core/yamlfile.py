@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from neurodocker_nd.core import paths
 from neurodocker_nd.errors import NdgenError
 
 try:  # libyaml is several times faster; fall back for pure-Python builds.
@@ -84,13 +85,6 @@ def item_lines(path: Path, key: str, text: str | None = None) -> list[int]:
     return [item.start_mark.line + 1 for item in node.value] if isinstance(node, yaml.SequenceNode) else []
 
 
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 # Largest YAML data file read (registry entries, profiles, suites are KBs): a
 # bigger one is refused before it is read, and a file that grows while it is
 # read stops at the cap.
@@ -113,8 +107,7 @@ def read_text(path: Path, *, limit: int = MAX_YAML_BYTES) -> str:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a file")
-            raise DataFileError(f"{path}: not a regular file ({kind})")
+            raise DataFileError(f"{path}: not a regular file ({paths.kind(info.st_mode)})")
         if info.st_size > limit:
             raise DataFileError(f"{path}: {info.st_size} bytes, larger than {limit}")
         data = _read_capped(fd, limit, path)
