@@ -3,8 +3,8 @@
 `--pkg` strings (render.pkg), the directive flags (render.flags) and recipe files
 (render.recipe) only parse and validate into a :class:`Plan`; the renderer
 (`render(plan, fmt)`, render.renderer) is the one place that turns steps into
-Dockerfile or Singularity text (through neurodocker's reproenv renderers).  Steps are plain data: any Jinja of a recipe
-has been evaluated before a step exists.
+Dockerfile or Singularity text (through neurodocker's reproenv renderers).
+Steps are plain data: any Jinja of a recipe has been evaluated before a step exists.
 
 Safety lives here, so that every front end gets it: a step's value can never
 start a new instruction.  Single-line fields (paths, users, env values…)
