@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from docker.errors import ImageNotFound
 
-from support import NDGEN, remove_image, run_ndgen
+from support import NDGEN, remove_images, run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -70,7 +70,7 @@ def app_image(docker_client, base_image):
     context.seek(0)
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="host", rm=True)
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +80,14 @@ def user_image(docker_client, app_image):
     dockerfile = f"FROM {app_image}\nRUN useradd -m -u 1000 neuro\nUSER neuro\nWORKDIR /home/neuro\n"
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 @pytest.fixture
 def new_tag(docker_client):
     tag = f"{PREFIX}-out:{uuid.uuid4().hex[:8]}"
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 def ndgen(*args: str) -> subprocess.CompletedProcess[str]:
@@ -448,7 +448,7 @@ def test_entrypoint_script_still_runs(docker_client, base_image, new_tag, scratc
         out = docker_client.containers.run(new_tag, network_mode="none", remove=True)
         assert out == b"yes\n"
     finally:
-        remove_image(docker_client, tag)
+        remove_images(docker_client, [tag])
 
 
 def test_fanotify_keeps_up_with_a_burst_of_opens_under_a_low_fd_limit(docker_client, base_image, scratch):

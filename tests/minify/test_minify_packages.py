@@ -23,7 +23,7 @@ import pytest
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import families, packages
-from support import remove_image, run_ndgen
+from support import remove_images, run_ndgen
 
 PREFIX = "ndgen-test-keeppkg"
 
@@ -177,14 +177,14 @@ def pkg_image(docker_client, base_image):
     dockerfile = DOCKERFILE.format(base=base_image)
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 @pytest.fixture
 def new_tag(docker_client):
     tag = f"{PREFIX}-out-{os.getpid()}:{uuid.uuid4().hex[:8]}"
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 def _outputs(client, tag: str, commands) -> list[tuple[int, bytes]]:
@@ -411,4 +411,4 @@ def test_keep_packages_on_an_rpm_image_reads_it_with_the_images_rpm(
         assert _outputs(docker_client, new_tag, [probe]) == [(0, b"data\nno-doc\n")]
         assert list(scratch.iterdir()) == []
     finally:
-        remove_image(docker_client, source)
+        remove_images(docker_client, [source])

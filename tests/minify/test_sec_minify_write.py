@@ -28,7 +28,7 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import write as image
 from neurodocker_nd.minify.keep import KeepSet
 from neurodocker_nd.minify.model import ImageConfig
-from support import remove_image, run_ndgen
+from support import remove_images, run_ndgen
 
 PREFIX = "ndgen-test-sec-write"
 GIB = 1 << 30
@@ -231,7 +231,7 @@ def hostile_image(docker_client, base_image, host_dir):
     tag = _build(docker_client, f"FROM {base_image}\nRUN mkdir -p {host_dir} && ln -s {host_dir} /.singularity.d\nWORKDIR {host_dir}\n"
                  'ENTRYPOINT ["/bin/echo", "pwned"]\n', "layout")  # fmt: skip
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 @pytest.fixture(scope="module")
@@ -243,14 +243,14 @@ def special_image(docker_client, base_image):
         "special",
     )
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 @pytest.fixture
 def new_tag(docker_client):
     tag = f"{PREFIX}-out:{uuid.uuid4().hex[:8]}"
     yield tag
-    remove_image(docker_client, tag)
+    remove_images(docker_client, [tag])
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:

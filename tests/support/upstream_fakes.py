@@ -524,3 +524,58 @@ class GitHttpServer(_LocalServer):
             do_GET = do_POST = _serve
 
         return Handler
+
+
+# A stand-in for a full upstream checkout: the two files upstream's template PRs touch
+# besides the template, with the structure upstream uses (written here, not copied).
+EXAMPLES_RST = """Examples
+========
+
+.. INSERT LIST START (will be updated automatically in ci)
+
+- `afni <https://afni.nimh.nih.gov>`_
+- `jq <https://jqlang.github.io/jq/>`_
+- `vnc <https://www.realvnc.com/>`_
+
+.. INSERT LIST END
+"""
+
+CREATE_WORKFLOWS = """from pathlib import Path
+
+import yaml
+
+template_folder = Path(__file__).parents[2].joinpath("neurodocker", "templates")
+
+
+def software():
+    return {
+        "afni": {"methods": ["binaries", "source"]},
+        "jq": {
+            "methods": ["binaries", "source"],
+        },
+        "vnc": {"methods": []},
+        "miniconda": {},
+    }
+
+
+def get_versions_from_neurodocker_template(software):
+    with open(template_folder.joinpath(software).with_suffix(".yaml")) as f:
+        return list(yaml.safe_load(f)["binaries"]["urls"].keys())
+"""
+
+
+def full_checkout(tmp_path: Path) -> Path:
+    """The installed neurodocker tree plus upstream's docs list and CI matrix, as a git checkout."""
+    from neurodocker_nd.upstream.tree import prepare
+
+    checkout = tmp_path / "neurodocker"
+    base = prepare(None, tmp_path / "seed")
+    subprocess.run(["git", "clone", "-q", str(base.path), str(checkout)], check=True)
+    (checkout / "docs" / "user_guide").mkdir(parents=True)
+    (checkout / "docs" / "user_guide" / "examples.rst").write_text(EXAMPLES_RST)
+    (checkout / ".github" / "workflows").mkdir(parents=True)
+    (checkout / ".github" / "workflows" / "create_workflows.py").write_text(CREATE_WORKFLOWS)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=checkout, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "docs"], cwd=checkout, check=True)
+    return checkout

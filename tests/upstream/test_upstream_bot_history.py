@@ -20,6 +20,7 @@ from support.upstream_fakes import (
     FakeRepo,
     author,
     commit_to,
+    full_checkout,
     make_upstream_and_fork,
     merge_pull,
     write_registry,
@@ -318,8 +319,6 @@ def test_rate_limit_retries_are_bounded(world):
 def test_new_template_series_apply_alone_and_in_every_order(tmp_path):
     """Each new template appends to upstream's docs list and CI matrix at the same spot:
     every pair applies in both orders (the second after the first landed)."""
-    from test_upstream_export import full_checkout
-
     from neurodocker_nd.upstream.bot import apply_series
     from neurodocker_nd.upstream.gitcmd import git
 

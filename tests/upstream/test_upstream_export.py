@@ -15,7 +15,7 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.upstream.export import export, format_for_upstream, read_series_dir
 from neurodocker_nd.upstream.tree import installed_package_dir, prepare
 from support import REPO, run_ndgen
-from support.upstream_fakes import AUTHOR_TEXT, JQ_NOTES, META_SENTINELS, author, write_registry
+from support.upstream_fakes import AUTHOR_TEXT, JQ_NOTES, META_SENTINELS, author, full_checkout, write_registry
 
 # The identity the committed upstream-patches/ are exported with (docs/upstream.md; the
 # workflow's freshness check uses the same). `.invalid`: attributed to no GitHub account.
@@ -158,59 +158,6 @@ def test_committed_upstream_patches_are_fresh(tmp_path):
     )
     assert not stale, f"upstream-patches/ is stale (run `ndgen upstream export`): {stale}"
     assert filecmp.dircmp(committed, tmp_path / "fresh").diff_files == []
-
-
-# A stand-in for a full upstream checkout: the two files upstream's template PRs touch
-# besides the template, with the structure upstream uses (written here, not copied).
-EXAMPLES_RST = """Examples
-========
-
-.. INSERT LIST START (will be updated automatically in ci)
-
-- `afni <https://afni.nimh.nih.gov>`_
-- `jq <https://jqlang.github.io/jq/>`_
-- `vnc <https://www.realvnc.com/>`_
-
-.. INSERT LIST END
-"""
-
-CREATE_WORKFLOWS = """from pathlib import Path
-
-import yaml
-
-template_folder = Path(__file__).parents[2].joinpath("neurodocker", "templates")
-
-
-def software():
-    return {
-        "afni": {"methods": ["binaries", "source"]},
-        "jq": {
-            "methods": ["binaries", "source"],
-        },
-        "vnc": {"methods": []},
-        "miniconda": {},
-    }
-
-
-def get_versions_from_neurodocker_template(software):
-    with open(template_folder.joinpath(software).with_suffix(".yaml")) as f:
-        return list(yaml.safe_load(f)["binaries"]["urls"].keys())
-"""
-
-
-def full_checkout(tmp_path: Path) -> Path:
-    """The installed neurodocker tree plus upstream's docs list and CI matrix, as a git checkout."""
-    checkout = tmp_path / "neurodocker"
-    base = prepare(None, tmp_path / "seed")
-    subprocess.run(["git", "clone", "-q", str(base.path), str(checkout)], check=True)
-    (checkout / "docs" / "user_guide").mkdir(parents=True)
-    (checkout / "docs" / "user_guide" / "examples.rst").write_text(EXAMPLES_RST)
-    (checkout / ".github" / "workflows").mkdir(parents=True)
-    (checkout / ".github" / "workflows" / "create_workflows.py").write_text(CREATE_WORKFLOWS)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "add", "-A"], cwd=checkout, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "docs"], cwd=checkout, check=True)
-    return checkout
 
 
 def test_new_template_on_a_full_checkout_registers_docs_and_ci_matrix(tmp_path):
