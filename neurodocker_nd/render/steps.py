@@ -399,8 +399,9 @@ class Plan:
     * `steps`: in order, after FROM (the renderer adds nothing but the header,
       the masthead, %help and reproenv's saved spec);
     * `files`: declared files by name (staging for get_file and COPY);
-    * `context_files`: COPY sources relative to the build context that come
-      from the recipe directory (`--out` copies them there);
+    * `context_files`: (COPY source relative to the build context, declared file
+      name or None) pairs: a declared file is staged from `files`, any other
+      source comes from the recipe directory (`--out` copies them there);
     * `readme`: README text (a recipe's README.md), None for --pkg plans;
     * `metadata`: the recipe's top-level keys (read-only), for release tools;
     * `recipe_text`: the recipe file as read (its build context's build.yaml).
@@ -409,7 +410,7 @@ class Plan:
     target: Target
     steps: tuple[Step, ...]
     files: tuple[File, ...] = ()
-    context_files: tuple[str, ...] = ()
+    context_files: tuple[tuple[str, str | None], ...] = ()
     readme: str | None = None
     name: str | None = None
     version: str | None = None
