@@ -556,7 +556,10 @@ def _network_hint(network: str, output: Sequence[str]) -> str:
         why = "this engine has no default bridge network (dockerd --bridge=none)"
     else:
         why = "RUN steps found no network"
-    return f" ({why}; to reach a package mirror, build with --network host, which also exposes this host's loopback services)"
+    return (
+        f" ({why}; to reach a package mirror, build with --network host, "
+        "which also exposes this host's loopback services)"
+    )
 
 
 @attrs.define

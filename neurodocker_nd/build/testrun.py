@@ -357,7 +357,10 @@ class _Runner:
             if status in (PASS, FAIL, SKIP)
         ]
         if run.stdout_cut:  # the first rows are lost: a FAIL among them must not pass unseen
-            message = f"{run.stdout_bytes} bytes of report, more than the {DEPLOY_OUTPUT_BYTES} kept (DEPLOY_BINS/DEPLOY_PATH too long?)"
+            message = (
+                f"{run.stdout_bytes} bytes of report, more than the {DEPLOY_OUTPUT_BYTES} kept "
+                "(DEPLOY_BINS/DEPLOY_PATH too long?)"
+            )
             results.append(CaseResult("deploy check", "deploy", FAIL, message))
         elif run.exit_code != 0 or not results:
             results.append(_row("deploy check", "deploy", FAIL, _exit_text(run, DEPLOY_TIMEOUT_S), run))
@@ -419,7 +422,7 @@ def _verdict(
     for expected in test.expected_output:  # searched in the whole stream while it ran (runcapture)
         if expected not in run.found:
             return FAIL, f"output lacks {expected[:60]!r}{_last_line(run)}"
-    for path, shown in zip(probe, test.outputs):
+    for path, shown in zip(probe, test.outputs, strict=True):  # probe: one path per output
         if path not in run.present:
             return FAIL, f"output not found: {shown}"
     for first, second in test.same_dimensions:
@@ -443,7 +446,7 @@ def _dimension_problem(first: str, second: str, work_dir: Path | None) -> str | 
         except NdgenError as exc:
             return f"same_dimensions: {exc}"
         try:
-            import nibabel
+            import nibabel  # type: ignore[import-not-found]  # optional: only same_dimensions needs it
         except ImportError:
             return "same_dimensions needs nibabel on the host (pip install nibabel)"
         # nibabel picks the format by the file name's suffix and opens by name: give it a private
@@ -451,7 +454,7 @@ def _dimension_problem(first: str, second: str, work_dir: Path | None) -> str | 
         links = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ndgen-dims-")))
         try:
             shapes = []
-            for index, (fd, path) in enumerate(zip(fds, (first, second))):
+            for index, (fd, path) in enumerate(zip(fds, (first, second), strict=True)):
                 named = links / str(index) / Path(path).name
                 named.parent.mkdir()
                 named.symlink_to(f"/proc/self/fd/{fd}")
@@ -557,4 +560,4 @@ else
         if [ -n "$bad" ]; then report FAIL "path $dir" "$bad"; else report PASS "path $dir" "$count executables"; fi
     done
 fi
-"""
+"""  # noqa: E501 - a shell script: its lines are not Python's

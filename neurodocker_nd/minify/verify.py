@@ -77,12 +77,14 @@ class MountSet:
 
     def initial(self) -> tuple[Mount, ...]:
         """Mounts on the snapshots themselves: for setup, whose output every run then starts from."""
-        return tuple(m if snap is None else m.with_host(snap) for m, snap in zip(self.mounts, self.snapshots))
+        return tuple(
+            m if snap is None else m.with_host(snap) for m, snap in zip(self.mounts, self.snapshots, strict=True)
+        )
 
     def fresh(self, scratch: Path, label: str) -> tuple[Mount, ...]:
         """Mounts for one run: writable ones point at a new copy of their initial content."""
         result = []
-        for index, (mount, snap) in enumerate(zip(self.mounts, self.snapshots)):
+        for index, (mount, snap) in enumerate(zip(self.mounts, self.snapshots, strict=True)):
             if snap is None:
                 result.append(mount)
                 continue
@@ -259,7 +261,7 @@ def _first_line_diff(traced: bytes, rerun: bytes) -> str:
 
 
 def compare_results(traced: Sequence[CommandResult], rerun_: Sequence[CommandResult]) -> Mismatch | None:
-    for before, after in zip(traced, rerun_):
+    for before, after in zip(traced, rerun_, strict=True):  # the rerun is of the traced commands
         if before.exit_code != after.exit_code:
             detail = _first_line_diff(before.stderr, after.stderr) or _first_line_diff(before.stdout, after.stdout)
             return Mismatch(before.command, f"exit code {before.exit_code} → {after.exit_code}", detail)
@@ -272,7 +274,8 @@ def compare_results(traced: Sequence[CommandResult], rerun_: Sequence[CommandRes
 
 def compare_outputs(traced: Sequence[Mount], rerun_: Sequence[Mount]) -> Mismatch | None:
     """Byte-compare the writable mounts' contents after both runs."""
-    for before, after in zip(traced, rerun_):
+    # Not strict: a --tests suite alone traces no command, on no mount (traced is empty then).
+    for before, after in zip(traced, rerun_, strict=False):
         if before.read_only:
             continue
         diff = _tree_diff(before.host, after.host)

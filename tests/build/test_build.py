@@ -178,8 +178,9 @@ def test_missing_engine_is_one_clear_line(ndgen_cli, tmp_path):
 def test_subcommand_modules_do_not_import_the_docker_sdk():
     # `ndgen --help` imports every subcommand module; rendering must stay light.
     code = (
-        "import sys, neurodocker_nd.cli.commands.build, neurodocker_nd.cli.commands.base, neurodocker_nd.build.docker_build, "
-        "neurodocker_nd.build.base_image, neurodocker_nd.cli.commands.test, neurodocker_nd.build.suite, neurodocker_nd.build.testrun; "
+        "import sys, neurodocker_nd.cli.commands.build, neurodocker_nd.cli.commands.base, "
+        "neurodocker_nd.build.docker_build, neurodocker_nd.build.base_image, neurodocker_nd.cli.commands.test, "
+        "neurodocker_nd.build.suite, neurodocker_nd.build.testrun; "
         "print('docker' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

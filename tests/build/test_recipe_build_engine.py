@@ -126,7 +126,8 @@ def test_a_failing_run_step_is_one_line_naming_it(tmp_path, base_image, docker_c
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert re.match(
-        rf"ndgen: error: build of {tag} failed at `\[.*\] RUN echo about to fail .*` \(exit 2\): .*No such file or directory; log: ",
+        rf"ndgen: error: build of {tag} failed at `\[.*\] RUN echo about to fail .*` \(exit 2\): "
+        r".*No such file or directory; log: ",
         lines[0],
     ), lines[0]
     assert not docker_client.images.list(name=tag.split(":")[0])

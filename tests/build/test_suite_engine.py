@@ -293,5 +293,6 @@ def test_missing_image_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert (
         proc.stderr
-        == f"ndgen: error: image ndgen-no-such-image:{os.getpid()} is not on this engine (ndgen never pulls): build it or `docker load` it\n"
+        == f"ndgen: error: image ndgen-no-such-image:{os.getpid()} is not on this engine (ndgen never pulls): "
+        "build it or `docker load` it\n"
     )

@@ -27,7 +27,8 @@ def _pytest(tmp_path: Path, body: str, **env: str) -> subprocess.CompletedProces
     (tmp_path / "test_child.py").write_text(body)
     environ = {k: v for k, v in os.environ.items() if k not in ("CI", "NDGEN_TEST_BASE")}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_child.py"],
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+         "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_child.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**environ, **env},
     )  # fmt: skip
 
