@@ -153,32 +153,17 @@ def validate_cmd(paths: tuple[str, ...]) -> None:
     """
     from pathlib import Path
 
-    from neurodocker_nd.maintain.lint import check_or_raise
-    from neurodocker_nd.maintain.matrix import check_renders
-    from neurodocker_nd.registry.entries import Registry, validate_paths
+    from neurodocker_nd.maintain.validate import validate_files, validate_registry
+    from neurodocker_nd.registry.entries import Registry
 
-    registry = Registry()
     if paths:
-        checked = validate_paths([Path(p) for p in paths], registry)
-        renders = waived = 0
-        for p in map(Path, paths):
-            if p.is_dir():
-                # An entry directory: render it too, as a registry of its own parent.
-                own = Registry(registry_dir=p.resolve().parent)
-                entry = own.get(p.resolve().name)
-                renders += check_renders(own, [entry])
-                w, c = check_or_raise([entry], own)
-                waived, renders = waived + w, renders + c
-        extra = f"; {renders} test renders" if renders else ""
-        extra += f"; {waived} waived lint findings" if waived else ""
-        click.echo(f"ok: {len(checked)} file(s) valid{extra}")
+        done = validate_files([Path(p) for p in paths], Registry())
+        extra = f"; {done.renders} test renders" if done.renders else ""
+        extra += f"; {done.waived} waived lint findings" if done.waived else ""
+        click.echo(f"ok: {done.files} file(s) valid{extra}")
         return
-
-    entries = list(registry.entries())
-    ours = [e for e in entries if e.source != "upstream"]
-    n = check_renders(registry, ours)
-    waived, sums = check_or_raise(ours, registry)
-    files = sum(bool(e.template_path) + bool(e.meta_path) for e in entries)
+    done = validate_registry(Registry())
     click.echo(
-        f"ok: {len(entries)} entries ({files} files) valid; {n + sums} test renders; {waived} waived lint findings"
+        f"ok: {done.entries} entries ({done.files} files) valid; {done.renders} test renders; "
+        f"{done.waived} waived lint findings"
     )
