@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import click
 
 from neurodocker_nd.errors import NdgenError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from neurodocker_nd.minify.pipeline import MinifyOptions
+    from neurodocker_nd.minify.report import Report
 
 
 @click.command("minify", context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,7 +47,8 @@ from neurodocker_nd.errors import NdgenError
     "tests_path",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="SUITE.yaml",
-    help="A neurocontainers fulltest.yaml: traced as workload (setup included); verify = the whole suite and the deploy check pass on the result.",
+    help="A neurocontainers fulltest.yaml: traced as workload (setup included); "
+    "verify = the whole suite and the deploy check pass on the result.",
 )
 @click.option(
     "--tests-data",
@@ -73,70 +82,87 @@ from neurodocker_nd.errors import NdgenError
 @click.option(
     "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON."
 )
-def minify_cmd(
-    image: str,
-    tag: str,
-    commands: tuple[str, ...],
-    volumes: tuple[str, ...],
-    profile: str | None,
-    keep: tuple[str, ...],
-    keep_packages: bool,
-    package_names: tuple[str, ...],
-    tests_path: Path | None,
-    tests_data: Path | None,
-    fmt: str,
-    squashfs_out: Path | None,
-    tracer: str | None,
-    no_verify: bool,
-    no_repair: bool,
-    keep_failed: bool,
-    allow_fail: bool,
-    timeout: float,
-    report_path: Path | None,
-) -> None:
+def minify_cmd(**given: Any) -> None:
     """Trace CMDs in IMAGE from the host and write a minimal, verified image as TAG.
 
     The source image is never modified; nothing is installed in it.
     """
-    from rich.console import Console
+    flags = _Flags(**given)
+    result = _run(_options(flags))
+    _finish(result, flags.report_path)
 
+
+@attrs.frozen
+class _Flags:
+    """minify's command line as click parsed it (one typed value per option)."""
+
+    image: str
+    tag: str
+    commands: tuple[str, ...]
+    volumes: tuple[str, ...]
+    profile: str | None
+    keep: tuple[str, ...]
+    keep_packages: bool
+    package_names: tuple[str, ...]
+    tests_path: Path | None
+    tests_data: Path | None
+    fmt: str
+    squashfs_out: Path | None
+    tracer: str | None
+    no_verify: bool
+    no_repair: bool
+    keep_failed: bool
+    allow_fail: bool
+    timeout: float
+    report_path: Path | None
+
+
+def _options(flags: _Flags) -> MinifyOptions:
+    """Every input read and checked, in this order, before any engine work."""
     from neurodocker_nd.build.suite import load_suite
     from neurodocker_nd.core.engine import is_image_name
-    from neurodocker_nd.minify import pipeline, report
     from neurodocker_nd.minify.model import Mount
+    from neurodocker_nd.minify.pipeline import MinifyOptions
     from neurodocker_nd.minify.profile import load_profile
 
-    mounts = tuple(Mount.parse(spec) for spec in volumes)
-    loaded = load_profile(profile) if profile else None
-    suite = load_suite(tests_path) if tests_path else None  # a bad suite fails before any engine work
-    if not is_image_name(tag, host=True):
-        raise NdgenError(f"-t {tag!r} is not a valid image name (lowercase repo[:tag])")
-    if squashfs_out is not None and fmt == "docker":
+    mounts = tuple(Mount.parse(spec) for spec in flags.volumes)
+    loaded = load_profile(flags.profile) if flags.profile else None
+    suite = load_suite(flags.tests_path) if flags.tests_path else None  # a bad suite fails before any engine work
+    if not is_image_name(flags.tag, host=True):
+        raise NdgenError(f"-t {flags.tag!r} is not a valid image name (lowercase repo[:tag])")
+    if flags.squashfs_out is not None and flags.fmt == "docker":
         raise NdgenError("--squashfs needs --format singularity or both")
+    report_path = flags.report_path
     if report_path is not None and not report_path.parent.is_dir():
         raise NdgenError(f"--report {report_path}: directory {report_path.parent} does not exist")
-    options = pipeline.MinifyOptions(
-        image=image,
-        tag=tag,
-        commands=(loaded.commands if loaded else ()) + commands,
+    return MinifyOptions(
+        image=flags.image,
+        tag=flags.tag,
+        commands=(loaded.commands if loaded else ()) + flags.commands,
         mounts=mounts,
         profile=loaded,
-        keep=keep,
+        keep=flags.keep,
         profile_keep=loaded.keep if loaded else (),
-        formats=frozenset({"docker", "singularity"} if fmt == "both" else {fmt}),
-        tracer=tracer,
-        verify=not no_verify,
-        repair=not no_repair,
-        keep_failed=keep_failed,
-        allow_fail=allow_fail,
-        squashfs_out=squashfs_out,
-        timeout=timeout,
-        keep_packages=keep_packages,
-        package_names=package_names,
+        formats=frozenset({"docker", "singularity"} if flags.fmt == "both" else {flags.fmt}),
+        tracer=flags.tracer,
+        verify=not flags.no_verify,
+        repair=not flags.no_repair,
+        keep_failed=flags.keep_failed,
+        allow_fail=flags.allow_fail,
+        squashfs_out=flags.squashfs_out,
+        timeout=flags.timeout,
+        keep_packages=flags.keep_packages,
+        package_names=flags.package_names,
         suite=suite,
-        suite_data=tests_data,
+        suite_data=flags.tests_data,
     )
-    console = Console(stderr=True, highlight=False)
+
+
+def _run(options: MinifyOptions) -> Report:
+    """The pipeline, with live progress on a terminal (stderr)."""
+    from neurodocker_nd.minify import pipeline
+
+    console = _console()
     with console.status("minify: open", spinner="dots") as status:
 
         def progress(step: str, seconds: float | None) -> None:
@@ -148,12 +174,26 @@ def minify_cmd(
             else:
                 console.print(f"[green]✓[/] {step} {seconds:.1f} s")
 
-        result = pipeline.minify(options, progress)
+        return pipeline.minify(options, progress)
+
+
+def _finish(result: Report, report_path: Path | None) -> None:
+    """The JSON report (written even when verification failed), then the verdict and the summary."""
+    from neurodocker_nd.minify import report
+    from neurodocker_nd.minify.pipeline import VerifyError
+
     if report_path is not None:
         report.write_json(result, report_path)
     if result.verified is False:  # one line, naming the command and the likely missing path
-        raise pipeline.VerifyError(result.verify_message)
+        raise VerifyError(result.verify_message)
+    console = _console()
     if result.tracer_note:
         console.print(f"[yellow]note:[/] {result.tracer_note}")
     for line in report.summary_lines(result):
         console.print(line)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
