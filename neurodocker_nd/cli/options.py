@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-F = TypeVar("F", bound=Callable)
+if TYPE_CHECKING:
+    from neurodocker_nd.render.steps import Step
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# The output format of every command that renders (the default command, build, recipe).
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["docker", "singularity"]), default="docker", show_default=True
+)
 
 
 def recipe_options(func: F) -> F:
@@ -32,13 +41,7 @@ def recipe_options(func: F) -> F:
             type=click.Choice(["apt", "yum"]),
             help="Package manager of --base-image.",
         ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["docker", "singularity"]),
-            default="docker",
-            show_default=True,
-        ),
+        format_option,
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -94,7 +97,7 @@ class _Words(click.ParamType):
 
     name = "words"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
         return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
@@ -106,12 +109,13 @@ class EatAllOption(click.Option):
     the remaining words that do not start with an option prefix.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("type", _Words())
         kwargs.setdefault("multiple", True)
         super().__init__(*args, **kwargs)
 
-    def add_to_parser(self, parser, ctx):
+    # click's parser and parsing state are private classes (click.parser._OptionParser): typed Any.
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
         result = super().add_to_parser(parser, ctx)
         for name in self.opts:
             entry = parser._long_opt.get(name) or parser._short_opt.get(name)
@@ -120,7 +124,7 @@ class EatAllOption(click.Option):
             original = entry.process
             prefixes = entry.prefixes
 
-            def process(value, state, original=original, prefixes=prefixes):
+            def process(value: Any, state: Any, original: Any = original, prefixes: Any = prefixes) -> None:
                 words = [value]
                 while state.rargs and not any(state.rargs[0].startswith(p) for p in prefixes):
                     words.append(state.rargs.pop(0))
@@ -165,12 +169,14 @@ def directive_options(func: F) -> F:
     return func
 
 
-def ordered_items(ctx: click.Context, pkgs: tuple[str, ...], directives: dict[str, tuple]) -> list:
+def ordered_items(
+    ctx: click.Context, pkgs: tuple[str, ...], directives: dict[str, tuple[Any, ...]]
+) -> list[str | Step]:
     """`--pkg` strings and directive steps interleaved in command-line order."""
     from neurodocker_nd.render.flags import NAMES, to_step
 
     seen: dict[str, int] = {}
-    items: list = []
+    items: list[str | Step] = []
     for name in ctx.meta.get("ndgen.order", ()):
         if name != "pkgs" and name not in NAMES:
             continue
