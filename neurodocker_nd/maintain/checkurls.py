@@ -176,23 +176,24 @@ def write_digests(results: list[Result], registry: Registry) -> list[Path]:
 
     y = _yaml()
     texts: dict[Path, str] = {}
-    by_file: dict[Path, list[Result]] = {}
+    # (result, its fetched digest) for each new digest, by the file that records it
+    by_file: dict[Path, list[tuple[Result, str]]] = {}
     for r in results:
         if r.problem is None and r.probe is not None and r.probe.sha256 and not r.target.sha256 and r.target.file:
-            by_file.setdefault(r.target.file, []).append(r)
+            by_file.setdefault(r.target.file, []).append((r, r.probe.sha256))
     for path, rs in by_file.items():
         data = y.load(path.read_text(encoding="utf-8"))
-        if rs[0].target.kind == "registry":
-            name = rs[0].target.owner
+        if rs[0][0].target.kind == "registry":
+            name = rs[0][0].target.owner
             up = lint._urls(lint.upstream_template(registry, name))
             every = {t.key for t in registry_targets(registry, [name])}
-            n = _record_meta(data, every, {r.target.key: (r.probe.sha256, r.target.url) for r in rs}, up)
+            n = _record_meta(data, every, {r.target.key: (sha256, r.target.url) for r, sha256 in rs}, up)
         else:
             n = 0
             for item in data.get("files") or []:
-                hit = next((r for r in rs if str(item.get("name")) == r.target.key), None)
+                hit = next((sha256 for r, sha256 in rs if str(item.get("name")) == r.target.key), None)
                 if hit is not None and not item.get("sha256"):
-                    item["sha256"] = hit.probe.sha256
+                    item["sha256"] = hit
                     n += 1
         if n:
             texts[path] = _dump(y, data)

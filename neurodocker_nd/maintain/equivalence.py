@@ -65,7 +65,7 @@ def first_difference(ours: str, theirs: str, *, ignore_labels: bool = True) -> D
     """None when equivalent; else the first instruction that differs."""
     a = instructions(ours, ignore_labels=ignore_labels)
     b = [" ".join(fix_entrypoint_snippet(i, strict=False).split()) for i in instructions(theirs)]
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return Difference(i, x, y)
     if len(a) != len(b):

@@ -25,7 +25,7 @@ from neurodocker_nd.core import paths
 from neurodocker_nd.core.yamlfile import DataFileError, check_schema, line_of, read_yaml, schema_validator
 from neurodocker_nd.errors import NdgenError
 
-Source = Literal["upstream", "registry", "both"]
+Origin = Literal["upstream", "registry", "both"]  # where an entry is defined
 TEMPLATE_METHODS = ("binaries", "source")
 # Version names that are moving targets: never the default unless alone.
 _MOVING = frozenset({"latest", "master", "main", "nightly", "dev", "*"})
@@ -205,7 +205,7 @@ class Entry:
     """One installable software: an upstream and/or registry template plus meta."""
 
     name: str
-    source: Source
+    source: Origin
     template: Mapping[str, Any] | None = attrs.field(eq=False, default=None)
     template_path: Path | None = None
     meta: Meta | None = None
@@ -421,7 +421,7 @@ class Registry:
             if not meta_path.exists():
                 raise RegistryError(f"{reg}: registry entry has no meta.yaml")
             meta = self.load_meta(meta_path, expect_name=name)
-        source: Source = "both" if in_up and in_reg else ("registry" if in_reg else "upstream")
+        source: Origin = "both" if in_up and in_reg else ("registry" if in_reg else "upstream")
         entry = Entry(
             name=name,
             source=source,
