@@ -74,7 +74,9 @@ class LazyGroup(OrderedGroup):
         module = importlib.import_module(module_name)
         return getattr(module, attr)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         # Only when a subcommand runs (`--help` and the command list work without extras).
         name, cmd, rest = super().resolve_command(ctx, args)
         if name is not None and not set(rest) & set(ctx.help_option_names):

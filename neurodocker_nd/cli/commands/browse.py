@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from neurodocker_nd.registry.entries import Entry
 
-def entry_summary(entry) -> dict[str, Any]:
+
+def entry_summary(entry: Entry) -> dict[str, Any]:
     """The JSON object `ndgen list --json` prints for one entry."""
     meta = entry.meta
     return {
@@ -26,7 +29,7 @@ def entry_summary(entry) -> dict[str, Any]:
     }
 
 
-def entry_details(entry) -> dict[str, Any]:
+def entry_details(entry: Entry) -> dict[str, Any]:
     """`ndgen show --json`: the summary plus arguments per method and the test."""
     d = entry_summary(entry)
     methods: dict[str, Any] = {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from neurodocker_nd.cli.output import note
 from neurodocker_nd.render.target import PRESETS, preset_names, resolve_target
 
 
@@ -54,5 +55,5 @@ def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names
         grouped.setdefault((s.name, s.method, s.reason), []).append(s.os_name)
     for (name, method, reason), skipped_on in grouped.items():
         where = "every OS" if len(skipped_on) == len(oses) else ", ".join(skipped_on)
-        click.echo(f"ndgen: note: skipped {name} (method={method}) on {where}: {reason}", err=True)
+        note(f"skipped {name} (method={method}) on {where}: {reason}")
     click.echo(f"{len(items)} recipes written to {outdir}")
