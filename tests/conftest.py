@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from functools import cache
 
 import pytest
 
-from support import BASE_IMAGE, run_ndgen
+from support import BASE_IMAGE, remove_images, run_ndgen, unique_tag
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,22 @@ def base_image(docker_client) -> str:
             error = next((line for line in lines if line.startswith("ndgen: ")), lines[-1])
             pytest.fail(f"`ndgen base {BASE_IMAGE}` failed: {error}", pytrace=False)
     return BASE_IMAGE
+
+
+@pytest.fixture
+def new_tag(docker_client):
+    """A fresh tag for the one image a test makes (minify's output), removed afterwards."""
+    tag = unique_tag("ndgen-test-out", uuid.uuid4().hex[:8])
+    yield tag
+    remove_images(docker_client, [tag])
+
+
+@pytest.fixture
+def tags(docker_client):
+    """The test appends the tag of each image it makes; all are removed afterwards."""
+    made: list[str] = []
+    yield made
+    remove_images(docker_client, made)
 
 
 @cache

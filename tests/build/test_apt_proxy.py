@@ -27,11 +27,12 @@ import pytest
 
 from neurodocker_nd.build.docker_build import APT_PROXY_ENV, AptProxy, apt_proxy_for, parse_apt_proxy
 from neurodocker_nd.errors import NdgenError
-from support import remove_images, run_ndgen, unique_tag
+from support import run_ndgen, unique_tag
 
 ACNG = Path("/usr/sbin/apt-cacher-ng")
 OS = "debian:bookworm"
 PKG = "jq,method=system"
+NEVER_BUILT = "ndgen-test-never-built:1"  # the proxy is refused before any build
 
 
 @attrs.frozen
@@ -101,11 +102,9 @@ def apt_cache(tmp_path_factory):
             proc.wait()
 
 
-@pytest.fixture
-def tags(docker_client):
-    made: list[str] = []
-    yield made
-    remove_images(docker_client, made)
+def _build_pkg(tag: str, *options: str, **run) -> subprocess.CompletedProcess:
+    """`ndgen build --pkg PKG --os OS -t TAG OPTIONS…` (run: run_ndgen's keywords)."""
+    return run_ndgen("build", "--pkg", PKG, "--os", OS, "-t", tag, *options, **run)
 
 
 def _wait_for(predicate, seconds: float = 10) -> bool:
@@ -138,22 +137,7 @@ def test_pkg_build_through_the_proxy_leaves_no_trace(docker_client, base_image, 
     tag = unique_tag("ndgen-test-acng-pkg", "1")
     tags.append(tag)
     log = tmp_path / "build.log"
-    proc = run_ndgen(
-        "build",
-        "--pkg",
-        PKG,
-        "--os",
-        OS,
-        "-t",
-        tag,
-        "--network",
-        "host",
-        "--apt-proxy",
-        apt_cache.url,
-        "--log",
-        str(log),
-        "--no-cache",
-    )
+    proc = _build_pkg(tag, "--network", "host", "--apt-proxy", apt_cache.url, "--log", str(log), "--no-cache")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "PASS" in proc.stdout and proc.stderr == ""
     # The proxy served the build's apt downloads: jq's .deb is in its cache and its log.
@@ -170,19 +154,7 @@ def test_pkg_build_through_the_proxy_leaves_no_trace(docker_client, base_image, 
     # default switched off) reuses the image.
     again_tag = unique_tag("ndgen-test-acng-pkg", "again")
     tags.append(again_tag)
-    again = run_ndgen(
-        "build",
-        "--pkg",
-        PKG,
-        "--os",
-        OS,
-        "-t",
-        again_tag,
-        "--network",
-        "host",
-        "--no-test",
-        env={APT_PROXY_ENV: ""},
-    )
+    again = _build_pkg(again_tag, "--network", "host", "--no-test", env={APT_PROXY_ENV: ""})
     assert again.returncode == 0, again.stderr
     assert f"image {again_tag} (" in again.stdout and ") reused [docker]" in again.stdout, again.stdout
     assert docker_client.images.get(again_tag).id == docker_client.images.get(tag).id
@@ -238,36 +210,14 @@ def test_dead_proxy_is_one_line_in_seconds(tmp_path):
     log = tmp_path / "build.log"
     try:
         started = time.monotonic()
-        proc = run_ndgen(
-            "build",
-            "--pkg",
-            PKG,
-            "--os",
-            OS,
-            "-t",
-            "ndgen-test-never-built:1",
-            "--network",
-            "host",
-            "--apt-proxy",
-            url,
-            "--log",
-            str(log),
-            timeout=60,
-        )
+        proc = _build_pkg(NEVER_BUILT, "--network", "host", "--apt-proxy", url, "--log", str(log), timeout=60)
         seconds = time.monotonic() - started
         line = _one_error_line(proc)
         assert line.startswith(f"ndgen: error: --apt-proxy {url}: no answer (") and "refused" in line, line
         assert seconds < 20 and not log.exists()
         # The environment's default is checked the same way, and named as such.
         proc = run_ndgen(
-            "build",
-            str(tmp_path),
-            "-t",
-            "ndgen-test-never-built:1",
-            "--network",
-            "host",
-            env={APT_PROXY_ENV: url},
-            timeout=60,
+            "build", str(tmp_path), "-t", NEVER_BUILT, "--network", "host", env={APT_PROXY_ENV: url}, timeout=60
         )
         assert _one_error_line(proc).startswith(f"ndgen: error: {APT_PROXY_ENV} {url}: no answer (")
     finally:
@@ -292,20 +242,7 @@ def test_silent_proxy_times_out_in_seconds():
                 break
             assert len(fillers) < 64, "the listen queue never filled"
         started = time.monotonic()
-        proc = run_ndgen(
-            "build",
-            "--pkg",
-            PKG,
-            "--os",
-            OS,
-            "-t",
-            "ndgen-test-never-built:1",
-            "--network",
-            "host",
-            "--apt-proxy",
-            f"http://127.0.0.1:{port}",
-            timeout=60,
-        )
+        proc = _build_pkg(NEVER_BUILT, "--network", "host", "--apt-proxy", f"http://127.0.0.1:{port}", timeout=60)
         line = _one_error_line(proc)
         assert line == f"ndgen: error: --apt-proxy http://127.0.0.1:{port}: no answer (no connection within 3 s)", line
         assert time.monotonic() - started < 20
@@ -333,9 +270,7 @@ def test_silent_proxy_times_out_in_seconds():
     ],
 )
 def test_malformed_proxy_is_one_line(url):
-    proc = run_ndgen(
-        "build", "--pkg", PKG, "--os", OS, "-t", "ndgen-test-never-built:1", "--apt-proxy", url, timeout=60
-    )
+    proc = _build_pkg(NEVER_BUILT, "--apt-proxy", url, timeout=60)
     line = _one_error_line(proc)
     assert line.startswith(f"ndgen: error: --apt-proxy {url!r}: expected http://HOST:PORT"), line
 

@@ -14,13 +14,11 @@ reaches the server on 127.0.0.1. Two paths:
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 
 import pytest
 
-from support import run_ndgen
+from support import run_ndgen, unique_tag
 from support.localhttp import LocalHTTP
 
 pytestmark = pytest.mark.docker
@@ -28,7 +26,6 @@ pytestmark = pytest.mark.docker
 PAYLOAD = b"ndgen checksum engine test\n" * 512
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 WRONG = "ab" * 32
-RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 TEMPLATE = """\
 name: sumtest
@@ -90,17 +87,6 @@ def registry(tmp_path_factory, server) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tags(docker_client):
-    made: list[str] = []
-    yield made
-    for tag in made:
-        try:
-            docker_client.images.remove(tag, force=True)
-        except Exception:
-            pass
-
-
 def _image_exists(docker_client, tag: str) -> bool:
     try:
         docker_client.images.get(tag)
@@ -114,47 +100,29 @@ def _run(docker_client, tag: str, *cmd: str) -> str:
     return out.decode()
 
 
+def _build_sumtest(version: str, tag: str, log: Path, registry: Path):
+    """`ndgen build --pkg sumtest==VERSION` from the fixture registry, on the host network."""
+    return run_ndgen(
+        "build", "--pkg", f"sumtest=={version}", "--os", "debian:bookworm", "-t", tag, "--network", "host",
+        "--log", str(log), env={"NDGEN_REGISTRY": str(registry)},
+    )  # fmt: skip
+
+
 def test_template_download_is_verified_in_the_build(docker_client, base_image, registry, tags, tmp_path):
-    tag = f"ndgen-test-sum-{RUN_ID}:ok"
+    tag = unique_tag("ndgen-test-sum", "ok")
     tags.append(tag)
     env = {"NDGEN_REGISTRY": str(registry)}
     rendered = run_ndgen("--pkg", "sumtest==1.0", "--os", "debian:bookworm", env=env)
     assert f'echo "{DIGEST}  /opt/sumtest.bin" | sha256sum -c --quiet -' in rendered.stdout, rendered.stderr
-    proc = run_ndgen(
-        "build",
-        "--pkg",
-        "sumtest==1.0",
-        "--os",
-        "debian:bookworm",
-        "-t",
-        tag,
-        "--network",
-        "host",
-        "--log",
-        str(tmp_path / "ok.log"),
-        env=env,
-    )
+    proc = _build_sumtest("1.0", tag, tmp_path / "ok.log", registry)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _run(docker_client, tag, "sha256sum", "/opt/sumtest.bin").split()[0] == DIGEST
 
 
 def test_wrong_template_digest_fails_the_build_and_tags_nothing(docker_client, base_image, registry, tags, tmp_path):
-    tag = f"ndgen-test-sum-{RUN_ID}:wrong"
+    tag = unique_tag("ndgen-test-sum", "wrong")
     tags.append(tag)
-    proc = run_ndgen(
-        "build",
-        "--pkg",
-        "sumtest==2.0",
-        "--os",
-        "debian:bookworm",
-        "-t",
-        tag,
-        "--network",
-        "host",
-        "--log",
-        str(tmp_path / "bad.log"),
-        env={"NDGEN_REGISTRY": str(registry)},
-    )
+    proc = _build_sumtest("2.0", tag, tmp_path / "bad.log", registry)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ndgen: error: "), proc.stderr
@@ -195,7 +163,7 @@ def test_recipe_file_with_url_and_sha256_builds_with_ndgen_build(
         RECIPE.format(url=server.url("redirect/payload.bin"), sha=DIGEST if good else WRONG)
     )
     (server.root / "payload.bin").write_bytes(PAYLOAD)
-    tag = f"ndgen-test-sumrecipe-{RUN_ID}:{'ok' if good else 'wrong'}"
+    tag = unique_tag("ndgen-test-sumrecipe", "ok" if good else "wrong")
     tags.append(tag)
     proc = run_ndgen("build", str(recipe), "-t", tag, "--network", "host", env={"NDGEN_CACHE": str(cache)})
     cached = cache / "files" / "sha256"

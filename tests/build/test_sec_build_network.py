@@ -24,7 +24,7 @@ import pytest
 
 from neurodocker_nd.build.docker_build import HOST_NETWORK_NOTE, build_recipe
 from neurodocker_nd.errors import NdgenError
-from support import remove_images, run_ndgen, unique_tag
+from support import run_ndgen, unique_tag
 
 pytestmark = pytest.mark.docker
 
@@ -73,13 +73,6 @@ def service():
     stop.set()
     thread.join(5)
     listener.close()
-
-
-@pytest.fixture
-def tags(docker_client):
-    made: list[str] = []
-    yield made
-    remove_images(docker_client, made)
 
 
 def _probe_result(docker_client, image: str) -> bytes:

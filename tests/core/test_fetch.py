@@ -17,13 +17,6 @@ WRONG = "0" * 64
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("NDGEN_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
 def server(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

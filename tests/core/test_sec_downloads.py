@@ -19,18 +19,11 @@ import yaml
 
 from neurodocker_nd.core import fetch
 from neurodocker_nd.errors import NdgenError
-from support import run_ndgen
+from support import confirmed_versions, download_entry, run_ndgen
 from support.localhttp import LocalHTTP
 
 PAYLOAD = b"hostile download server test\n" * 50
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("NDGEN_CACHE", str(root))
-    return root
 
 
 @pytest.fixture
@@ -209,42 +202,9 @@ def test_address_policy(addr, verdict):
 
 # ---------------------------------------------------------------- check-urls
 
-TEMPLATE = """\
-name: dltest
-url: https://example.org/dltest
-binaries:
-  arguments:
-    required: [version]
-  urls:
-{urls}
-  instructions: |
-    curl -fsSL -o /opt/dltest.bin {{{{ self.urls[self.version] }}}}
-"""
-
-META = """\
-name: dltest
-description: "check-urls hostile-URL test entry"
-homepage: https://example.org/dltest
-commands: [dltest]
-test: "test -s /opt/dltest.bin"
-upstream:
-  status: new
-versions:
-"""
-
 
 def _registry(tmp: Path, urls: dict[str, str]) -> Path:
-    entry = tmp / "reg" / "dltest"
-    entry.mkdir(parents=True)
-    (entry / "template.yaml").write_text(TEMPLATE.format(urls="\n".join(f'    "{v}": "{u}"' for v, u in urls.items())))
-    (entry / "meta.yaml").write_text(
-        META
-        + "".join(
-            f'  "{v}":\n    status: confirmed\n    sources:\n      - url: https://example.org/r\n        confirms: "a test release page"\n'
-            for v in urls
-        )
-    )
-    return entry.parent
+    return download_entry(tmp / "reg", urls, confirmed_versions(urls)).parent
 
 
 def test_check_urls_refuses_file_urls_and_write_records_nothing(tmp_path, server):

@@ -7,7 +7,6 @@ real runc, views are real overlay mounts of a real image.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 from neurodocker_nd.core import scratchdir
 from neurodocker_nd.errors import NdgenError
+from support import build_image, remove_images
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="another uid, runc and mounts need root")
 
@@ -211,12 +211,9 @@ def test_reaper_runs_runc_only_on_views_it_recorded(docker_client, private_base,
 
 @pytest.fixture(scope="module")
 def suid_image(docker_client, base_image):
-    tag = f"ndgen-test-sec-suid:{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    docker_client.images.build(
-        fileobj=io.BytesIO(DOCKERFILE.format(base=base_image).encode()), tag=tag, network_mode="host", rm=True
-    )
+    tag = build_image(docker_client, "ndgen-test-sec-suid", DOCKERFILE.format(base=base_image))
     yield tag
-    docker_client.images.remove(tag, force=True)
+    remove_images(docker_client, [tag])
 
 
 def _nobody_reaches(path: Path) -> list[str]:

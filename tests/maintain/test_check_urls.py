@@ -9,37 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import run_ndgen
+from support import confirmed_versions, download_entry, run_ndgen
 from support.localhttp import LocalHTTP
 
 PAYLOAD = b"check-urls payload\n" * 64
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
-
-TEMPLATE = """\
-# A test entry whose downloads are served on 127.0.0.1.
-name: dltest
-url: https://example.org/dltest
-binaries:
-  arguments:
-    required: [version]
-  urls:
-{urls}
-  dependencies:
-    apt: [ca-certificates, curl]
-  instructions: |
-    {{{{ self.install_dependencies() }}}}
-    curl -fsSL -o /opt/dltest.bin {{{{ self.urls[self.version] }}}}
-"""
-
-META = """\
-name: dltest
-description: "check-urls test entry"
-homepage: https://example.org/dltest
-commands: [dltest]
-test: "test -s /opt/dltest.bin"
-upstream:
-  status: new
-"""
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +25,8 @@ def server(tmp_path_factory):
 
 
 def _registry(tmp: Path, server, paths: dict[str, str], meta_extra: str = "") -> Path:
-    entry = tmp / "reg" / "dltest"
-    entry.mkdir(parents=True)
-    urls = "\n".join(f'    "{v}": {server.url(p)}' for v, p in paths.items())
-    (entry / "template.yaml").write_text(TEMPLATE.format(urls=urls))
-    (entry / "meta.yaml").write_text(META + meta_extra)
-    return entry.parent
-
-
-def _sources(versions, sha: dict[str, str] | None = None) -> str:
-    out = "versions:\n"
-    for v in versions:
-        out += f'  "{v}":\n    status: confirmed\n'
-        if sha and v in sha:
-            out += f"    sha256: {sha[v]}\n"
-        out += '    sources:\n      - url: https://example.org/releases\n        confirms: "test release page"\n'
-    return out
+    urls = {version: server.url(path) for version, path in paths.items()}
+    return download_entry(tmp / "reg", urls, meta_extra).parent
 
 
 def _run(reg: Path, *args: str):
@@ -78,7 +38,7 @@ def test_status_redirect_size_404_and_timeout(tmp_path, server):
         tmp_path,
         server,
         {"1.0": "tool.bin", "2.0": "redirect/tool.bin", "3.0": "gone", "4.0": "slow/tool.bin"},
-        _sources(["1.0", "2.0", "3.0", "4.0"]),
+        confirmed_versions(["1.0", "2.0", "3.0", "4.0"]),
     )
     proc = _run(reg, "dltest", "--json", "--timeout", "1")
     assert proc.returncode == 2
@@ -99,7 +59,7 @@ def test_fetch_verifies_recorded_digests(tmp_path, server):
         tmp_path,
         server,
         {"1.0": "tool.bin", "5.0": "redirect/tool.bin"},
-        _sources(["1.0", "5.0"], {"1.0": DIGEST, "5.0": wrong}),
+        confirmed_versions(["1.0", "5.0"], {"1.0": DIGEST, "5.0": wrong}),
     )
     proc = _run(reg, "dltest", "--fetch")
     assert proc.returncode == 2
@@ -111,7 +71,7 @@ def test_fetch_verifies_recorded_digests(tmp_path, server):
 def test_write_records_digests_prunes_the_waiver_and_validates(tmp_path, server):
     waiver = 'waivers:\n  - rule: missing-checksum  # until check-urls --write\n    reason: "no digest yet, recorded by the test"\n'
     reg = _registry(
-        tmp_path, server, {"1.0": "tool.bin", "2.0": "redirect/tool.bin"}, _sources(["1.0", "2.0"]) + waiver
+        tmp_path, server, {"1.0": "tool.bin", "2.0": "redirect/tool.bin"}, confirmed_versions(["1.0", "2.0"]) + waiver
     )
     before = run_ndgen("validate", str(reg / "dltest"), env={"NDGEN_REGISTRY": str(reg)})
     assert before.returncode == 0, before.stderr
@@ -126,7 +86,7 @@ def test_write_records_digests_prunes_the_waiver_and_validates(tmp_path, server)
 
 
 def test_write_with_a_failure_records_nothing(tmp_path, server):
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "3.0": "gone"}, _sources(["1.0", "3.0"]))
+    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "3.0": "gone"}, confirmed_versions(["1.0", "3.0"]))
     meta = reg / "dltest" / "meta.yaml"
     before = meta.read_bytes()
     proc = _run(reg, "dltest", "--write")
@@ -136,7 +96,7 @@ def test_write_with_a_failure_records_nothing(tmp_path, server):
 
 
 def test_unknown_name_is_one_line(tmp_path, server):
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin"}, _sources(["1.0"]))
+    reg = _registry(tmp_path, server, {"1.0": "tool.bin"}, confirmed_versions(["1.0"]))
     proc = _run(reg, "nosuch")
     assert proc.returncode == 2 and proc.stderr.startswith("ndgen: error: unknown package 'nosuch'")
 
@@ -169,7 +129,7 @@ build:
 
 def test_a_url_waived_as_dropbox_is_reported_dead_but_fails_nothing(tmp_path, server):
     waiver = 'waivers:\n  - rule: dropbox\n    versions: ["6.0"]\n    reason: "stands in for a Dropbox URL that answers 403"\n'
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "6.0": "gone"}, _sources(["1.0", "6.0"]) + waiver)
+    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "6.0": "gone"}, confirmed_versions(["1.0", "6.0"]) + waiver)
     proc = _run(reg, "dltest")
     assert proc.returncode == 0, proc.stderr
     assert next(line for line in proc.stdout.splitlines() if " 6.0 " in line).startswith("dead dltest 6.0  404")

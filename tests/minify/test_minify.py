@@ -16,8 +16,7 @@ from neurodocker_nd.minify import keep, verify
 from neurodocker_nd.minify import write as image
 from neurodocker_nd.minify.model import CommandResult, ImageConfig, Mount, TraceRecord, UserIds, in_image_path
 from neurodocker_nd.minify.sandbox import resolve_user, sandbox_command, sandbox_env
-
-MULTIARCH = "/usr/lib/x86_64-linux-gnu"
+from support import MULTIARCH, merged_usr_tree
 
 
 def _config(**kwargs) -> ImageConfig:
@@ -31,18 +30,8 @@ def _record(*paths: str) -> TraceRecord:
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     """A Debian-shaped merged-/usr tree holding the host's real `true` and its libraries."""
-    root = tmp_path / "rootfs"
-    for d in ("usr/bin", MULTIARCH[1:], "usr/lib64", "etc/ld.so.conf.d", "tmp", "proc", "root"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2("/usr/bin/true", root / "usr/bin/true")
-    for lib in ("libc.so.6", "ld-linux-x86-64.so.2"):
-        shutil.copy2(f"{MULTIARCH}/{lib}", root / MULTIARCH[1:] / lib)
-    (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
-    for name, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
-        (root / name).symlink_to(target)
+    root = merged_usr_tree(tmp_path / "rootfs")
     (root / "usr/bin/dash").write_text("not really dash")
-    (root / "usr/bin/sh").symlink_to("dash")
-    (root / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
     (root / "etc/ld.so.conf.d/x86_64-linux-gnu.conf").write_text("# multiarch\n/lib/x86_64-linux-gnu\n")
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nneuro:x:1000:1000::/home/neuro:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\nneuro:x:1000:\nusers:x:100:\n")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from docker.errors import ImageNotFound
 
-from support import NDGEN, remove_images, run_ndgen
+from support import NDGEN, build_image, remove_images, run_ndgen
 
 pytestmark = pytest.mark.docker
 
@@ -76,16 +76,8 @@ def app_image(docker_client, base_image):
 @pytest.fixture(scope="module")
 def user_image(docker_client, app_image):
     """The app image with a non-root USER, as many published images have."""
-    tag = f"{PREFIX}-user:{uuid.uuid4().hex[:8]}"
     dockerfile = f"FROM {app_image}\nRUN useradd -m -u 1000 neuro\nUSER neuro\nWORKDIR /home/neuro\n"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
-    yield tag
-    remove_images(docker_client, [tag])
-
-
-@pytest.fixture
-def new_tag(docker_client):
-    tag = f"{PREFIX}-out:{uuid.uuid4().hex[:8]}"
+    tag = build_image(docker_client, f"{PREFIX}-user", dockerfile)
     yield tag
     remove_images(docker_client, [tag])
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -23,7 +22,7 @@ import pytest
 
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import families, packages
-from support import remove_images, run_ndgen
+from support import build_image, remove_images, run_ndgen
 
 PREFIX = "ndgen-test-keeppkg"
 
@@ -173,16 +172,7 @@ WORKLOAD_B_PACKAGES = (
 
 @pytest.fixture(scope="module")
 def pkg_image(docker_client, base_image):
-    tag = f"{PREFIX}-src:{uuid.uuid4().hex[:8]}"
-    dockerfile = DOCKERFILE.format(base=base_image)
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True)
-    yield tag
-    remove_images(docker_client, [tag])
-
-
-@pytest.fixture
-def new_tag(docker_client):
-    tag = f"{PREFIX}-out-{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    tag = build_image(docker_client, f"{PREFIX}-src", DOCKERFILE.format(base=base_image))
     yield tag
     remove_images(docker_client, [tag])
 

@@ -7,7 +7,6 @@ the same image; host values are read before and after each write attempt.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import uuid
@@ -21,6 +20,7 @@ from neurodocker_nd.minify.model import HOSTNAME, SHELL
 from neurodocker_nd.minify.ptrace import PtraceTracer
 from neurodocker_nd.minify.sandbox import run_plain
 from neurodocker_nd.minify.source import open_source
+from support import build_image, container_output, remove_images
 
 pytestmark = [
     pytest.mark.docker,
@@ -44,12 +44,9 @@ PROBE = (
 
 @pytest.fixture(scope="module")
 def image(docker_client, base_image):
-    tag = f"ndgen-test-sandbox:{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    docker_client.images.build(
-        fileobj=io.BytesIO(DOCKERFILE.format(base=base_image).encode()), tag=tag, network_mode="host", rm=True
-    )
+    tag = build_image(docker_client, "ndgen-test-sandbox", DOCKERFILE.format(base=base_image))
     yield tag
-    docker_client.images.remove(tag, force=True)
+    remove_images(docker_client, [tag])
 
 
 @pytest.fixture
@@ -59,18 +56,7 @@ def source(docker_client, image):
 
 
 def _docker_run(client, image: str, command: str, user: str = "") -> tuple[int, str, str]:
-    container = client.containers.run(
-        image, [SHELL, "-c", command], network_mode="none", hostname=HOSTNAME, user=user or None, detach=True
-    )
-    try:
-        code = container.wait()["StatusCode"]
-        return (
-            code,
-            container.logs(stdout=True, stderr=False).decode(),
-            container.logs(stdout=False, stderr=True).decode(),
-        )
-    finally:
-        container.remove(force=True)
+    return container_output(client, image, [SHELL, "-c", command], hostname=HOSTNAME, user=user or None)
 
 
 @pytest.mark.parametrize("user", ["", "alice"])

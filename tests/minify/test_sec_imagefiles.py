@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import stat
 import subprocess
 import sys
@@ -24,9 +23,9 @@ import pytest
 
 from neurodocker_nd.minify import imagefs, verify
 from neurodocker_nd.minify.model import Mount
+from support import MULTIARCH, merged_usr_tree
 
 DEADLINE = 30.0  # seconds: every case below takes milliseconds when handled
-MULTIARCH = "/usr/lib/x86_64-linux-gnu"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
 
@@ -57,18 +56,9 @@ def zero_device(path: Path) -> None:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A Debian-shaped merged-/usr tree with the host's real `true` and its libraries."""
-    r = tmp_path / "rootfs"
-    for d in ("usr/bin", MULTIARCH[1:], "usr/lib64", "etc/ld.so.conf.d", "tmp", "proc", "root", "opt"):
-        (r / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2("/usr/bin/true", r / "usr/bin/true")
-    for lib in ("libc.so.6", "ld-linux-x86-64.so.2"):
-        shutil.copy2(f"{MULTIARCH}/{lib}", r / MULTIARCH[1:] / lib)
-    (r / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
-    for name, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
-        (r / name).symlink_to(target)
+    r = merged_usr_tree(tmp_path / "rootfs")
+    (r / "opt").mkdir()
     (r / "usr/bin/dash").write_text("#!/usr/bin/true\n")
-    (r / "usr/bin/sh").symlink_to("dash")
-    (r / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
     (r / "etc/ld.so.conf.d/x86_64-linux-gnu.conf").write_text(f"{MULTIARCH}\n")
     (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (r / "etc/group").write_text("root:x:0:\n")

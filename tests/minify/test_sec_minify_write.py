@@ -18,7 +18,6 @@ import struct
 import subprocess
 import tarfile
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import write as image
 from neurodocker_nd.minify.keep import KeepSet
 from neurodocker_nd.minify.model import ImageConfig
-from support import remove_images, run_ndgen
+from support import build_image, remove_images, run_ndgen
 
 PREFIX = "ndgen-test-sec-write"
 GIB = 1 << 30
@@ -221,9 +220,7 @@ def host_dir():
 
 
 def _build(client, dockerfile: str, name: str) -> str:
-    tag = f"{PREFIX}-{name}:{uuid.uuid4().hex[:8]}"
-    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="none", rm=True, forcerm=True)
-    return tag
+    return build_image(client, f"{PREFIX}-{name}", dockerfile, network="none")
 
 
 @pytest.fixture(scope="module")
@@ -242,13 +239,6 @@ def special_image(docker_client, base_image):
         " && printf middle | dd of=/opt/big bs=1 seek=536870912 conv=notrunc status=none\n",
         "special",
     )
-    yield tag
-    remove_images(docker_client, [tag])
-
-
-@pytest.fixture
-def new_tag(docker_client):
-    tag = f"{PREFIX}-out:{uuid.uuid4().hex[:8]}"
     yield tag
     remove_images(docker_client, [tag])
 

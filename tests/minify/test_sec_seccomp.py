@@ -24,6 +24,7 @@ from neurodocker_nd.minify import oci
 from neurodocker_nd.minify.model import SHELL
 from neurodocker_nd.minify.sandbox import run_plain
 from neurodocker_nd.minify.source import open_source
+from support import container_output
 
 pytestmark = [
     pytest.mark.docker,
@@ -70,22 +71,9 @@ def source(docker_client, base_image):
         yield opened
 
 
-def _docker_run(client, image: str, command: str) -> tuple[int, str, str]:
-    container = client.containers.run(image, [SHELL, "-c", command], network_mode="none", detach=True)
-    try:
-        code = container.wait()["StatusCode"]
-        return (
-            code,
-            container.logs(stdout=True, stderr=False).decode(),
-            container.logs(stdout=False, stderr=True).decode(),
-        )
-    finally:
-        container.remove(force=True)
-
-
 def test_sandbox_refuses_the_syscalls_docker_run_refuses(docker_client, base_image, source):
     ours = run_plain(source.view("seccomp-probe"), source.config, PROBE)
-    docker = _docker_run(docker_client, base_image, PROBE)
+    docker = container_output(docker_client, base_image, [SHELL, "-c", PROBE])
     assert (ours.exit_code, ours.stdout.decode(), ours.stderr.decode()) == docker
     # and what that means, spelled out:
     seen = dict(line.split(" ", 1) for line in docker[1].splitlines())

@@ -5,6 +5,7 @@ Imported as `support` (tests/ is on sys.path through the rootdir conftest).
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -45,6 +46,27 @@ build:
 def unique_tag(repo: str, tag: str | None = None) -> str:
     """`repo-RUN_ID[:tag]`: an image name no other test run uses."""
     return f"{repo}-{RUN_ID}" + (f":{tag}" if tag else "")
+
+
+def build_image(client, repo: str, dockerfile: str, network: str = "host") -> str:
+    """Build `dockerfile` (no context) as a fresh `unique_tag(repo, …)`; the caller removes it (remove_images)."""
+    tag = unique_tag(repo, uuid.uuid4().hex[:8])
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode=network, rm=True, forcerm=True)
+    return tag
+
+
+def container_output(client, image: str, argv: Sequence[str], **run: object) -> tuple[int, str, str]:
+    """`docker run --network none IMAGE ARGV` (plus `run`'s options): exit code, stdout, stderr apart."""
+    container = client.containers.run(image, list(argv), network_mode="none", detach=True, **run)
+    try:
+        code = container.wait()["StatusCode"]
+        return (
+            code,
+            container.logs(stdout=True, stderr=False).decode(),
+            container.logs(stdout=False, stderr=True).decode(),
+        )
+    finally:
+        container.remove(force=True)
 
 
 def remove_images(client, tags: Iterable[str]) -> None:
@@ -138,6 +160,60 @@ system:
 upstream:
   status: ndgen-only
 """
+
+
+MULTIARCH = "/usr/lib/x86_64-linux-gnu"  # Debian's multiarch library directory (the host's, for `true`)
+
+
+def merged_usr_tree(root: Path) -> Path:
+    """A Debian-shaped merged-/usr tree at `root` holding the host's real `true` and its libraries.
+
+    /bin, /lib and /lib64 link into /usr; /bin/sh links to dash, which the caller writes, with
+    /etc/ld.so.conf.d's multiarch file, passwd and group (the minify tests each want their own).
+    """
+    for d in ("usr/bin", MULTIARCH[1:], "usr/lib64", "etc/ld.so.conf.d", "tmp", "proc", "root"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/usr/bin/true", root / "usr/bin/true")
+    for lib in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        shutil.copy2(f"{MULTIARCH}/{lib}", root / MULTIARCH[1:] / lib)
+    (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    for name, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+        (root / name).symlink_to(target)
+    (root / "usr/bin/sh").symlink_to("dash")
+    (root / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
+    return root
+
+
+def download_entry(registry: Path, urls: Mapping[str, str], versions: str = "") -> Path:
+    """Registry entry `dltest`: one binaries method that curls urls[version] to /opt/dltest.bin.
+
+    The check-urls and hostile-download tests serve these URLs themselves; `versions` is
+    meta.yaml's versions: block (confirmed_versions).
+    """
+    entry = registry / "dltest"
+    entry.mkdir(parents=True)
+    listed = "".join(f'    "{version}": "{url}"\n' for version, url in urls.items())
+    (entry / "template.yaml").write_text(
+        "name: dltest\nurl: https://example.org/dltest\nbinaries:\n  arguments:\n    required: [version]\n"
+        f"  urls:\n{listed}  dependencies:\n    apt: [ca-certificates, curl]\n  instructions: |\n"
+        "    {{ self.install_dependencies() }}\n    curl -fsSL -o /opt/dltest.bin {{ self.urls[self.version] }}\n"
+    )
+    (entry / "meta.yaml").write_text(
+        'name: dltest\ndescription: "download test entry"\nhomepage: https://example.org/dltest\n'
+        'commands: [dltest]\ntest: "test -s /opt/dltest.bin"\nupstream:\n  status: new\n' + versions
+    )
+    return entry
+
+
+def confirmed_versions(versions: Iterable[str], sha: Mapping[str, str] | None = None) -> str:
+    """meta.yaml's versions: block, each version confirmed by a release page (and its sha256 if given)."""
+    out = "versions:\n"
+    for v in versions:
+        out += f'  "{v}":\n    status: confirmed\n'
+        if sha and v in sha:
+            out += f"    sha256: {sha[v]}\n"
+        out += '    sources:\n      - url: https://example.org/releases\n        confirms: "test release page"\n'
+    return out
 
 
 # A registry entry whose template carries a payload (the template-sandbox security tests).
