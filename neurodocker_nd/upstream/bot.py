@@ -35,9 +35,9 @@ import attrs
 import yaml
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.upstream.export import HASH_MARKER, TEMPLATES, ExportedSeries, read_series_dir
 from neurodocker_nd.upstream.gitcmd import SCRATCH, Identity, git, init_repo
 from neurodocker_nd.upstream.github import GitHub, PullRequest, split_repo
+from neurodocker_nd.upstream.series import HASH_MARKER, TEMPLATES, ExportedSeries, read_series_dir
 
 BRANCH_PREFIX = "ndgen/"
 TITLE_MARKER = "ndgen-title"

@@ -45,6 +45,14 @@ def _yaml():
     return rt
 
 
+def format_for_upstream(text: str) -> str:
+    """Format a template as upstream's yamlfmt pre-commit hook does."""
+    rt = _yaml()
+    out = io.StringIO()
+    rt.dump_all(list(rt.load_all(text)), out)
+    return out.getvalue()
+
+
 def dump(data: Any) -> str:
     out = io.StringIO()
     _yaml().dump(data, out)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.upstream.bot import series_name, shown_hash
-from neurodocker_nd.upstream.export import export, read_series_dir
+from neurodocker_nd.upstream.neurodocker import export
+from neurodocker_nd.upstream.series import read_series_dir
 from support import run_ndgen
 from support.upstream_fakes import FakeGitHub, FakeRepo, author, make_upstream_and_fork, write_registry
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.upstream.export import export, read_series_dir
 from neurodocker_nd.upstream.github import GitHub, GitHubError
+from neurodocker_nd.upstream.neurodocker import export
+from neurodocker_nd.upstream.series import read_series_dir
 from support import run_ndgen
 from support.upstream_fakes import (
     FakeGitHub,

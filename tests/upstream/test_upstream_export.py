@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from neurodocker_nd.errors import NdgenError
-from neurodocker_nd.upstream.export import export, format_for_upstream, read_series_dir
+from neurodocker_nd.upstream.merge import format_for_upstream
+from neurodocker_nd.upstream.neurodocker import export
+from neurodocker_nd.upstream.series import read_series_dir
 from neurodocker_nd.upstream.tree import installed_package_dir, prepare
 from support import REPO, run_ndgen
 from support.upstream_fakes import AUTHOR_TEXT, JQ_NOTES, META_SENTINELS, author, full_checkout, write_registry
@@ -281,7 +283,7 @@ def test_pr_md_shows_lint_evidence_notes_and_why_it_was_not_built(exported):
 
 
 def test_titles_say_what_a_pr_fixes():
-    from neurodocker_nd.upstream.export import Candidate, title_for
+    from neurodocker_nd.upstream.candidate import Candidate, title_for
 
     theirs = {"binaries": {"urls": {"1.0": "u"}, "env": {"LD_LIBRARY_PATH": "/lib:$PATH"}}}
     ours = {"binaries": {"urls": {"1.0": "u", "1.1": "v"}, "env": {"LD_LIBRARY_PATH": "/lib"}}}

@@ -64,8 +64,8 @@ def export_cmd(
 ) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
     from neurodocker_nd.core import paths
-    from neurodocker_nd.upstream.export import export
     from neurodocker_nd.upstream.gitcmd import resolve_identity
+    from neurodocker_nd.upstream.neurodocker import export
 
     if network is not None and not build_evidence:  # never silently ignored
         raise NdgenError("--network applies to --build-evidence only")
