@@ -123,7 +123,7 @@ def main() -> None:
     py, imp = cold_pair(
         [sys.executable, "-c", "pass"], [sys.executable, "-c", "import neurodocker.reproenv.renderers"], opts.runs
     )
-    print("(a) cold single render, ants on ubuntu:24.04 (best / median of %d, runs interleaved)" % opts.runs)
+    print(f"(a) cold single render, ants on ubuntu:24.04 (best / median of {opts.runs}, runs interleaved)")
     for label, samples in (
         ("ndgen", ng),
         ("neurodocker generate", ndc),
@@ -202,7 +202,8 @@ def main() -> None:
     print(f"(b) matrix: {n} recipes ({len(PRESETS)} OS presets x 2 formats)")
     print(f"    ndgen matrix (fresh process, files written) {t_matrix:.2f} s = {per_ndgen * 1000:.2f} ms/recipe")
     print(
-        f"    neurodocker in-process from_dict+str        {per_inproc * 1000:.2f} ms/recipe (its import, {t_import:.2f} s in a fresh process, excluded)"
+        f"    neurodocker in-process from_dict+str        {per_inproc * 1000:.2f} ms/recipe"
+        f" (its import, {t_import:.2f} s in a fresh process, excluded)"
     )
     print(f"    neurodocker CLI, one process per recipe     {per_cli * 1000:.0f} ms/recipe (mean of {len(cli_times)})")
     r_in, r_cli = per_inproc / per_ndgen, per_cli / per_ndgen

@@ -221,7 +221,8 @@ def test_check_urls_refuses_file_urls_and_write_records_nothing(tmp_path, server
     assert rows["2.0"]["problem"] == "file: only http and https URLs are fetched"
     assert rows["2.0"]["sha256"] is None and rows["2.0"]["size"] is None
     assert proc.stderr.splitlines() == [
-        f"ndgen: error: 1 of 2 URLs failed; first: dltest 2.0: file: only http and https URLs are fetched ({secret.as_uri()})"
+        "ndgen: error: 1 of 2 URLs failed; first: dltest 2.0: file: only http and https URLs are fetched"
+        f" ({secret.as_uri()})"
     ]
     wrote = run_ndgen("check-urls", "dltest", "--write", env=env, timeout=120)
     assert wrote.returncode == 2 and "nothing recorded" in wrote.stderr and DIGEST not in wrote.stderr

@@ -69,7 +69,10 @@ def test_fetch_verifies_recorded_digests(tmp_path, server):
 
 
 def test_write_records_digests_prunes_the_waiver_and_validates(tmp_path, server):
-    waiver = 'waivers:\n  - rule: missing-checksum  # until check-urls --write\n    reason: "no digest yet, recorded by the test"\n'
+    waiver = (
+        "waivers:\n  - rule: missing-checksum  # until check-urls --write\n"
+        '    reason: "no digest yet, recorded by the test"\n'
+    )
     reg = _registry(
         tmp_path, server, {"1.0": "tool.bin", "2.0": "redirect/tool.bin"}, confirmed_versions(["1.0", "2.0"]) + waiver
     )
@@ -128,8 +131,12 @@ build:
 
 
 def test_a_url_waived_as_dropbox_is_reported_dead_but_fails_nothing(tmp_path, server):
-    waiver = 'waivers:\n  - rule: dropbox\n    versions: ["6.0"]\n    reason: "stands in for a Dropbox URL that answers 403"\n'
-    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "6.0": "gone"}, confirmed_versions(["1.0", "6.0"]) + waiver)
+    waiver = (
+        'waivers:\n  - rule: dropbox\n    versions: ["6.0"]\n'
+        '    reason: "stands in for a Dropbox URL that answers 403"\n'
+    )
+    versions = confirmed_versions(["1.0", "6.0"]) + waiver
+    reg = _registry(tmp_path, server, {"1.0": "tool.bin", "6.0": "gone"}, versions)
     proc = _run(reg, "dltest")
     assert proc.returncode == 0, proc.stderr
     assert next(line for line in proc.stdout.splitlines() if " 6.0 " in line).startswith("dead dltest 6.0  404")

@@ -123,7 +123,7 @@ def test_timeout_kills_the_command_and_names_it(docker_client, source, new_tag, 
     assert _processes_running(naps) == []
     assert list(tmp_path.iterdir()) == []
     assert not docker_client.containers.list(all=True, filters={"ancestor": new_tag}) if where == "verify" else True
-    with pytest.raises(Exception):
+    with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(new_tag)
 
 

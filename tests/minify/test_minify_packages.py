@@ -354,7 +354,7 @@ def test_tests_suite_failing_on_the_source_is_one_line(docker_client, pkg_image,
     )
     assert "always fails" in lines[0]
     assert list(scratch.iterdir()) == []
-    with pytest.raises(Exception):
+    with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(new_tag)
 
 
@@ -397,7 +397,10 @@ def test_keep_packages_on_an_rpm_image_reads_it_with_the_images_rpm(
         assert [p["name"] for p in json.loads(report.read_text())["packages"]] == ["ndgen-hello"]
         # data of the package nobody read is there; its docs are not
         # (shell builtins only: no coreutils here, their dpkg database is gone)
-        probe = 'read -r line < /opt/hello/share/data.txt; echo "$line"; [ -e /usr/share/doc/ndgen-hello/README ] || echo no-doc'
+        probe = (
+            'read -r line < /opt/hello/share/data.txt; echo "$line"; '
+            "[ -e /usr/share/doc/ndgen-hello/README ] || echo no-doc"
+        )
         assert _outputs(docker_client, new_tag, [probe]) == [(0, b"data\nno-doc\n")]
         assert list(scratch.iterdir()) == []
     finally:

@@ -67,7 +67,7 @@ def test_profile_runs_and_is_deterministic(reference_image, docker_client, tmp_p
         for attempt in range(2):
             rootfs = src.view(f"run{attempt}")
             mounts = [m.with_host(tmp_path / f"run{attempt}" / m.host.name) for m in inputs]
-            for mount, source in zip(mounts, inputs):
+            for mount, source in zip(mounts, inputs, strict=True):
                 shutil.copytree(source.host, mount.host, symlinks=True)
             record = PtraceTracer().trace(rootfs, src.config, profile.commands, mounts)
             failed = record.failed

@@ -225,8 +225,8 @@ def _build(client, dockerfile: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def hostile_image(docker_client, base_image, host_dir):
-    tag = _build(docker_client, f"FROM {base_image}\nRUN mkdir -p {host_dir} && ln -s {host_dir} /.singularity.d\nWORKDIR {host_dir}\n"
-                 'ENTRYPOINT ["/bin/echo", "pwned"]\n', "layout")  # fmt: skip
+    tag = _build(docker_client, f"FROM {base_image}\nRUN mkdir -p {host_dir} && ln -s {host_dir} /.singularity.d\n"
+                 f'WORKDIR {host_dir}\nENTRYPOINT ["/bin/echo", "pwned"]\n', "layout")  # fmt: skip
     yield tag
     remove_images(docker_client, [tag])
 

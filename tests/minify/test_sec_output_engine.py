@@ -59,7 +59,8 @@ elif what == "verify":
     from neurodocker_nd.minify import verify
     try:
         r = verify.run_in_image(client, image, sys.argv[6], (), 600)
-        print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode("latin-1"), "stderr": r.stderr.decode("latin-1")}))
+        out = {"exit": r.exit_code, "stdout": r.stdout.decode("latin-1"), "stderr": r.stderr.decode("latin-1")}
+        print(json.dumps(out))
     except NdgenError as exc:
         print(json.dumps({"error": str(exc)}))
 elif what == "trace":
@@ -69,7 +70,8 @@ elif what == "trace":
     with open_source(client, image) as source:
         try:
             r = run_plain(source.view("loud"), source.config, sys.argv[6], timeout=600)
-            print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode("latin-1"), "stderr": r.stderr.decode("latin-1")}))
+            out = {"exit": r.exit_code, "stdout": r.stdout.decode("latin-1"), "stderr": r.stderr.decode("latin-1")}
+            print(json.dumps(out))
         except NdgenError as exc:
             print(json.dumps({"error": str(exc)}))
 """

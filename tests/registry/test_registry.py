@@ -95,7 +95,7 @@ def test_meta_schema_violation_names_file_path_and_line(tmp_path):
     meta.write_text(meta.read_text().replace("commands: [dcmdump]", "commands: []"))
     with pytest.raises(RegistryError) as exc:
         Registry(registry_dir=tmp_path / "registry").get("tinytool")
-    line = next(i for i, l in enumerate(meta.read_text().splitlines(), 1) if l.startswith("commands"))
+    line = next(i for i, text in enumerate(meta.read_text().splitlines(), 1) if text.startswith("commands"))
     assert exc.value.message.startswith(f"{meta}:{line}: commands: ")
     assert "ndgen meta schema" in exc.value.message
 

@@ -131,7 +131,8 @@ def test_output_is_deterministic_across_processes(reg):
     pkgs = ["ants", "hello==2.9", "tinytool"]
     here = render_recipe(pkgs, "debian", registry=reg).text
     code = (
-        "import sys; from neurodocker_nd.render.renderer import render_recipe; from neurodocker_nd.registry.entries import Registry;"
+        "import sys; from neurodocker_nd.render.renderer import render_recipe;"
+        " from neurodocker_nd.registry.entries import Registry;"
         f"sys.stdout.write(render_recipe({pkgs!r}, 'debian', registry=Registry(registry_dir={str(FIXTURES)!r})).text)"
     )
     for seed in ("1", "2"):

@@ -16,7 +16,8 @@ own port there for its lifetime: in this process and in every `ndgen`
 subprocess started meanwhile.  `trusted=False` makes a loopback service a
 hostile download server must not be able to reach.
 
-Builds reach it because the tests that build against it pass `--network host` (the default network has no route to the host's loopback).
+Builds reach it because the tests that build against it pass `--network host`
+(the default network has no route to the host's loopback).
 """
 
 from __future__ import annotations

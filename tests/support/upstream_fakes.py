@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -406,12 +407,12 @@ def _meta(name: str, status: str, system: bool = False, notes: str | None = None
     return "\n".join(lines) + "\n"
 
 
-def tinytool_template(versions: list[str]) -> str:
+def tinytool_template(versions: Sequence[str]) -> str:
     urls = "\n        ".join(f"'{v}': https://example.org/tinytool/{v}/tinytool" for v in versions)
     return TINYTOOL.replace("{versions}", urls)
 
 
-def write_registry(root: Path, tiny_versions: list[str] = ["1.0", "1.1"], real: tuple[str, ...] = ()) -> Path:
+def write_registry(root: Path, tiny_versions: Sequence[str] = ("1.0", "1.1"), real: tuple[str, ...] = ()) -> Path:
     """A registry: jq (update: one more version), tinytool (new), two ndgen-only entries."""
     from neurodocker_nd.upstream.tree import installed_package_dir
 

@@ -278,7 +278,7 @@ def _pr_http(tmp: Path, base: list[str], env: dict[str, str]) -> subprocess.Comp
 def test_bad_pr_input_is_one_line(world, args, message):
     tmp, gh, patches = world
     base = {"--upstream-repo": UPSTREAM, "--fork": FORK, "--patches": str(patches), "--api-url": gh.url}
-    flags = dict(zip(args[::2], args[1::2]))
+    flags = dict(zip(args[::2], args[1::2], strict=True))
     argv = [x for k, v in {**base, **flags}.items() for x in (k, v)]
     env = {
         **{k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"},

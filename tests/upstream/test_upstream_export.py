@@ -215,7 +215,7 @@ def test_export_never_removes_what_upstream_added_since_the_sync(tmp_path):
     urls = list(yaml.safe_load(fsl.template_text)["binaries"]["urls"])
     assert urls[:3] == ["6.0.7.24", "6.0.7.23", "6.0.7.22"]  # the new version lands in version order
     patch = next((out / "fsl").glob("*.patch")).read_text()
-    added = [l for l in patch.splitlines() if l.startswith("+        6.0.7.")]
+    added = [line for line in patch.splitlines() if line.startswith("+        6.0.7.")]
     assert added == ["+        6.0.7.23: https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/releases/fslinstaller.py"]
     assert "\n-        6.0.7.24" not in patch
     pr = (out / "fsl" / "PR.md").read_text()
