@@ -132,6 +132,7 @@ def _assert_no_proxy_in_image(docker_client, tag: str, proxy_url: str) -> None:
     assert "proxy" not in out.lower() and port not in out, out
 
 
+@pytest.mark.docker
 def test_pkg_build_through_the_proxy_leaves_no_trace(docker_client, base_image, apt_cache, tags, tmp_path):
     """The legacy SDK builder (`--pkg`): apt fetched through the proxy, the image knows nothing of it."""
     tag = unique_tag("ndgen-test-acng-pkg", "1")
@@ -160,6 +161,7 @@ def test_pkg_build_through_the_proxy_leaves_no_trace(docker_client, base_image, 
     assert docker_client.images.get(again_tag).id == docker_client.images.get(tag).id
 
 
+@pytest.mark.docker
 def test_recipe_dir_build_through_the_proxy_leaves_no_trace(docker_client, base_image, apt_cache, tags, tmp_path):
     """BuildKit (`ndgen build RECIPE_DIR`), with the proxy from $NDGEN_APT_PROXY."""
     recipe = tmp_path / "jqproxy"

@@ -98,6 +98,7 @@ def test_a_planted_base_is_refused_not_fixed(shared_tmp, monkeypatch, planted):
         assert list(path.iterdir()) == []
 
 
+@pytest.mark.docker
 def test_minify_refuses_a_scratch_base_of_another_user(base_image, shared_tmp):
     """One line, exit 2, before any scratch or container is made (old code minified into it)."""
     from support import run_ndgen
@@ -163,6 +164,7 @@ def private_base(monkeypatch):
     shutil.rmtree(path)
 
 
+@pytest.mark.docker
 def test_reaper_ignores_a_scratch_dir_it_did_not_create(docker_client, private_base, shared_tmp):
     """Planted by nobody (dead owner, a view record, a runc state with a poststop hook): the old
     reaper ran `runc delete --force` on it and the hook ran as root.  Now it is not even opened."""
@@ -184,6 +186,7 @@ def test_reaper_ignores_a_scratch_dir_it_did_not_create(docker_client, private_b
     assert (private_base / evil.name / "trace" / "runc" / cid / "state.json").exists()  # untouched
 
 
+@pytest.mark.docker
 def test_reaper_runs_runc_only_on_views_it_recorded(docker_client, private_base, shared_tmp):
     """A dead run of ours whose workload-writable directory (a suite work dir is bind-mounted
     into the sandbox) holds a planted runc state: the scratch goes, runc never sees that state."""
@@ -241,6 +244,7 @@ def open_base(monkeypatch):
     shutil.rmtree(path)
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("prefer_overlay", [True, False], ids=["overlay", "export"])
 def test_views_are_private_and_host_views_nosuid_nodev(docker_client, suid_image, open_base, prefer_overlay):
     from neurodocker_nd.minify.sandbox import run_plain
