@@ -63,38 +63,15 @@ def export_cmd(
     network: str | None,
 ) -> None:
     """Write a proven git format-patch series + PR.md per template to upstream."""
-    from neurodocker_nd.core import paths
-    from neurodocker_nd.upstream.gitcmd import resolve_identity
-    from neurodocker_nd.upstream.neurodocker import export
+    from neurodocker_nd.upstream.targets import export_target
 
-    if network is not None and not build_evidence:  # never silently ignored
-        raise NdgenError("--network applies to --build-evidence only")
-    if build_evidence and target == "neurocontainers":
-        raise NdgenError("--build-evidence applies to --target neurodocker only")
-
-    if target == "neurocontainers":
-        from neurodocker_nd.upstream import neurocontainers
-
-        if upstream is not None:  # a neurocontainers checkout: patch series for `pr --target neurocontainers`
-            made = neurocontainers.export_series(
-                registry or paths.registry_dir(), upstream, out, resolve_identity(author)
-            )
-            for s in made:
-                click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
-            click.echo(f"exported {len(made)} series to {out}")
-            return
-        done = neurocontainers.export(registry or paths.registry_dir(), out)
-        for r in done:
-            click.echo(f"{r.name}: recipes/{r.name}/build.yaml + fulltest.yaml ({r.version})")
-        click.echo(f"exported {len(done)} neurocontainers recipes to {out}")
-        return
-
-    series = export(
-        registry or paths.registry_dir(), upstream, out, resolve_identity(author), build_evidence, network or "default"
-    )
-    for s in series:
+    done = export_target(target, registry, upstream, out, author, build_evidence, network)
+    for r in done.recipes:
+        click.echo(f"{r.name}: recipes/{r.name}/build.yaml + fulltest.yaml ({r.version})")
+    for s in done.series:
         click.echo(f"{s.name}: {s.kind}, {len(s.patches)} patch(es), {s.content_hash}: {s.title}")
-    click.echo(f"exported {len(series)} series to {out}")
+    what = "neurocontainers recipes" if done.kind == "recipes" else "series"
+    click.echo(f"exported {len(done.recipes) + len(done.series)} {what} to {out}")
 
 
 @upstream_group.command("pr")
