@@ -211,10 +211,8 @@ def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcom
     series = read_series_dir(patches_dir)
     wrong = [s.name for s in series if s.target != config.target]
     if wrong:
-        raise NdgenError(
-            f"{patches_dir}: {', '.join(wrong)} exported for {series[0].target if len(wrong) == len(series) else 'another target'},"
-            f" not --target {config.target}"
-        )
+        target = series[0].target if len(wrong) == len(series) else "another target"
+        raise NdgenError(f"{patches_dir}: {', '.join(wrong)} exported for {target}, not --target {config.target}")
     gh = GitHub(config.api_url, token, config.max_wait)
     base_branch = gh.default_branch(config.upstream_repo)
     ours = _ours(gh.pulls(config.upstream_repo, "open"), config)
@@ -224,8 +222,7 @@ def run(config: BotConfig, patches_dir: Path, token: str | None, outcome: Outcom
         for s in series:
             prs = ours.pop(s.name, [])
             try:
-                for line in _sync(gh, repo, config, s, prs, base_branch, prefix):
-                    yield line
+                yield from _sync(gh, repo, config, s, prs, base_branch, prefix)
                 outcome.status[s.name] = "ok"
             except NdgenError as exc:
                 outcome.status[s.name] = f"failed: {exc}"
@@ -274,13 +271,12 @@ def _sync(
                 _close(gh, config, pr, f"The template has landed on `{base_branch}`: closing. Thank you!")
         return
     commit = repo.apply(s)  # proves the series still applies, in dry runs too
-    keep, duplicates = (
-        (None, []) if not prs else (sorted(prs, key=lambda p: p.number)[0], sorted(prs, key=lambda p: p.number)[1:])
-    )
-    for dup in duplicates:
+    ordered = sorted(prs, key=lambda p: p.number)  # the oldest PR stays; later duplicates close
+    keep = ordered[0] if ordered else None
+    for dup in ordered[1:]:
         yield f"{s.name}: {prefix}close duplicate #{dup.number}"
         if config.apply:
-            _close(gh, config, dup, f"Superseded by #{keep.number}.")
+            _close(gh, config, dup, f"Superseded by #{ordered[0].number}.")
     if keep is not None and keep.head_repo is None:
         yield f"{s.name}: {prefix}close #{keep.number} (its head repository was deleted) and open a new one"
         if config.apply:

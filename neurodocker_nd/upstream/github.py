@@ -80,75 +80,37 @@ class GitHub:
 
     # ---- reads
     def default_branch(self, repo: str) -> str:
-        owner, name = split_repo(repo)
-        data = self._call(f"GET /repos/{repo}", self._api.repos.get, owner=owner, repo=name)
+        data = self._request(f"GET /repos/{repo}", repo, self._api.repos.get)
         return str(data["default_branch"])
 
     def pulls(self, repo: str, state: str = "open", head: str | None = None) -> list[PullRequest]:
         """PRs in `state`; `head` (OWNER:BRANCH) filters server-side to one branch's PRs."""
-        owner, name = split_repo(repo)
-        found: list[PullRequest] = []
-        page = 1
+        what = f"GET /repos/{repo}/pulls?state={state}" + (f"&head={head}" if head else "")
         extra = {"head": head} if head else {}
-        while True:
-            batch = self._call(
-                f"GET /repos/{repo}/pulls?state={state}" + (f"&head={head}" if head else ""),
-                self._api.pulls.list,
-                owner=owner,
-                repo=name,
-                state=state,
-                per_page=PER_PAGE,
-                page=page,
-                **extra,
-            )
-            found.extend(_pull(p) for p in batch)
-            if len(batch) < PER_PAGE:
-                return found
-            page += 1
+        return [_pull(p) for p in self._pages(what, repo, self._api.pulls.list, state=state, **extra)]
 
     def file_text(self, repo: str, path: str, ref: str) -> str | None:
         """The file's text at `ref`, or None when it does not exist there."""
-        owner, name = split_repo(repo)
-        data = self._call(
-            f"GET /repos/{repo}/contents/{path}",
-            self._api.repos.get_content,
-            owner=owner,
-            repo=name,
-            path=path,
-            ref=ref,
-            missing_ok=True,
+        data = self._request(
+            f"GET /repos/{repo}/contents/{path}", repo, self._api.repos.get_content, path=path, ref=ref, missing_ok=True
         )
         if data is None or isinstance(data, list) or data.get("type", "file") != "file":
             return None
         return base64.b64decode(data.get("content", "")).decode("utf-8", errors="replace")
 
     def comments(self, repo: str, number: int) -> list[str]:
-        owner, name = split_repo(repo)
-        found: list[str] = []
-        page = 1
-        while True:
-            batch = self._call(
-                f"GET /repos/{repo}/issues/{number}/comments",
-                self._api.issues.list_comments,
-                owner=owner,
-                repo=name,
-                issue_number=number,
-                per_page=PER_PAGE,
-                page=page,
-            )
-            found.extend(str(c.get("body") or "") for c in batch)
-            if len(batch) < PER_PAGE:
-                return found
-            page += 1
+        what = f"GET /repos/{repo}/issues/{number}/comments"
+        return [
+            str(c.get("body") or "")
+            for c in self._pages(what, repo, self._api.issues.list_comments, issue_number=number)
+        ]
 
     # ---- writes
     def create_pull(self, repo: str, title: str, body: str, head: str, base: str) -> PullRequest:
-        owner, name = split_repo(repo)
-        data = self._call(
+        data = self._request(
             f"POST /repos/{repo}/pulls",
+            repo,
             self._api.pulls.create,
-            owner=owner,
-            repo=name,
             title=title,
             body=body,
             head=head,
@@ -158,26 +120,29 @@ class GitHub:
         return _pull(data)
 
     def update_pull(self, repo: str, number: int, **fields: str) -> None:
-        owner, name = split_repo(repo)
-        self._call(
-            f"PATCH /repos/{repo}/pulls/{number}",
-            self._api.pulls.update,
-            owner=owner,
-            repo=name,
-            pull_number=number,
-            **fields,
-        )
+        what = f"PATCH /repos/{repo}/pulls/{number}"
+        self._request(what, repo, self._api.pulls.update, pull_number=number, **fields)
 
     def comment(self, repo: str, number: int, body: str) -> None:
+        what = f"POST /repos/{repo}/issues/{number}/comments"
+        self._request(what, repo, self._api.issues.create_comment, issue_number=number, body=body)
+
+    # ---- one endpoint of one repository
+    def _request(self, what: str, repo: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """`fn` on `repo` (OWNER/NAME, checked before any request); `what` names it in errors."""
         owner, name = split_repo(repo)
-        self._call(
-            f"POST /repos/{repo}/issues/{number}/comments",
-            self._api.issues.create_comment,
-            owner=owner,
-            repo=name,
-            issue_number=number,
-            body=body,
-        )
+        return self._call(what, fn, owner=owner, repo=name, **kwargs)
+
+    def _pages(self, what: str, repo: str, fn: Callable[..., Any], **kwargs: Any) -> list[Any]:
+        """Every item of a paginated list: PER_PAGE a request, until a page comes back short."""
+        found: list[Any] = []
+        page = 1
+        while True:
+            batch = self._request(what, repo, fn, per_page=PER_PAGE, page=page, **kwargs)
+            found.extend(batch)
+            if len(batch) < PER_PAGE:
+                return found
+            page += 1
 
     # ---- error translation
     def _call(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
@@ -193,7 +158,7 @@ class GitHub:
 
     def _call_once(self, what: str, fn: Callable[..., Any], *, missing_ok: bool = False, **kwargs: Any) -> Any:
         import httpx2  # ghapi's transport
-        from fasttransport.errors import APIError
+        from fasttransport.errors import APIError  # type: ignore[import-untyped]
 
         try:
             return fn(**kwargs)

@@ -7,8 +7,9 @@
    JSON schema and ``register_template`` accept the template, and upstream's
    renderers and CLI render it for docker and singularity on apt and yum bases;
 3. every rendered recipe is valid shell and a valid Dockerfile: ``bash -n`` on the
-   command of every ``RUN`` (parsed with ``dockerfile-parse``) and of every Singularity ``%post``, and hadolint (errors fail; its
-   embedded ShellCheck catches e.g. a ``RUN \\`` followed by ``&& …``, SC1133).
+   command of every ``RUN`` (parsed with ``dockerfile-parse``) and of every Singularity
+   ``%post``, and hadolint (errors fail; its embedded ShellCheck catches e.g. a
+   ``RUN \\`` followed by ``&& …``, SC1133).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -137,7 +139,9 @@ def _hadolint(name: str, dockerfiles: dict[str, str], workdir: Path) -> str:
             raise NdgenError(f"{name}: hadolint failed: {(proc.stderr.strip() or 'no output')[-200:]}") from exc
         errors = [f for f in findings if f.get("level") == "error"]
         if errors or proc.returncode not in (0, 1):
-            e = errors[0] if errors else {"code": "?", "message": proc.stderr.strip()[-200:], "file": "", "line": 0}
+            e: dict[str, Any] = (
+                errors[0] if errors else {"code": "?", "message": proc.stderr.strip()[-200:], "file": "", "line": 0}
+            )
             raise NdgenError(
                 f"{name}: hadolint: the {files.get(e['file'], '?')} recipe, line {e['line']}:"
                 f" {e['code']} {e['message']}"
