@@ -13,11 +13,12 @@ request. Git is real: bare repositories over file://.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,34 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 from support import REPO
+
+UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"  # the bot tests' repositories (OWNER/NAME)
+
+
+def bare_git(git_root: Path, repo: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`git ARGS` on the bare repository `git_root/<repo>.git`, output captured as text."""
+    return subprocess.run(
+        ["git", "--git-dir", str(git_root / f"{repo}.git"), *args], capture_output=True, text=True, check=check
+    )
+
+
+def pr_args(patches: Path, api_url: str, git_url_template: str, *extra: str) -> list[str]:
+    """`ndgen upstream pr` from UPSTREAM's fork FORK, against the fakes."""
+    return [
+        "upstream",
+        "pr",
+        "--upstream-repo",
+        UPSTREAM,
+        "--fork",
+        FORK,
+        "--patches",
+        str(patches),
+        "--api-url",
+        api_url,
+        "--git-url-template",
+        git_url_template,
+        *extra,
+    ]
 
 
 @attrs.define
@@ -91,19 +120,7 @@ class FakeGitHub(_LocalServer):
         return [r for r in self.requests if r.method != "GET"]
 
     def branch_exists(self, repo: str, branch: str) -> bool:
-        proc = subprocess.run(
-            [
-                "git",
-                "--git-dir",
-                str(self.git_root / f"{repo}.git"),
-                "rev-parse",
-                "--verify",
-                "-q",
-                f"refs/heads/{branch}",
-            ],
-            capture_output=True,
-        )
-        return proc.returncode == 0
+        return self._sha(repo, f"refs/heads/{branch}") is not None
 
     # ---- HTTP
     def _handler(self):
@@ -147,44 +164,17 @@ class FakeGitHub(_LocalServer):
         return Handler
 
     def _sha(self, repo: str, ref: str) -> str | None:
-        proc = subprocess.run(
-            [
-                "git",
-                "--git-dir",
-                str(self.git_root / f"{repo}.git"),
-                "rev-parse",
-                "--verify",
-                "-q",
-                f"{ref}^{{commit}}",
-            ],
-            capture_output=True,
-            text=True,
-        )
+        proc = bare_git(self.git_root, repo, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     def _ahead(self, base_repo: str, base: str, head_repo: str, branch: str) -> int:
         """Commits on head_repo's branch that base_repo's base branch lacks (GitHub's compare)."""
-        up = str(self.git_root / f"{base_repo}.git")
-        subprocess.run(
-            [
-                "git",
-                "--git-dir",
-                up,
-                "fetch",
-                "-q",
-                str(self.git_root / f"{head_repo}.git"),
-                f"+refs/heads/{branch}:refs/fake/compare",
-            ],
-            check=True,
-            capture_output=True,
+        head = str(self.git_root / f"{head_repo}.git")
+        bare_git(self.git_root, base_repo, "fetch", "-q", head, f"+refs/heads/{branch}:refs/fake/compare")
+        out = bare_git(
+            self.git_root, base_repo, "rev-list", "--count", "refs/fake/compare", "--not", f"refs/heads/{base}"
         )
-        out = subprocess.run(
-            ["git", "--git-dir", up, "rev-list", "--count", "refs/fake/compare", "--not", f"refs/heads/{base}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        return int(out.strip())
+        return int(out.stdout.strip())
 
     def _view(self, pr: dict) -> dict:
         """A PR as GitHub returns it: head.sha is the branch's current commit."""
@@ -289,19 +279,9 @@ class FakeGitHub(_LocalServer):
 def merge_pull(fake: FakeGitHub, repo: str, number: int) -> None:
     """What the merge button does: the head lands on the base branch, the PR is closed and merged."""
     pr = fake.repos[repo].pulls[number]
-    up = str(fake.git_root / f"{repo}.git")
-    head_repo = pr["head"]["repo"]["full_name"]
-    subprocess.run(
-        [
-            "git",
-            "--git-dir",
-            up,
-            "fetch",
-            "-q",
-            str(fake.git_root / f"{head_repo}.git"),
-            f"+refs/heads/{pr['head']['ref']}:refs/heads/{pr['base']['ref']}",
-        ],
-        check=True,
+    head = str(fake.git_root / f"{pr['head']['repo']['full_name']}.git")
+    bare_git(
+        fake.git_root, repo, "fetch", "-q", head, f"+refs/heads/{pr['head']['ref']}:refs/heads/{pr['base']['ref']}"
     )
     pr.update(state="closed", merged_at="2026-01-01T00:00:00Z")
 
@@ -330,6 +310,21 @@ def commit_to(
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=wt, check=True, capture_output=True, text=True
         ).stdout.strip()
+
+
+@contextlib.contextmanager
+def bot_world(tmp_path: Path) -> Iterator[tuple[Path, FakeGitHub, Path]]:
+    """(tmp_path, a FakeGitHub serving UPSTREAM, the series write_registry exports): UPSTREAM and
+    FORK are bare repositories under tmp_path/git seeded with the installed neurodocker tree."""
+    from neurodocker_nd.upstream.neurodocker import export
+
+    git_root = tmp_path / "git"
+    make_upstream_and_fork(git_root, UPSTREAM, FORK)
+    patches = tmp_path / "patches"
+    export(write_registry(tmp_path), None, patches, author())
+    with FakeGitHub(git_root) as gh:
+        gh.repos[UPSTREAM] = FakeRepo()
+        yield tmp_path, gh, patches
 
 
 def make_upstream_and_fork(root: Path, upstream: str, fork: str) -> None:

@@ -1,7 +1,7 @@
 """`ndgen upstream pr` against a local GitHub API server and real git repositories.
 
 Upstream and fork are bare repositories (file://) seeded with the installed
-neurodocker package's tree; the API is tests/test_upstream_fakes.FakeGitHub.
+neurodocker package's tree; the API is support/upstream_fakes.FakeGitHub.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from neurodocker_nd.upstream.bot import series_name, shown_hash
 from neurodocker_nd.upstream.neurodocker import export
 from neurodocker_nd.upstream.series import read_series_dir
 from support import run_ndgen
-from support.upstream_fakes import FakeGitHub, FakeRepo, author, make_upstream_and_fork, write_registry
+from support.upstream_fakes import FORK, UPSTREAM, FakeGitHub, author, bare_git, bot_world, pr_args, write_registry
 
-UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"
 TOKEN = "ghp_ndgenTESTtoken0123456789abcdefSECRET"
 BOT = "ndgen bot tests <bot@ndgen.invalid>"  # the token owner's identity, as configured
 WRITES = {"POST", "PATCH", "PUT", "DELETE"}
@@ -26,14 +25,8 @@ WRITES = {"POST", "PATCH", "PUT", "DELETE"}
 
 @pytest.fixture()
 def world(tmp_path):
-    git_root = tmp_path / "git"
-    make_upstream_and_fork(git_root, UPSTREAM, FORK)
-    reg = write_registry(tmp_path)
-    patches = tmp_path / "patches"
-    export(reg, None, patches, author())
-    with FakeGitHub(git_root) as gh:
-        gh.repos[UPSTREAM] = FakeRepo()
-        yield tmp_path, gh, patches
+    with bot_world(tmp_path) as made:
+        yield made
 
 
 def _pr(
@@ -41,21 +34,7 @@ def _pr(
 ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}
     env["NDGEN_UPSTREAM_AUTHOR"] = BOT
-    args = [
-        "upstream",
-        "pr",
-        "--upstream-repo",
-        UPSTREAM,
-        "--fork",
-        FORK,
-        "--patches",
-        str(patches),
-        "--api-url",
-        gh.url,
-        "--git-url-template",
-        f"file://{tmp / 'git'}/{{repo}}.git",
-        *extra,
-    ]
+    args = pr_args(patches, gh.url, f"file://{tmp / 'git'}/{{repo}}.git", *extra)
     if token and token_file:
         (tmp / "token").write_text(token + "\n")
         args += ["--token-file", str(tmp / "token")]
@@ -65,19 +44,7 @@ def _pr(
 
 
 def _branches(gh: FakeGitHub, repo: str) -> dict[str, str]:
-    out = subprocess.run(
-        [
-            "git",
-            "--git-dir",
-            str(gh.git_root / f"{repo}.git"),
-            "for-each-ref",
-            "--format=%(refname:short) %(objectname)",
-            "refs/heads/",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = bare_git(gh.git_root, repo, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/").stdout
     return dict(line.split() for line in out.splitlines())
 
 
@@ -228,21 +195,7 @@ def test_push_over_http_carries_the_token_only_in_a_header(world):
     tmp, gh, patches = world
     with GitHttpServer(tmp / "git", TOKEN) as git_http:
         env = {**{k: v for k, v in os.environ.items() if k != "GITHUB_TOKEN"}, "NDGEN_UPSTREAM_AUTHOR": BOT}
-        base = [
-            "upstream",
-            "pr",
-            "--upstream-repo",
-            UPSTREAM,
-            "--fork",
-            FORK,
-            "--patches",
-            str(patches),
-            "--api-url",
-            gh.url,
-            "--git-url-template",
-            git_http.url_template,
-            "--apply",
-        ]
+        base = pr_args(patches, gh.url, git_http.url_template, "--apply")
         # A wrong token: the push is refused, and the error shows neither token.
         (tmp / "wrong").write_text("ghp_wrongTOKEN999\n")
         bad = run_ndgen(*base, "--token-file", str(tmp / "wrong"), environ=env, cwd=tmp, timeout=300)

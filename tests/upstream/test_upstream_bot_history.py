@@ -17,30 +17,27 @@ from neurodocker_nd.upstream.neurodocker import export
 from neurodocker_nd.upstream.series import read_series_dir
 from support import run_ndgen
 from support.upstream_fakes import (
+    FORK,
+    UPSTREAM,
     FakeGitHub,
-    FakeRepo,
     author,
+    bare_git,
+    bot_world,
     commit_to,
     full_checkout,
-    make_upstream_and_fork,
     merge_pull,
+    pr_args,
     write_registry,
 )
 
-UPSTREAM, FORK = "up/neurodocker", "me/neurodocker"
 TOKEN = "ghp_ndgenHISTORYtoken0123456789abcdef"
 BOT = "ndgen bot tests <bot@ndgen.invalid>"
 
 
 @pytest.fixture()
 def world(tmp_path):
-    git_root = tmp_path / "git"
-    make_upstream_and_fork(git_root, UPSTREAM, FORK)
-    patches = tmp_path / "patches"
-    export(write_registry(tmp_path), None, patches, author())
-    with FakeGitHub(git_root) as gh:
-        gh.repos[UPSTREAM] = FakeRepo()
-        yield tmp_path, gh, patches
+    with bot_world(tmp_path) as made:
+        yield made
 
 
 def _pr(
@@ -49,31 +46,12 @@ def _pr(
     env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_TOKEN", "NDGEN_UPSTREAM_AUTHOR")}
     env.update(GITHUB_TOKEN=TOKEN, NDGEN_UPSTREAM_AUTHOR=BOT)
     env.update(env_extra or {})
-    args = [
-        "upstream",
-        "pr",
-        "--upstream-repo",
-        UPSTREAM,
-        "--fork",
-        FORK,
-        "--patches",
-        str(patches),
-        "--api-url",
-        gh.url,
-        "--git-url-template",
-        f"file://{tmp / 'git'}/{{repo}}.git",
-        *extra,
-    ]
+    args = pr_args(patches, gh.url, f"file://{tmp / 'git'}/{{repo}}.git", *extra)
     return run_ndgen(*args, environ=env, cwd=tmp, timeout=300)
 
 
 def _sha(gh: FakeGitHub, repo: str, branch: str) -> str:
-    return subprocess.run(
-        ["git", "--git-dir", str(gh.git_root / f"{repo}.git"), "rev-parse", f"refs/heads/{branch}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    return bare_git(gh.git_root, repo, "rev-parse", f"refs/heads/{branch}").stdout.strip()
 
 
 def _pull_for(gh: FakeGitHub, name: str) -> tuple[int, dict]:
@@ -132,20 +110,8 @@ def test_stable_branches_configured_identity_and_maintainers_commits_are_left_al
     assert _pr(tmp, gh, patches, "--apply").returncode == 0
     # One stable branch per template, no hash in the name; the bot commits as configured.
     number, pull = _pull_for(gh, "tinytool")
-    log = subprocess.run(
-        [
-            "git",
-            "--git-dir",
-            str(gh.git_root / f"{FORK}.git"),
-            "log",
-            "-1",
-            "--format=%an <%ae>|%cn <%ce>",
-            "refs/heads/ndgen/tinytool",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    log = bare_git(gh.git_root, FORK, "log", "-1", "--format=%an <%ae>|%cn <%ce>", "refs/heads/ndgen/tinytool")
+    log = log.stdout.strip()
     assert log == f"ndgen tests <tests@ndgen.invalid>|{BOT}"
     assert "users.noreply.github.com" not in log
 
@@ -185,18 +151,8 @@ def test_a_retitled_pr_keeps_its_title_and_each_change_is_commented_once(world):
     assert pull["title"] == "tinytool: a maintainer's title"
     assert _sha(gh, FORK, "ndgen/tinytool") != before and len(gh.repos[UPSTREAM].comments[number]) == 1
     # No new branch: the PR's own stable branch moved.
-    branches = subprocess.run(
-        [
-            "git",
-            "--git-dir",
-            str(gh.git_root / f"{FORK}.git"),
-            "for-each-ref",
-            "--format=%(refname:short)",
-            "refs/heads/ndgen/",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    branches = bare_git(
+        gh.git_root, FORK, "for-each-ref", "--format=%(refname:short)", "refs/heads/ndgen/"
     ).stdout.split()
     assert sorted(branches) == ["ndgen/jq", "ndgen/tinytool"]
     gh.requests.clear()
@@ -243,7 +199,7 @@ def test_fake_answers_422_where_github_does(world):
     with pytest.raises(GitHubError, match=r"HTTP 422: Validation Failed"):
         client.pulls(UPSTREAM, "bogus")
     # A head branch with no commits over the base: 422 "No commits between".
-    subprocess.run(["git", "--git-dir", str(gh.git_root / f"{FORK}.git"), "branch", "same", "master"], check=True)
+    bare_git(gh.git_root, FORK, "branch", "same", "master")
     with pytest.raises(GitHubError, match="No commits between master and me:same"):
         client.create_pull(UPSTREAM, "t", "b", "me:same", "master")
     with pytest.raises(GitHubError, match=r"HTTP 422"):
