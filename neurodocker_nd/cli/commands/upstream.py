@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from neurodocker_nd.cli.options import F
 from neurodocker_nd.errors import NdgenError
 
 DEFAULT_OUT = "upstream-patches"
+
+
+def _author_option(text: str) -> Callable[[F], F]:
+    """--author: the commit identity, read by gitcmd.resolve_identity."""
+    return click.option("--author", metavar="'NAME <EMAIL>'", help=text)
+
+
+def _target_option(text: str) -> Callable[[F], F]:
+    """--target: which upstream, the same choice for export and pr."""
+    return click.option(
+        "--target",
+        type=click.Choice(["neurodocker", "neurocontainers"]),
+        default="neurodocker",
+        show_default=True,
+        help=text,
+    )
 
 
 @click.group("upstream")
@@ -30,18 +48,8 @@ def upstream_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Registry directory (default: ndgen's registry/).",
 )
-@click.option(
-    "--author",
-    metavar="'NAME <EMAIL>'",
-    help="Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).",
-)
-@click.option(
-    "--target",
-    type=click.Choice(["neurodocker", "neurocontainers"]),
-    default="neurodocker",
-    show_default=True,
-    help="neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.",
-)
+@_author_option("Commit identity of the patches (default: $NDGEN_UPSTREAM_AUTHOR, else git config user.name/email).")
+@_target_option("neurodocker: template patch series; neurocontainers: recipes/<name>/ build.yaml + fulltest.yaml.")
 @click.option(
     "--build-evidence",
     is_flag=True,
@@ -90,11 +98,7 @@ def export_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="File holding the GitHub token (default: $GITHUB_TOKEN).",
 )
-@click.option(
-    "--author",
-    metavar="'NAME <EMAIL>'",
-    help="Who the bot's commits are by: the token's owner (default: $NDGEN_UPSTREAM_AUTHOR, else git config).",
-)
+@_author_option("Who the bot's commits are by: the token's owner (default: $NDGEN_UPSTREAM_AUTHOR, else git config).")
 @click.option("--api-url", default="https://api.github.com", show_default=True)
 @click.option(
     "--git-url-template",
@@ -109,13 +113,7 @@ def export_cmd(
     show_default=True,
     help="Longest wait for a GitHub rate limit to reset, in seconds.",
 )
-@click.option(
-    "--target",
-    type=click.Choice(["neurodocker", "neurocontainers"]),
-    default="neurodocker",
-    show_default=True,
-    help="What the series in --patches are for (see `export --target`).",
-)
+@_target_option("What the series in --patches are for (see `export --target`).")
 @click.option(
     "--summary",
     type=click.Path(dir_okay=False, path_type=Path),
