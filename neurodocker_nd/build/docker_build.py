@@ -70,19 +70,28 @@ NO_PROXY = "localhost,127.0.0.1,::1"
 
 
 class PackageLike(Protocol):
-    name: str
-    version: str | None
-    method: str
-    test: str | None
+    # Read-only members: render's Package is a frozen attrs class.
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def test(self) -> str | None: ...
 
 
 class RecipeLike(Protocol):
     """What `render.render_recipe` returns (only the fields a build needs)."""
 
-    text: str
-    fmt: str
-    base_image: str
-    packages: Sequence[PackageLike]
+    @property
+    def text(self) -> str: ...
+    @property
+    def fmt(self) -> str: ...
+    @property
+    def base_image(self) -> str: ...
+    @property
+    def packages(self) -> Sequence[PackageLike]: ...
 
 
 @attrs.frozen

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from jinja2.sandbox import SecurityError
 
@@ -77,7 +77,7 @@ def _tick() -> None:
 _SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
 
 
-def _is_int(x: Any) -> bool:
+def _is_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int)  # bool too: True * "a" is "a"
 
 
@@ -101,7 +101,7 @@ _PRINTF = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(\*|\d+)?(?:\.(\*|\d+))?")
 _DIGITS = re.compile(r"\d+")
 
 
-def _check_printf(fmt: str | bytes) -> None:
+def _check_printf(fmt: str | bytes | bytearray) -> None:
     text = fmt.decode("latin-1") if isinstance(fmt, (bytes, bytearray)) else fmt
     for m in _PRINTF.finditer(text):
         for n in m.groups():
@@ -156,7 +156,8 @@ def _check_method_call(obj: Any, args: tuple, kwargs: dict) -> tuple:
     """Refuse a call of an amplifying method before it allocates; returns the
     arguments to call with (a consumed iterator comes back as a list)."""
     target = getattr(obj, "__wrapped__", obj)  # jinja wraps str.format at lookup
-    owner, name = getattr(target, "__self__", None), getattr(target, "__name__", "")
+    owner: Any = getattr(target, "__self__", None)  # str, bytes or bytearray: checked below
+    name = getattr(target, "__name__", "")
     if isinstance(owner, (str, bytes, bytearray)):
         first = args[0] if args else None
         if name in ("ljust", "rjust", "center", "zfill") and _is_int(first) and first > MAX_SIZE:
@@ -171,7 +172,8 @@ def _check_method_call(obj: Any, args: tuple, kwargs: dict) -> tuple:
             and isinstance(args[0], type(owner))
             and isinstance(args[1], type(owner))
         ):
-            old, new = args[0], args[1]
+            old: Any = args[0]  # the same type as owner (checked above)
+            new: Any = args[1]
             count = owner.count(old) if old else len(owner) + 1
             if len(args) > 2 and _is_int(args[2]) and args[2] >= 0:
                 count = min(count, args[2])
@@ -215,7 +217,8 @@ def _guarded_filter(name: str, func: Callable) -> Callable:
 def _check_filter_args(name: str, args: tuple, kwargs: dict) -> tuple:
     from jinja2.utils import _PassArg
 
-    lead = 1 if args and _PassArg.from_obj(_RAW_FILTERS().get(name)) is not None else 0
+    raw = _RAW_FILTERS().get(name)
+    lead = 1 if args and raw is not None and _PassArg.from_obj(raw) is not None else 0
     value, rest = (args[lead], args[lead + 1 :]) if len(args) > lead else (None, ())
     # Every count/width argument: `center(10**9)`, `batch(10**9, 'x')`, `indent(10**9)`.
     for n in (*rest, *kwargs.values()):

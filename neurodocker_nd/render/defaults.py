@@ -21,10 +21,11 @@ ENTRYPOINT = "/neurodocker/startup.sh"
 NEURODEBIAN_MIRROR = "usa-nh"
 
 # neurodocker's `_default` template writes the entrypoint script with
-# single-quoted `$` (shellcheck SC2016).  Same script, double quotes.
+# single-quoted `$` (shellcheck SC2016).  Same script, double quotes.  One line per
+# snippet, as upstream's template has it, so each key can be found there verbatim.
 ENTRYPOINT_FIX = {
-    """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""": """echo "export USER=\\"\\${USER:=\\`whoami\\`}\\"" >> "$ND_ENTRYPOINT\"""",
-    """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""": """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",
+    """echo 'export USER="${USER:=`whoami`}"' >> "$ND_ENTRYPOINT\"""": """echo "export USER=\\"\\${USER:=\\`whoami\\`}\\"" >> "$ND_ENTRYPOINT\"""",  # noqa: E501
+    """echo 'if [ -n "$1" ]; then "$@"; else /usr/bin/env bash; fi' >> "$ND_ENTRYPOINT";""": """echo "if [ -n \\"\\$1\\" ]; then \\"\\$@\\"; else /usr/bin/env bash; fi" >> "$ND_ENTRYPOINT";""",  # noqa: E501
 }
 
 

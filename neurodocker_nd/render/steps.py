@@ -25,7 +25,7 @@ cache stage may emit (render.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -160,7 +160,7 @@ def check_command(what: str, command: str) -> str:
     return command
 
 
-def _frozen_pairs(what: str, key_re: re.Pattern[str]):
+def _frozen_pairs(what: str, key_re: re.Pattern[str]) -> Callable[[Any], tuple[tuple[str, str], ...]]:
     def convert(value: Any) -> tuple[tuple[str, str], ...]:
         items = value.items() if isinstance(value, Mapping) else value
         pairs = tuple((str(k), str(v)) for k, v in items)
@@ -174,6 +174,19 @@ def _frozen_pairs(what: str, key_re: re.Pattern[str]):
         return pairs
 
     return convert
+
+
+# Named, so mypy's attrs plugin can read the converters' types (it cannot read a call's result).
+_env_pairs = _frozen_pairs("env", _ENV_KEY_RE)
+_label_pairs = _frozen_pairs("label", _LABEL_KEY_RE)
+
+
+def _env_values(value: Any) -> tuple[tuple[str, str], ...]:
+    return _env_pairs(value)
+
+
+def _label_values(value: Any) -> tuple[tuple[str, str], ...]:
+    return _label_pairs(value)
 
 
 # ---------------------------------------------------------------- steps
@@ -255,7 +268,7 @@ class Run:
 
 @attrs.frozen
 class Env:
-    values: tuple[tuple[str, str], ...] = attrs.field(converter=_frozen_pairs("env", _ENV_KEY_RE))
+    values: tuple[tuple[str, str], ...] = attrs.field(converter=_env_values)
 
     def __attrs_post_init__(self) -> None:
         if not self.values:
@@ -312,7 +325,7 @@ class Entrypoint:
 
 @attrs.frozen
 class Label:
-    values: tuple[tuple[str, str], ...] = attrs.field(converter=_frozen_pairs("label", _LABEL_KEY_RE))
+    values: tuple[tuple[str, str], ...] = attrs.field(converter=_label_values)
 
 
 @attrs.frozen

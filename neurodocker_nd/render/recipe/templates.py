@@ -114,6 +114,7 @@ class TemplateSource:
             entry = self.registry.get(reg_name)
             if entry.template is None:
                 raise NdgenError(f"template {name!r}: registry entry {reg_name} has no template (method=system only)")
+            assert entry.template_path is not None  # an entry's template and its path are set together
             data, key, found = entry.template, str(entry.template_path), entry.template_path
         form = (
             "neurocontainers"
