@@ -221,23 +221,14 @@ class RecipeRenderer:
         the scratch renderer receives plain text through `env()` / `run()` — what
         `Renderer.add_template` would call after rendering them unsandboxed.
         """
-        import jinja2
-        from neurodocker.reproenv.exceptions import RendererError, TemplateError
-
         from neurodocker_nd.render import template_sandbox as sandbox
 
         scratch = self._docker_cls(pkg_manager=pkg_manager)
         tmpl = self._template(step)
-        try:
+        with sandbox.refusals(step.key):
             bound = getattr(tmpl, step.method)
             bound.validate_kwds()
             env, command = sandbox.render_method(bound, pkg_manager, install_opts)
-        except sandbox.RenderLimit as exc:
-            raise NdgenError(f"{step.key}: template refused: {exc}") from None
-        except jinja2.exceptions.SecurityError as exc:
-            raise NdgenError(f"{step.key}: unsafe template, refused to render: {exc}") from None
-        except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
-            raise NdgenError(f"{step.key}: template error: {exc}") from None
         if bound.instructions and not command.strip():
             raise NdgenError(f"{step.key}: template error: empty rendered instructions")
         try:

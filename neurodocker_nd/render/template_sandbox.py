@@ -29,7 +29,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from jinja2.sandbox import SecurityError
@@ -126,6 +126,26 @@ def render_method(
 
     env, command = isolated(work)
     return {str(k): str(v) for k, v in env}, str(command)
+
+
+@contextlib.contextmanager
+def refusals(label: str) -> Iterator[None]:
+    """A template's render failure as one NdgenError naming `label` (a step or a registry entry).
+
+    Three kinds, worded alike on every path that renders a template (the renderer and the
+    neurocontainers export): over a bound, unsafe, or an error of the template itself.
+    """
+    import jinja2
+    from neurodocker.reproenv.exceptions import RendererError, TemplateError
+
+    try:
+        yield
+    except RenderLimit as exc:
+        raise NdgenError(f"{label}: template refused: {exc}") from None
+    except SecurityError as exc:
+        raise NdgenError(f"{label}: unsafe template, refused to render: {exc}") from None
+    except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
+        raise NdgenError(f"{label}: template error: {exc}") from None
 
 
 def _compile_here(source: str) -> None:

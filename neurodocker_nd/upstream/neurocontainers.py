@@ -103,22 +103,14 @@ def _rendered(name: str, template: Mapping[str, Any], version: str) -> tuple[lis
     own unsandboxed Jinja: a registry template is untrusted input, and this runs with the
     exporter's privileges and environment (a GITHUB_TOKEN among them).
     """
-    import jinja2
-    from neurodocker.reproenv.exceptions import RendererError, TemplateError
     from neurodocker.reproenv.template import Template
 
     from neurodocker_nd.render import template_sandbox as sandbox
 
-    try:
+    with sandbox.refusals(name):
         method = Template(dict(template), binaries_kwds={"version": version}).binaries
         env, text = sandbox.render_method(method, "apt", bound=_ExportMethod(method, "apt"))
         deps = list(method.dependencies("apt"))
-    except sandbox.RenderLimit as exc:
-        raise NdgenError(f"{name}: template refused: {exc}") from None
-    except jinja2.exceptions.SecurityError as exc:
-        raise NdgenError(f"{name}: unsafe template, refused to render: {exc}") from None
-    except (TemplateError, RendererError, jinja2.TemplateError, KeyError, ValueError) as exc:
-        raise NdgenError(f"{name}: template error: {exc}") from None
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     return deps, dict(env), lines
 
