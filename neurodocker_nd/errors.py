@@ -26,6 +26,11 @@ class EngineError(NdgenError):
     """No Docker engine, or the engine refused an operation."""
 
 
+class UnsafePath(NdgenError):
+    """A path of an untrusted tree that ndgen will not follow or read: outside the tree, through a
+    symlink, not a regular file (or directory where one is allowed), or too big."""
+
+
 class TraceError(NdgenError):
     """A traced command failed or tracing could not run."""
 

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.errors import NdgenError, UnsafePath
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # neurodocker_nd/ (this file is in core/)
 _PROJECT = 'name = "neurodocker-nd"'
@@ -117,10 +117,6 @@ _KINDS = (
     (stat.S_ISSOCK, "a socket"),
     (stat.S_ISLNK, "a symlink"),
 )
-
-
-class UnsafePath(NdgenError):
-    """A file of an untrusted tree that ndgen will not read: outside it, not regular, or too big."""
 
 
 def kind(mode: int) -> str:

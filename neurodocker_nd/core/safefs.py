@@ -24,7 +24,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 
-from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.errors import NdgenError, UnsafePath
 
 # Directory descriptors one removal holds open at most; a deeper directory is moved up to the
 # top of the tree being removed (a rename within one file system) and emptied from there.
@@ -33,10 +33,6 @@ _MAX_DEPTH = 32
 # a pathological tree from keeping ndgen busy for hours.
 MAX_ENTRIES = 5_000_000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafePath(NdgenError):
-    """A component below the trusted directory is a symlink or not a directory: it was not followed."""
 
 
 @contextlib.contextmanager

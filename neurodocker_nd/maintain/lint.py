@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from neurodocker_nd.core.yamlfile import line_of, read_yaml
-from neurodocker_nd.registry.entries import _MOVING, Entry, Registry
+from neurodocker_nd.registry.entries import MOVING_VERSIONS, Entry, Registry
 
 if TYPE_CHECKING:
     from neurodocker_nd.render.steps import Package
@@ -136,7 +136,7 @@ def hygiene(entry: Entry) -> list[Finding]:
                     f"{entry.name} {version}: Dropbox URL (they answer 403 since neurodocker#635)",
                 )
             )
-        if version.lower() in _MOVING or "/latest/" in url or url.rstrip("/").endswith("/latest"):
+        if version.lower() in MOVING_VERSIONS or "/latest/" in url or url.rstrip("/").endswith("/latest"):
             found.append(
                 Finding(
                     entry.name,

@@ -28,7 +28,7 @@ from neurodocker_nd.errors import NdgenError
 Origin = Literal["upstream", "registry", "both"]  # where an entry is defined
 TEMPLATE_METHODS = ("binaries", "source")
 # Version names that are moving targets: never the default unless alone.
-_MOVING = frozenset({"latest", "master", "main", "nightly", "dev", "*"})
+MOVING_VERSIONS = frozenset({"latest", "master", "main", "nightly", "dev", "*"})
 _PRERELEASE = frozenset({"a", "alpha", "b", "beta", "rc", "pre", "dev"})
 
 
@@ -195,8 +195,8 @@ def version_key(version: str) -> tuple:
 def sort_versions(versions: Iterable[str]) -> tuple[str, ...]:
     """Newest first; moving names (latest, master, …) last."""
     vs = list(versions)
-    fixed = sorted((v for v in vs if v.lower() not in _MOVING), key=version_key, reverse=True)
-    moving = sorted(v for v in vs if v.lower() in _MOVING)
+    fixed = sorted((v for v in vs if v.lower() not in MOVING_VERSIONS), key=version_key, reverse=True)
+    moving = sorted(v for v in vs if v.lower() in MOVING_VERSIONS)
     return tuple(fixed + moving)
 
 
