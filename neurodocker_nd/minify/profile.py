@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -24,6 +24,9 @@ from neurodocker_nd.core.yamlfile import check_schema, read_yaml, schema_validat
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify.model import ImageConfig, Mount
 from neurodocker_nd.minify.sandbox import run_plain
+
+if TYPE_CHECKING:
+    from neurodocker_nd.build.docker_build import AptProxy
 
 SCHEMA_NAME = "profile.schema.json"
 REFERENCE_LABEL = "org.ndgen.reference.apt"  # the Debian packages a reference image holds
@@ -116,13 +119,19 @@ def reference_dockerfile(apt: Sequence[str], base: str = "debian:bookworm") -> s
     )
 
 
-def ensure_reference_image(client: Any, tag: str, apt: Sequence[str], base: str = "debian:bookworm") -> bool:
+def ensure_reference_image(
+    client: Any, tag: str, apt: Sequence[str], base: str = "debian:bookworm", *, apt_proxy: AptProxy | None = None
+) -> bool:
     """Build `tag` from `reference_dockerfile` unless it exists with the same packages.
 
     The package list is stored as a label, so editing a profile's `apt` rebuilds
     its image instead of silently reusing a stale one.  True when built now.
+    `apt_proxy`: an apt cache for the RUN step, as `ndgen build --apt-proxy` passes
+    it (Docker's predefined proxy build args: the image keeps none of it).
     """
     import docker.errors
+
+    from neurodocker_nd.build.docker_build import apt_proxy_for
 
     wanted = " ".join(apt)
     try:
@@ -130,12 +139,14 @@ def ensure_reference_image(client: Any, tag: str, apt: Sequence[str], base: str 
             return False
     except docker.errors.ImageNotFound:
         pass
+    proxy, _ = apt_proxy_for(apt_proxy, "host")  # a dead proxy is an error in seconds, never a hang
     try:
         client.images.build(
             fileobj=io.BytesIO(reference_dockerfile(apt, base).encode()),
             tag=tag,
             labels={REFERENCE_LABEL: wanted},
             network_mode="host",  # no bridge network on this engine; apt needs the mirror
+            buildargs=proxy.build_args() if proxy else None,
             rm=True,
             forcerm=True,
         )

@@ -22,7 +22,7 @@ import pytest
 
 from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.source import _ChunkReader  # the SDK's export chunks as a stream
-from support import REPO, remove_images, run_ndgen, unique_tag
+from support import REPO, apt_proxy, remove_images, run_ndgen, unique_tag
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -77,7 +77,7 @@ def regular_files(docker_client, image: str) -> set[str]:
 @pytest.fixture(scope="module")
 def reference(docker_client, base_image):
     profile = load_profile("mrtrix3")
-    ensure_reference_image(docker_client, TAG, profile.apt, base=base_image)
+    ensure_reference_image(docker_client, TAG, profile.apt, base=base_image, apt_proxy=apt_proxy())
     yield profile
     remove_images(docker_client, [TAG])
 

@@ -48,6 +48,14 @@ def unique_tag(repo: str, tag: str | None = None) -> str:
     return f"{repo}-{RUN_ID}" + (f":{tag}" if tag else "")
 
 
+def apt_proxy():
+    """The apt cache scripts/test.sh serves ($NDGEN_APT_PROXY) for builds made without `ndgen build`; None if unset."""
+    from neurodocker_nd.build.docker_build import APT_PROXY_ENV, parse_apt_proxy
+
+    url = os.environ.get(APT_PROXY_ENV, "")
+    return parse_apt_proxy(url, APT_PROXY_ENV) if url else None
+
+
 def build_image(client, repo: str, dockerfile: str, network: str = "host") -> str:
     """Build `dockerfile` (no context) as a fresh `unique_tag(repo, …)`; the caller removes it (remove_images)."""
     tag = unique_tag(repo, uuid.uuid4().hex[:8])
