@@ -72,6 +72,8 @@ def _dangling_with_layers_of(client, tag: str) -> list[str]:
 @pytest.mark.parametrize(
     "target",
     [f"{REPO}:src", f"docker.io/{REPO}:src", f"docker.io/library/{REPO}:src", REPO, f"{REPO}:latest"],
+    # REPO holds the pid: IDs must not, so that every pytest-xdist worker collects the same tests.
+    ids=["tag", "docker.io", "docker.io/library", "bare", "latest"],
 )
 def test_target_tag_naming_the_source_is_refused(docker_client, source, target):
     """By ID or name, however the target is spelled: the source's tags never move."""
