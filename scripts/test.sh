@@ -122,4 +122,12 @@ export PATH="$venv/bin:$PATH"
 "$venv/bin/ruff" check --quiet .
 "$venv/bin/ruff" format --check --quiet .
 "$venv/bin/mypy" --cache-dir "$venv/.mypy_cache"
-exec "$py" -m pytest "$@"
+# Several pytest-xdist workers (issue 23): most of the suite waits on the engine, the mirror and
+# subprocesses, so two workers on two cores overlap that waiting.  `--dist loadfile` keeps each
+# test file on one worker: a module's fixtures (its images) are built once.  Images several files
+# share are built once per run under a file lock (tests/conftest.py).  NDGEN_TEST_WORKERS=0 runs
+# everything in this one process; a `-n` given to this script wins.
+workers="${NDGEN_TEST_WORKERS:-2}"
+xdist=()
+[ "$workers" = 0 ] || xdist=(-n "$workers" --dist loadfile)
+exec "$py" -m pytest "${xdist[@]}" "$@"

@@ -7,6 +7,11 @@ CI), where a missing engine fails the run instead of silently skipping.
 The engine is shared (other runs, other checkouts): images a test makes carry
 RUN_ID in their tag and only those are removed, unless NDGEN_TEST_KEEP_IMAGES=1.
 
+scripts/test.sh runs the suite on pytest-xdist workers. The expensive images
+(the base, the minify profiles' reference images) are built once per run: the
+first worker to ask builds under a file lock, the others wait and reuse it, and
+the controller removes the run's shared images when every worker is done.
+
 Tests that need a host other than Debian's mirror and PyPI are marked
 `network("host")`: when that host does not answer they fail naming it under
 CI=true, and skip naming it elsewhere.
@@ -14,14 +19,50 @@ CI=true, and skip naming it elsewhere.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
+import warnings
 from functools import cache
 
 import pytest
 
-from support import BASE_IMAGE, remove_images, run_ndgen, unique_tag
+from support import BASE_IMAGE, SESSION_ENV, apt_proxy, remove_images, run_ndgen, session_tag, unique_tag
+
+
+def pytest_configure(config):
+    # Set in the controller before pytest-xdist starts its workers: they inherit it.  Always a
+    # new one there: a child pytest (test_suite_rules) must not clean up its parent's images.
+    if not hasattr(config, "workerinput"):
+        os.environ[SESSION_ENV] = uuid.uuid4().hex[:8]
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: others may still use the shared images
+    _remove_shared_images()
+
+
+def _remove_shared_images() -> None:
+    """The images `session_tag` named in this run; no engine, nothing to remove."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=120)
+        suffix = "-" + os.environ[SESSION_ENV]
+        tags = [t for image in client.images.list() for t in image.tags if t.rsplit(":", 1)[0].endswith(suffix)]
+    except Exception as exc:  # noqa: BLE001 - cleanup never hides the run's result
+        warnings.warn(f"could not list this run's shared images: {exc}", stacklevel=1)
+        return
+    remove_images(client, tags)
+
+
+def _shared_lock(tmp_path_factory, name: str):
+    """A lock all workers of this run see: their base temp directories share a parent."""
+    from filelock import FileLock
+
+    return FileLock(tmp_path_factory.getbasetemp().parent / f"{name}.lock")
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +100,16 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def base_image(docker_client) -> str:
-    """The Debian bookworm base image (built with debootstrap when missing)."""
+def base_image(docker_client, tmp_path_factory) -> str:
+    """The Debian bookworm base image (built with debootstrap when missing, by one worker)."""
     import docker.errors
 
-    try:
-        docker_client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
+    with _shared_lock(tmp_path_factory, "base-image"):
+        try:
+            docker_client.images.get(BASE_IMAGE)
+            return BASE_IMAGE
+        except docker.errors.ImageNotFound:
+            pass
         proc = run_ndgen("base", BASE_IMAGE)
         if proc.returncode != 0:
             # The engine answered (docker_client): this is `ndgen base` failing, say how.
@@ -73,6 +117,32 @@ def base_image(docker_client) -> str:
             error = next((line for line in lines if line.startswith("ndgen: ")), lines[-1])
             pytest.fail(f"`ndgen base {BASE_IMAGE}` failed: {error}", pytrace=False)
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def profile_image(docker_client, base_image, tmp_path_factory):
+    """`profile_image(NAME)` → (profile, tag): a minify profile's reference image, once per run.
+
+    test_minify_reference and test_profiles_run both need mrtrix3's (72 s to build on a
+    fresh machine): ensure_reference_image finds the tag with the same package label
+    and builds nothing.  Built through $NDGEN_APT_PROXY, it must keep no trace of it.
+    """
+    from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
+
+    @cache
+    def get(name: str):
+        profile = load_profile(name)
+        tag = session_tag(f"ndgen-test-profile-{profile.name.replace('_', '-')}")
+        proxy = apt_proxy()
+        with _shared_lock(tmp_path_factory, tag):
+            ensure_reference_image(docker_client, tag, profile.apt, base=base_image, apt_proxy=proxy)
+        if proxy is not None:  # the apt cache served the build and left no trace in the image
+            image = docker_client.images.get(tag)
+            kept = json.dumps([image.attrs["Config"], image.history()])
+            assert proxy.url not in kept and "http_proxy" not in kept.lower(), kept[:500]
+        return profile, tag
+
+    return get
 
 
 @pytest.fixture

@@ -63,3 +63,54 @@ def test_a_failing_ndgen_base_is_reported_with_its_error(tmp_path):
     assert proc.returncode == 1, proc.stdout
     assert "no Docker engine" not in proc.stdout
     assert "`ndgen base ndgen-test-nosuite:whatever` failed: ndgen: error: " in proc.stdout, proc.stdout
+
+
+# Each child test file counts the builds ensure_reference_image makes (the fixture imports it at call time).
+SHARED_IMAGE_TEST = """\
+import os
+import neurodocker_nd.minify.profile as profile
+
+real = getattr(profile.ensure_reference_image, "__wrapped__", profile.ensure_reference_image)  # both files load
+
+
+def counting(*args, **kwargs):
+    built = real(*args, **kwargs)
+    with open(os.environ["SHARED_LOG"], "a") as log:
+        log.write(f"{os.environ['PYTEST_XDIST_WORKER']} {'built' if built else 'found'}\\n")
+    return built
+
+
+counting.__wrapped__ = real
+profile.ensure_reference_image = counting
+
+
+def test_asks_for_jq(profile_image, docker_client):
+    _, tag = profile_image("jq")
+    assert docker_client.containers.run(tag, ["jq", "--version"], network_mode="none", remove=True).startswith(b"jq-")
+"""
+
+
+def _jq_images(client) -> set[str]:
+    return {t for image in client.images.list() for t in image.tags if t.startswith("ndgen-test-profile-jq-")}
+
+
+@pytest.mark.docker
+def test_an_image_two_workers_ask_for_is_built_once_and_removed_at_the_end(tmp_path, docker_client, base_image):
+    for name in ("test_one.py", "test_two.py"):
+        (tmp_path / name).write_text(SHARED_IMAGE_TEST)
+    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    shutil.copytree(HERE / "support", tmp_path / "support", ignore=shutil.ignore_patterns("__pycache__"))
+    log = tmp_path / "shared.log"
+    before = _jq_images(docker_client)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile",
+         "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_one.py", "test_two.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "SHARED_LOG": str(log)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    asks = sorted(log.read_text().splitlines())
+    # One file per worker, so the lock (not the per-process cache) is what kept the second from building.
+    assert len(asks) == 2 and len({ask.split()[0] for ask in asks}) == 2, asks
+    assert sorted(ask.split()[1] for ask in asks) == ["built", "found"], asks
+    ours = os.environ["NDGEN_TEST_SESSION"]  # this run's own jq image may come and go meanwhile
+    assert {t for t in _jq_images(docker_client) - before if ours not in t} == set()  # the child removed its own

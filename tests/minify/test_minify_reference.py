@@ -20,13 +20,10 @@ import tarfile
 
 import pytest
 
-from neurodocker_nd.minify.profile import ensure_reference_image, load_profile
 from neurodocker_nd.minify.source import _ChunkReader  # the SDK's export chunks as a stream
-from support import REPO, apt_proxy, remove_images, run_ndgen, unique_tag
+from support import REPO, run_ndgen
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-TAG = unique_tag("ndgen-test-profile-mrtrix3")  # the mrtrix3 profile's reference image, this run's
 
 
 def _bench():
@@ -75,28 +72,27 @@ def regular_files(docker_client, image: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(docker_client, base_image):
-    profile = load_profile("mrtrix3")
-    ensure_reference_image(docker_client, TAG, profile.apt, base=base_image, apt_proxy=apt_proxy())
-    yield profile
-    remove_images(docker_client, [TAG])
+def reference(profile_image):
+    """The mrtrix3 profile's reference image, shared with test_profiles_run (built once per run)."""
+    return profile_image("mrtrix3")
 
 
 @pytest.mark.parametrize("tracer", ["fanotify", "ptrace"])
 def test_reference_workload_minifies_with_identical_output(reference, docker_client, tmp_path, tracer):
-    commands = [*reference.setup, *reference.commands]
-    source = docker_client.images.get(TAG)
+    profile, source_tag = reference
+    commands = [*profile.setup, *profile.commands]
+    source = docker_client.images.get(source_tag)
     source_id, before = source.id, source.attrs["Size"]
-    unused = devel_files(docker_client, TAG)
+    unused = devel_files(docker_client, source_tag)
     unused_bytes = sum(size for _, size in unused.values())
     # The check below means something only if the source holds such packages.
     assert unused_bytes > 50_000_000, (
-        f"{TAG} has only {unused_bytes} bytes of devel packages: pick another unused package"
+        f"{source_tag} has only {unused_bytes} bytes of devel packages: pick another unused package"
     )
     new_tag = f"ndgen-test-h6-reference-{tracer}-{os.getpid()}"
     data = tmp_path / "traced"
     data.mkdir()
-    argv = ["minify", TAG, "-t", new_tag, "--tracer", tracer]
+    argv = ["minify", source_tag, "-t", new_tag, "--tracer", tracer]
     argv += ["-v", f"{data}:/data", "--report", str(tmp_path / "report.json")]
     for command in commands:
         argv += ["-c", command]
@@ -110,10 +106,10 @@ def test_reference_workload_minifies_with_identical_output(reference, docker_cli
         assert after <= before - unused_bytes, f"{before} -> {after}: not even the {unused_bytes} unused bytes went"
         report = json.loads((tmp_path / "report.json").read_text())
         assert (report["source_id"], report["size_before"], report["size_after"]) == (source_id, before, after)
-        expected = bench.run_workload_in(docker_client, TAG, tmp_path, "in-source", commands)
+        expected = bench.run_workload_in(docker_client, source_tag, tmp_path, "in-source", commands)
         assert expected[1], "the workload wrote no output files: nothing would be compared"
         assert bench.run_workload_in(docker_client, new_tag, tmp_path, "in-minified", commands) == expected
-        source = docker_client.images.get(TAG)
+        source = docker_client.images.get(source_tag)
         assert (source.id, source.attrs["Size"]) == (source_id, before)  # the source is untouched
     finally:
         try:

@@ -8,16 +8,14 @@ compares a rerun in the minified image against the traced run.
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
-from neurodocker_nd.minify.profile import ensure_reference_image, list_profiles, load_profile, run_setup, scratch_mounts
+from neurodocker_nd.minify.profile import list_profiles, run_setup, scratch_mounts
 from neurodocker_nd.minify.ptrace import PtraceTracer
-from support import apt_proxy, remove_images, unique_tag
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -43,18 +41,8 @@ SHELL_WORDS = {"for", "in", "do", "done", "if", "then", "else", "fi", "while", "
 
 
 @pytest.fixture()
-def reference_image(docker_client, base_image, request):
-    profile = load_profile(request.param)
-    tag = unique_tag(f"ndgen-test-profile-{profile.name.replace('_', '-')}")
-    # On the suite's base image; a kept earlier image makes the build a layer-cache hit.
-    proxy = apt_proxy()
-    ensure_reference_image(docker_client, tag, profile.apt, base=base_image, apt_proxy=proxy)
-    if proxy is not None:  # the apt cache served the build and left no trace in the image
-        image = docker_client.images.get(tag)
-        kept = json.dumps([image.attrs["Config"], image.history()])
-        assert proxy.url not in kept and "http_proxy" not in kept.lower(), kept[:500]
-    yield profile, tag
-    remove_images(docker_client, [tag])
+def reference_image(profile_image, request):
+    return profile_image(request.param)  # once per run: test_minify_reference shares mrtrix3's
 
 
 @pytest.mark.parametrize("reference_image", list_profiles(), indirect=True)

@@ -27,6 +27,9 @@ VENV_BIN = Path(sys.executable).parent
 # In every image tag this session makes: two runs on one engine never touch each other's images.
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 KEEP_IMAGES = os.environ.get("NDGEN_TEST_KEEP_IMAGES") == "1"
+# One id for the whole pytest run, its pytest-xdist workers included: the controller sets it
+# (tests/conftest.py, pytest_configure) before the workers start, and they inherit it.
+SESSION_ENV = "NDGEN_TEST_SESSION"
 # `ndgen` as a subprocess argv, for what run_ndgen cannot do (Popen, a wrapper that measures it).
 NDGEN = (sys.executable, "-m", "neurodocker_nd.cli")
 
@@ -46,6 +49,11 @@ build:
 def unique_tag(repo: str, tag: str | None = None) -> str:
     """`repo-RUN_ID[:tag]`: an image name no other test run uses."""
     return f"{repo}-{RUN_ID}" + (f":{tag}" if tag else "")
+
+
+def session_tag(repo: str) -> str:
+    """`repo-SESSION`: an image every worker of this pytest run shares (removed when the run ends)."""
+    return f"{repo}-{os.environ[SESSION_ENV]}"
 
 
 def apt_proxy():
