@@ -208,3 +208,11 @@ def test_long_value_with_spaces_is_cut_too():
     words = " ".join(["a"] * 50_000)
     line = _error(run_ndgen("--pkg", "ants", "--os", "ubuntu", "--env", words, timeout=120))
     assert len(line.encode()) < 1200, len(line)
+
+
+def test_bounded_keeps_short_words_and_the_punctuation_around_a_cut():
+    from neurodocker_nd.errors import bounded
+
+    url = "https://example.org/" + "p" * 150  # under 200 characters: whole
+    assert bounded(f"fetch {url} failed") == f"fetch {url} failed"
+    assert bounded(f"unknown OS '{'b' * 300}'; presets: x") == f"unknown OS '{'b' * 100}… (300 characters)'; presets: x"
