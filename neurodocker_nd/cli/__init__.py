@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from neurodocker_nd import __version__
-from neurodocker_nd.cli.options import OrderedGroup, directive_options, ordered_items, recipe_options
-from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.cli.options import OrderedGroup, directive_options, ordered_items, output_option, recipe_options
+from neurodocker_nd.errors import NdgenError, bounded, clip
 
 # subcommand name -> "module:attribute"; imported only when invoked (or listed by --help).
 _SUBCOMMANDS: dict[str, str] = {
@@ -79,6 +79,7 @@ class LazyGroup(OrderedGroup):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         # Only when a subcommand runs (`--help` and the command list work without extras).
         name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta["ndgen.subargs"] = list(rest)  # the subcommand's words (cli.strict's messages)
         if name is not None and not set(rest) & set(ctx.help_option_names):
             from neurodocker_nd.cli.extras import require_for
 
@@ -93,7 +94,7 @@ class LazyGroup(OrderedGroup):
 )
 @recipe_options
 @directive_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe here instead of stdout.")
+@output_option
 @click.version_option(__version__, prog_name="ndgen")
 @click.pass_context
 def cli(ctx: click.Context, **options: Any) -> None:
@@ -106,13 +107,14 @@ def cli(ctx: click.Context, **options: Any) -> None:
     """
     from neurodocker_nd.render.flags import NAMES
 
+    if ctx.invoked_subcommand is not None:
+        # Every option of this group renders; before a subcommand it would be ignored.
+        from neurodocker_nd.cli.strict import refuse_group_options
+
+        refuse_group_options(ctx)
+        return
     directives = {name: options.pop(name) for name in NAMES}
     given = [name for name, values in directives.items() if values]
-    if ctx.invoked_subcommand is not None:
-        if options.get("pkgs") or given:
-            flag = "--pkg" if options.get("pkgs") else "--" + given[0].replace("_", "-")
-            raise NdgenError(f"put {flag} after the subcommand: ndgen {ctx.invoked_subcommand} {flag} …")
-        return
     if not given and all(ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT for name in options):
         # Bare `ndgen`: help. `ndgen --os ubuntu` without --pkg is an error below,
         # never help text on stdout (`ndgen --os ubuntu > Dockerfile` would write it).
@@ -147,13 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         _silence_stdout()
         sys.exit(141)
     except NdgenError as exc:
-        click.echo(f"ndgen: error: {exc.message}", err=True)
+        click.echo(f"ndgen: error: {bounded(exc.message)}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, EOFError):
         click.echo("ndgen: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"ndgen: error: {exc.format_message()}", err=True)
+        click.echo(f"ndgen: error: {bounded(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -173,7 +175,7 @@ def _maybe_complete() -> None:
 
         code = shell_complete(cli, {}, "ndgen", COMPLETE_VAR, instruction)
         if code:  # click says nothing about a shell or instruction it does not know
-            click.echo(f"ndgen: error: {COMPLETE_VAR}={instruction}: expected SHELL_source or SHELL_complete "
+            click.echo(f"ndgen: error: {COMPLETE_VAR}={clip(instruction)}: expected SHELL_source or SHELL_complete "
                        "with SHELL one of bash, zsh, fish", err=True)  # fmt: skip
         sys.exit(code)
 
@@ -181,7 +183,7 @@ def _maybe_complete() -> None:
 def _internal_error(exc: Exception) -> None:
     if os.environ.get("NDGEN_DEBUG"):
         raise exc
-    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = bounded(str(exc).splitlines()[0]) if str(exc) else ""
     click.echo(
         f"ndgen: internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)",
         err=True,

@@ -19,6 +19,23 @@ format_option = click.option(
 )
 
 
+def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An empty path is an error: `-o ""` (an unset shell variable) must not mean stdout."""
+    if value == "":
+        raise click.BadParameter("empty path; give a path, or leave the option out", ctx, param)
+    return value
+
+
+# Where a rendering command writes its recipe (the default command, recipe).
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    callback=nonempty_path,
+    help="Write the recipe here instead of stdout.",
+)
+
+
 def recipe_options(func: F) -> F:
     """Add --pkg/--os/--base-image/--pkg-manager/--format to a click command."""
     decorators = [
@@ -147,6 +164,7 @@ class OrderedGroup(click.Group):
         parser = self.make_parser(ctx)
         _, _, order = parser.parse_args(args=list(args))
         ctx.meta["ndgen.order"] = [p.name for p in order if p.name]
+        ctx.meta["ndgen.args"] = list(args)  # how each option was spelled (cli.strict's messages)
         return super().parse_args(ctx, args)
 
 

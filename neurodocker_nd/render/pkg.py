@@ -182,6 +182,9 @@ def parse_pkg(text: str) -> PkgRequest:
             raise NdgenError(f"malformed --pkg {text!r}: bad argument name {key!r}")
         if key in seen:
             raise NdgenError(f"--pkg {name}: argument {key!r} given twice")
+        if not value.strip():
+            # Not "use the default": a typo or an unset shell variable would go unnoticed.
+            raise NdgenError(f"--pkg {name}: argument {key!r} has an empty value; give {key}=VALUE or leave it out")
         _check_value(name, key, value.strip())
         seen.add(key)
         args.append((key, value.strip()))
@@ -471,12 +474,15 @@ def reproduce_command(target: Target, items: Iterable[PackageSpec | st.Step]) ->
     t = target
     q = shlex.quote  # `conda_install=numpy scipy` must come back as one argument
     preset = PRESETS.get(t.os_name)
-    if preset is None:
-        where = f"--base-image {q(t.base_image)} --pkg-manager {t.pkg_manager}"
-    else:
+    # `--os` only when the preset gives this very target: `--base-image rockylinux:9
+    # --pkg-manager yum` is named like a preset but has none of its facts (codename,
+    # glibc, dnf's --allowerasing), so `--os rockylinux:9` would render another file.
+    if preset is not None and attrs.evolve(preset, base_image=t.base_image) == t:
         where = f"--os {q(t.os_name)}"
         if preset.base_image != t.base_image:
             where += f" --base-image {q(t.base_image)}"
+    else:
+        where = f"--base-image {q(t.base_image)} --pkg-manager {t.pkg_manager}"
     args = " ".join(f"--pkg {q(_pkg_arg(i))}" if isinstance(i, PackageSpec) else step_arg(i) for i in items)
     return f"ndgen {args} {where}"
 

@@ -124,7 +124,8 @@ def _pkg_manager(value: str | None, image: str) -> PkgManager:
 
 def resolve_target(os_name: str | None, base_image: str | None = None, pkg_manager: str | None = None) -> Target:
     """Turn --os / --base-image / --pkg-manager into a Target, or raise NdgenError."""
-    if os_name:
+    # `is not None`, not truthiness: an empty --os or --base-image is refused, never ignored.
+    if os_name is not None:
         key = ALIASES.get(os_name.strip().lower(), os_name.strip().lower())
         preset = PRESETS.get(key)
         if preset is None:
@@ -132,21 +133,20 @@ def resolve_target(os_name: str | None, base_image: str | None = None, pkg_manag
                 f"unknown OS {os_name!r}; presets: {', '.join(preset_names())} "
                 "(or use --base-image IMAGE --pkg-manager apt|yum)"
             )
-        if base_image:
-            # --base-image narrows the preset to a derived image of the same OS.
-            pm = _pkg_manager(pkg_manager or preset.pkg_manager, base_image)
-            return attrs.evolve(
-                preset,
-                base_image=check_image(base_image),
-                pkg_manager=pm,
-                install_opts=preset.install_opts if pm == preset.pkg_manager else None,
-            )
+        # One rule, with or without --base-image: the preset names the OS, so its
+        # package manager is the OS's. (--base-image narrows the preset to a
+        # derived image of the same OS; a yum image is not an Ubuntu.)
         if pkg_manager and pkg_manager != preset.pkg_manager:
+            with_image = f" --base-image {base_image}" if base_image is not None else ""
             raise NdgenError(
-                f"--pkg-manager {pkg_manager} does not match --os {os_name} (which uses {preset.pkg_manager})"
+                f"--pkg-manager {pkg_manager} does not match --os {os_name}{with_image} "
+                f"({preset.os_name} uses {preset.pkg_manager}; for another OS's image "
+                "give --base-image IMAGE --pkg-manager without --os)"
             )
+        if base_image is not None:
+            return attrs.evolve(preset, base_image=check_image(base_image))
         return preset
-    if base_image:
+    if base_image is not None:
         pm = _pkg_manager(pkg_manager, base_image)
         return Target(base_image=check_image(base_image), pkg_manager=pm, os_name=base_image)
     raise NdgenError("no OS given: use --os OS[:VERSION] or --base-image IMAGE --pkg-manager apt|yum")

@@ -151,4 +151,4 @@ def test_bad_directive_one_line_exit_2(tmp_path, args, message):
 
 def test_directive_before_subcommand_is_refused():
     result = CliRunner().invoke(cli, ["--run", "echo", "list"])
-    assert isinstance(result.exception, NdgenError) and "put --run after the subcommand" in result.exception.message
+    assert isinstance(result.exception, NdgenError) and "ndgen list has no --run option" in result.exception.message

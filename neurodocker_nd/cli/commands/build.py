@@ -86,7 +86,7 @@ def build_cmd(
     """
     proxy = _apt_proxy(apt_proxy, network)
     if recipe_dir is not None:
-        if pkgs or os_name or base_image or pkg_manager:
+        if pkgs or any(v is not None for v in (os_name, base_image, pkg_manager)):  # `--os ""` too
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
         _build_recipe_dir(
             recipe_dir, fmt, tag, arch, options, templates, not no_test, no_cache, log_path, network, proxy

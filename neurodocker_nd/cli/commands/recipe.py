@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from neurodocker_nd.cli.options import format_option, parse_options, recipe_dir_options
+from neurodocker_nd.cli.options import format_option, nonempty_path, output_option, parse_options, recipe_dir_options
 from neurodocker_nd.cli.output import write_or_print
 from neurodocker_nd.errors import NdgenError
 
@@ -18,8 +18,14 @@ if TYPE_CHECKING:
 @click.argument("path", type=click.Path())
 @format_option
 @recipe_dir_options()
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe here instead of stdout.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write a complete build context here.")
+@output_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    callback=nonempty_path,
+    help="Write a complete build context here.",
+)
 def recipe_cmd(
     path: str,
     fmt: Format,
