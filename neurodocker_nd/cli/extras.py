@@ -1,10 +1,13 @@
 """Optional dependencies: which subcommand needs which extra of `pip install`.
 
-Rendering (the default command, list, show, validate, matrix, recipe) needs
-only the core dependencies, which install on every platform. The engine side
-(Docker SDK), the tracer's ELF/dpkg readers and the GitHub client are extras;
-a subcommand whose extra is missing stops with one line naming it, before
-importing anything (names must match pyproject.toml's optional-dependencies).
+Rendering (the default command, list, show, validate, matrix, recipe) and
+`check-urls` (the standard library's HTTP client) need only the core
+dependencies, which install on every platform. The engine side (Docker SDK),
+the tracer's ELF/dpkg readers, the GitHub client and the comment-keeping YAML
+writer are extras; a subcommand whose extra is missing stops with one line
+naming it, before importing anything (names must match pyproject.toml's
+optional-dependencies). An option that needs an extra its subcommand does not
+(`check-urls --write`) asks with `require`, before doing any work.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ COMMANDS: Mapping[str, str] = MappingProxyType(
         "build": "build",
         "test": "build",
         "minify": "minify",
-        # Registry maintenance: both rewrite YAML with ruamel.yaml (comments kept).
+        # Registry maintenance: rewrites YAML with ruamel.yaml (comments kept).
         "upstream": "upstream",
-        "check-urls": "upstream",
+        # Not check-urls: only its --write rewrites YAML (ruamel.yaml, comments kept);
+        # the command asks for the extra itself then (`require`).
     }
 )
 
@@ -50,8 +54,14 @@ def missing(extra: str) -> tuple[str, ...]:
     return tuple(m for m in EXTRAS[extra] if not _importable(m))
 
 
+def require(extra: str, what: str) -> None:
+    """Raise one NdgenError line if `extra` is not installed; `what` is the command line that needs it."""
+    if missing(extra):
+        raise NdgenError(f"ndgen {what} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'")
+
+
 def require_for(command: str) -> None:
     """Raise one NdgenError line if `ndgen COMMAND` needs an extra that is not installed."""
     extra = COMMANDS.get(command)
-    if extra is not None and missing(extra):
-        raise NdgenError(f"ndgen {command} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'")
+    if extra is not None:
+        require(extra, command)

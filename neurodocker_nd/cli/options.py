@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from neurodocker_nd.render.steps import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,6 +38,74 @@ output_option = click.option(
 )
 
 
+# ---- --pkg and --os: completion and help from the registry and the presets themselves.
+# Imported when asked, not with the CLI: `ndgen --version` and subcommand
+# completion stay free of attrs and YAML, and completion never imports neurodocker.
+
+
+def complete_pkg_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Registry entry names starting with `incomplete` (case-insensitive, as --pkg is)."""
+    from click.shell_completion import CompletionItem
+
+    from neurodocker_nd.errors import NdgenError
+    from neurodocker_nd.registry.entries import Registry
+
+    if "," in incomplete or "=" in incomplete:  # past the name: versions and arguments are not completed
+        return []
+    try:
+        names = Registry().names()  # directory listings only: no template is read
+    except NdgenError:  # a bad $NDGEN_REGISTRY: nothing to offer, and completion must not print errors
+        return []
+    return [CompletionItem(name) for name in names if name.lower().startswith(incomplete.lower())]
+
+
+def complete_os_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """OS presets and their short names starting with `incomplete`."""
+    from click.shell_completion import CompletionItem
+
+    from neurodocker_nd.render.target import preset_names
+
+    return [CompletionItem(name) for name in preset_names() if name.startswith(incomplete.lower())]
+
+
+def os_help() -> str:
+    """Every value --os accepts: each preset, its short names in brackets, one line per OS or more."""
+    from neurodocker_nd.render.target import ALIASES, PRESETS
+
+    short: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        short.setdefault(name, []).append(alias)
+    families: dict[str, list[str]] = {}
+    for name in PRESETS:
+        item = name + (f" [{', '.join(short[name])}]" if name in short else "")
+        families.setdefault(name.split(":")[0], []).append(item)
+    lines = ["OS preset (short names in brackets):"]
+    for items in families.values():
+        line = ""
+        for item in items:  # packed into lines that fit beside the option names
+            if line and len(line) + len(item) + 3 > _HELP_WIDTH:
+                lines.append(line + ",")
+                line = ""
+            line = f"{line}, {item}" if line else item
+        lines.append(line + ",")
+    lines[-1] = lines[-1][:-1] + "."
+    # \b: click must not rewrap these lines (it would split debian:bookworm-slim at its hyphen).
+    return "\b\n" + "\n".join(lines)
+
+
+# Characters of help beside the option names in click's 78-column help: the
+# help column starts at 34 when an option's names are longer than 30 characters.
+_HELP_WIDTH = 44
+
+
+class _OsOption(click.Option):
+    """--os: its help is made when help is shown, from the presets (a new preset is never missing)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = os_help()
+        return super().get_help_record(ctx)
+
+
 def recipe_options(func: F) -> F:
     """Add --pkg/--os/--base-image/--pkg-manager/--format to a click command."""
     decorators = [
@@ -45,12 +115,15 @@ def recipe_options(func: F) -> F:
             multiple=True,
             metavar="NAME[==VERSION][,KEY=VALUE…]",
             help="Software to install; repeat for more, order is kept.",
+            shell_complete=complete_pkg_names,
         ),
         click.option(
             "--os",
             "os_name",
+            cls=_OsOption,
             metavar="OS[:VERSION]",
-            help="OS preset: ubuntu[:20.04|22.04|24.04|26.04], debian[:bullseye|bookworm|trixie], rockylinux[:8|9|10].",
+            help="OS preset.",  # os_help() when help is shown
+            shell_complete=complete_os_names,
         ),
         click.option("--base-image", metavar="IMAGE", help="Any base image (with --pkg-manager)."),
         click.option(

@@ -38,8 +38,9 @@ def note(message: str) -> None:
 
 
 def package_notes(packages: Iterable[Package], registry: Registry, *, alerts: bool = True) -> None:
-    """The templates' alerts (FSL's licence, …) and the known-dead downloads of rendered packages."""
-    from neurodocker_nd.maintain.lint import dead_download_notes
+    """The templates' alerts (FSL's licence, …), the known-dead downloads of rendered packages and
+    what their instructions rely on that is gone (neurodebian's apt-key, Dropbox, SKS keyserver)."""
+    from neurodocker_nd.maintain.lint import dead_download_notes, gone_instruction_notes
 
     packages = tuple(packages)
     # neurodocker asks to confirm a template's alert; a renderer in a
@@ -47,7 +48,7 @@ def package_notes(packages: Iterable[Package], registry: Registry, *, alerts: bo
     for pkg in packages if alerts else ():
         if pkg.alert:
             note(f"{pkg.name}: {' '.join(pkg.alert.split())}")
-    for message in dead_download_notes(packages, registry):
+    for message in dead_download_notes(packages, registry) + gone_instruction_notes(packages, registry):
         note(message)
 
 

@@ -266,3 +266,51 @@ def dead_download_notes(packages: Iterable[Package], registry: Registry) -> list
                 "(neurodocker#635): the build will fail; choose another version"
             )
     return notes
+
+
+# What a template's instructions may rely on that is gone (the notes below; the
+# `apt-key` and `dropbox` lint rules hold the registry's own entries to them):
+# * apt-key: deprecated, and removed from apt in Debian trixie (its images have
+#   no apt-key: neurodebian/dockerfiles#18, apt 2.9.26's changelog);
+# * the SKS keyserver pool: shut down in 2021 (neurodebian/neurodebian#83 moved
+#   NeuroDebian's instructions to keyserver.ubuntu.com because of it);
+# * Dropbox links: they answer 403 (neurodocker#635).
+# neurodocker's neurodebian template uses all three for its APT key, so its
+# build fails; it is not fixed here because NeuroDebian's own key is DSA1024,
+# which apt in trixie and Ubuntu 24.04 rejects (neurodebian/neurodebian#97),
+# and the newer key's fingerprint is not in a source read for this.
+_SKS_POOL = "sks-keyservers.net"
+_INSTRUCTION_URL = re.compile(r"https?://[^\s'\"|)<>]+")
+
+
+def _gone_in(instructions: str) -> tuple[list[str], bool]:
+    """What `instructions` relies on that is gone, and whether that certainly fails a build."""
+    found: list[str] = []
+    dropbox = any(_is_dropbox(url) for url in _INSTRUCTION_URL.findall(instructions))
+    if "apt-key" in instructions:
+        found.append("apt-key (removed from apt in Debian trixie)")
+    if dropbox:
+        found.append("a Dropbox download (Dropbox answers 403, neurodocker#635)")
+    if _SKS_POOL in instructions:
+        found.append("the keyserver pool.sks-keyservers.net (shut down in 2021)")
+    return found, dropbox
+
+
+def gone_instruction_notes(packages: Iterable[Package], registry: Registry) -> list[str]:
+    """Notes for rendered packages whose template's instructions rely on something gone.
+
+    dead_download_notes reads a version's URL; this reads the instructions
+    themselves (a key or installer fetched by a literal URL, apt-key), which
+    break the build whatever the version.  The template text is read as
+    written, not rendered, so a step behind a Jinja condition counts too.
+    """
+    notes = []
+    for p in packages:
+        if p.method == "system" or p.name not in registry:
+            continue
+        template = registry.get(p.name).template or {}
+        found, fails = _gone_in(str((template.get(p.method) or {}).get("instructions", "")))
+        if found:
+            listed = ", ".join(found[:-1]) + (" and " if len(found) > 1 else "") + found[-1]
+            notes.append(f"{p.name}: its instructions use {listed}: the build {'will' if fails else 'may'} fail")
+    return notes

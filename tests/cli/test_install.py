@@ -63,21 +63,21 @@ def test_render_works_without_extras(venv):
 
 
 @pytest.mark.parametrize(
-    "args, extra",
+    "args, what, extra",
     [
-        (("build", "--pkg", "jq,method=system", "--os", "debian:bookworm", "-t", "x:1"), "build"),
-        (("base", "debian:bookworm"), "build"),
-        (("minify", "a:1", "-t", "b:1"), "minify"),
-        (("upstream", "export"), "upstream"),
-        (("check-urls",), "upstream"),
+        (("build", "--pkg", "jq,method=system", "--os", "debian:bookworm", "-t", "x:1"), "build", "build"),
+        (("base", "debian:bookworm"), "base", "build"),
+        (("minify", "a:1", "-t", "b:1"), "minify", "minify"),
+        (("upstream", "export"), "upstream", "upstream"),
+        # check-urls itself needs no extra (tests/maintain/test_check_urls_extras.py); --write does.
+        (("check-urls", "--write", "jq"), "check-urls --write", "upstream"),
     ],
 )
-def test_missing_extra_is_one_line(venv, args, extra):
+def test_missing_extra_is_one_line(venv, args, what, extra):
     proc = _run(venv, *args)
     assert proc.returncode == 2
     assert (
-        proc.stderr
-        == f"ndgen: error: ndgen {args[0]} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'\n"
+        proc.stderr == f"ndgen: error: ndgen {what} needs the '{extra}' extra: pip install 'neurodocker-nd[{extra}]'\n"
     )
 
 

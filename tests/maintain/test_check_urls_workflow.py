@@ -42,5 +42,7 @@ def test_runs_check_urls_with_fetch_and_records_only_on_request():
     assert any(r.startswith("ndgen check-urls --fetch") for r in runs)
     record = next(s for s in steps if "--write" in s.get("run", ""))
     assert record["if"] == "${{ inputs.record }}" and "ndgen validate" in record["run"]
+    # Only --write needs an extra (tests/maintain/test_check_urls_extras.py); the check runs on the core install.
+    assert record["run"].index("pip install '.[upstream]'") < record["run"].index("ndgen check-urls --write")
     assert data["permissions"] == {"contents": "read"}  # it never pushes
     assert "schedule" in data[True] and data[True]["push"]["paths"] == ["registry/**"]

@@ -33,7 +33,10 @@ def _size(n: int | None) -> str:
     help="Download each file and compute its sha256 (compared with the recorded one).",
 )
 @click.option(
-    "--write", "do_write", is_flag=True, help="Record fetched digests into meta.yaml / the recipe (implies --fetch)."
+    "--write",
+    "do_write",
+    is_flag=True,
+    help="Record fetched digests into meta.yaml / the recipe (implies --fetch; needs the 'upstream' extra).",
 )
 @click.option(
     "--timeout",
@@ -61,6 +64,10 @@ def check_urls_cmd(
 
     if recipe and names:
         raise NdgenError("give NAME… or --recipe PATH, not both")
+    if do_write:  # checking needs only the standard library; writing keeps comments with ruamel.yaml
+        from neurodocker_nd.cli.extras import require
+
+        require("upstream", "check-urls --write")
     registry = Registry()
     targets = recipe_targets(recipe) if recipe else registry_targets(registry, names)
     results = check(targets, timeout=timeout, do_fetch=do_fetch or do_write)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from neurodocker_nd.cli.options import complete_pkg_names
 from neurodocker_nd.cli.output import note
 from neurodocker_nd.render.target import PRESETS, preset_names, resolve_target
 
@@ -26,7 +27,14 @@ from neurodocker_nd.render.target import PRESETS, preset_names, resolve_target
     type=click.Choice(["docker", "singularity"]),
     help="Formats (repeat); default: both.",
 )
-@click.option("--pkg", "names", multiple=True, metavar="NAME", help="Only these entries (repeat); default: all.")
+@click.option(
+    "--pkg",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Only these entries (repeat); default: all.",
+    shell_complete=complete_pkg_names,
+)
 def matrix_cmd(out: str, os_names: tuple[str, ...], fmts: tuple[str, ...], names: tuple[str, ...]) -> None:
     """Render every entry (default version and method, plus method=system where
     offered) for every OS preset in both formats into --out, and print the count.
