@@ -148,7 +148,8 @@ BAD = [
     (["-p", "apt", "-b", "debian:bookworm", "--miniconda", "version=latest", "conda_install=numpy>=1,<2"], "comma"),
     (["-p", "apt", "-b", "debian:bookworm", "--ants", "version=0.0.0"], "ants: unknown version '0.0.0'"),
     (["-p", "apt", "-b", "x", "--jq", "version=1.6", "--jq", "version=1.7.1"], "--jq given twice"),
-    (["-p", "apt", "--run", "x"], "Missing option '-b' / '--base-image'"),
+    (["-p", "apt", "--run", "x"], "missing -b/--base-image IMAGE"),
+    (["-b", "x", "--run", "x"], "missing -p/--pkg-manager apt|yum"),
     (["-p", "dnf", "-b", "x", "--run", "x"], "'dnf' is not one of 'apt', 'yum'"),
 ]
 

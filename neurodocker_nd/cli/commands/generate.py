@@ -48,10 +48,9 @@ def _common_params() -> list[click.Parameter]:
         click.Option(
             ["-p", "--pkg-manager"],
             type=click.Choice(["apt", "yum"], case_sensitive=False),
-            required=True,
-            help="System package manager.",
+            help="System package manager.  [required]",
         ),
-        click.Option(["-b", "--base-image", "base_images"], required=True, multiple=True, help="Base image."),
+        click.Option(["-b", "--base-image", "base_images"], multiple=True, help="Base image.  [required]"),
         click.Option(["--arg"], multiple=True, metavar="KEY=VALUE", help="Build-time variable."),
         EatAllOption(["--copy"], metavar="SRC… DST", help="Copy files into the container."),
         EatAllOption(["--add"], metavar="SRC DST", help="Extract a tar archive as a layer (Docker only)."),
@@ -109,6 +108,11 @@ def _generate(ctx: click.Context, fmt: str) -> None:
     if os.environ.get(TEMPLATE_PATH_ENV):
         # neurodocker registers that directory's templates; ndgen would render without them.
         raise NdgenError(f"{TEMPLATE_PATH_ENV} is set: ndgen generate uses ndgen's registry only; unset it")
+    # Checked here, not by click: its message for a missing choice option spans three lines.
+    if not ctx.params["pkg_manager"]:
+        raise NdgenError("missing -p/--pkg-manager apt|yum (the base image's package manager)")
+    if not ctx.params["base_images"]:
+        raise NdgenError("missing -b/--base-image IMAGE")
     seen: dict[str, int] = {}
     occurrences = []
     for param in ctx.meta.get("ndgen.generate.order", ()):
