@@ -31,6 +31,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "test": "neurodocker_nd.cli.commands.test:test_cmd",
     "minify": "neurodocker_nd.cli.commands.minify:minify_cmd",
     "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
+    "generate": "neurodocker_nd.cli.commands.generate:generate_group",
 }
 
 
@@ -74,17 +75,73 @@ class LazyGroup(OrderedGroup):
         module = importlib.import_module(module_name)
         return getattr(module, attr)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            hint = neurodocker_syntax_hint(exc.option_name, args)
+            if hint is None:
+                raise
+            raise NdgenError(hint) from None
+
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            name, cmd, rest = super().resolve_command(ctx, args)
+        except click.UsageError:
+            # `--pkg ants version=2.4.3`: the group stops at the first word that is not an
+            # option and takes it for a subcommand; say what ndgen's form is instead.
+            if args and "=" in args[0] and not args[0].startswith("-"):
+                raise NdgenError(stray_key_value_hint(ctx, args)) from None
+            raise
         # Only when a subcommand runs (`--help` and the command list work without extras).
-        name, cmd, rest = super().resolve_command(ctx, args)
         ctx.meta["ndgen.subargs"] = list(rest)  # the subcommand's words (cli.strict's messages)
         if name is not None and not set(rest) & set(ctx.help_option_names):
             from neurodocker_nd.cli.extras import require_for
 
             require_for(name)
         return name, cmd, rest
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def stray_key_value_hint(ctx: click.Context, args: list[str]) -> str:
+    """`--pkg ants version=2.4.3` → "write --pkg ants,version=2.4.3" (neurodocker's space-separated form)."""
+    words = []
+    for w in args:
+        if "=" not in w or w.startswith("-"):
+            break
+        words.append(w)
+    pkgs = ctx.params.get("pkgs") or ()
+    if pkgs and ctx.meta.get("ndgen.order", [None])[-1] == "pkgs":
+        return (
+            f"{_cut(' '.join(words))!r} after --pkg {_cut(pkgs[-1])}: write --pkg {_cut(','.join([pkgs[-1], *words]))}"
+        )
+    return f"{_cut(args[0])!r}: a template argument belongs to its --pkg: write --pkg NAME,{_cut(args[0])}"
+
+
+# neurodocker's `generate` options that ndgen's own syntax does not have (its template flags aside).
+_NEURODOCKER_ONLY = frozenset({"-p", "-b", "--yes", "--json", "--template-path"})
+
+
+def neurodocker_syntax_hint(option: str, args: list[str]) -> str | None:
+    """`ndgen -p apt -b … --ants version=…` (neurodocker's flags without `generate`): the command that takes them.
+
+    Suggested rather than accepted: ndgen's own syntax has its own defaults (`--os`, `--format`,
+    `-o`), and one command line mixing both grammars would have two meanings for some flags.
+    """
+    if option not in _NEURODOCKER_ONLY:
+        from neurodocker_nd.registry.entries import Registry
+
+        if not option.startswith("--") or option[2:] not in {n.lower() for n in Registry().names()}:
+            return None
+    import shlex
+
+    line = _cut(shlex.join(args))
+    return f"{option} is neurodocker's syntax; neurodocker's command line runs as: ndgen generate docker {line}"
 
 
 @click.group(

@@ -248,6 +248,7 @@ def directive_options(func: F) -> F:
         click.option("--run-bash", multiple=True, metavar="CMD", help="Run a command in bash."),
         click.option("--env", cls=EatAllOption, metavar="K=V…", help="Set environment variables."),
         click.option("--copy", cls=EatAllOption, metavar="SRC… DST", help="Copy files into the image."),
+        click.option("--add", cls=EatAllOption, metavar="SRC DST", help="Extract a local tar archive (Docker's ADD)."),
         click.option("--install", cls=EatAllOption, metavar="PKG…", help="Install OS packages (opts=… sets options)."),
         click.option("--workdir", multiple=True, metavar="DIR", help="Set the working directory."),
         click.option("--user", multiple=True, metavar="USER", help="Switch user (created if missing)."),

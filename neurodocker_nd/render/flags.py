@@ -16,7 +16,14 @@ from neurodocker_nd.render import steps as st
 
 # click parameter name -> flag, for the flags that take one value / many values.
 SINGLE = {"run": "--run", "run_bash": "--run-bash", "workdir": "--workdir", "user": "--user", "arg": "--arg"}
-MANY = {"env": "--env", "copy": "--copy", "install": "--install", "entrypoint": "--entrypoint", "label": "--label"}
+MANY = {
+    "env": "--env",
+    "copy": "--copy",
+    "add": "--add",
+    "install": "--install",
+    "entrypoint": "--entrypoint",
+    "label": "--label",
+}
 NAMES = (*SINGLE, *MANY)
 
 
@@ -64,6 +71,10 @@ def _step(name: str, value: str | tuple[str, ...]) -> st.Step:
         if len(words) < 2:
             raise NdgenError(f"--copy {' '.join(words)}: give at least one source and a destination")
         return st.Copy(tuple(words[:-1]), words[-1])
+    if name == "add":
+        if len(words) != 2:
+            raise NdgenError(f"--add {' '.join(words)}: give one source (a tar archive) and a destination")
+        return st.Add(words[0], words[1])
     if name == "install":
         # neurodocker's special case: an `opts=…` word sets the package manager options.
         opts = [w[len("opts=") :] for w in words if w.startswith("opts=")]

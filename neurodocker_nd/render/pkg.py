@@ -456,6 +456,8 @@ def step_arg(step: st.Step) -> str:
         return _pairs_arg("--label", step.values)
     if isinstance(step, st.Copy):
         return "--copy " + " ".join(q(p) for p in (*step.srcs, step.dst))
+    if isinstance(step, st.Add):
+        return f"--add {q(step.src)} {q(step.dst)}"
     if isinstance(step, st.Workdir):
         return f"--workdir {q(step.path)}"
     if isinstance(step, st.User):

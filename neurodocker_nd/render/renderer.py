@@ -299,6 +299,16 @@ class RecipeRenderer:
         `neurocontainer-cache` stage the `RUN --mount=…,from=` lines read:
         `FROM scratch` + `COPY cache/ /` from the build context `--out` makes.
         """
+        r = self._rendered(plan, fmt, cache_stage=cache_stage)
+        return f"{_masthead(plan, fmt)}\n{r.render()}\n"
+
+    def spec_json(self, plan: st.Plan, fmt: Format = "docker") -> str:
+        """The plan as reproenv's instruction list (`neurodocker generate --json`, which
+        `neurodocker genfromjson` reads): what the renderer was asked, rendered templates included."""
+        return str(self._rendered(plan, fmt).to_json())
+
+    def _rendered(self, plan: st.Plan, fmt: Format, *, cache_stage: bool = False):
+        """A reproenv renderer that has received every step of the plan."""
         if fmt not in FORMATS:
             raise NdgenError(f"unknown format {fmt!r}; choose docker or singularity")
         pm = plan.target.pkg_manager
@@ -313,7 +323,7 @@ class RecipeRenderer:
             r.run(f"rm -rf {COPY_STAGE} /.neurocontainer-cache")
         if fmt == "singularity" and plan.help_text:
             r.help_text = plan.help_text
-        return f"{_masthead(plan, fmt)}\n{r.render()}\n"
+        return r
 
     def _apply(self, r, step: st.Step, fmt: Format, pm: str, install_opts: str | None = None) -> None:
         if isinstance(step, st.Template):
@@ -347,6 +357,13 @@ class RecipeRenderer:
                 r.copy(list(step.srcs), step.dst)
             else:
                 _singularity_copy(r, step)
+        elif isinstance(step, st.Add):
+            if fmt != "docker":
+                # reproenv's SingularityRenderer.add raises NotImplementedError: there is no ADD.
+                raise NdgenError(
+                    f"--add {step.src} {step.dst}: Singularity has no ADD; use --copy and --run 'tar -xf …'"
+                )
+            r.add(step.src, step.dst)
         elif isinstance(step, st.Workdir):
             r.workdir(step.path)
         elif isinstance(step, st.User):

@@ -291,6 +291,19 @@ class Copy:
 
 
 @attrs.frozen
+class Add:
+    """Docker's ADD (neurodocker's `--add SRC DST`): a local tar archive extracted as a layer."""
+
+    src: str
+    dst: str
+
+    def __attrs_post_init__(self) -> None:
+        # Written unquoted (`ADD SRC DST`), as neurodocker does: one word each.
+        for p in (self.src, self.dst):
+            check_line("add", p, forbid='"\\', spaces=False)
+
+
+@attrs.frozen
 class Workdir:
     path: str
 
@@ -353,7 +366,7 @@ class Deploy:
             check_balanced("deploy", v)
 
 
-Step = Template | Install | Run | Env | Copy | Workdir | User | Entrypoint | Label | Arg | Deploy
+Step = Template | Install | Run | Env | Copy | Add | Workdir | User | Entrypoint | Label | Arg | Deploy
 
 
 # ---------------------------------------------------------------- plan
