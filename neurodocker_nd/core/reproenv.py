@@ -1,0 +1,111 @@
+"""neurodocker's `reproenv` (renderers, templates, state), imported without registering all of neurodocker's templates.
+
+`import neurodocker` runs `neurodocker/__init__.py`, which reads every one of
+its templates and checks each against the template JSON schema, then adds it to
+reproenv's class-level registry: about 0.3 s of CPU, most of a cold render, for
+templates a render never names (ndgen passes templates to `Template()` as data,
+never through that registry, and `Template()` validates each one it is given).
+
+`module()` imports the submodules the documented way of importing a package's
+parts without running its `__init__`: the package module is made from its spec
+(`importlib.util.module_from_spec`, which sets `__path__`) and put in
+`sys.modules` without being executed, so `neurodocker.reproenv.*` load from
+the installed package as usual. The code is neurodocker's, imported, not copied.
+
+Code that needs neurodocker's global registry calls `register()` with the
+templates it uses (each validated by reproenv's schema as neurodocker's import
+does), or `import_all()`, which runs neurodocker's own `__init__` in place.
+
+Every ndgen module imports neurodocker through here (tests/core/test_reproenv.py
+checks it); `upstream/probe.py` is the exception: it runs in its own interpreter
+to import a neurodocker work tree exactly as upstream does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from neurodocker_nd.errors import NdgenError
+
+PACKAGE = "neurodocker"
+# Set on the package module while its __init__ has not run (import_all() runs it).
+_DEFERRED = "__ndgen_deferred_init__"
+
+
+def _package() -> ModuleType:
+    """The `neurodocker` package module: the one already imported, else one made from its spec, unexecuted."""
+    loaded = sys.modules.get(PACKAGE)
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.submodule_search_locations is None:
+        raise NdgenError("neurodocker is not installed (pip install neurodocker==2.1.2)")
+    package = importlib.util.module_from_spec(spec)  # __path__, __file__, __spec__; nothing executed
+    setattr(package, _DEFERRED, True)
+    sys.modules[PACKAGE] = package
+    # What __init__ would have set and ndgen reads (the masthead's version).
+    setattr(package, "__version__", importlib.import_module(f"{PACKAGE}._version").__version__)  # noqa: B010
+    return package
+
+
+def module(name: str) -> ModuleType:
+    """`neurodocker.<name>` (e.g. "reproenv.renderers"), its package's __init__ not run."""
+    _package()
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+def version() -> str:
+    """The installed neurodocker's version."""
+    return str(_package().__version__)
+
+
+def package_dir() -> Path:
+    """The installed neurodocker package's directory (its `templates/`, `reproenv/schemas/`)."""
+    return Path(_package().__file__ or "").parent
+
+
+def register(templates: Iterable[Path | tuple[str, Mapping[str, Any]]]) -> tuple[str, ...]:
+    """Add these templates (files, or (name, template data)) to reproenv's global registry.
+
+    For code that hands neurodocker template *names* (`Renderer.from_dict`,
+    `add_registered_template`, neurodocker's CLI options): only the templates it
+    uses. Each is validated against reproenv's template schema on the way in, as
+    neurodocker's import does for all of them. Returns the registered names.
+    """
+    register_template = module("reproenv.state").register_template
+    exceptions = module("reproenv.exceptions")
+    names = []
+    for item in templates:
+        where, data, name = (str(item), item, None) if isinstance(item, Path) else (item[0], dict(item[1]), item[0])
+        try:
+            registered = register_template(data, name=name)
+        except (exceptions.TemplateError, ValueError, OSError) as exc:
+            raise NdgenError(f"{where}: {exc}") from None
+        names.append(str(registered["name"]) if name is None else name)
+    return tuple(names)
+
+
+def import_all() -> ModuleType:
+    """neurodocker as `import neurodocker` makes it: its `__init__` run, every template registered.
+
+    Runs the deferred `__init__` in the package module already in
+    `sys.modules`, so the reproenv modules loaded before stay the ones in use.
+    """
+    package = _package()
+    if getattr(package, _DEFERRED, False):
+        delattr(package, _DEFERRED)
+        assert package.__spec__ is not None and package.__spec__.loader is not None
+        package.__spec__.loader.exec_module(package)
+    return package
+
+
+def deferred() -> bool:
+    """True while neurodocker's `__init__` (the registration of all its templates) has not run."""
+    package = sys.modules.get(PACKAGE)
+    return package is not None and bool(getattr(package, _DEFERRED, False))
