@@ -46,12 +46,47 @@ def _package() -> ModuleType:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.submodule_search_locations is None:
         raise NdgenError("neurodocker is not installed (pip install neurodocker==2.1.2)")
+    _defer_jsonschema()
     package = importlib.util.module_from_spec(spec)  # __path__, __file__, __spec__; nothing executed
     setattr(package, _DEFERRED, True)
     sys.modules[PACKAGE] = package
     # What __init__ would have set and ndgen reads (the masthead's version).
     setattr(package, "__version__", importlib.import_module(f"{PACKAGE}._version").__version__)  # noqa: B010
     return package
+
+
+class _DeferredModule(ModuleType):
+    """Stands in `sys.modules` for a module not imported yet; the first attribute read imports it.
+
+    importlib's LazyLoader would be the documented tool, but on Python 3.11 a second
+    `import jsonschema` statement (reproenv/state.py's) reads `__spec__` and so loads it.
+    Here `__spec__` is an ordinary attribute; any other name imports the real module,
+    which then replaces this one in `sys.modules` (modules that imported this object
+    keep it, and reach the real one through it).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        real = sys.modules.get(self.__name__)
+        if real is self or real is None:
+            del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+        return getattr(real, name)
+
+
+def _defer_jsonschema() -> None:
+    """Import jsonschema (at the top of reproenv/state.py) only when something uses it.
+
+    It costs ~0.15 s of CPU to import and is needed only when a template is actually
+    checked, which core.schemamemo spares for templates that passed before.
+    """
+    if "jsonschema" in sys.modules:
+        return
+    spec = importlib.util.find_spec("jsonschema")
+    if spec is None:
+        return  # neurodocker's own import will say what is missing
+    stand_in = _DeferredModule("jsonschema")
+    stand_in.__spec__ = spec
+    sys.modules["jsonschema"] = stand_in
 
 
 def module(name: str) -> ModuleType:
@@ -68,6 +103,11 @@ def version() -> str:
 def package_dir() -> Path:
     """The installed neurodocker package's directory (its `templates/`, `reproenv/schemas/`)."""
     return Path(_package().__file__ or "").parent
+
+
+def template_schema_path() -> Path:
+    """reproenv's template JSON schema, which `Template()` and `register()` check against."""
+    return package_dir() / "reproenv" / "schemas" / "template.json"
 
 
 def register(templates: Iterable[Path | tuple[str, Mapping[str, Any]]]) -> tuple[str, ...]:

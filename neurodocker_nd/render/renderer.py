@@ -32,7 +32,7 @@ from typing import Any, Literal
 import attrs
 
 from neurodocker_nd import __version__
-from neurodocker_nd.core import reproenv
+from neurodocker_nd.core import reproenv, schemamemo
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render import checksum
@@ -259,7 +259,6 @@ class RecipeRenderer:
         at render time (sandbox.BoundMethod), so sharing is safe.
         """
         TemplateError = reproenv.module("reproenv.exceptions").TemplateError
-        Template = reproenv.module("reproenv.template").Template
 
         memo_key = (step.key, step.method, step.args)
         tmpl = self._templates.get(memo_key)
@@ -267,11 +266,7 @@ class RecipeRenderer:
             args = {k: _quote_pkg_words(v) if k in PKG_LIST_ARGS and step.origin == "pkg" else v for k, v in step.args}
             try:
                 if step.schema == "neurodocker":
-                    tmpl = Template(
-                        st.thaw(step.template),
-                        binaries_kwds=args if step.method == "binaries" else None,
-                        source_kwds=args if step.method == "source" else None,
-                    )
+                    tmpl = _checked_template(st.thaw(step.template), step.method, args)
                 else:
                     tmpl = _unchecked_template(step, args)
             except TemplateError as exc:
@@ -372,6 +367,31 @@ class RecipeRenderer:
     def _replay(r, block: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         for name, kwds in block:
             getattr(r, name)(**kwds)
+
+
+def _checked_template(data: dict[str, Any], method: str, args: Mapping[str, str]):
+    """neurodocker's `Template(data)`, which checks `data` against reproenv's template schema.
+
+    When the same data passed that check before (core.schemamemo), the installation
+    method `Template` would hold is made directly, and jsonschema is not imported.
+    """
+    from types import SimpleNamespace
+
+    template = reproenv.module("reproenv.template")
+    made = []
+
+    def check() -> None:
+        kwds = {
+            "binaries_kwds": args if method == "binaries" else None,
+            "source_kwds": args if method == "source" else None,
+        }
+        made.append(template.Template(data, **kwds))
+
+    schemamemo.checked(data, reproenv.template_schema_path(), check)
+    if made:
+        return made[0]
+    cls = template._BinariesTemplate if method == "binaries" else template._SourceTemplate
+    return SimpleNamespace(**{method: cls(data[method], **args)})
 
 
 def _unchecked_template(step: st.Template, args: Mapping[str, str]):
