@@ -9,12 +9,15 @@ never through that registry, and `Template()` validates each one it is given).
 `module()` imports the submodules the documented way of importing a package's
 parts without running its `__init__`: the package module is made from its spec
 (`importlib.util.module_from_spec`, which sets `__path__`) and put in
-`sys.modules` without being executed, so `neurodocker.reproenv.*` load from
-the installed package as usual. The code is neurodocker's, imported, not copied.
+`sys.modules`, unexecuted, only while a submodule loads, so `neurodocker.reproenv.*`
+load from the installed package as usual. The code is neurodocker's, imported, not
+copied. The stand-in is gone afterwards: anyone's later `import neurodocker` (a
+test, a Python API user, `import_all()`) runs neurodocker's `__init__` as always,
+which registers its templates in the same reproenv modules.
 
 Code that needs neurodocker's global registry calls `register()` with the
 templates it uses (each validated by reproenv's schema as neurodocker's import
-does), or `import_all()`, which runs neurodocker's own `__init__` in place.
+does), or `import_all()` for all of them.
 
 Every ndgen module imports neurodocker through here (tests/core/test_reproenv.py
 checks it); `upstream/probe.py` is the exception: it runs in its own interpreter
@@ -34,25 +37,13 @@ from typing import Any
 from neurodocker_nd.errors import NdgenError
 
 PACKAGE = "neurodocker"
-# Set on the package module while its __init__ has not run (import_all() runs it).
-_DEFERRED = "__ndgen_deferred_init__"
 
 
-def _package() -> ModuleType:
-    """The `neurodocker` package module: the one already imported, else one made from its spec, unexecuted."""
-    loaded = sys.modules.get(PACKAGE)
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.find_spec(PACKAGE)
+def _spec():
+    spec = importlib.util.find_spec(PACKAGE)  # a top-level name: imports nothing
     if spec is None or spec.submodule_search_locations is None:
         raise NdgenError("neurodocker is not installed (pip install neurodocker==2.1.2)")
-    _defer_jsonschema()
-    package = importlib.util.module_from_spec(spec)  # __path__, __file__, __spec__; nothing executed
-    setattr(package, _DEFERRED, True)
-    sys.modules[PACKAGE] = package
-    # What __init__ would have set and ndgen reads (the masthead's version).
-    setattr(package, "__version__", importlib.import_module(f"{PACKAGE}._version").__version__)  # noqa: B010
-    return package
+    return spec
 
 
 class _DeferredModule(ModuleType):
@@ -90,19 +81,32 @@ def _defer_jsonschema() -> None:
 
 
 def module(name: str) -> ModuleType:
-    """`neurodocker.<name>` (e.g. "reproenv.renderers"), its package's __init__ not run."""
-    _package()
-    return importlib.import_module(f"{PACKAGE}.{name}")
+    """`neurodocker.<name>` (e.g. "reproenv.renderers"), without running the package's `__init__`
+    unless something imported `neurodocker` itself already."""
+    full = f"{PACKAGE}.{name}"
+    loaded = sys.modules.get(full)
+    if loaded is not None:
+        return loaded
+    if PACKAGE in sys.modules:
+        return importlib.import_module(full)
+    _defer_jsonschema()
+    stand_in = importlib.util.module_from_spec(_spec())  # __path__, __file__, __spec__; nothing executed
+    sys.modules[PACKAGE] = stand_in
+    try:
+        return importlib.import_module(full)
+    finally:
+        if sys.modules.get(PACKAGE) is stand_in:
+            del sys.modules[PACKAGE]
 
 
 def version() -> str:
     """The installed neurodocker's version."""
-    return str(_package().__version__)
+    return str(module("_version").__version__)
 
 
 def package_dir() -> Path:
     """The installed neurodocker package's directory (its `templates/`, `reproenv/schemas/`)."""
-    return Path(_package().__file__ or "").parent
+    return Path(_spec().origin or "").parent
 
 
 def template_schema_path() -> Path:
@@ -132,20 +136,11 @@ def register(templates: Iterable[Path | tuple[str, Mapping[str, Any]]]) -> tuple
 
 
 def import_all() -> ModuleType:
-    """neurodocker as `import neurodocker` makes it: its `__init__` run, every template registered.
-
-    Runs the deferred `__init__` in the package module already in
-    `sys.modules`, so the reproenv modules loaded before stay the ones in use.
-    """
-    package = _package()
-    if getattr(package, _DEFERRED, False):
-        delattr(package, _DEFERRED)
-        assert package.__spec__ is not None and package.__spec__.loader is not None
-        package.__spec__.loader.exec_module(package)
-    return package
+    """neurodocker as `import neurodocker` makes it: its `__init__` run, every template registered
+    (into the reproenv modules already loaded, which stay the ones in use)."""
+    return importlib.import_module(PACKAGE)
 
 
 def deferred() -> bool:
     """True while neurodocker's `__init__` (the registration of all its templates) has not run."""
-    package = sys.modules.get(PACKAGE)
-    return package is not None and bool(getattr(package, _DEFERRED, False))
+    return PACKAGE not in sys.modules

@@ -76,3 +76,17 @@ def test_an_imported_neurodocker_is_used_as_it_is():
         " 'n': len(reproenv.module('reproenv.state').registered_templates())}))\n"
     )
     assert out == {"same": True, "deferred": False, "n": 21}
+
+
+def test_a_later_plain_import_of_neurodocker_is_neurodockers_own():
+    """ndgen's deferral ends with its own imports: a test or API user importing neurodocker after a
+    render gets every template registered, in the reproenv modules the render used."""
+    out = _run(
+        "import json\n"
+        "from neurodocker_nd.core import reproenv\n"
+        "state = reproenv.module('reproenv.state')\n"
+        "import neurodocker\n"
+        "from neurodocker.reproenv import registered_templates\n"
+        "print(json.dumps({'n': len(registered_templates()), 'same': neurodocker.reproenv.state is state}))\n"
+    )
+    assert out == {"n": 21, "same": True}
