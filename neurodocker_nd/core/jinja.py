@@ -316,8 +316,9 @@ def _environment_class() -> type:
         template_class = BoundedTemplate
 
         def __init__(self) -> None:
-            from neurodocker.reproenv.renderers import _raise_helper
+            from neurodocker_nd.core import reproenv
 
+            _raise_helper = reproenv.module("reproenv.renderers")._raise_helper
             super().__init__(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
             self.globals["raise"] = _raise_helper  # `{{ raise("…") }}` in upstream templates
             # lipsum(n) writes n paragraphs of text: unbounded output, and no template needs it.

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import attrs
 
-from neurodocker_nd.core import paths
+from neurodocker_nd.core import paths, schemamemo
 from neurodocker_nd.core.yamlfile import DataFileError, check_schema, line_of, read_yaml, schema_validator
 from neurodocker_nd.errors import NdgenError
 
@@ -387,7 +387,11 @@ class Registry:
         """
         data = read_yaml(path)
         if check:
-            check_schema(data, path, self._template_validator, "neurodocker template")
+            schemamemo.checked(
+                data,
+                upstream_template_schema_path(),
+                lambda: check_schema(data, path, self._template_validator, "neurodocker template"),
+            )
             _check_version_keys(data, path)
         _check_name(data, path, expect_name)
         return MappingProxyType(data)
@@ -395,7 +399,9 @@ class Registry:
     def load_meta(self, path: Path, expect_name: str | None = None) -> Meta:
         """Read and validate an ndgen meta.yaml file."""
         data = read_yaml(path)
-        check_schema(data, path, self._meta_validator, "ndgen meta")
+        schemamemo.checked(
+            data, self.meta_schema_path, lambda: check_schema(data, path, self._meta_validator, "ndgen meta")
+        )
         _check_name(data, path, expect_name)
         return Meta.from_dict(data)
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import attrs
 
 from neurodocker_nd import __version__
+from neurodocker_nd.core import reproenv, schemamemo
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render import checksum
@@ -115,10 +116,12 @@ def _quote_pkg_words(value: str) -> str:
 
 @functools.cache
 def _renderer_classes():
-    """Imported lazily: neurodocker (and jsonschema, jinja2) only when rendering."""
-    from neurodocker.reproenv.renderers import DockerRenderer, SingularityRenderer, _log_instruction
+    """Imported lazily: neurodocker's renderers (and jsonschema, jinja2) only when rendering."""
+    renderers: Any = reproenv.module("reproenv.renderers")  # untyped: its classes are bases here
+    DockerRenderer = renderers.DockerRenderer
+    _log_instruction = renderers._log_instruction
 
-    class NdgenDockerRenderer(DockerRenderer):
+    class NdgenDockerRenderer(renderers.DockerRenderer):
         def _get_instructions(self) -> str:
             return _printf_spec(super()._get_instructions())
 
@@ -134,7 +137,7 @@ def _renderer_classes():
             st.check_no_flags("RUN", command)
             return DockerRenderer.run(self, f"{mounts} {command.lstrip(' ')}")
 
-    class NdgenSingularityRenderer(SingularityRenderer):
+    class NdgenSingularityRenderer(renderers.SingularityRenderer):
         help_text: str = ""
         staged_copies: int = 0  # COPY steps staged through %files (see _singularity_copy)
 
@@ -255,8 +258,7 @@ class RecipeRenderer:
         the schema itself) on every construction; the package manager is bound
         at render time (sandbox.BoundMethod), so sharing is safe.
         """
-        from neurodocker.reproenv.exceptions import TemplateError
-        from neurodocker.reproenv.template import Template
+        TemplateError = reproenv.module("reproenv.exceptions").TemplateError
 
         memo_key = (step.key, step.method, step.args)
         tmpl = self._templates.get(memo_key)
@@ -264,11 +266,7 @@ class RecipeRenderer:
             args = {k: _quote_pkg_words(v) if k in PKG_LIST_ARGS and step.origin == "pkg" else v for k, v in step.args}
             try:
                 if step.schema == "neurodocker":
-                    tmpl = Template(
-                        st.thaw(step.template),
-                        binaries_kwds=args if step.method == "binaries" else None,
-                        source_kwds=args if step.method == "source" else None,
-                    )
+                    tmpl = _checked_template(st.thaw(step.template), step.method, args)
                 else:
                     tmpl = _unchecked_template(step, args)
             except TemplateError as exc:
@@ -388,6 +386,31 @@ class RecipeRenderer:
             getattr(r, name)(**kwds)
 
 
+def _checked_template(data: dict[str, Any], method: str, args: Mapping[str, str]):
+    """neurodocker's `Template(data)`, which checks `data` against reproenv's template schema.
+
+    When the same data passed that check before (core.schemamemo), the installation
+    method `Template` would hold is made directly, and jsonschema is not imported.
+    """
+    from types import SimpleNamespace
+
+    template = reproenv.module("reproenv.template")
+    made = []
+
+    def check() -> None:
+        kwds = {
+            "binaries_kwds": args if method == "binaries" else None,
+            "source_kwds": args if method == "source" else None,
+        }
+        made.append(template.Template(data, **kwds))
+
+    schemamemo.checked(data, reproenv.template_schema_path(), check)
+    if made:
+        return made[0]
+    cls = template._BinariesTemplate if method == "binaries" else template._SourceTemplate
+    return SimpleNamespace(**{method: cls(data[method], **args)})
+
+
 def _unchecked_template(step: st.Template, args: Mapping[str, str]):
     """A neurocontainers-form template (read by render/recipe/templates.py): its installation
     method as neurodocker's own class, without neurodocker's template schema,
@@ -395,11 +418,10 @@ def _unchecked_template(step: st.Template, args: Mapping[str, str]):
     mappings).  Its strings still render only in ndgen's sandbox."""
     from types import SimpleNamespace
 
-    from neurodocker.reproenv.template import _BinariesTemplate, _SourceTemplate
-
     from neurodocker_nd.render import template_sandbox as sandbox
 
-    base = _BinariesTemplate if step.method == "binaries" else _SourceTemplate
+    template = reproenv.module("reproenv.template")
+    base = template._BinariesTemplate if step.method == "binaries" else template._SourceTemplate
 
     class Method(base):  # type: ignore[misc, valid-type]
         def dependencies(self, pkg_manager: str) -> list[str]:
@@ -447,10 +469,8 @@ def _singularity_copy(r, step: st.Copy) -> None:
 
 
 def _masthead(plan: st.Plan, fmt: Format) -> str:
-    from neurodocker import __version__ as nd_version
-
     fmt_opt = " --format singularity" if fmt == "singularity" else ""
-    lines = f"# Generated by ndgen {__version__} with neurodocker {nd_version}.\n"
+    lines = f"# Generated by ndgen {__version__} with neurodocker {reproenv.version()}.\n"
     if plan.reproduce:
         # A comment line: no line boundary of any parser (a newline in a path,
         # U+2028, U+0085…) may end it, so every control character is escaped.

@@ -34,6 +34,7 @@ from typing import Any
 
 from jinja2.sandbox import SecurityError
 
+from neurodocker_nd.core import reproenv
 from neurodocker_nd.core.jinja import MAX_SIZE, RENDER_SECONDS, RenderLimit, compiled, deadline, environment, too_big
 from neurodocker_nd.errors import NdgenError
 
@@ -59,13 +60,14 @@ class BoundMethod:
         return getattr(self._method, name)
 
     def install(self, pkgs: list[str], opts: str | None = None) -> str:
-        from neurodocker.reproenv.renderers import _install
+        _install = reproenv.module("reproenv.renderers")._install
 
         # Like neurodocker's patch, a template's `opts` is ignored; the target's apply.
         return _install(pkgs=pkgs, pkg_manager=self.pkg_manager, opts=self._install_opts)
 
     def install_dependencies(self, opts: str | None = None) -> str:
-        from neurodocker.reproenv.renderers import _apt_install_debs, _install
+        renderers = reproenv.module("reproenv.renderers")
+        _install, _apt_install_debs = renderers._install, renderers._apt_install_debs
 
         cmd = ""
         pkgs = self._method.dependencies(pkg_manager=self.pkg_manager)
@@ -87,7 +89,8 @@ def render_string(source: str, bound: BoundMethod) -> str:
     size or time bound) or neurodocker's RendererError (`raise(…)`, too deep nesting).
     """
     import jinja2
-    from neurodocker.reproenv.exceptions import RendererError
+
+    RendererError = reproenv.module("reproenv.exceptions").RendererError
 
     env = environment()
     renders = 0
@@ -136,7 +139,9 @@ def refusals(label: str) -> Iterator[None]:
     neurocontainers export): over a bound, unsafe, or an error of the template itself.
     """
     import jinja2
-    from neurodocker.reproenv.exceptions import RendererError, TemplateError
+
+    exceptions = reproenv.module("reproenv.exceptions")
+    RendererError, TemplateError = exceptions.RendererError, exceptions.TemplateError
 
     try:
         yield
@@ -222,7 +227,8 @@ def _limit_resources(seconds: float) -> None:
 
 def _error_kind(exc: BaseException) -> str:
     import jinja2
-    from neurodocker.reproenv.exceptions import RendererError
+
+    RendererError = reproenv.module("reproenv.exceptions").RendererError
 
     if isinstance(exc, (RenderLimit, MemoryError, RecursionError)):
         return "limit"
@@ -265,7 +271,8 @@ def _collect(fd: int, pid: int, end: float, seconds: float) -> bytes:
 
 def _result(data: bytes) -> Any:
     import jinja2
-    from neurodocker.reproenv.exceptions import RendererError
+
+    RendererError = reproenv.module("reproenv.exceptions").RendererError
 
     payload = json.loads(data)
     if "ok" in payload:

@@ -103,10 +103,10 @@ def _rendered(name: str, template: Mapping[str, Any], version: str) -> tuple[lis
     own unsandboxed Jinja: a registry template is untrusted input, and this runs with the
     exporter's privileges and environment (a GITHUB_TOKEN among them).
     """
-    from neurodocker.reproenv.template import Template
-
+    from neurodocker_nd.core import reproenv
     from neurodocker_nd.render import template_sandbox as sandbox
 
+    Template = reproenv.module("reproenv.template").Template
     with sandbox.refusals(name):
         method = Template(dict(template), binaries_kwds={"version": version}).binaries
         env, text = sandbox.render_method(method, "apt", bound=_ExportMethod(method, "apt"))

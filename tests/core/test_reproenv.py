@@ -1,0 +1,92 @@
+"""core/reproenv.py: neurodocker's reproenv without the registration of all its templates."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+from support import REPO
+
+PACKAGE = REPO / "neurodocker_nd"
+# Runs its own interpreter to import a neurodocker work tree exactly as upstream does.
+_OWN_IMPORT = {"core/reproenv.py", "upstream/probe.py"}
+
+
+def _run(code: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_every_neurodocker_import_goes_through_core_reproenv():
+    """A plain `from neurodocker… import` anywhere else would run neurodocker's __init__ first."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel in _OWN_IMPORT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{rel}:{node.lineno}" for n in names if n == "neurodocker" or n.startswith("neurodocker.")]
+    assert offenders == []
+
+
+def test_register_adds_only_the_named_templates_validated():
+    out = _run(
+        "import json\n"
+        "from neurodocker_nd.core import reproenv\n"
+        "names = reproenv.register([reproenv.package_dir() / 'templates' / 'ants.yaml', ('mine', {'name': 'mine',"
+        " 'url': 'u', 'binaries': {'urls': {'1': 'x'}, 'instructions': 'echo'}})])\n"
+        "state = reproenv.module('reproenv.state')\n"
+        "try:\n"
+        "    reproenv.register([('bad', {'name': 'bad', 'binaries': {'instructions': 1}})])\n"
+        "except Exception as exc:\n"
+        "    error = f'{type(exc).__name__}: {exc}'\n"
+        "print(json.dumps({'names': names, 'registered': sorted(state.registered_templates()), 'error': error,"
+        " 'deferred': reproenv.deferred()}))\n"
+    )
+    assert out["names"] == ["ants", "mine"] and out["registered"] == ["ants", "mine"]
+    assert out["error"].startswith("NdgenError: bad: Invalid template: ") and "\n" not in out["error"]
+    assert out["deferred"] is True
+
+
+def test_import_all_runs_neurodockers_own_registration_in_place():
+    out = _run(
+        "import json\n"
+        "from neurodocker_nd.core import reproenv\n"
+        "renderers = reproenv.module('reproenv.renderers')\n"
+        "before = len(reproenv.module('reproenv.state').registered_templates())\n"
+        "package = reproenv.import_all()\n"
+        "import neurodocker, neurodocker.reproenv.renderers as again\n"
+        "print(json.dumps({'before': before, 'after': len(neurodocker.reproenv.registered_templates()),"
+        " 'same': again is renderers and package is neurodocker, 'deferred': reproenv.deferred(),"
+        " 'version': neurodocker.__version__ == reproenv.version()}))\n"
+    )
+    assert out == {"before": 0, "after": 21, "same": True, "deferred": False, "version": True}
+
+
+def test_an_imported_neurodocker_is_used_as_it_is():
+    out = _run(
+        "import json, neurodocker\n"
+        "from neurodocker_nd.core import reproenv\n"
+        "print(json.dumps({'same': reproenv.import_all() is neurodocker, 'deferred': reproenv.deferred(),"
+        " 'n': len(reproenv.module('reproenv.state').registered_templates())}))\n"
+    )
+    assert out == {"same": True, "deferred": False, "n": 21}
+
+
+def test_a_later_plain_import_of_neurodocker_is_neurodockers_own():
+    """ndgen's deferral ends with its own imports: a test or API user importing neurodocker after a
+    render gets every template registered, in the reproenv modules the render used."""
+    out = _run(
+        "import json\n"
+        "from neurodocker_nd.core import reproenv\n"
+        "state = reproenv.module('reproenv.state')\n"
+        "import neurodocker\n"
+        "from neurodocker.reproenv import registered_templates\n"
+        "print(json.dumps({'n': len(registered_templates()), 'same': neurodocker.reproenv.state is state}))\n"
+    )
+    assert out == {"n": 21, "same": True}
