@@ -165,6 +165,9 @@ def test_golden_dockerfiles_pass_hadolint():
 
 def test_upstream_default_would_fail_hadolint_sc2016(tmp_path):
     """The check above can fail: neurodocker's own output trips SC2016."""
+    # neurodocker as its users import it: its __init__ registers its templates (_default), which an
+    # in-process ndgen render before this test does not do (docs/render.md, "Why a cold render is faster").
+    import neurodocker  # noqa: F401
     from neurodocker.reproenv import DockerRenderer
 
     d = {

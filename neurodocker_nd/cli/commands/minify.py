@@ -188,9 +188,12 @@ def _finish(result: Report, report_path: Path | None) -> None:
         raise VerifyError(result.verify_message)
     console = _console()
     if result.tracer_note:
-        console.print(f"[yellow]note:[/] {result.tracer_note}")
+        console.print("[yellow]note:[/] ", end="")
+        console.print(result.tracer_note, markup=False, soft_wrap=True)
+    # Lines as they are: rich would fold them at 80 columns off a terminal (inside a path, which a
+    # reader or a script then cannot use), and read `[...]` in a path or tag as markup.
     for line in report.summary_lines(result):
-        console.print(line)
+        console.print(line, markup=False, soft_wrap=True)
 
 
 def _console() -> Console:
