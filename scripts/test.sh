@@ -123,11 +123,12 @@ export PATH="$venv/bin:$PATH"
 "$venv/bin/ruff" format --check --quiet .
 "$venv/bin/mypy" --cache-dir "$venv/.mypy_cache"
 # Several pytest-xdist workers (issue 23): most of the suite waits on the engine, the mirror and
-# subprocesses, so two workers on two cores overlap that waiting.  `--dist loadfile` keeps each
-# test file on one worker: a module's fixtures (its images) are built once.  Images several files
-# share are built once per run under a file lock (tests/conftest.py).  NDGEN_TEST_WORKERS=0 runs
-# everything in this one process; a `-n` given to this script wins.
+# subprocesses, so two workers on two cores overlap that waiting.  `--dist loadgroup` with a group
+# per test file (tests/conftest.py) keeps a file on one worker, so a module's fixtures (its images)
+# are built once; files whose tests stand alone spread.  Images several files share are built
+# once per run under a file lock (tests/conftest.py).  NDGEN_TEST_WORKERS=0 runs everything in
+# this one process; a `-n` given to this script wins.
 workers="${NDGEN_TEST_WORKERS:-2}"
 xdist=()
-[ "$workers" = 0 ] || xdist=(-n "$workers" --dist loadfile)
+[ "$workers" = 0 ] || xdist=(-n "$workers" --dist loadgroup)
 exec "$py" -m pytest "${xdist[@]}" "$@"

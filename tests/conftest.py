@@ -183,8 +183,21 @@ def pytest_runtest_setup(item):
             pytest.skip(message)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     # Every docker-marked test gets the engine fixture, so it skips/fails uniformly.
     for item in items:
         if item.get_closest_marker("docker") and "docker_client" not in item.fixturenames:
             item.fixturenames.append("docker_client")
+        # scripts/test.sh runs `--dist loadgroup`: a file stays on one worker, so its module
+        # fixtures (images) are built once, unless it says its tests stand alone.
+        if not getattr(item.module, "SPREAD_OVER_WORKERS", False):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # The longest work first (files marked slow, then the engine's): workers take files in this
+    # order, so the last one to start is short and neither worker idles at the end.
+    # A file's rank is its heaviest test's: its tests stay together.
+    rank: dict[object, tuple[bool, bool]] = {}
+    for item in items:
+        mine = (not item.get_closest_marker("slow"), not item.get_closest_marker("docker"))
+        rank[item.path] = min(rank.get(item.path, mine), mine)
+    items.sort(key=lambda item: rank[item.path])

@@ -21,7 +21,7 @@ import pytest
 
 from support import META, remove_images, unique_tag
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.slow]  # ~8 minutes of builds: scheduled first
 
 FORMATS = ("docker", "singularity")
 SINGLES = ("dcm2niix", "mrtrix3", "dcmtk", "minc-tools")

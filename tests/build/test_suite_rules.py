@@ -103,7 +103,7 @@ def test_an_image_two_workers_ask_for_is_built_once_and_removed_at_the_end(tmp_p
     log = tmp_path / "shared.log"
     before = _jq_images(docker_client)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup",
          "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_one.py", "test_two.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "SHARED_LOG": str(log)},
     )  # fmt: skip

@@ -18,6 +18,9 @@ from neurodocker_nd.minify.profile import list_profiles, run_setup, scratch_moun
 from neurodocker_nd.minify.ptrace import PtraceTracer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# Each profile's test stands alone (its image is shared through the run-wide `profile_image`):
+# pytest-xdist may spread them over its workers instead of keeping the file on one.
+SPREAD_OVER_WORKERS = True
 
 
 def tree_digest(root: Path) -> dict[str, str]:
