@@ -388,6 +388,10 @@ def test_profile_file_setup_seeds_mounts_and_keep_rules(docker_client, app_image
     assert "etc/ndgen-flag" in _members(docker_client, new_tag)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_leaves_nothing_behind(docker_client, app_image, new_tag, scratch, signum):
     source_id = _image_id(docker_client, app_image)
@@ -395,6 +399,9 @@ def test_interrupt_leaves_nothing_behind(docker_client, app_image, new_tag, scra
         [*NDGEN, "minify", app_image, "-t", new_tag, "-c", "sleep 60"],
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: a run started in the background (`cmd &` in a script)
+        # ignores SIGINT, and that would pass to ndgen (Python keeps an inherited SIG_IGN).
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 60
     while not list(scratch.glob("*/trace/rootfs")) and time.monotonic() < deadline:
