@@ -1,6 +1,6 @@
 """The package's layers, checked on its source (layout-review §4.2): this plays import-linter's role.
 
-    errors ← core ← registry ← render ← {build, minify, upstream, maintain} ← cli
+    errors ← core ← registry ← render ← {build, minify, upstream, maintain, fleet, deliver} ← cli
 
 Every import counts: at the top of a module, inside a function (lazy, so it only fails
 when that path runs) and under `if TYPE_CHECKING:`.  The checker fails on
@@ -41,6 +41,8 @@ RANK = {
     "minify": 4,
     "upstream": 4,
     "maintain": 4,
+    "fleet": 4,
+    "deliver": 4,
     "cli": 5,
     "__main__": 6,
     "recipe": 6,
@@ -52,6 +54,9 @@ CROSS = {
     ("minify", "build"),  # --tests runs the suite (suite, testrun, apptainer)
     ("upstream", "build"),  # export --build-evidence builds the image
     ("upstream", "maintain"),  # export checks its renders with maintain.matrix.check_renders
+    ("fleet", "build"),  # a target is built and tested as `ndgen build RECIPE_DIR` does
+    ("fleet", "minify"),  # fleet run --minify
+    ("deliver", "build"),  # modules from a RECIPE_DIR, sif from a build
 }
 # render/ renders text; none of these may be reached from it.
 RENDER_FORBIDDEN = {"docker", f"{PACKAGE}.core.engine", f"{PACKAGE}.core.runcapture"}

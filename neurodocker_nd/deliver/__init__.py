@@ -1,0 +1,1 @@
+"""Images to HPC: SIF files, and modules (Lmod/Tcl wrappers, shpc entries) from an image's deploy commands."""

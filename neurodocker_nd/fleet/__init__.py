@@ -1,0 +1,1 @@
+"""A directory of recipes → targets (recipe × arch) → plan (fingerprints vs the registry) → run → promote."""
