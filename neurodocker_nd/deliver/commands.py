@@ -47,6 +47,14 @@ _LIST_BYTES = MAX_COMMANDS * (MAX_NAME + 1) + README_BYTES + 64
 _NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_PREFIX = "DEPLOY_ENV_"
+# Variables a module must not take from an image: `module load` sets them in the user's own shell
+# on the host, where these steer what runs (the loader, the shell, Lmod itself). The container
+# never sees them (the wrappers clean or do not pass the environment), so no real use is lost.
+HOST_STEERING = frozenset(
+    "PATH HOME SHELL USER IFS ENV BASH_ENV PROMPT_COMMAND PS1 PS4 SHELLOPTS BASHOPTS CDPATH "
+    "GLOBIGNORE MODULEPATH MODULESHOME PYTHONPATH PYTHONSTARTUP PERL5LIB PERL5OPT".split()
+)
+HOST_STEERING_PREFIXES = ("LD_", "LMOD", "BASH_FUNC_", "_ModuleTable", "__LMOD", "DYLD_")
 
 # Run inside the image as `sh -c LIST sh DIR…`: each regular executable (a link to one counts,
 # as find -executable follows it) directly in each DIR, NUL-terminated; then an empty record;
@@ -108,6 +116,8 @@ def deploy_env(env: Mapping[str, str], image: str) -> tuple[tuple[str, str], ...
             name = key[len(ENV_PREFIX) :]
             if not _ENV_NAME.fullmatch(name) or len(name) > MAX_NAME:
                 raise DeployError(f"image {image}: {clip(key)} does not name a variable")
+            if name in HOST_STEERING or name.startswith(HOST_STEERING_PREFIXES):
+                raise DeployError(f"image {image}: {key} would set {name} in the user's shell on the host")
             found.append((name, value))
     return tuple(sorted(found))
 

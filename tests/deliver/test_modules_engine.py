@@ -34,7 +34,7 @@ RUN mkdir -p /opt/t/bin \\
  && ln -s /usr/bin/md5sum /opt/t/bin/tsum \\
  && printf 'data\\n' > /opt/t/bin/notexec \\
  && printf '#!/bin/sh\\n' > /opt/t/bin/.hidden && chmod 755 /opt/t/bin/.hidden \\
- && printf '# ttools\\nA test tool: `ttool ARGS`.\\n' > /README.md
+ && printf '# ttools\\nA test tool: `ttool ARGS` {{x [y] "$z".\\n' > /README.md
 ENV PATH=/opt/t/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
     DEPLOY_PATH=/opt/t/bin DEPLOY_BINS=hostname:ls \\
     DEPLOY_ENV_FOO=BASEPATH/opt/t DEPLOY_ENV_QUOTED='say "hi" $HOME [x] {{y}}'
@@ -143,7 +143,7 @@ def test_tcl_modulefile_loads_in_lmod(images, tmp_path):
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[:3] == ["FOO=/opt/t", f"QUOTED={QUOTED}", str(out / name / "1.0.bin" / "ttool")]
-    assert "A test tool: `ttool ARGS`." in run.stdout
+    assert 'A test tool: `ttool ARGS` {x [y] "$z".' in run.stdout  # Tcl's special characters, escaped
     wrapper = (out / name / "1.0.bin" / "ttool").read_text()
     assert (
         'exec podman run --rm -i --user "$(id -u):$(id -g)" -v "$PWD:$PWD" -w "$PWD" '
