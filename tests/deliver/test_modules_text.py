@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neurodocker_nd.deliver.commands import DeployError, deploy_env
+from support import one_error_line, run_ndgen
 
 
 @pytest.mark.parametrize("name", ["PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "PROMPT_COMMAND", "LMOD_CMD"])
@@ -23,3 +24,20 @@ def test_deploy_env_keeps_the_tools_variables_sorted():
 def test_deploy_env_name_must_be_a_variable(key):
     with pytest.raises(DeployError, match="does not name a variable"):
         deploy_env({key: "v"}, "img:1")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--format", "lmod"], "--format lmod needs --tech"),
+        (["--format", "tcl", "--tech", "apptainer"], "--tech apptainer needs --sif PATH"),
+        (["--format", "lmod", "--tech", "docker", "--sif", "/x.sif"], "--sif applies to --tech apptainer|singularity"),
+        (["--format", "lmod", "--tech", "singularity", "--sif", "x.sif"], "--sif 'x.sif': expected an absolute path"),
+        (["--format", "shpc", "--tech", "docker"], "--tech does not apply to --format shpc"),
+        (["--format", "lmod", "--tech", "docker", "--maintainer", "me"], "--maintainer applies only to --format shpc"),
+    ],
+)
+def test_options_that_do_not_fit_are_refused_before_any_work(tmp_path, args, needle):
+    out = tmp_path / "m"
+    one_error_line(run_ndgen("modules", "some/image:1", *args, "-o", str(out)), needle)
+    assert not out.exists()
