@@ -44,32 +44,28 @@ class ModuleText:
     env: tuple[tuple[str, str], ...]  # BASEPATH already replaced
 
 
-def _lua_string(text: str) -> str:
+def _quoted(text: str, special: str, control: str) -> str:
+    """`text` in double quotes: each of `special` backslashed, a newline as \\n, other control
+    characters as `control` formats their code (each language's own escape)."""
     out = []
     for ch in text:
-        if ch in '\\"':
+        if ch in special:
             out.append("\\" + ch)
         elif ch == "\n":
             out.append("\\n")
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\{ord(ch):03d}")
+            out.append(control.format(ord(ch)))
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
+
+
+def _lua_string(text: str) -> str:
+    return _quoted(text, '\\"', "\\{:03d}")
 
 
 def _tcl_string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '\\"$[]{}':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    return _quoted(text, '\\"$[]{}', "\\{:03o}")  # octal: at most 3 digits are read, in every Tcl
 
 
 def _whatis(m: ModuleText) -> list[str]:

@@ -66,6 +66,13 @@ def images(docker_client, base_image):
         remove_images(docker_client, reversed(made))
 
 
+def _made(image: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`ndgen modules IMAGE ARGS -o OUT`, which must succeed."""
+    proc = run_ndgen("modules", image, *args, "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def _name(tag: str) -> str:
     return tag.split(":")[0]
 
@@ -92,8 +99,7 @@ def _docker_run(image: str, *argv: str) -> str:
 def test_lmod_module_runs_the_command_in_the_container_through_docker(images, tmp_path):
     image = images["good"]
     out = tmp_path / "modules"
-    proc = run_ndgen("modules", image, "--tech", "docker", "--format", "lmod", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
+    _made(image, out, "--tech", "docker", "--format", "lmod")
     name = _name(image)
     # The commands: DEPLOY_PATH's executables (a link to one counts) and DEPLOY_BINS, minus
     # system commands (ls) — not the plain file, not the hidden one.
@@ -130,8 +136,7 @@ def test_lmod_module_runs_the_command_in_the_container_through_docker(images, tm
 def test_tcl_modulefile_loads_in_lmod(images, tmp_path):
     image = images["good"]
     out = tmp_path / "modules"
-    proc = run_ndgen("modules", image, "--tech", "podman", "--format", "tcl", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
+    _made(image, out, "--tech", "podman", "--format", "tcl")
     name = _name(image)
     modulefile = out / name / "1.0"
     assert modulefile.read_text().startswith("#%Module1.0\n")
@@ -155,8 +160,7 @@ def test_tcl_modulefile_loads_in_lmod(images, tmp_path):
 def test_apptainer_wrappers_run_exec_cleanenv_with_pwd_bound(images, tmp_path, tech):
     image = images["good"]
     out, sif = tmp_path / "modules", "/cvmfs/sites/t tools_1.0.sif"
-    proc = run_ndgen("modules", image, "--tech", tech, "--sif", sif, "--format", "lmod", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
+    _made(image, out, "--tech", tech, "--sif", sif, "--format", "lmod")
     bindir = out / _name(image) / "1.0.bin"
     for wrapper in bindir.iterdir():
         assert subprocess.run(["bash", "-n", str(wrapper)], capture_output=True).returncode == 0, wrapper
@@ -196,8 +200,7 @@ def test_shpc_entry_validates_against_shpc_schema(images, tmp_path):
 
     image = images["good"]
     out = tmp_path / "registry"
-    proc = run_ndgen("modules", image, "--format", "shpc", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
+    proc = _made(image, out, "--format", "shpc")
     data = yaml.safe_load((out / _name(image) / "container.yaml").read_text())
     jsonschema.validate(data, containerConfig)
     image_id = subprocess.run(
@@ -236,10 +239,8 @@ def test_recipe_dir_names_the_image_its_build_tags(images, tmp_path, docker_clie
 
 def test_a_module_directory_grows_and_keeps_earlier_modules(images, tmp_path):
     out = tmp_path / "modules"
-    first = run_ndgen("modules", images["good"], "--tech", "docker", "--format", "lmod", "-o", str(out))
-    assert first.returncode == 0, first.stderr
-    second = run_ndgen("modules", images["good"], "--tech", "docker", "--format", "tcl", "-o", str(out))
-    assert second.returncode == 0, second.stderr
+    _made(images["good"], out, "--tech", "docker", "--format", "lmod")
+    _made(images["good"], out, "--tech", "docker", "--format", "tcl")
     name = _name(images["good"])
     assert (out / name / "1.0.lua").is_file() and (out / name / "1.0").is_file()
     manifest = json.loads((out / ".ndgen-modules").read_text())["files"]

@@ -1,11 +1,14 @@
-"""`ndgen modules`' texts without the engine: which DEPLOY_ENV_* variables a module may set on the host."""
+"""`ndgen modules` without the engine: DEPLOY_ENV_* names, option checks, values quoted for Lua and Tcl."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from neurodocker_nd.deliver import modulefiles
 from neurodocker_nd.deliver.commands import DeployError, deploy_env
-from support import one_error_line, run_ndgen
+from support import one_error_line, run_ndgen, tool
 
 
 @pytest.mark.parametrize("name", ["PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "PROMPT_COMMAND", "LMOD_CMD"])
@@ -41,3 +44,26 @@ def test_options_that_do_not_fit_are_refused_before_any_work(tmp_path, args, nee
     out = tmp_path / "m"
     one_error_line(run_ndgen("modules", "some/image:1", *args, "-o", str(out)), needle)
     assert not out.exists()
+
+
+# Every character a value may hold that Lua or Tcl treat specially, each control character among them.
+HOSTILE = 'a"b\\c$d[e]f{g}h\nj' + "".join(chr(c) for c in range(1, 0x20)) + "\x7f07 ]===] ]] é"
+
+
+def test_lua_string_reads_back_verbatim_in_lua():
+    # Lmod's Lua (Debian's lmod depends on lua5.3): the value Lua sees is the image's, byte for byte.
+    lua = tool("lua5.3")
+    proc = subprocess.run([lua, "-e", f"io.write({modulefiles._lua_string(HOSTILE)})"], capture_output=True, check=True)
+    assert proc.stdout == HOSTILE.encode()
+
+
+def test_tcl_string_reads_back_verbatim_in_tcl(tmp_path):
+    # The Tcl modulefile's strings are read by a real Tcl (Lmod's tcl2lua runs tclsh).
+    script = tmp_path / "t.tcl"
+    script.write_text(
+        f"fconfigure stdout -translation binary -encoding utf-8\nputs -nonewline {modulefiles._tcl_string(HOSTILE)}\n"
+        f"proc p {{ }} {{\n    puts -nonewline {modulefiles._tcl_string('{')}\n}}\np\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run([tool("tclsh"), str(script)], capture_output=True, check=True)
+    assert proc.stdout == HOSTILE.encode() + b"{"
