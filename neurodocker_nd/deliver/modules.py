@@ -63,14 +63,14 @@ class Written:
 
 def make_modules(req: Request) -> Written:
     _check_options(req)
-    image = _image_of(req.source)
+    image, from_recipe = _image_of(req.source)
     name, version = _name_version(image)
     owned = _owned_files(req.out)  # before the engine is asked anything: a wrong DIR is cheap to report
     deploy = read_deploy(engine.connect(), image)
     notes: list[str] = []
     if req.fmt == "shpc":
         repo, _ = engine.split_ref(image)
-        data, note = shpc.entry(deploy, repo, version, req.shpc_fields)
+        data, note = shpc.entry(deploy, repo, version, {**from_recipe, **req.shpc_fields})
         files = {f"{name}/container.yaml": (shpc.text(data), 0o644)}
         notes += [note] if note else []
     else:
@@ -102,19 +102,36 @@ def _check_options(req: Request) -> None:
             raise NdgenError(f"{flag} {clip(repr(given))}: expected an absolute path on one line")
 
 
-def _image_of(source: str) -> str:
-    """The image reference: SOURCE itself, or the NAME:VERSION a recipe directory's build names."""
+def _image_of(source: str) -> tuple[str, dict[str, str]]:
+    """The image reference — SOURCE itself, or the NAME:VERSION a recipe directory's build tags —
+    and what the recipe says of shpc's text fields."""
     if not os.path.isdir(source):
         if not engine.is_image_name(source, host=True):
             raise NdgenError(f"{clip(source)}: neither a recipe directory nor an image name")
-        return source
+        return source, {}
     from neurodocker_nd.render.recipe import load_recipe
 
     plan = load_recipe(source)
     ref = f"{plan.name}:{plan.version}"
     if not engine.is_image_name(ref, host=False):
         raise NdgenError(f"{clip(source)}: name:version {clip(ref)} is not an image name")
-    return ref
+    return ref, _recipe_fields(plan.metadata)
+
+
+def _recipe_fields(metadata: Mapping[str, object]) -> dict[str, str]:
+    """shpc's description and url from a build.yaml's structured_readme (neurocontainers' keys
+    `description` and `documentation`, as the recipe loader reads them for the README); text that
+    still holds Jinja is the recipe's template, not its value, and is left to the labels."""
+    readme = metadata.get("structured_readme")
+    fields: dict[str, str] = {}
+    if isinstance(readme, Mapping):
+        for key, field in (("description", "description"), ("documentation", "url")):
+            value = readme.get(key)
+            if isinstance(value, str) and value.strip() and "{{" not in value and "{%" not in value:
+                fields[field] = value.strip()
+    if "url" in fields and not fields["url"].startswith(("https://", "http://")):
+        del fields["url"]  # documentation may be prose; shpc's url is a link
+    return fields
 
 
 def _name_version(image: str) -> tuple[str, str]:

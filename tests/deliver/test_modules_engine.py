@@ -225,16 +225,23 @@ def test_recipe_dir_names_the_image_its_build_tags(images, tmp_path, docker_clie
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     head = RECIPE_HEAD.replace("name: r", f"name: {name}").replace('version: "1"', 'version: "2.5"')
-    (recipe / "build.yaml").write_text(head + '    - run: ["true"]\n')
+    readme = "structured_readme:\n  description: From the recipe.\n  documentation: https://example.org/recipe-docs\n"
+    (recipe / "build.yaml").write_text(readme + head + '    - run: ["true"]\n')
     missing = run_ndgen("modules", str(recipe), "--tech", "docker", "--format", "lmod", "-o", str(tmp_path / "m"))
     one_error_line(missing, f"{name}:2.5", "not on this engine")
     docker_client.images.get(images["good"]).tag(name, "2.5")
     try:
         proc = run_ndgen("modules", str(recipe), "--tech", "docker", "--format", "lmod", "-o", str(tmp_path / "m"))
+        shpc_run = run_ndgen("modules", str(recipe), "--format", "shpc", "-o", str(tmp_path / "s"))
     finally:
         remove_images(docker_client, [f"{name}:2.5"])
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / name / "2.5.lua").is_file()
+    assert shpc_run.returncode == 0, shpc_run.stderr
+    data = yaml.safe_load((tmp_path / "s" / name / "container.yaml").read_text())
+    # The recipe's words before the image's labels; the maintainer only the labels know.
+    assert (data["description"], data["url"]) == ("From the recipe.", "https://example.org/recipe-docs")
+    assert data["maintainer"] == "T Tester <t@example.org>" and data["docker"] == name
 
 
 def test_a_module_directory_grows_and_keeps_earlier_modules(images, tmp_path):
