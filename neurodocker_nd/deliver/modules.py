@@ -199,7 +199,7 @@ def _owned_files(out: Path) -> set[str]:
     manifest = out / MANIFEST
     listed = _read_manifest(manifest) if manifest.exists() else set()
     dirs = {str(PurePosixPath(rel).parents[i]) for rel in listed for i in range(len(PurePosixPath(rel).parts) - 1)}
-    seen = 0
+    seen, present = 0, set()
     for root, subdirs, names in os.walk(out):
         for entry in [*subdirs, *names]:
             seen += 1
@@ -213,7 +213,8 @@ def _owned_files(out: Path) -> set[str]:
                 raise NdgenError(
                     f"-o {out}: holds {clip(rel)}, which ndgen modules did not write; give a new or empty directory"
                 )
-    return listed
+            present.add(rel)
+    return listed & present  # a module file deleted by hand since is no longer DIR's
 
 
 def _read_manifest(path: Path) -> set[str]:

@@ -252,6 +252,11 @@ def test_a_module_directory_grows_and_keeps_earlier_modules(images, tmp_path):
     assert (out / name / "1.0.lua").is_file() and (out / name / "1.0").is_file()
     manifest = json.loads((out / ".ndgen-modules").read_text())["files"]
     assert f"{name}/1.0.lua" in manifest and f"{name}/1.0" in manifest
+    # A module file removed by hand is forgotten, not an error, on the next run.
+    (out / name / "1.0").unlink()
+    _made(images["good"], out, "--tech", "docker", "--format", "lmod")
+    manifest = json.loads((out / ".ndgen-modules").read_text())["files"]
+    assert f"{name}/1.0.lua" in manifest and f"{name}/1.0" not in manifest
 
 
 # --------------------------------------------------------------------------- bad input
