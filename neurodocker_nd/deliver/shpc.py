@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from neurodocker_nd.core import engine
 from neurodocker_nd.deliver.commands import Deploy
 from neurodocker_nd.errors import NdgenError
 
@@ -36,11 +37,17 @@ REQUIRED = ("maintainer", "description")
 
 def digest(deploy: Deploy, repo: str) -> tuple[str, bool]:
     """(the digest of `repo` in the image's RepoDigests, True) or (its image ID, False)."""
+    wanted = _qualified(repo)
     for item in deploy.repo_digests:
         name, _, value = item.partition("@")
-        if name == repo or name.endswith("/" + repo):
+        if _qualified(name) == wanted:
             return value, True
     return deploy.image_id, False
+
+
+def _qualified(repo: str) -> str:
+    """`repo` as docker resolves it (`x` → `docker.io/library/x`), so `x` never matches `other/x`."""
+    return engine.normalize_ref(repo).rsplit(":", 1)[0]
 
 
 def entry(deploy: Deploy, repo: str, tag: str, overrides: Mapping[str, str]) -> tuple[dict[str, Any], str | None]:

@@ -67,3 +67,27 @@ def test_tcl_string_reads_back_verbatim_in_tcl(tmp_path):
     )
     proc = subprocess.run([tool("tclsh"), str(script)], capture_output=True, check=True)
     assert proc.stdout == HOSTILE.encode() + b"{"
+
+
+@pytest.mark.parametrize(
+    ("repo", "expected"),
+    [
+        ("x", ("sha256:" + "a" * 64, True)),  # Docker Hub's library/x, however the engine spelled it
+        ("library/x", ("sha256:" + "a" * 64, True)),
+        ("other/x", ("sha256:" + "b" * 64, True)),
+        ("quay.io/x", ("sha256:" + "c" * 64, False)),  # pulled from elsewhere: only the image ID is known
+    ],
+)
+def test_shpc_digest_is_the_registry_digest_of_that_repository(repo, expected):
+    from neurodocker_nd.deliver.commands import Deploy
+    from neurodocker_nd.deliver.shpc import digest
+
+    deploy = Deploy(
+        image=f"{repo}:1",
+        image_id="sha256:" + "c" * 64,
+        repo_digests=("docker.io/other/x@sha256:" + "b" * 64, "x@sha256:" + "a" * 64),  # other/x first
+        commands=("t",),
+        env=(),
+        readme="",
+    )
+    assert digest(deploy, repo) == expected
