@@ -34,6 +34,7 @@ COMMANDS: Mapping[str, str] = MappingProxyType(
         "build": "build",
         "test": "build",
         "minify": "minify",
+        "modules": "build",  # the Docker SDK: the image's ENV and its DEPLOY_PATH listing
         # Registry maintenance: rewrites YAML with ruamel.yaml (comments kept).
         "upstream": "upstream",
         # Not check-urls: only its --write rewrites YAML (ruamel.yaml, comments kept);
