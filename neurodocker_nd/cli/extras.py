@@ -34,6 +34,7 @@ COMMANDS: Mapping[str, str] = MappingProxyType(
         "build": "build",
         "test": "build",
         "minify": "minify",
+        "sif": "build",  # the Docker SDK finds the image's layers
         # Registry maintenance: rewrites YAML with ruamel.yaml (comments kept).
         "upstream": "upstream",
         # Not check-urls: only its --write rewrites YAML (ruamel.yaml, comments kept);
