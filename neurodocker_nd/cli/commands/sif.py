@@ -28,15 +28,22 @@ from neurodocker_nd.deliver.sifformat import ARCH_CODES
     show_default=True,
     help="squashfs compressor; gzip for runtimes older than Apptainer 1.0 / SingularityCE 3.x kernels without zstd.",
 )
+@click.option(
+    "--level",
+    type=int,
+    help="Compression level: gzip 1..9 (default 9), zstd 1..22 (default 8); xz and lz4 take none.",
+)
 @click.option("--processors", type=click.IntRange(min=1), help="mksquashfs threads (default: every CPU).")
-def sif_cmd(image: str, output: Path, arch: str | None, compressor: str, processors: int | None) -> None:
+def sif_cmd(
+    image: str, output: Path, arch: str | None, compressor: str, level: int | None, processors: int | None
+) -> None:
     """Write IMAGE's root filesystem and /.singularity.d as a SIF file, without Apptainer.
 
     The image is read in place (its overlay2 layers, read-only), squashed with
     mksquashfs and wrapped as apptainer/sif specifies. With SOURCE_DATE_EPOCH
     set, the same image gives the same bytes.
     """
-    result = write_sif(image, output, arch=arch, compressor=compressor, processors=processors)
+    result = write_sif(image, output, arch=arch, compressor=compressor, level=level, processors=processors)
     click.echo(
         f"wrote {output} ({result.size / 1e6:.1f} MB, {result.arch}) from {image} ({result.image_id[:19]}) "
         f"in {result.seconds:.1f} s"
