@@ -51,11 +51,18 @@ _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "
 @attrs.frozen
 class SifResult:
     path: Path
+    image: str
     image_id: str
     arch: str
     size: int
     seconds: float
     method: str  # how the root filesystem was read: "overlay" | "export" (minify.source)
+
+    def summary(self) -> str:
+        return (
+            f"wrote {self.path} ({self.size / 1e6:.1f} MB, {self.arch}) from {self.image} "
+            f"({self.image_id[:19]}) in {self.seconds:.1f} s"
+        )
 
 
 def write_sif(
@@ -84,7 +91,7 @@ def write_sif(
             _prefix(tmp, small, start, image_arch, when)
             size = tmp.stat().st_size
         method = src.method
-    return SifResult(output, config.image_id, image_arch, size, time.monotonic() - started, method)
+    return SifResult(output, image, config.image_id, image_arch, size, time.monotonic() - started, method)
 
 
 def image_architecture(attrs_: dict[str, Any], wanted: str | None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import container_output, one_error_line, remove_images, run_ndgen
+from support import RECIPE_HEAD, container_output, one_error_line, remove_images, run_ndgen
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -240,3 +240,24 @@ def test_bad_inputs_one_line_nothing_written(sif_image, tmp_path):
         assert proc.returncode == 2
         one_error_line(proc, needle)
     assert os.listdir(tmp_path) == []
+
+
+def test_build_format_sif_writes_the_built_image(tmp_path, docker_client, base_image):
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    directives = "    - run:\n        - echo built-by-ndgen > /etc/ndgen-sif-marker\n"
+    (recipe / "build.yaml").write_text(RECIPE_HEAD + directives)
+    name = f"{PREFIX}-build-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = run_ndgen("build", str(recipe), "-t", f"{name}:1", "--format", "sif", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        sif = tmp_path / f"{name}_1.sif"  # apptainer pull's NAME_TAG.sif
+        deffile, _, part = parse_sif(sif)["descriptors"]
+        assert deffile["data"] == f"bootstrap: docker-daemon\nfrom: {name}:1\n".encode()
+        cat = ["unsquashfs", "-o", str(part["offset"]), "-cat", str(sif), "etc/ndgen-sif-marker"]
+        assert subprocess.run(cat, capture_output=True, text=True).stdout == "built-by-ndgen\n"
+    finally:
+        remove_images(docker_client, [f"{name}:1"])
+    # -o names the SIF file: without --format sif it would be ignored, so it is refused
+    proc = run_ndgen("build", str(recipe), "-t", f"{name}:2", "-o", str(tmp_path / "x.sif"))
+    one_error_line(proc, "needs --format sif")

@@ -43,8 +43,4 @@ def sif_cmd(
     mksquashfs and wrapped as apptainer/sif specifies. With SOURCE_DATE_EPOCH
     set, the same image gives the same bytes.
     """
-    result = write_sif(image, output, arch=arch, compressor=compressor, level=level, processors=processors)
-    click.echo(
-        f"wrote {output} ({result.size / 1e6:.1f} MB, {result.arch}) from {image} ({result.image_id[:19]}) "
-        f"in {result.seconds:.1f} s"
-    )
+    click.echo(write_sif(image, output, arch=arch, compressor=compressor, level=level, processors=processors).summary())
