@@ -45,7 +45,7 @@ DEFAULT_LEVEL = {"zstd": 8}
 # hours): mksquashfs is stopped after this long.
 MKSQUASHFS_TIMEOUT_S = 3 * 3600
 # The aliases `uname -m` prints, for --arch; the image's own value is a Go name already.
-_ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386", "armv7l": "arm"}
+ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386", "armv7l": "arm"}
 
 
 @attrs.frozen
@@ -100,7 +100,7 @@ def image_architecture(attrs_: dict[str, Any], wanted: str | None) -> str:
     if have not in sifformat.ARCH_CODES:
         raise NdgenError(f"image architecture {have or '(none)'!r} has no SIF code (pkg/sif arch.go)")
     if wanted is not None:
-        want = _ARCH_ALIASES.get(wanted, wanted)
+        want = ARCH_ALIASES.get(wanted, wanted)
         if want != have:
             raise NdgenError(f"--arch {wanted} does not match the image, which is {have}")
     return have

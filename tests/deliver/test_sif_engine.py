@@ -234,6 +234,7 @@ def test_bad_inputs_one_line_nothing_written(sif_image, tmp_path):
         (["sif", sif_image, "-o", str(out), "--arch", "s390x"], "does not match the image"),
         (["sif", sif_image, "-o", str(out), "--comp", "xz", "--level", "3"], "has no level"),
         (["sif", sif_image, "-o", str(tmp_path / "missing" / "x.sif")], "does not exist"),
+        (["sif", sif_image, "-o", "/proc/x.sif"], "cannot write /proc/x.sif"),  # no temp file can go there
     ]
     for argv, needle in cases:
         proc = run_ndgen(*argv)

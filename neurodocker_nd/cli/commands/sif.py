@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from neurodocker_nd.deliver.sif import COMPRESSORS, DEFAULT_COMPRESSOR, write_sif
+from neurodocker_nd.deliver.sif import ARCH_ALIASES, COMPRESSORS, DEFAULT_COMPRESSOR, write_sif
 from neurodocker_nd.deliver.sifformat import ARCH_CODES
 
 
@@ -17,8 +17,9 @@ from neurodocker_nd.deliver.sifformat import ARCH_CODES
 )
 @click.option(
     "--arch",
-    type=click.Choice(sorted(ARCH_CODES)),
-    help="Check that the image is of this architecture (default: the image's, which the SIF records).",
+    type=click.Choice(sorted([*ARCH_CODES, *ARCH_ALIASES])),
+    help="Check that the image is of this architecture (x86_64 = amd64, aarch64 = arm64); the SIF records "
+    "the image's own.",
 )
 @click.option(
     "--comp",
@@ -26,7 +27,7 @@ from neurodocker_nd.deliver.sifformat import ARCH_CODES
     type=click.Choice(COMPRESSORS),
     default=DEFAULT_COMPRESSOR,
     show_default=True,
-    help="squashfs compressor; gzip for runtimes older than Apptainer 1.0 / SingularityCE 3.x kernels without zstd.",
+    help="squashfs compressor; gzip where the cluster's squashfs driver lacks zstd (docs/hpc.md).",
 )
 @click.option(
     "--level",
