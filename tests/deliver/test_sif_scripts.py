@@ -52,7 +52,7 @@ def test_runscript_no_eval_keeps_arguments_verbatim(tmp_path):
 
 
 def test_env_script_quotes_values_and_lets_the_caller_override(tmp_path):
-    tricky = 'a $HOME `id` "q" \\ \'s\' $(id)'
+    tricky = "a $HOME `id` \"q\" \\ 's' $(id)"
     env = (f"TRICKY={tricky}", "PATH=/opt/x/bin:/usr/bin:/bin", "KEEP=image", "EMPTY", "BAD-NAME=x", "DEPLOY_BINS=a:b")
     script = tmp_path / "10-docker2singularity.sh"
     script.write_text(singularityd.env_script(env))
