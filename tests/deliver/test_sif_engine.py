@@ -33,9 +33,10 @@ RUN rm /opt/gone.txt && rm -rf /opt/old && mkdir /opt/old && echo new > /opt/old
  && chmod 755 /opt/tool/bin/toolcmd \\
  && ln /opt/tool/bin/toolcmd /opt/tool/bin/toolcmd-hard && ln -s toolcmd /opt/tool/bin/toolcmd-sym \\
  && ln -s /etc/shadow /opt/tool/outside && ln -s ../../../../../../root /opt/tool/up \\
- && mknod /opt/tool/null c 1 3
+ && mknod /opt/tool/null c 1 3 && cp /bin/true /opt/tool/suid && chmod 4755 /opt/tool/suid
 ENV PATH=/opt/tool/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
-    TOOL_GREETING="hello $ `world` \\"q\\"" DEPLOY_PATH=/opt/tool/bin DEPLOY_BINS=toolcmd:toolcmd-sym
+    TOOL_GREETING="hello $ `world` \\"q\\"" DEPLOY_PATH=/opt/tool/bin DEPLOY_BINS=toolcmd:toolcmd-sym \\
+    DEPLOY_ENV_TOOLDATA=BASEPATH/opt/tool/data
 LABEL org.example.kept=yes
 ENTRYPOINT ["toolcmd", "--from-entrypoint"]
 CMD ["default arg"]
@@ -177,23 +178,22 @@ def test_layers_are_flattened_with_links_xattrs_and_devices(unpacked):
     assert os.getxattr(opt / "capped", "security.capability") == CAP
     st = os.lstat(opt / "tool" / "null")
     assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
+    assert os.stat(opt / "tool" / "suid").st_mode & 0o7777 == 0o4755  # the view is nosuid, the SIF keeps it
     # the image's planted /.singularity.d is replaced by ndgen's
     assert not (unpacked / ".singularity.d" / "planted").exists()
     assert os.readlink(unpacked / "singularity") == ".singularity.d/runscript"
     env = (unpacked / ".singularity.d" / "env" / "10-docker2singularity.sh").read_text()
     assert 'export DEPLOY_PATH="${DEPLOY_PATH:-"/opt/tool/bin"}"' in env
     assert 'export DEPLOY_BINS="${DEPLOY_BINS:-"toolcmd:toolcmd-sym"}"' in env
+    assert 'export DEPLOY_ENV_TOOLDATA="${DEPLOY_ENV_TOOLDATA:-"BASEPATH/opt/tool/data"}"' in env
 
 
 @pytest.fixture(scope="module")
 def imported(unpacked, docker_client):
     """The unpacked root as an image without any config: only /.singularity.d gives it its ENV."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for entry in sorted(os.listdir(unpacked)):
-            tar.add(unpacked / entry, arcname=entry)
     tag = f"{PREFIX}-imported:{uuid.uuid4().hex[:8]}"
-    proc = subprocess.run(["docker", "import", "-", tag], input=buffer.getvalue(), capture_output=True)
+    pipe = f"set -o pipefail; tar -C {unpacked} --numeric-owner -cf - . | docker import - {tag}"
+    proc = subprocess.run(["bash", "-c", pipe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     yield tag
     remove_images(docker_client, [tag])
@@ -201,7 +201,11 @@ def imported(unpacked, docker_client):
 
 @pytest.mark.parametrize(
     "argv",
-    [["toolcmd", "a b", "c"], ["toolcmd-sym"], ["sh", "-c", 'echo "$DEPLOY_PATH|$DEPLOY_BINS|$PATH"']],
+    [
+        ["toolcmd", "a b", "c"],
+        ["toolcmd-sym"],
+        ["sh", "-c", 'echo "$DEPLOY_PATH|$DEPLOY_BINS|$DEPLOY_ENV_TOOLDATA|$PATH"'],
+    ],
     ids=["command", "symlink", "env"],
 )
 def test_commands_after_sourcing_env_match_the_image(argv, sif_image, imported, docker_client):
