@@ -32,7 +32,7 @@ from neurodocker_nd.deliver.sifformat import ARCH_CODES
 @click.option(
     "--level",
     type=int,
-    help="Compression level: gzip 1..9 (default 9), zstd 1..22 (default 8); xz and lz4 take none.",
+    help="Compression level: gzip 1..9 (default 6), zstd 1..22 (default 8); xz and lz4 take none.",
 )
 @click.option("--processors", type=click.IntRange(min=1), help="mksquashfs threads (default: every CPU).")
 def sif_cmd(
