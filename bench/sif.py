@@ -6,7 +6,8 @@ Both start from the same image on the engine and end with a SIF file:
 * reference: `docker save IMAGE | docker-save-to-simg - OUT.sif` (their documented pipe; the
   converter is compiled here, offline, with the Go toolchain on PATH — Debian 12's golang-go
   1.19 does: it uses the standard library only);
-* ndgen: `ndgen sif IMAGE -o OUT.sif` as a fresh process, default options.
+* ndgen: `ndgen sif IMAGE -o OUT.sif` as a fresh process, default options (zstd), and again with
+  `--comp gzip` (the reference's compressor, zlib), for the size at equal compression.
 
 Printed: wall time and SIF size of each, and the ratios.  Goal (issue 21): ndgen at least 2x faster
 end to end, and no larger.  Each SIF's partition is checked with `unsquashfs -s` (a valid squashfs).
@@ -95,9 +96,9 @@ def run_reference(binary: Path, image: str, out: Path) -> float:
     return timed(["bash", "-c", script], stdout=subprocess.DEVNULL)
 
 
-def run_ndgen(image: str, out: Path) -> float:
+def run_ndgen(image: str, out: Path, *options: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return timed([sys.executable, "-m", "neurodocker_nd.cli", "sif", image, "-o", str(out)], env=env)
+    return timed([sys.executable, "-m", "neurodocker_nd.cli", "sif", image, "-o", str(out), *options], env=env)
 
 
 def partition_offset(path: Path) -> int:
@@ -137,19 +138,21 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ndgen-bench-sif-") as tmp:
         work = Path(tmp)
         binary = build_converter(args.neurocontainers, work)
-        ref_out, nd_out = work / "reference.sif", work / "ndgen.sif"
-        ref_times, nd_times = [], []
-        for _ in range(args.rounds):  # alternate, so load on the machine hits both alike
+        ref_out, nd_out, gz_out = work / "reference.sif", work / "ndgen.sif", work / "ndgen-gzip.sif"
+        ref_times, nd_times, gz_times = [], [], []
+        for _ in range(args.rounds):  # alternate, so load on the machine hits each alike
             ref_out.unlink(missing_ok=True)
             ref_times.append(run_reference(binary, image, ref_out))
             nd_times.append(run_ndgen(image, nd_out))
-        ref_t, nd_t = statistics.median(ref_times), statistics.median(nd_times)
-        ref_size, nd_size = ref_out.stat().st_size, nd_out.stat().st_size
-        ref_comp, nd_comp = check_squashfs(ref_out), check_squashfs(nd_out)
+            gz_times.append(run_ndgen(image, gz_out, "--comp", "gzip"))
+        ref_t, nd_t, gz_t = (statistics.median(t) for t in (ref_times, nd_times, gz_times))
+        ref_size, nd_size, gz_size = (p.stat().st_size for p in (ref_out, nd_out, gz_out))
+        ref_comp, nd_comp, gz_comp = (check_squashfs(p) for p in (ref_out, nd_out, gz_out))
     print(f"\nimage {image}: {int(size) / 1e6:.0f} MB on the engine; median of {args.rounds} round(s)")
     print(f"  {'':34} {'wall s':>8} {'SIF MB':>8}  squashfs")
     print(f"  {'docker save | docker-save-to-simg':34} {ref_t:8.1f} {ref_size / 1e6:8.1f}  {ref_comp}")
     print(f"  {'ndgen sif':34} {nd_t:8.1f} {nd_size / 1e6:8.1f}  {nd_comp}")
+    print(f"  {'ndgen sif --comp gzip':34} {gz_t:8.1f} {gz_size / 1e6:8.1f}  {gz_comp}")
     speed, ratio = ref_t / nd_t, nd_size / ref_size
     print(f"  ndgen: {speed:.2f}x faster (goal >= 2x: {'met' if speed >= 2 else 'NOT met'}), size x{ratio:.3f}")
     print(f"  (goal no larger: {'met' if ratio <= 1 else 'NOT met'})")
