@@ -78,10 +78,10 @@ def write_sif(
     """Write `image`'s SIF to `output`, whole or not at all."""
     started = time.monotonic()
     compression = compression_args(compressor, level)
+    when = _epoch()  # bad options and environment fail before any engine work
     client = engine.connect()
     image_obj, config = source.inspect_image(client, image)
     image_arch = image_architecture(image_obj.attrs, arch)
-    when = _epoch()
     meta = singularityd.build(config, image_arch)
     with source.interrupts_as_exceptions(), source.open_source(client, image) as src:
         with outfile.replacing(output) as tmp:
