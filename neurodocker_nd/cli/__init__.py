@@ -31,6 +31,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "test": "neurodocker_nd.cli.commands.test:test_cmd",
     "minify": "neurodocker_nd.cli.commands.minify:minify_cmd",
     "modules": "neurodocker_nd.cli.commands.modules:modules_cmd",
+    "sif": "neurodocker_nd.cli.commands.sif:sif_cmd",
     "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
     "generate": "neurodocker_nd.cli.commands.generate:generate_group",
 }

@@ -35,6 +35,7 @@ COMMANDS: Mapping[str, str] = MappingProxyType(
         "test": "build",
         "minify": "minify",
         "modules": "build",  # the Docker SDK: the image's ENV and its DEPLOY_PATH listing
+        "sif": "build",  # the Docker SDK finds the image's layers
         # Registry maintenance: rewrites YAML with ruamel.yaml (comments kept).
         "upstream": "upstream",
         # Not check-urls: only its --write rewrites YAML (ruamel.yaml, comments kept);

@@ -106,8 +106,28 @@ class _OsOption(click.Option):
         return super().get_help_record(ctx)
 
 
+# `ndgen build` also delivers a SIF file: the Docker recipe is built, then converted (ndgen sif).
+build_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["docker", "singularity", "sif"]),
+    default="docker",
+    show_default=True,
+    help="sif: build the Dockerfile, test the image, then write it as a SIF file (-o).",
+)
+
+
 def recipe_options(func: F) -> F:
     """Add --pkg/--os/--base-image/--pkg-manager/--format to a click command."""
+    return _recipe_options(func, format_option)
+
+
+def build_recipe_options(func: F) -> F:
+    """recipe_options with `ndgen build`'s --format (docker|singularity|sif)."""
+    return _recipe_options(func, build_format_option)
+
+
+def _recipe_options(func: F, fmt_option: Any) -> F:
     decorators = [
         click.option(
             "--pkg",
@@ -131,7 +151,7 @@ def recipe_options(func: F) -> F:
             type=click.Choice(["apt", "yum"]),
             help="Package manager of --base-image.",
         ),
-        format_option,
+        fmt_option,
     ]
     for decorator in reversed(decorators):
         func = decorator(func)

@@ -57,6 +57,7 @@ CROSS = {
     ("fleet", "build"),  # a target is built and tested as `ndgen build RECIPE_DIR` does
     ("fleet", "minify"),  # fleet run --minify
     ("deliver", "build"),  # modules from a RECIPE_DIR, sif from a build
+    ("deliver", "minify"),  # sif reads the image through minify.source's read-only overlay of its layers
 }
 # render/ renders text; none of these may be reached from it.
 RENDER_FORBIDDEN = {"docker", f"{PACKAGE}.core.engine", f"{PACKAGE}.core.runcapture"}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from neurodocker_nd.cli import output
-from neurodocker_nd.cli.options import recipe_dir_options, recipe_options
+from neurodocker_nd.cli.options import build_recipe_options, recipe_dir_options
 from neurodocker_nd.errors import ChecksFailed, NdgenError
 
 if TYPE_CHECKING:
@@ -18,8 +18,15 @@ if TYPE_CHECKING:
 
 @click.command("build")
 @click.argument("recipe_dir", required=False, type=click.Path(path_type=Path))
-@recipe_options
+@build_recipe_options
 @click.option("-t", "--tag", required=True, metavar="NAME[:TAG]", help="Tag of the image to build.")
+@click.option(
+    "-o",
+    "--output",
+    "sif_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --format sif: the SIF file (default: NAME_TAG.sif here, as `apptainer pull` names it).",
+)
 @click.option("--no-test", is_flag=True, help="Build only; do not run the packages' test commands.")
 @click.option("--no-cache", is_flag=True, help="Rebuild even when an identical build exists.")
 @click.option(
@@ -62,8 +69,9 @@ def build_cmd(
     os_name: str | None,
     base_image: str | None,
     pkg_manager: str | None,
-    fmt: Format,
+    fmt: str,
     tag: str,
+    sif_path: Path | None,
     no_test: bool,
     no_cache: bool,
     network: str,
@@ -82,15 +90,20 @@ def build_cmd(
     (default: the engine's; host only when asked for, noted in the log and in
     the report). --format singularity runs the definition file on
     the Docker engine with ndgen's Apptainer stand-in and prints the
-    equivalent `apptainer build` command.
+    equivalent `apptainer build` command. --format sif builds the Dockerfile
+    and, once the tests pass, writes the image as a SIF file (`ndgen sif`).
     """
+    if sif_path is not None and fmt != "sif":
+        raise NdgenError("-o/--output names the SIF file: it needs --format sif")
+    recipe_fmt: Format = "singularity" if fmt == "singularity" else "docker"
     proxy = _apt_proxy(apt_proxy, network)
     if recipe_dir is not None:
         if pkgs or any(v is not None for v in (os_name, base_image, pkg_manager)):  # `--os ""` too
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
         _build_recipe_dir(
-            recipe_dir, fmt, tag, arch, options, templates, not no_test, no_cache, log_path, network, proxy
+            recipe_dir, recipe_fmt, tag, arch, options, templates, not no_test, no_cache, log_path, network, proxy
         )
+        _deliver_sif(fmt, tag, sif_path)
         return
     if not pkgs:
         raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
@@ -100,7 +113,7 @@ def build_cmd(
 
     check_tag(tag)
     registry = Registry()
-    recipe = render_recipe(pkgs, os_name, base_image, pkg_manager, fmt, registry)
+    recipe = render_recipe(pkgs, os_name, base_image, pkg_manager, recipe_fmt, registry)
     output.package_notes(recipe.packages, registry, alerts=False)
     outcome = build_recipe(
         recipe,
@@ -119,6 +132,19 @@ def build_cmd(
         raise ChecksFailed(
             f"{len(outcome.failures)} of {len(outcome.tests)} tests failed in {tag}: {names}; log: {outcome.log_path}"
         )
+    _deliver_sif(fmt, tag, sif_path)
+
+
+def _deliver_sif(fmt: str, tag: str, sif_path: Path | None) -> None:
+    """--format sif: the built (and tested) image as a SIF file, named as `apptainer pull` would."""
+    if fmt != "sif":
+        return
+    from neurodocker_nd.deliver.sif import write_sif
+
+    if sif_path is None:
+        name, _, version = tag.rpartition("/")[2].partition(":")
+        sif_path = Path(f"{name}_{version or 'latest'}.sif")
+    click.echo(write_sif(tag, sif_path).summary())
 
 
 def _apt_proxy(value: str | None, network: str) -> AptProxy | None:
