@@ -31,6 +31,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "test": "neurodocker_nd.cli.commands.test:test_cmd",
     "minify": "neurodocker_nd.cli.commands.minify:minify_cmd",
     "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
+    "fleet": "neurodocker_nd.cli.commands.fleet:fleet_group",
     "generate": "neurodocker_nd.cli.commands.generate:generate_group",
 }
 

@@ -33,6 +33,7 @@ COMMANDS: Mapping[str, str] = MappingProxyType(
         "base": "build",
         "build": "build",
         "test": "build",
+        "fleet": "build",  # plan reads base images on the engine; run builds and pushes
         "minify": "minify",
         # Registry maintenance: rewrites YAML with ruamel.yaml (comments kept).
         "upstream": "upstream",
