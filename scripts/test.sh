@@ -15,6 +15,7 @@ command -v strace >/dev/null || need_apt+=(strace)
 command -v git >/dev/null || need_apt+=(git)
 command -v xz >/dev/null || need_apt+=(xz-utils)
 [ -f /usr/share/distro-info/debian.csv ] || need_apt+=(distro-info-data)  # `ndgen base` suite names
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)  # fleet tests' OCI registry (distribution 2.8)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   apt-get update -qq

@@ -119,6 +119,11 @@ def fingerprint_parts(target: Target, templates: Sequence[str], bases: dict[str,
 
     recipe = load_recipe(target.recipe_dir, arch=target.arch, templates=templates)
     text = render(recipe, "docker", cache_stage=True)
+    # The Dockerfile names where the recipe was read (its `# Reproduce:` line): a checkout elsewhere
+    # (another runner, another clone) is the same image.
+    for i, where in enumerate((target.recipe_dir, *templates)):
+        for form in {str(where), str(Path(where).absolute())}:
+            text = text.replace(form, f"<dir{i}>")
     base = recipe.target.base_image
     if base not in bases:
         image = engine.find_image(engine.connect(), base)

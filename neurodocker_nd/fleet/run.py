@@ -190,6 +190,16 @@ def _work(
     target = planned.target
     assert planned.fingerprint is not None
     _check(stop, state, "build")
+    candidate_tag = f"candidate-{planned.fingerprint[:32]}"
+    if options.promote:
+        prior = _tested_candidate(registry, target.name, candidate_tag, planned.fingerprint)
+        if prior is not None:  # a pull request (or an interrupted run) tested this very image
+            say(f"{target.name} {target.version} {target.arch}: candidate {prior.digest} passed before: promoting it")
+            _check(stop, state, "promote")
+            _promote(registry, target, prior)
+            labels = registry.labels(target.name, prior.digest) or {}
+            tests = labels.get(planning.TESTS_LABEL, "")
+            return Result(target, "promoted", "promote", planned.reason, planned.fingerprint, prior.digest, tests=tests)
     local = f"{options.local_prefix}-{target.name}:{target.version}-{target.arch}"
     build_log = engine.new_log_path("fleet-build", local)
     try:
@@ -232,7 +242,7 @@ def _work(
         planning.NDGEN_LABEL: __version__,
         planning.TESTS_LABEL: summary,
     }
-    candidate = registry.image(target.name, f"candidate-{planned.fingerprint[:32]}")
+    candidate = registry.image(target.name, candidate_tag)
     size = _relabel(client, built.outcome.image_id, candidate, labels)
     try:
         digest = _push(client, candidate)
@@ -245,12 +255,33 @@ def _work(
     _check(stop, state, "promote")
     try:
         manifest = registry.manifest(target.name, digest)
+    except NdgenError as exc:
+        raise _Failed("promote", exc.message) from None
+    if manifest is None:
+        raise _Failed("promote", f"registry {registry} lost {target.name}@{digest} after the push")
+    _promote(registry, target, manifest)
+    return Result(target, "promoted", "promote", planned.reason, planned.fingerprint, digest, size=size, tests=summary)
+
+
+def _tested_candidate(registry: Registry, name: str, tag: str, fingerprint: str) -> Manifest | None:
+    """The candidate pushed for this fingerprint, when there is one: only images whose tests
+    passed are ever pushed, and its label must carry the very fingerprint (a tag can be moved)."""
+    try:
+        manifest = registry.manifest(name, tag)
         if manifest is None:
-            raise NdgenError(f"registry {registry} lost {target.name}@{digest} after the push")
+            return None
+        labels = registry.config(name, manifest).get("config", {}).get("Labels") or {}
+    except NdgenError:
+        return None  # no usable candidate: build it again
+    return manifest if labels.get(planning.FINGERPRINT_LABEL) == fingerprint else None
+
+
+def _promote(registry: Registry, target: Target, manifest: Manifest) -> None:
+    """One manifest PUT of the tested bytes under VERSION[_arm64]: the tag moves whole or not at all."""
+    try:
         registry.put_manifest(target.name, target.tag, manifest)
     except NdgenError as exc:
         raise _Failed("promote", exc.message) from None
-    return Result(target, "promoted", "promote", planned.reason, planned.fingerprint, digest, size=size, tests=summary)
 
 
 def _check(stop: threading.Event, state: dict[str, Any], stage: str) -> None:

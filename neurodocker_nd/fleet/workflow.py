@@ -21,12 +21,16 @@ from typing import Any
 import yaml
 
 from neurodocker_nd.core import outfile
+from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.fleet.plan import MAX_JOBS
-from neurodocker_nd.fleet.targets import find_targets
+from neurodocker_nd.fleet.targets import Target, find_targets
 
 WORKFLOW_FILE = "ndgen-fleet.yml"
-CHECKOUT = "actions/checkout@v4"
-UPLOAD = "actions/upload-artifact@v4"
+# Pinned to commits (a tag can be moved): the v4.4.0 and v4.6.2 tags of actions/checkout and
+# actions/upload-artifact, read from those repositories' tags.
+CHECKOUT = "actions/checkout@11d5960a326750d5838078e36cf38b85af677262"
+UPLOAD = "actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02"
+_PINS = f"#   {CHECKOUT}  (v4.4.0)\n#   {UPLOAD}  (v4.6.2)\n"
 
 # Writes chunk0..chunkN-1 to $GITHUB_OUTPUT; more chunks than jobs fails the plan job.
 _OUTPUTS = """\
@@ -63,22 +67,33 @@ def workflow(
     runners: Mapping[str, str],
     install: str,
     branch: str | None = None,
+    environment: str = "ndgen-fleet",
 ) -> dict[str, Any]:
-    """The workflow as data; `recipes_path` is DIR as the repository's checkout names it."""
+    """The workflow as data; `recipes_path` is DIR as the repository's checkout names it.
+
+    The registry's secrets are read in jobs that name a GitHub `environment`: its secrets
+    reach only those jobs, and its protection rules (which branches may deploy) apply.
+    """
     targets = find_targets(directory)
     chunks = max(1, math.ceil(len(targets) / MAX_JOBS))
     creds = {
         "NDGEN_REGISTRY_USER": "${{ secrets.NDGEN_REGISTRY_USER }}",
         "NDGEN_REGISTRY_PASSWORD": "${{ secrets.NDGEN_REGISTRY_PASSWORD }}",
     }
+    bases = {f"BASE_{i}": ref for i, ref in enumerate(base_images(targets))}
     setup = [
         {"uses": CHECKOUT, "with": {"persist-credentials": False}},
         {"name": "install ndgen", "run": install},
         {"name": "registry login", "env": creds, "run": _LOGIN},
     ]
+    if bases:  # the fingerprint's `base` part is a pulled image's registry digest, the same on every runner
+        pulls = "".join(f'docker pull "${name}"\n' for name in bases)
+        setup.append({"name": "base images", "env": bases, "run": pulls})
     runner_flags = " ".join(f'--runner "{arch}=$RUNNER_{arch.upper()}"' for arch in sorted(runners))
     plan_job = {
+        "name": "plan",
         "runs-on": runners["x86_64"],
+        "environment": environment,
         "permissions": {"contents": "read"},
         "outputs": {f"chunk{i}": f"${{{{ steps.plan.outputs.chunk{i} }}}}" for i in range(chunks)},
         "steps": [
@@ -104,6 +119,7 @@ def workflow(
             "needs": "plan",
             "if": f"{output} != '[]' && {output} != ''",
             "runs-on": "${{ matrix.runner }}",
+            "environment": environment,
             "permissions": {"contents": "read"},
             "strategy": {"fail-fast": False, "matrix": {"include": f"${{{{ fromJSON({output}) }}}}"}},
             "name": "${{ matrix.name }} ${{ matrix.arch }}",
@@ -115,6 +131,7 @@ def workflow(
                     "run": _RUN,
                 },
                 {
+                    "name": "reports",
                     "if": "always()",
                     "uses": UPLOAD,
                     "with": {
@@ -136,10 +153,39 @@ def workflow(
     }
 
 
+def base_images(targets: list[Target]) -> list[str]:
+    """The base images the recipes build on (a recipe that does not load has none here)."""
+    from neurodocker_nd.render.recipe import load_recipe
+
+    found = set()
+    for target in targets:
+        if target.problem is None:
+            try:
+                found.add(load_recipe(target.recipe_dir, arch=target.arch).target.base_image)
+            except NdgenError:
+                continue  # it fails at render in its own job
+    return sorted(found)
+
+
+class _Dumper(yaml.SafeDumper):
+    """No anchors (each job's steps written out: zizmor and people read them whole), and a
+    script of several lines as a `|` block."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def write_workflow(data: dict[str, Any], out_dir: Path) -> Path:
     """`OUTDIR/ndgen-fleet.yml`, whole or not at all."""
-    text = "# Written by `ndgen fleet workflow`; regenerate it rather than editing it.\n"
-    text += yaml.safe_dump(data, sort_keys=False, width=200, default_flow_style=False)
+    text = "# Written by `ndgen fleet workflow`; regenerate it rather than editing it.\n# Actions:\n" + _PINS
+    text += yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=200, default_flow_style=False)
     path = out_dir / WORKFLOW_FILE
     outfile.write_text(path, text, mkdir=True)
     return path

@@ -163,6 +163,12 @@ def run_cmd(
     show_default=True,
     help="The shell command that installs ndgen on a runner.",
 )
+@click.option(
+    "--environment",
+    default="ndgen-fleet",
+    show_default=True,
+    help="The GitHub environment whose secrets NDGEN_REGISTRY_USER/NDGEN_REGISTRY_PASSWORD the jobs read.",
+)
 @_runner_option
 def workflow_cmd(
     directory: Path,
@@ -171,11 +177,14 @@ def workflow_cmd(
     recipes_path: str | None,
     branch: str | None,
     install: str,
+    environment: str,
     runners: tuple[str, ...],
 ) -> None:
     """Write OUTDIR/ndgen-fleet.yml: a plan job feeding one matrix job per chunk of 256 targets."""
     from neurodocker_nd.fleet.workflow import workflow, write_workflow
 
     options = _options(directory, registry, (), (), (), runners)
-    data = workflow(directory, recipes_path or str(directory), str(options.registry), options.runners, install, branch)
+    data = workflow(
+        directory, recipes_path or str(directory), str(options.registry), options.runners, install, branch, environment
+    )
     click.echo(f"workflow: {write_workflow(data, out_dir)}")
