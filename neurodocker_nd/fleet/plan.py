@@ -121,8 +121,9 @@ def fingerprint_parts(target: Target, templates: Sequence[str], bases: dict[str,
     text = render(recipe, "docker", cache_stage=True)
     # The Dockerfile names where the recipe was read (its `# Reproduce:` line): a checkout elsewhere
     # (another runner, another clone) is the same image.
-    for i, where in enumerate((target.recipe_dir, *templates)):
-        for form in {str(where), str(Path(where).absolute())}:
+    places: list[str] = [str(target.recipe_dir), *templates]
+    for i, where in enumerate(places):
+        for form in {where, str(Path(where).absolute())}:
             text = text.replace(form, f"<dir{i}>")
     base = recipe.target.base_image
     if base not in bases:

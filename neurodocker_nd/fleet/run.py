@@ -98,6 +98,8 @@ def run(options: RunOptions, progress: Progress) -> list[Result]:
     """Every target of the plan, at most `jobs` at once; a KeyboardInterrupt stops cleanly and re-raises."""
     if options.jobs < 1:
         raise NdgenError(f"--jobs {options.jobs}: at least 1")
+    if not engine.is_image_name(f"{options.local_prefix}-x:1", host=False):
+        raise NdgenError(f"--local-prefix {options.local_prefix!r}: not an image name (lower case, digits, . _ -)")
     if options.plan.registry is None:
         raise NdgenError("ndgen fleet run needs --registry: candidates are pushed and promoted there")
     targets = planning.find_targets(options.plan.directory, options.plan.arches, options.plan.only)

@@ -33,7 +33,7 @@ def renamed(root: Path, source: str, name: str, version: str | None = None) -> P
     for file in ("build.yaml", "fulltest.yaml"):
         text = (dest / file).read_text().replace(f"name: {source}\n", f"name: {name}\n")
         if version is not None:
-            text = text.replace('version: "2.0"\n', f'version: "{version}"\n')
+            text = text.replace('version: "2.0"\n', f'version: "{version}"\n').replace("/2.0 ##", f"/{version} ##")
         (dest / file).write_text(text)
     return dest
 

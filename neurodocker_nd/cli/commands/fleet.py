@@ -111,6 +111,13 @@ def plan_cmd(
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="JSON report of every target.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, one case per target.")
 @click.option("--markdown", "markdown_path", type=click.Path(path_type=Path), help="Append a Markdown summary here.")
+@click.option(
+    "--local-prefix",
+    default="ndgen-fleet",
+    show_default=True,
+    metavar="NAME",
+    help="Local image names on the engine: NAME-RECIPE:VERSION-ARCH (the registry's names are REG/RECIPE:VERSION).",
+)
 @_templates_option
 @build_network_options
 def run_cmd(
@@ -123,6 +130,7 @@ def run_cmd(
     report_path: Path | None,
     junit_path: Path | None,
     markdown_path: Path | None,
+    local_prefix: str,
     templates: tuple[str, ...],
     network: str,
     apt_proxy: str | None,
@@ -136,7 +144,8 @@ def run_cmd(
         if path is not None:
             report.check_writable(path, option)
     proxy = apt_proxy_option(apt_proxy, network)
-    options = RunOptions(_options(directory, registry, arches, only, templates), jobs, not no_promote, network, proxy)
+    plan_options = _options(directory, registry, arches, only, templates)
+    options = RunOptions(plan_options, jobs, not no_promote, network, proxy, local_prefix)
     results = run(options, lambda line: click.echo(line, err=True))
     output.table("fleet run", report.COLUMNS, report.rows(results))
     if report_path:
