@@ -51,6 +51,7 @@ class Result:
     tests: str = ""  # "11 passed" / "2 of 11 failed"
     log_tail: tuple[str, ...] = ()
     log_path: str | None = None
+    stage_seconds: dict[str, float] = attrs.field(factory=dict)  # build, test, push, promote: each one's time
 
     def as_json(self) -> dict[str, Any]:
         t = self.target
@@ -68,6 +69,7 @@ class Result:
             "tests": self.tests,
             "log": self.log_path,
             "log_tail": list(self.log_tail),
+            "stage_seconds": {k: round(v, 2) for k, v in self.stage_seconds.items()},
         }
 
 
@@ -152,7 +154,7 @@ def _run_target(planned: planning.Planned, options: RunOptions, stop: threading.
             target, "skipped", "plan", planned.reason, planned.fingerprint, seconds=time.monotonic() - started
         )
     say(f"{label}: {planned.reason}: building")
-    state: dict[str, Any] = {"stage": "build"}
+    state: dict[str, Any] = {"stage": "build", "marks": []}
     try:
         result = _work(planned, options, registry, stop, say, state)
     except _Stopped:
@@ -172,7 +174,10 @@ def _run_target(planned: planning.Planned, options: RunOptions, stop: threading.
             log_tail=tail,
             log_path=str(exc.log) if exc.log else None,
         )
-    result = attrs.evolve(result, seconds=time.monotonic() - started)
+    ended = time.monotonic()
+    marks = [*state["marks"], ("", ended)]
+    stages = {stage: marks[i + 1][1] - t for i, (stage, t) in enumerate(marks[:-1])}
+    result = attrs.evolve(result, seconds=ended - started, stage_seconds=stages)
     say(f"{label}: {result.status} {result.digest} in {result.seconds:.0f} s")
     return result
 
@@ -288,6 +293,7 @@ def _promote(registry: Registry, target: Target, manifest: Manifest) -> None:
 
 def _check(stop: threading.Event, state: dict[str, Any], stage: str) -> None:
     state["stage"] = stage
+    state["marks"].append((stage, time.monotonic()))
     if stop.is_set():
         raise _Stopped()
 
