@@ -50,11 +50,8 @@ class Planned:
         return self.reason != "up to date"
 
     def as_json(self) -> dict[str, Any]:
-        t = self.target
         return {
-            "name": t.name,
-            "version": t.version,
-            "arch": t.arch,
+            **self.target.identity(),
             "fingerprint": self.fingerprint,
             "reason": self.reason,
             "runner": self.runner,

@@ -54,11 +54,8 @@ class Result:
     stage_seconds: dict[str, float] = attrs.field(factory=dict)  # build, test, push, promote: each one's time
 
     def as_json(self) -> dict[str, Any]:
-        t = self.target
         return {
-            "name": t.name,
-            "version": t.version,
-            "arch": t.arch,
+            **self.target.identity(),
             "status": self.status,
             "stage": self.stage,
             "reason": self.reason,

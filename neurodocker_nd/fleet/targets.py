@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.fleet.oci import TAG
 from neurodocker_nd.render.recipe import ARCHES
 
+_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 MAX_RECIPES = 5000  # neurocontainers has 244; a bound on an untrusted directory listing
 # neurocontainers' builder knows aarch64 as linux/arm64 (builder/build.py, get_build_platform);
 # the tag suffix of an aarch64 image is the issue's `_arm64` (see docs/fleet.md).
@@ -39,6 +41,10 @@ class Target:
     @property
     def key(self) -> str:
         return f"{self.name}/{self.arch}"
+
+    def identity(self) -> dict[str, str]:
+        """What a plan's and a report's JSON say of the target itself."""
+        return {"name": self.name, "version": self.version, "arch": self.arch}
 
     @property
     def tag(self) -> str:
@@ -92,15 +98,27 @@ def _recipe_targets(recipe_dir: Path) -> list[Target]:
     try:
         data = yamlfile.parse_yaml(paths.read_text_inside(recipe_dir, "build.yaml", shown=shown), shown)
     except NdgenError as exc:
-        return [Target(recipe_dir.name, "", "x86_64", recipe_dir, exc.message)]
+        return [Target(_shown(recipe_dir.name), "", "x86_64", recipe_dir, exc.message)]
     if not isinstance(data, dict) or not data.get("name") or data.get("version") in (None, ""):
-        return [Target(recipe_dir.name, "", "x86_64", recipe_dir, f"{shown}: needs name: and version:")]
+        return [Target(_shown(recipe_dir.name), "", "x86_64", recipe_dir, f"{shown}: needs name: and version:")]
     name, version = str(data["name"]), str(data["version"])
     arches = data.get("architectures") or ["x86_64"]
     if not isinstance(arches, list) or any(a not in ARCHES for a in arches):
-        return [Target(name, version, "x86_64", recipe_dir, f"{shown}: architectures must list {' or '.join(ARCHES)}")]
-    problem = None if TAG.match(version + "_arm64") else f"{shown}: version {version[:80]!r} is not a valid image tag"
+        bad = f"{shown}: architectures must list {' or '.join(ARCHES)}"
+        return [Target(_shown(name), _shown(version), "x86_64", recipe_dir, bad)]
+    problem: str | None = None
+    if not _NAME.match(name):  # it becomes a repository, a local tag and a progress line
+        problem = f"{shown}: name {name[:80]!r} is not an image name (lower case, digits, . _ -)"
+    elif not TAG.match(version + "_arm64"):
+        problem = f"{shown}: version {version[:80]!r} is not a valid image tag"
+    if problem is not None:
+        name, version = _shown(name), _shown(version)
     return [Target(name, version, str(a), recipe_dir, problem) for a in dict.fromkeys(arches)]
+
+
+def _shown(text: str) -> str:
+    """A name fit for a progress line and a report: a bad one (escapes, newlines) as its repr, cut."""
+    return text if _NAME.match(text) or TAG.match(text) else repr(text)[:80]
 
 
 def _mark_duplicates(targets: list[Target]) -> list[Target]:
