@@ -15,6 +15,7 @@ The parts, each a hex digest or an id, kept separately so a plan can say what ch
 - `renderer`: ndgen's version plus a digest of the render/ package's source: the
   version alone stays 0.1.0 between releases while the render code changes.
 - `arch`: the architecture itself.
+- `variant`: `full`, or `minified` with `--minify` (another image from the same recipe).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from neurodocker_nd import __version__
 from neurodocker_nd.core import paths
 from neurodocker_nd.errors import NdgenError
 
-PARTS = ("recipe", "render", "base", "renderer", "arch")
+PARTS = ("recipe", "render", "base", "renderer", "arch", "variant")
 MAX_FILES = 20000  # in one recipe directory
 MAX_BYTES = paths.MAX_CONTEXT_BYTES
 

@@ -83,6 +83,7 @@ class Options:
     only: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
     runners: dict[str, str] = attrs.field(factory=lambda: dict(RUNNERS))
+    minify: bool = False  # the images are minified: another fingerprint than the full ones
 
 
 def plan(options: Options, max_jobs: int = MAX_JOBS) -> Plan:
@@ -100,14 +101,16 @@ def plan_target(target: Target, options: Options, bases: dict[str, str] | None =
     if target.problem is not None:
         return Planned(target, None, {}, f"invalid ({target.problem})", runner, target.problem)
     try:
-        parts = fingerprint_parts(target, options.templates, bases if bases is not None else {})
+        parts = fingerprint_parts(target, options.templates, bases if bases is not None else {}, options.minify)
     except NdgenError as exc:
         return Planned(target, None, {}, f"invalid ({exc.message})", runner, exc.message)
     finger = fp.combine(parts)
     return Planned(target, finger, parts, _reason(target, finger, parts, options.registry), runner)
 
 
-def fingerprint_parts(target: Target, templates: Sequence[str], bases: dict[str, str]) -> dict[str, str]:
+def fingerprint_parts(
+    target: Target, templates: Sequence[str], bases: dict[str, str], minify: bool = False
+) -> dict[str, str]:
     """The fingerprint's parts for one target (fingerprint.py says what each covers)."""
     import hashlib
 
@@ -134,6 +137,7 @@ def fingerprint_parts(target: Target, templates: Sequence[str], bases: dict[str,
         "base": bases[base],
         "renderer": fp.renderer_version(),
         "arch": target.arch,
+        "variant": "minified" if minify else "full",
     }
 
 

@@ -35,7 +35,7 @@ from neurodocker_nd.fleet.targets import Target
 
 DEFAULT_JOBS = 2  # two cores: one build and one test (or push) at a time keep both busy
 LOG_TAIL = 5  # lines of a failed target's log quoted in the report
-STAGES = ("plan", "render", "build", "test", "push", "promote")
+STAGES = ("plan", "render", "build", "test", "minify", "push", "promote")
 
 
 @attrs.frozen
@@ -236,6 +236,11 @@ def _work(
         names = ", ".join(r.name for r in run.failures[:5])
         raise _Failed("test", f"{len(run.failures)} of {len(run.results)} checks failed: {names}", test_log)
     summary = f"{len(run.results)} passed"
+    image_id = built.outcome.image_id
+    if options.plan.minify:
+        _check(stop, state, "minify")
+        say(f"{target.name} {target.version} {target.arch}: tested: minifying")
+        image_id, summary = _minify(local, built.suite, test_log.with_suffix(".min.log"))
     _check(stop, state, "push")
     client = engine.connect()
     labels = {
@@ -247,7 +252,7 @@ def _work(
         planning.TESTS_LABEL: summary,
     }
     candidate = registry.image(target.name, candidate_tag)
-    size = _relabel(client, built.outcome.image_id, candidate, labels)
+    size = _relabel(client, image_id, candidate, labels)
     try:
         digest = _push(client, candidate)
     finally:
@@ -265,6 +270,31 @@ def _work(
         raise _Failed("promote", f"registry {registry} lost {target.name}@{digest} after the push")
     _promote(registry, target, manifest)
     return Result(target, "promoted", "promote", planned.reason, planned.fingerprint, digest, size=size, tests=summary)
+
+
+def _minify(local: str, suite: Any, test_log: Path) -> tuple[str, str]:
+    """`ndgen minify LOCAL --tests fulltest.yaml` as LOCAL-min, then its suite again; (image id, summary)."""
+    from neurodocker_nd.build.imagetest import run_image_tests
+    from neurodocker_nd.minify.pipeline import MinifyOptions, minify
+
+    if suite is None:
+        raise _Failed("minify", "--minify needs the recipe's fulltest.yaml: it is the workload")
+    minified = f"{local}-min"
+    try:
+        report = minify(MinifyOptions(image=local, tag=minified, commands=(), suite=suite, baseline=False))
+    except NdgenError as exc:
+        raise _Failed("minify", exc.message) from None
+    if not report.verified or report.image_id is None:
+        raise _Failed("minify", f"the minified image did not pass verification: {report.verify_message}")
+    try:
+        tested = run_image_tests(minified, suite, lambda run: None, log_path=test_log)
+    except NdgenError as exc:
+        raise _Failed("minify", exc.message, test_log if test_log.exists() else None) from None
+    if not tested.run.passed:
+        names = ", ".join(r.name for r in tested.run.failures[:5])
+        raise _Failed("minify", f"{len(tested.run.failures)} checks failed in the minified image: {names}", test_log)
+    ratio = report.size_before / max(report.size_after, 1)
+    return report.image_id, f"{len(tested.run.results)} passed, minified {ratio:.1f}x"
 
 
 def _tested_candidate(registry: Registry, name: str, tag: str, fingerprint: str) -> Manifest | None:

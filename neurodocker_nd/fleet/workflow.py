@@ -68,6 +68,7 @@ def workflow(
     install: str,
     branch: str | None = None,
     environment: str = "ndgen-fleet",
+    minify: bool = False,
 ) -> dict[str, Any]:
     """The workflow as data; `recipes_path` is DIR as the repository's checkout names it.
 
@@ -89,7 +90,8 @@ def workflow(
     if bases:  # the fingerprint's `base` part is a pulled image's registry digest, the same on every runner
         pulls = "".join(f'docker pull "${name}"\n' for name in bases)
         setup.append({"name": "base images", "env": bases, "run": pulls})
-    runner_flags = " ".join(f'--runner "{arch}=$RUNNER_{arch.upper()}"' for arch in sorted(runners))
+    variant = " --minify" if minify else ""
+    flags = " ".join(f'--runner "{arch}=$RUNNER_{arch.upper()}"' for arch in sorted(runners)) + variant
     plan_job = {
         "name": "plan",
         "runs-on": runners["x86_64"],
@@ -106,8 +108,7 @@ def workflow(
                     **{f"RUNNER_{a.upper()}": label for a, label in sorted(runners.items())},
                     "CHUNKS": str(chunks),
                 },
-                "run": f'ndgen fleet plan "$RECIPES" --registry "$REGISTRY" {runner_flags} --json > plan.json\n'
-                + _OUTPUTS,
+                "run": f'ndgen fleet plan "$RECIPES" --registry "$REGISTRY" {flags} --json > plan.json\n' + _OUTPUTS,
             },
         ],
     }
@@ -128,7 +129,7 @@ def workflow(
                 {
                     "name": "build, test, push, promote",
                     "env": {**creds, "NAME": "${{ matrix.name }}", "ARCH": "${{ matrix.arch }}", "PROMOTE": promote},
-                    "run": _RUN,
+                    "run": _RUN.replace(" $promote", f"{variant} $promote"),
                 },
                 {
                     "name": "reports",

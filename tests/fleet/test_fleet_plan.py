@@ -136,6 +136,7 @@ def test_each_fingerprint_part_changes_it(tmp_path, base_image, docker_client):
     # the renderer version and the arch: the same parts otherwise
     assert fp.combine({**parts6, "renderer": "0.1.0+000000000000"}) != fp.combine(parts6)
     assert fp.combine({**parts6, "arch": "aarch64"}) != fp.combine(parts6)
+    assert parts6["variant"] == "full" and fp.combine({**parts6, "variant": "minified"}) != fp.combine(parts6)
 
 
 def test_renderer_version_hashes_the_render_code():

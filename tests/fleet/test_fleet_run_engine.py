@@ -249,3 +249,30 @@ def _labels_at(registry, name: str):
     from neurodocker_nd.fleet.oci import Registry
 
     return Registry.parse(registry.address).labels(name, "2.0")
+
+
+def test_minify_pushes_the_minified_image_after_its_suite_passes_again(fleet, docker_client):
+    registry = start(fleet["root"] / "minified")
+    report_path = fleet["root"] / "min.json"
+    try:
+        proc = run_ndgen(
+            "fleet", "run", str(fleet["recipes"]), *_fleet_args(registry.address),
+            "--only", "ndtool", "--minify", "--report", str(report_path),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (target,) = json.loads(report_path.read_text())["targets"]
+        assert target["status"] == "promoted" and set(target["stage_seconds"]) >= {"build", "test", "minify", "push"}
+        labels = _labels_at(registry, "ndtool")
+        assert labels["org.ndgen.fleet.tests"].startswith("11 passed, minified ")
+        assert labels["org.ndgen.fleet.parts"].endswith(",variant=minified")
+        full = docker_client.images.get(f"{PREFIX}-ndtool:2.0-x86_64")
+        minified = docker_client.images.get(f"{PREFIX}-ndtool:2.0-x86_64-min")
+        assert minified.attrs["Size"] < full.attrs["Size"] and target["image_size"] == minified.attrs["Size"]
+        # a plan of the full images does not take the minified one for up to date
+        plan = run_ndgen(
+            "fleet", "plan", str(fleet["recipes"]), "--registry", registry.address, "--only", "ndtool", "--json"
+        )
+        assert json.loads(plan.stdout)["targets"][0]["reason"] == "changed (variant)"
+    finally:
+        registry.stop()
+        remove_images(docker_client, [f"{PREFIX}-ndtool:2.0-x86_64-min"])

@@ -50,6 +50,7 @@ def _options(
     only: tuple[str, ...],
     templates: tuple[str, ...] = (),
     runners: tuple[str, ...] = (),
+    minify: bool = False,
 ) -> Options:
     from neurodocker_nd.fleet.oci import Registry
     from neurodocker_nd.fleet.plan import RUNNERS, Options
@@ -61,7 +62,7 @@ def _options(
             raise NdgenError(f"--runner {item!r}: expected ARCH=LABEL with ARCH one of {', '.join(RUNNERS)}")
         labels[arch] = label.strip()
     reg = Registry.parse(registry) if registry is not None else None
-    return Options(directory, reg, arches, only, templates, labels)
+    return Options(directory, reg, arches, only, templates, labels, minify)
 
 
 @fleet_group.command("plan")
@@ -71,6 +72,7 @@ def _options(
 @_only_option
 @click.option("--max-jobs", type=int, default=256, show_default=True, help="Targets per matrix chunk.")
 @click.option("--json", "as_json", is_flag=True, help="Print {targets, matrices} as JSON.")
+@click.option("--minify", is_flag=True, help="Plan the minified images (`fleet run --minify`): their own fingerprints.")
 @_templates_option
 @_runner_option
 def plan_cmd(
@@ -80,6 +82,7 @@ def plan_cmd(
     only: tuple[str, ...],
     max_jobs: int,
     as_json: bool,
+    minify: bool,
     templates: tuple[str, ...],
     runners: tuple[str, ...],
 ) -> None:
@@ -87,7 +90,7 @@ def plan_cmd(
     from neurodocker_nd.cli import output
     from neurodocker_nd.fleet.plan import plan
 
-    planned = plan(_options(directory, registry, arches, only, templates, runners), max_jobs)
+    planned = plan(_options(directory, registry, arches, only, templates, runners, minify), max_jobs)
     if as_json:
         click.echo(planned.as_json())
         return
@@ -107,6 +110,11 @@ def plan_cmd(
 @_arch_option
 @_only_option
 @click.option("--jobs", type=click.IntRange(min=1, max=64), default=2, show_default=True, help="Targets at once.")
+@click.option(
+    "--minify",
+    is_flag=True,
+    help="Minify each tested image with its fulltest.yaml as the workload, test the result, push that.",
+)
 @click.option("--no-promote", is_flag=True, help="Push tested candidates only (a pull request); never tag VERSION.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="JSON report of every target.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, one case per target.")
@@ -126,6 +134,7 @@ def run_cmd(
     arches: tuple[str, ...],
     only: tuple[str, ...],
     jobs: int,
+    minify: bool,
     no_promote: bool,
     report_path: Path | None,
     junit_path: Path | None,
@@ -144,7 +153,11 @@ def run_cmd(
         if path is not None:
             report.check_writable(path, option)
     proxy = apt_proxy_option(apt_proxy, network)
-    plan_options = _options(directory, registry, arches, only, templates)
+    plan_options = _options(directory, registry, arches, only, templates, minify=minify)
+    if minify:
+        from neurodocker_nd.cli.extras import require
+
+        require("minify", "fleet run --minify")
     options = RunOptions(plan_options, jobs, not no_promote, network, proxy, local_prefix)
     results = run(options, lambda line: click.echo(line, err=True))
     output.table("fleet run", report.COLUMNS, report.rows(results))
@@ -178,6 +191,7 @@ def run_cmd(
     show_default=True,
     help="The GitHub environment whose secrets NDGEN_REGISTRY_USER/NDGEN_REGISTRY_PASSWORD the jobs read.",
 )
+@click.option("--minify", is_flag=True, help="The jobs plan and run with --minify.")
 @_runner_option
 def workflow_cmd(
     directory: Path,
@@ -187,13 +201,13 @@ def workflow_cmd(
     branch: str | None,
     install: str,
     environment: str,
+    minify: bool,
     runners: tuple[str, ...],
 ) -> None:
     """Write OUTDIR/ndgen-fleet.yml: a plan job feeding one matrix job per chunk of 256 targets."""
     from neurodocker_nd.fleet.workflow import workflow, write_workflow
 
     options = _options(directory, registry, (), (), (), runners)
-    data = workflow(
-        directory, recipes_path or str(directory), str(options.registry), options.runners, install, branch, environment
-    )
+    where = recipes_path or str(directory)
+    data = workflow(directory, where, str(options.registry), options.runners, install, branch, environment, minify)
     click.echo(f"workflow: {write_workflow(data, out_dir)}")
