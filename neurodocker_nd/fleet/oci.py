@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 import urllib.parse
 from typing import Any
 
@@ -29,7 +30,8 @@ import attrs
 from neurodocker_nd import __version__
 from neurodocker_nd.errors import NdgenError
 
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # each wait for the server
+DEADLINE_S = 120.0  # one whole request: a server dripping a byte at a time ends here
 MAX_MANIFEST = 4 << 20  # the distribution spec's own recommended manifest limit
 MAX_CONFIG = 8 << 20  # an image config: labels, history, env
 MAX_ERROR = 4096
@@ -92,7 +94,7 @@ class Registry:
 
     def repository(self, name: str) -> str:
         repo = f"{self.namespace}/{name}" if self.namespace else name
-        if not _REPO.match(repo):
+        if len(repo) > 255 or not _REPO.match(repo):  # the distribution spec's limit on a name
             raise RegistryError(f"{name!r} is not a valid repository name in {self}")
         return repo
 
@@ -191,7 +193,7 @@ class Registry:
         try:
             conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()
-            data = response.read(limit + 1)
+            data = _read(response, limit + 1, time.monotonic() + DEADLINE_S, f"{method} {path[:80]}")
             reply = {k.lower(): v for k, v in response.getheaders()}
         except (OSError, http.client.HTTPException) as exc:
             raise RegistryError(f"registry {self} does not answer ({method} {path[:80]}): {exc}") from None
@@ -203,6 +205,20 @@ class Registry:
         if len(data) > limit:
             raise RegistryError(f"registry {self}: {method} {path[:80]} answered more than {limit} bytes")
         return response.status, data, reply
+
+
+def _read(response: http.client.HTTPResponse, limit: int, deadline: float, what: str) -> bytes:
+    """At most `limit` bytes, in chunks, within the deadline (the timeout bounds each chunk only)."""
+    chunks, total = [], 0
+    while total < limit:
+        if time.monotonic() > deadline:
+            raise RegistryError(f"registry answer to {what} took longer than {DEADLINE_S:.0f} s")
+        chunk = response.read1(min(1 << 16, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _reference(ref: str) -> str:
