@@ -148,11 +148,16 @@ class Registry:
 
     def labels(self, name: str, tag: str) -> dict[str, str] | None:
         """The labels of the image under `name:tag` (manifest + config, no layer pull); None: no such tag."""
+        found = self.labelled(name, tag)
+        return found[1] if found is not None else None
+
+    def labelled(self, name: str, tag: str) -> tuple[str, dict[str, str]] | None:
+        """(manifest digest, labels) of the image under `name:tag`; None: no such tag."""
         manifest = self.manifest(name, tag)
         if manifest is None:
             return None
         labels = (self.config(name, manifest).get("config") or {}).get("Labels") or {}
-        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+        return manifest.digest, {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
     def put_manifest(self, name: str, tag: str, manifest: Manifest) -> str:
         """PUT the manifest's bytes under `tag` — one request: the tag moves whole or not at all."""

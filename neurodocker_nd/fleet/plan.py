@@ -44,6 +44,7 @@ class Planned:
     reason: str
     runner: str
     problem: str | None = None  # a render/plan failure: the run reports it at `target.problem_stage`
+    promoted: str | None = None  # the manifest digest under the target's tag in the registry now
 
     @property
     def work(self) -> bool:
@@ -105,7 +106,8 @@ def plan_target(target: Target, options: Options, bases: dict[str, str] | None =
     except NdgenError as exc:
         return Planned(target, None, {}, f"invalid ({exc.message})", runner, exc.message)
     finger = fp.combine(parts)
-    return Planned(target, finger, parts, _reason(target, finger, parts, options.registry), runner)
+    reason, promoted = _reason(target, finger, parts, options.registry)
+    return Planned(target, finger, parts, reason, runner, promoted=promoted)
 
 
 def fingerprint_parts(
@@ -145,16 +147,18 @@ def failure_tag(fingerprint: str) -> str:
     return f"failed-{fingerprint[:32]}"
 
 
-def _reason(target: Target, finger: str, parts: dict[str, str], registry: Registry | None) -> str:
+def _reason(target: Target, finger: str, parts: dict[str, str], registry: Registry | None) -> tuple[str, str | None]:
+    """Why the target is planned, and the digest promoted under its tag now (None: none)."""
     if registry is None:
-        return "new"
-    labels = registry.labels(target.name, target.tag)
+        return "new", None
+    found = registry.labelled(target.name, target.tag)
+    digest, labels = found if found is not None else (None, None)
     if labels is not None and labels.get(FINGERPRINT_LABEL) == finger:
-        return "up to date"
+        return "up to date", digest
     failed = registry.labels(target.name, failure_tag(finger))
     if failed is not None:
-        return f"failed before ({failed.get('org.ndgen.fleet.stage', 'unknown stage')})"
+        return f"failed before ({failed.get('org.ndgen.fleet.stage', 'unknown stage')})", digest
     if labels is None:
-        return "new"
+        return "new", None
     what = fp.changed(fp.decode_parts(labels.get(PARTS_LABEL, "")), parts)
-    return f"changed ({', '.join(what)})"
+    return f"changed ({', '.join(what)})", digest

@@ -148,7 +148,7 @@ def _run_target(planned: planning.Planned, options: RunOptions, stop: threading.
     if not planned.work:
         say(f"{label}: skipped (up to date)")
         return Result(
-            target, "skipped", "plan", planned.reason, planned.fingerprint, seconds=time.monotonic() - started
+            target, "skipped", "plan", planned.reason, planned.fingerprint, planned.promoted, time.monotonic() - started
         )
     say(f"{label}: {planned.reason}: building")
     state: dict[str, Any] = {"stage": "build", "marks": []}

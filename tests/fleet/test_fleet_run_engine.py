@@ -156,11 +156,15 @@ def test_rerun_with_nothing_changed_skips_everything(fleet):
     started = time.monotonic()
     proc = run_ndgen(
         "fleet", "run", str(fleet["recipes"]), *_fleet_args(f"{fleet['registry'].address}/lab"),
-        "--only", "ndtool", "--only", "ndcount",
+        "--only", "ndtool", "--only", "ndcount", "--report", str(fleet["root"] / "rerun.json"),
     )  # fmt: skip
     seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("(up to date)") == 2 and "building" not in proc.stderr
+    first = _report(fleet)
+    for target in json.loads((fleet["root"] / "rerun.json").read_text())["targets"]:
+        assert (target["status"], target["reason"]) == ("skipped", "up to date")
+        assert target["digest"] == first[target["name"]]["digest"]  # what is promoted there
     assert seconds < max(0.05 * fleet["seconds"], 10), (seconds, fleet["seconds"])  # bench/fleet.py measures it
 
 
