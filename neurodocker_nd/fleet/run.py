@@ -224,6 +224,7 @@ def _work(
         raise _Failed("render", exc.message) from None
     except NdgenError as exc:
         raise _Failed("build", exc.message, build_log if build_log.exists() else None) from None
+    _check_arch(built.outcome.image_id, target.arch, build_log)
     _check(stop, state, "test")
     say(f"{target.name} {target.version} {target.arch}: built {built.outcome.image_id[:19]}: testing")
     test_log = engine.new_log_path("fleet-test", local)
@@ -270,6 +271,17 @@ def _work(
         raise _Failed("promote", f"registry {registry} lost {target.name}@{digest} after the push")
     _promote(registry, target, manifest)
     return Result(target, "promoted", "promote", planned.reason, planned.fingerprint, digest, size=size, tests=summary)
+
+
+_PLATFORM_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # the image config's `architecture`
+
+
+def _check_arch(image_id: str, arch: str, log: Path) -> None:
+    """The image is for the target's architecture: a `_arm64` tag never holds an amd64 image
+    (an engine that builds for its own platform only, before `ndgen build --arch` can emulate)."""
+    found = engine.connect().images.get(image_id).attrs.get("Architecture")
+    if found != _PLATFORM_ARCH[arch]:
+        raise _Failed("build", f"the image is for {found}, not {_PLATFORM_ARCH[arch]} ({arch})", log)
 
 
 def _minify(local: str, suite: Any, test_log: Path) -> tuple[str, str]:
