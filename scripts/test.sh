@@ -16,6 +16,7 @@ command -v git >/dev/null || need_apt+=(git)
 command -v xz >/dev/null || need_apt+=(xz-utils)
 [ -f /usr/share/distro-info/debian.csv ] || need_apt+=(distro-info-data)  # `ndgen base` suite names
 [ -f /usr/share/lmod/lmod/init/bash ] || need_apt+=(lmod)  # `ndgen modules`' tests load the modules with Lmod
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)  # fleet tests' OCI registry (distribution 2.8)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   apt-get update -qq

@@ -33,6 +33,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "modules": "neurodocker_nd.cli.commands.modules:modules_cmd",
     "sif": "neurodocker_nd.cli.commands.sif:sif_cmd",
     "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
+    "fleet": "neurodocker_nd.cli.commands.fleet:fleet_group",
     "generate": "neurodocker_nd.cli.commands.generate:generate_group",
 }
 

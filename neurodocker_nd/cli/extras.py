@@ -33,6 +33,7 @@ COMMANDS: Mapping[str, str] = MappingProxyType(
         "base": "build",
         "build": "build",
         "test": "build",
+        "fleet": "build",  # plan reads base images on the engine; run builds and pushes
         "minify": "minify",
         "modules": "build",  # the Docker SDK: the image's ENV and its DEPLOY_PATH listing
         "sif": "build",  # the Docker SDK finds the image's layers

@@ -10,6 +10,7 @@ import click
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
+    from neurodocker_nd.build.docker_build import AptProxy
     from neurodocker_nd.render.steps import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -296,3 +297,49 @@ def ordered_items(
         seen[name] = i + 1
         items.append(pkgs[i] if name == "pkgs" else to_step(name, directives[name][i]))
     return items
+
+
+def build_network_options(func: F) -> F:
+    """--network and --apt-proxy: what RUN steps of a build reach (`build`, `fleet run`)."""
+    decorators = [
+        click.option(
+            "--network",
+            type=click.Choice(["default", "none", "host"]),
+            default="default",
+            show_default=True,
+            help="Network of the RUN steps: the engine's default (a bridge, cut off from the host's loopback; "
+            "no network at all on an engine started with --bridge=none), none, or host — host lets recipe code "
+            "reach every service on this host's loopback (127.0.0.1) and link-local addresses.",
+        ),
+        click.option(
+            "--apt-proxy",
+            metavar="http://HOST:PORT",
+            envvar="NDGEN_APT_PROXY",
+            show_envvar=True,
+            help="An apt caching proxy (apt-cacher-ng) for the RUN steps' plain-http downloads; default: "
+            "$NDGEN_APT_PROXY when set ('' for none). Passed as Docker's predefined http_proxy build args: "
+            "the recipe is unchanged and the image keeps no proxy setting. RUN steps must reach it: 127.0.0.1 "
+            "only with --network host; checked before the build (no answer: exit 2).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def apt_proxy_option(value: str | None, network: str) -> AptProxy | None:
+    """--apt-proxy (or its $NDGEN_APT_PROXY default), parsed and checked before any work; None: no proxy.
+
+    Parsed here, not in a click callback: a bad value is one `ndgen: error:` line, not click's usage
+    block.  Checked here too (the build checks again), so a dead proxy fails before rendering.
+    """
+    if not value:
+        return None
+    from neurodocker_nd.build.docker_build import APT_PROXY_ENV, apt_proxy_for, check_network, parse_apt_proxy
+
+    source = click.get_current_context().get_parameter_source("apt_proxy")
+    origin = APT_PROXY_ENV if source == click.core.ParameterSource.ENVIRONMENT else "--apt-proxy"
+    proxy = parse_apt_proxy(value, origin)
+    check_network(network)
+    apt_proxy_for(proxy, network)
+    return proxy

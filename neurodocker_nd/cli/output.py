@@ -115,3 +115,14 @@ def image_test_files(tested: ImageTest) -> None:
         click.echo(f"junit: {tested.junit_path}")
     if tested.kept_work is not None:
         click.echo(f"work: {tested.kept_work} (kept: a test failed)")
+
+
+def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[str]]) -> None:
+    """A result table as plain aligned lines, never folded: scripts grep its rows whole, and a
+    terminal's width (80 columns off one) must not cut a reason or a path in half."""
+    header = tuple(columns)
+    body = [tuple(" ".join(str(cell).split()) for cell in row) for row in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    click.echo(title)
+    for row in [header, *body]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -171,6 +171,15 @@ class StepLog:
         self._progress.update(self._task, description=text[:100], completed=done or 0, total=total)
 
 
+# Off while several steps run at once (`ndgen fleet run --jobs N`): two live lines on one
+# terminal overwrite each other; the fleet prints its own whole lines instead.
+_live = {"on": True}
+
+
+def live_progress(on: bool) -> None:
+    _live["on"] = on
+
+
 @contextmanager
 def step_log(path: Path, title: str) -> Iterator[StepLog]:
     """Open `path` (creating its directory) and show a live progress line titled `title`."""
@@ -187,7 +196,7 @@ def step_log(path: Path, title: str) -> Iterator[StepLog]:
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,  # CI logs get the notes, not spinner frames
+        disable=not (console.is_terminal and _live["on"]),  # CI logs get the notes, not spinner frames
     )
     with path.open("w", encoding="utf-8") as handle, progress:
         log = StepLog(path, handle, progress)

@@ -56,7 +56,6 @@ CROSS = {
     ("upstream", "maintain"),  # export checks its renders with maintain.matrix.check_renders
     ("fleet", "build"),  # a target is built and tested as `ndgen build RECIPE_DIR` does
     ("fleet", "minify"),  # fleet run --minify
-    ("deliver", "build"),  # modules from a RECIPE_DIR, sif from a build
     ("deliver", "minify"),  # sif reads the image through minify.source's read-only overlay of its layers
 }
 # render/ renders text; none of these may be reached from it.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from neurodocker_nd.cli import output
-from neurodocker_nd.cli.options import build_recipe_options, recipe_dir_options
+from neurodocker_nd.cli.options import apt_proxy_option, build_network_options, build_recipe_options, recipe_dir_options
 from neurodocker_nd.errors import ChecksFailed, NdgenError
 
 if TYPE_CHECKING:
@@ -29,25 +29,7 @@ if TYPE_CHECKING:
 )
 @click.option("--no-test", is_flag=True, help="Build only; do not run the packages' test commands.")
 @click.option("--no-cache", is_flag=True, help="Rebuild even when an identical build exists.")
-@click.option(
-    "--network",
-    type=click.Choice(["default", "none", "host"]),
-    default="default",
-    show_default=True,
-    help="Network of the RUN steps: the engine's default (a bridge, cut off from the host's loopback; "
-    "no network at all on an engine started with --bridge=none), none, or host — host lets recipe code "
-    "reach every service on this host's loopback (127.0.0.1) and link-local addresses.",
-)
-@click.option(
-    "--apt-proxy",
-    metavar="http://HOST:PORT",
-    envvar="NDGEN_APT_PROXY",
-    show_envvar=True,
-    help="An apt caching proxy (apt-cacher-ng) for the RUN steps' plain-http downloads; default: "
-    "$NDGEN_APT_PROXY when set ('' for none). Passed as Docker's predefined http_proxy build args: "
-    "the recipe is unchanged and the image keeps no proxy setting. RUN steps must reach it: 127.0.0.1 "
-    "only with --network host; checked before the build (no answer: exit 2).",
-)
+@build_network_options
 @click.option(
     "--test-timeout",
     type=click.FloatRange(min=1),
@@ -96,7 +78,7 @@ def build_cmd(
     if sif_path is not None and fmt != "sif":
         raise NdgenError("-o/--output names the SIF file: it needs --format sif")
     recipe_fmt: Format = "singularity" if fmt == "singularity" else "docker"
-    proxy = _apt_proxy(apt_proxy, network)
+    proxy = apt_proxy_option(apt_proxy, network)
     if recipe_dir is not None:
         if pkgs or any(v is not None for v in (os_name, base_image, pkg_manager)):  # `--os ""` too
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
@@ -145,24 +127,6 @@ def _deliver_sif(fmt: str, tag: str, sif_path: Path | None) -> None:
         name, _, version = tag.rpartition("/")[2].partition(":")
         sif_path = Path(f"{name}_{version or 'latest'}.sif")
     click.echo(write_sif(tag, sif_path).summary())
-
-
-def _apt_proxy(value: str | None, network: str) -> AptProxy | None:
-    """--apt-proxy (or its $NDGEN_APT_PROXY default), parsed and checked before any work; None: no proxy.
-
-    Parsed here, not in a click callback: a bad value is one `ndgen: error:` line, not click's usage
-    block.  Checked here too (the build checks again), so a dead proxy fails before rendering.
-    """
-    if not value:
-        return None
-    from neurodocker_nd.build.docker_build import APT_PROXY_ENV, apt_proxy_for, check_network, parse_apt_proxy
-
-    source = click.get_current_context().get_parameter_source("apt_proxy")
-    origin = APT_PROXY_ENV if source == click.core.ParameterSource.ENVIRONMENT else "--apt-proxy"
-    proxy = parse_apt_proxy(value, origin)
-    check_network(network)
-    apt_proxy_for(proxy, network)
-    return proxy
 
 
 def _build_recipe_dir(

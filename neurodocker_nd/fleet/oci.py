@@ -1,0 +1,250 @@
+"""A small client of the OCI distribution API: the fleet's state lives in a registry.
+
+The registry is the user's own, named explicitly on the command line (`--registry
+127.0.0.1:5000/lab`), so loopback and private addresses are allowed here, unlike
+`core/fetch.py`'s downloads, whose servers come from recipes.  What it answers is
+still untrusted: every response is read with a size cap and a timeout, JSON is
+parsed only from capped bodies, and a manifest's digest is checked against its bytes.
+
+Plain HTTP is used for loopback hosts (Docker pushes to them over HTTP without
+configuration, `insecure-registries` defaults to 127.0.0.0/8), HTTPS for every
+other host.  Credentials: `$NDGEN_REGISTRY_USER` / `$NDGEN_REGISTRY_PASSWORD` as basic
+auth (the workflow passes them from secrets); token auth is not implemented.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import re
+import time
+import urllib.parse
+from typing import Any
+
+import attrs
+
+from neurodocker_nd import __version__
+from neurodocker_nd.errors import NdgenError
+
+TIMEOUT_S = 30.0  # each wait for the server
+DEADLINE_S = 120.0  # one whole request: a server dripping a byte at a time ends here
+MAX_MANIFEST = 4 << 20  # the distribution spec's own recommended manifest limit
+MAX_CONFIG = 8 << 20  # an image config: labels, history, env
+MAX_ERROR = 4096
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+USER_ENV, PASSWORD_ENV = "NDGEN_REGISTRY_USER", "NDGEN_REGISTRY_PASSWORD"
+# host[:port][/path]: a registry plus an optional namespace the fleet's repositories go under.
+_REGISTRY = re.compile(
+    r"^(?P<host>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*){0,8})$"
+)
+_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class RegistryError(NdgenError):
+    """The registry does not answer, refuses a request, or answers something malformed."""
+
+
+@attrs.frozen
+class Manifest:
+    body: bytes
+    media_type: str
+    digest: str
+
+    def json(self) -> dict[str, Any]:
+        data = _json(self.body, "manifest")
+        if not isinstance(data.get("config"), dict) or not isinstance(data.get("layers"), list):
+            raise RegistryError(f"manifest {self.digest} has no config or layers")
+        return data
+
+
+@attrs.frozen
+class Registry:
+    """`host[:port][/namespace]`; `repository(name)` is where a recipe's images go."""
+
+    host: str
+    port: int | None
+    namespace: str
+
+    @classmethod
+    def parse(cls, text: str) -> Registry:
+        m = _REGISTRY.match(text.strip().lower())
+        if not m:
+            raise RegistryError(f"--registry {text!r}: expected HOST[:PORT][/NAMESPACE], e.g. 127.0.0.1:5000/lab")
+        port = int(m["port"]) if m["port"] else None
+        if port is not None and not 0 < port < 65536:
+            raise RegistryError(f"--registry {text!r}: port {port} is out of range")
+        return cls(m["host"], port, m["path"].lstrip("/"))
+
+    @property
+    def address(self) -> str:
+        return self.host + (f":{self.port}" if self.port else "")
+
+    def __str__(self) -> str:
+        return self.address + (f"/{self.namespace}" if self.namespace else "")
+
+    def repository(self, name: str) -> str:
+        repo = f"{self.namespace}/{name}" if self.namespace else name
+        if len(repo) > 255 or not _REPO.match(repo):  # the distribution spec's limit on a name
+            raise RegistryError(f"{name!r} is not a valid repository name in {self}")
+        return repo
+
+    def image(self, name: str, tag: str) -> str:
+        """The reference Docker pushes to: `host:port/namespace/name:tag`."""
+        return f"{self.address}/{self.repository(name)}:{tag}"
+
+    @property
+    def plain_http(self) -> bool:
+        host = self.host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    # ------------------------------------------------------------------ requests
+
+    def ping(self) -> None:
+        """GET /v2/: the registry answers the distribution API (401 counts: it answered)."""
+        status, _, _ = self._request("GET", "/v2/", limit=MAX_ERROR, ok=(200, 401))
+        del status
+
+    def manifest(self, name: str, reference: str) -> Manifest | None:
+        """The manifest under a tag or digest; None when there is none (404)."""
+        path = f"/v2/{self.repository(name)}/manifests/{_reference(reference)}"
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+        status, body, reply = self._request("GET", path, headers=headers, limit=MAX_MANIFEST, ok=(200, 404))
+        if status == 404:
+            return None
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        claimed = reply.get("docker-content-digest")
+        if claimed and claimed != digest or reference.startswith("sha256:") and reference != digest:
+            raise RegistryError(f"{self}: manifest {name}:{reference} does not match its digest")
+        media_type = reply.get("content-type", "").split(";")[0].strip()
+        if media_type not in MANIFEST_TYPES:
+            raise RegistryError(f"{self}: {name}:{reference} is a {media_type or 'untyped'} manifest, not an image")
+        return Manifest(body, media_type, digest)
+
+    def config(self, name: str, manifest: Manifest) -> dict[str, Any]:
+        """The image config blob a manifest names (a few kB: never a layer)."""
+        ref = manifest.json()["config"]
+        digest = str(ref.get("digest", ""))
+        if not _DIGEST.match(digest):
+            raise RegistryError(f"{self}: {name}'s manifest names a bad config digest {digest[:80]!r}")
+        _, body, _ = self._request("GET", f"/v2/{self.repository(name)}/blobs/{digest}", limit=MAX_CONFIG)
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise RegistryError(f"{self}: {name}'s config blob does not match its digest {digest}")
+        return _json(body, "image config")
+
+    def labels(self, name: str, tag: str) -> dict[str, str] | None:
+        """The labels of the image under `name:tag` (manifest + config, no layer pull); None: no such tag."""
+        found = self.labelled(name, tag)
+        return found[1] if found is not None else None
+
+    def labelled(self, name: str, tag: str) -> tuple[str, dict[str, str]] | None:
+        """(manifest digest, labels) of the image under `name:tag`; None: no such tag."""
+        manifest = self.manifest(name, tag)
+        if manifest is None:
+            return None
+        labels = (self.config(name, manifest).get("config") or {}).get("Labels") or {}
+        return manifest.digest, {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+    def put_manifest(self, name: str, tag: str, manifest: Manifest) -> str:
+        """PUT the manifest's bytes under `tag` — one request: the tag moves whole or not at all."""
+        path = f"/v2/{self.repository(name)}/manifests/{_reference(tag)}"
+        _, _, reply = self._request(
+            "PUT", path, body=manifest.body, headers={"Content-Type": manifest.media_type}, ok=(201,)
+        )
+        stored = reply.get("docker-content-digest", manifest.digest)
+        if stored != manifest.digest:
+            raise RegistryError(f"{self}: {name}:{tag} stored as {stored}, not {manifest.digest}")
+        return stored
+
+    def put_blob(self, name: str, data: bytes) -> str:
+        """A monolithic upload (POST, then PUT with the digest); the blob's digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        _, _, reply = self._request("POST", f"/v2/{self.repository(name)}/blobs/uploads/", ok=(202,))
+        location = reply.get("location", "")
+        url = urllib.parse.urlsplit(location)
+        if url.netloc and url.netloc != self.address or not url.path.startswith("/v2/"):
+            raise RegistryError(f"{self}: upload location {location[:120]!r} is not on this registry")
+        query = (url.query + "&" if url.query else "") + urllib.parse.urlencode({"digest": digest})
+        self._request("PUT", f"{url.path}?{query}", body=data, ok=(201,))
+        return digest
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        limit: int = MAX_ERROR,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, bytes, dict[str, str]]:
+        conn_type = http.client.HTTPConnection if self.plain_http else http.client.HTTPSConnection
+        conn = conn_type(self.host.strip("[]"), self.port, timeout=TIMEOUT_S)
+        sent = {"User-Agent": f"ndgen/{__version__}", **(headers or {}), **_auth()}
+        try:
+            conn.request(method, path, body=body, headers=sent)
+            response = conn.getresponse()
+            data = _read(response, limit + 1, time.monotonic() + DEADLINE_S, f"{method} {path[:80]}")
+            reply = {k.lower(): v for k, v in response.getheaders()}
+        except (OSError, http.client.HTTPException) as exc:
+            raise RegistryError(f"registry {self} does not answer ({method} {path[:80]}): {exc}") from None
+        finally:
+            conn.close()
+        if response.status not in ok:
+            detail = " ".join(data[:200].decode("utf-8", "replace").split())
+            raise RegistryError(f"registry {self} refused {method} {path[:80]}: HTTP {response.status} {detail}")
+        if len(data) > limit:
+            raise RegistryError(f"registry {self}: {method} {path[:80]} answered more than {limit} bytes")
+        return response.status, data, reply
+
+
+def _read(response: http.client.HTTPResponse, limit: int, deadline: float, what: str) -> bytes:
+    """At most `limit` bytes, in chunks, within the deadline (the timeout bounds each chunk only)."""
+    chunks, total = [], 0
+    while total < limit:
+        if time.monotonic() > deadline:
+            raise RegistryError(f"registry answer to {what} took longer than {DEADLINE_S:.0f} s")
+        chunk = response.read1(min(1 << 16, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _reference(ref: str) -> str:
+    if not (TAG.match(ref) or _DIGEST.match(ref)):
+        raise RegistryError(f"{ref[:80]!r} is not a valid tag or digest")
+    return ref
+
+
+def _json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise RegistryError(f"the registry's {what} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"the registry's {what} is not a JSON object")
+    return data
+
+
+def _auth() -> dict[str, str]:
+    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+    if not user or password is None:
+        return {}
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
