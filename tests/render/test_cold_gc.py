@@ -13,7 +13,7 @@ from neurodocker_nd.render import template_sandbox
 
 def _collector_seen_by(render_hook) -> list[bool]:
     seen: list[bool] = []
-    real = template_sandbox.render_method
+    real = template_sandbox.isolated
 
     def spy(*args, **kwargs):
         seen.append(gc.isenabled())
@@ -24,7 +24,7 @@ def _collector_seen_by(render_hook) -> list[bool]:
 
 
 def test_a_render_pauses_the_collector_and_restores_it(monkeypatch, tmp_path):
-    seen = _collector_seen_by(lambda spy: monkeypatch.setattr(template_sandbox, "render_method", spy))
+    seen = _collector_seen_by(lambda spy: monkeypatch.setattr(template_sandbox, "isolated", spy))
     assert gc.isenabled()
     main(["--pkg", "ants==2.6.2", "--os", "ubuntu", "-o", str(tmp_path / "Dockerfile")])
     assert seen and not any(seen)  # paused while rendering
