@@ -29,6 +29,8 @@ from pathlib import Path
 from types import CodeType
 from typing import Any
 
+from neurodocker_nd.core import safefs
+
 # A compiled registry template is a few KiB to tens of KiB; a larger entry is refused unread.
 MAX_ENTRY_BYTES = 4 << 20
 # Entries kept at most: when full, the cache is emptied (registry templates are a few hundred strings).
@@ -63,19 +65,16 @@ def _owned_dir(create: bool) -> int | None:
 
 
 def _read_entry(dir_fd: int, name: str) -> bytes | None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
+    fd = safefs.open_own_file(dir_fd, name)
+    if fd is None:
         return None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_size > MAX_ENTRY_BYTES:
-            return None
-        data = _read_capped(fd)
+        with safefs.opened(fd):
+            if os.fstat(fd).st_size > MAX_ENTRY_BYTES:
+                return None
+            data = _read_capped(fd)
     except OSError:
         return None
-    finally:
-        os.close(fd)
     digest, body = data[:_DIGEST], data[_DIGEST:]
     if len(data) > MAX_ENTRY_BYTES or hashlib.sha256(body).digest() != digest:
         return None  # truncated, corrupted, or larger than it said
