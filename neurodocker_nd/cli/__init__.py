@@ -178,6 +178,11 @@ def cli(ctx: click.Context, **options: Any) -> None:
         _render(ctx, options)
     finally:
         if collecting:
+            # Everything made meanwhile is still young: the first allocation after enable()
+            # would scan it all (as long as the passes saved). freeze + unfreeze moves it to
+            # the oldest generation unscanned, where it stays collectable.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
