@@ -40,7 +40,7 @@ def note(message: str) -> None:
 def package_notes(packages: Iterable[Package], registry: Registry, *, alerts: bool = True) -> None:
     """The templates' alerts (FSL's licence, …), the known-dead downloads of rendered packages and
     what their instructions rely on that is gone (neurodebian's apt-key, Dropbox, SKS keyserver)."""
-    from neurodocker_nd.maintain.lint import dead_download_notes, gone_instruction_notes
+    from neurodocker_nd.maintain.gone import dead_download_notes, gone_instruction_notes
 
     packages = tuple(packages)
     # neurodocker asks to confirm a template's alert; a renderer in a

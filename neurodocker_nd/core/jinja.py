@@ -2,9 +2,10 @@
 
 Registry and `--templates` templates, recipes' Jinja and the neurocontainers
 export all render in `environment()` (an `ImmutableSandboxedEnvironment`);
-`compiled(text)` is its compile cache.  The sandbox alone stops code execution,
-not exhaustion (`{{ 9**(9**9) }}` never returns, `"a"*3000000000` ends in
-MemoryError), so every render here is bounded in-process:
+`compiled(text)` is its compile cache (in memory, and across runs on disk:
+core.jinjacache).  The sandbox alone stops code execution, not exhaustion
+(`{{ 9**(9**9) }}` never returns, `"a"*3000000000` ends in MemoryError), so
+every render here is bounded in-process:
 
 * `*` `**` `+` `%` are intercepted and refused when the result would exceed
   MAX_INT_BITS or MAX_SIZE; calls of the amplifying str/bytes methods (`ljust`,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import re
 import threading
 import time
@@ -368,4 +370,19 @@ def compiled(source: str) -> Any:
     `instructions` render for every set of arguments (52 neurocontainers recipes share one
     miniconda template) and recipes repeat their conditions and macros.  Raises
     jinja2.TemplateSyntaxError, or RecursionError for text nested too deeply to compile."""
-    return environment().from_string(source)
+    from neurodocker_nd.core import jinjacache
+
+    return jinjacache.template(environment(), source, _fingerprint())
+
+
+@functools.cache
+def _fingerprint() -> bytes:
+    """What compiled code depends on besides its source: this file (the code generator, the
+    intercepted operators, the environment's options), jinja2's version and Python's bytecode."""
+    import importlib.util
+    from pathlib import Path
+
+    import jinja2
+
+    own = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return f"{own} jinja2 {jinja2.__version__}".encode() + importlib.util.MAGIC_NUMBER

@@ -184,6 +184,20 @@ def create_file_at(dir_fd: int, name: str, mode: int = 0o644, *, shown: PurePath
     return fd
 
 
+def open_own_file(dir_fd: int, name: str) -> int | None:
+    """`name` in `dir_fd` for reading if it is a file ndgen wrote: regular, this euid's, not
+    group/other writable, reached without following a symlink; else None (the caller closes)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        return None
+    return fd
+
+
 def open_regular_at(dir_fd: int, name: str, *, shown: PurePath | str = "") -> int:
     """`name` in `dir_fd` for reading: never through a symlink, only a regular file.
 

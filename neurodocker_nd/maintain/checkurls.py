@@ -172,7 +172,7 @@ def _record_meta(
 
 def write_digests(results: list[Result], registry: Registry) -> list[Path]:
     """Record fetched digests; all files or none. Returns the files changed."""
-    from neurodocker_nd.maintain import lint
+    from neurodocker_nd.maintain import gone, lint
 
     y = _yaml()
     texts: dict[Path, str] = {}
@@ -185,7 +185,7 @@ def write_digests(results: list[Result], registry: Registry) -> list[Path]:
         data = y.load(path.read_text(encoding="utf-8"))
         if rs[0][0].target.kind == "registry":
             name = rs[0][0].target.owner
-            up = lint._urls(lint.upstream_template(registry, name))
+            up = gone.template_urls(lint.upstream_template(registry, name))
             every = {t.key for t in registry_targets(registry, [name])}
             n = _record_meta(data, every, {r.target.key: (sha256, r.target.url) for r, sha256 in rs}, up)
         else:

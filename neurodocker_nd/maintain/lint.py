@@ -21,18 +21,15 @@ for meta-only entries.
 from __future__ import annotations
 
 import re
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from neurodocker_nd.core.yamlfile import line_of, read_yaml
+from neurodocker_nd.maintain.gone import is_dropbox, template_urls
 from neurodocker_nd.registry.entries import MOVING_VERSIONS, Entry, Registry
-
-if TYPE_CHECKING:
-    from neurodocker_nd.render.steps import Package
 
 WAIVABLE = ("dropbox", "unpinned", "pipe-to-shell", "apt-key", "missing-checksum")
 _PIPE_TO_SHELL = re.compile(r"\b(curl|wget)\b[^\n|]*\|\s*(sudo\s+)?(sh|bash|python[0-9.]*)\b")
@@ -53,12 +50,6 @@ class Finding:
         return f"{self.where}: {self.message}"
 
 
-def _urls(template: Mapping[str, Any] | None) -> dict[str, str]:
-    if not template:
-        return {}
-    return {str(k): str(v) for k, v in ((template.get("binaries") or {}).get("urls") or {}).items()}
-
-
 def _where(path: Path | None, parts: list[Any]) -> str:
     if path is None:
         return "(no file)"
@@ -73,11 +64,6 @@ def _meta_finding(entry: Entry, rule: str, version: str | None, parts: list[Any]
     return Finding(entry.name, rule, version, _where(entry.meta_path, parts), message)
 
 
-def _is_dropbox(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host == "dropbox.com" or host.endswith(".dropbox.com")
-
-
 def upstream_template(registry: Registry, name: str) -> Mapping[str, Any] | None:
     path = registry.upstream_dir / f"{name}.yaml"
     return read_yaml(path) if path.is_file() else None
@@ -90,8 +76,8 @@ def provenance(entry: Entry, upstream: Mapping[str, Any] | None) -> list[Finding
     if meta is None:
         return out
     own_template = entry.template_path is not None and entry.template_path.name == "template.yaml"
-    ours = _urls(entry.template)
-    theirs = _urls(upstream)
+    ours = template_urls(entry.template)
+    theirs = template_urls(upstream)
     for version, url in ours.items():
         info = meta.versions.get(version)
         changed = own_template and theirs.get(version) != url
@@ -124,9 +110,9 @@ def hygiene(entry: Entry) -> list[Finding]:
     template, path = entry.template, entry.template_path
     if template is None or entry.meta is None:
         return found
-    for version, url in _urls(template).items():
+    for version, url in template_urls(template).items():
         where = _where(path, ["binaries", "urls", version])
-        if _is_dropbox(url):
+        if is_dropbox(url):
             found.append(
                 Finding(
                     entry.name,
@@ -247,70 +233,3 @@ def check_or_raise(entries: Iterable[Entry], registry: Registry) -> tuple[int, i
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise RegistryError(errors[0].line() + more)
     return waived, renders
-
-
-def dead_download_notes(packages: Iterable[Package], registry: Registry) -> list[str]:
-    """Notes for rendered packages whose download is known dead (Dropbox), one per package.
-
-    Rendering still succeeds (upstream lists these versions), but the user
-    learns now, not minutes into a build, that the download answers 403.
-    `registry`: the one the packages were rendered from (not read twice).
-    """
-    notes = []
-    for p in packages:
-        if p.method != "binaries" or p.version is None or p.name not in registry:
-            continue
-        if _is_dropbox(_urls(registry.get(p.name).template).get(p.version, "")):
-            notes.append(
-                f"{p.name} {p.version} downloads from Dropbox, which answers 403 "
-                "(neurodocker#635): the build will fail; choose another version"
-            )
-    return notes
-
-
-# What a template's instructions may rely on that is gone (the notes below; the
-# `apt-key` and `dropbox` lint rules hold the registry's own entries to them):
-# * apt-key: deprecated, and removed from apt in Debian trixie (its images have
-#   no apt-key: neurodebian/dockerfiles#18, apt 2.9.26's changelog);
-# * the SKS keyserver pool: shut down in 2021 (neurodebian/neurodebian#83 moved
-#   NeuroDebian's instructions to keyserver.ubuntu.com because of it);
-# * Dropbox links: they answer 403 (neurodocker#635).
-# neurodocker's neurodebian template uses all three for its APT key, so its
-# build fails; it is not fixed here because NeuroDebian's own key is DSA1024,
-# which apt in trixie and Ubuntu 24.04 rejects (neurodebian/neurodebian#97),
-# and the newer key's fingerprint is not in a source read for this.
-_SKS_POOL = "sks-keyservers.net"
-_INSTRUCTION_URL = re.compile(r"https?://[^\s'\"|)<>]+")
-
-
-def _gone_in(instructions: str) -> tuple[list[str], bool]:
-    """What `instructions` relies on that is gone, and whether that certainly fails a build."""
-    found: list[str] = []
-    dropbox = any(_is_dropbox(url) for url in _INSTRUCTION_URL.findall(instructions))
-    if "apt-key" in instructions:
-        found.append("apt-key (removed from apt in Debian trixie)")
-    if dropbox:
-        found.append("a Dropbox download (Dropbox answers 403, neurodocker#635)")
-    if _SKS_POOL in instructions:
-        found.append("the keyserver pool.sks-keyservers.net (shut down in 2021)")
-    return found, dropbox
-
-
-def gone_instruction_notes(packages: Iterable[Package], registry: Registry) -> list[str]:
-    """Notes for rendered packages whose template's instructions rely on something gone.
-
-    dead_download_notes reads a version's URL; this reads the instructions
-    themselves (a key or installer fetched by a literal URL, apt-key), which
-    break the build whatever the version.  The template text is read as
-    written, not rendered, so a step behind a Jinja condition counts too.
-    """
-    notes = []
-    for p in packages:
-        if p.method == "system" or p.name not in registry:
-            continue
-        template = registry.get(p.name).template or {}
-        found, fails = _gone_in(str((template.get(p.method) or {}).get("instructions", "")))
-        if found:
-            listed = ", ".join(found[:-1]) + (" and " if len(found) > 1 else "") + found[-1]
-            notes.append(f"{p.name}: its instructions use {listed}: the build {'will' if fails else 'may'} fail")
-    return notes

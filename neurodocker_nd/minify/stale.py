@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neurodocker_nd.core import scratchdir
+from neurodocker_nd.core import safefs, scratchdir
 from neurodocker_nd.minify import oci
 
 OWNER_FILE = "owner"
@@ -153,17 +152,11 @@ def _listdir(fd: int, limit: int) -> list[str]:
 
 def _read_record(dir_fd: int, name: str, limit: int) -> str | None:
     """A small regular file ndgen wrote (ours, not group/other writable), else None."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
+    fd = safefs.open_own_file(dir_fd, name)
+    if fd is None:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return None
+    with safefs.opened(fd):
         return os.read(fd, limit).decode("ascii", errors="replace")
-    finally:
-        os.close(fd)
 
 
 def _kill_containers(scratch: Path, scratch_fd: int, dead_pid: int) -> None:

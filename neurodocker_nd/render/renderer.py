@@ -203,6 +203,7 @@ class RecipeRenderer:
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else Registry()
         self._blocks: dict[tuple, tuple[tuple[str, Mapping[str, Any]], ...]] = {}
+        self._prerendered: dict[tuple, Any] = {}  # a template method's result or error: see _prerender
         self._templates: dict[tuple, Any] = {}
         self._docker_cls, self._singularity_cls = _renderer_classes()
 
@@ -231,7 +232,10 @@ class RecipeRenderer:
         with sandbox.refusals(step.key):
             bound = getattr(tmpl, step.method)
             bound.validate_kwds()
-            env, command = sandbox.render_method(bound, pkg_manager, install_opts)
+            done = self._prerendered.pop((step.key, step.method, step.args, pkg_manager, install_opts), None)
+            if isinstance(done, BaseException):
+                raise done
+            env, command = done if done is not None else sandbox.render_method(bound, pkg_manager, install_opts)
         if bound.instructions and not command.strip():
             raise NdgenError(f"{step.key}: template error: empty rendered instructions")
         try:
@@ -250,6 +254,34 @@ class RecipeRenderer:
         if bound.instructions:
             scratch.run(command)
         return tuple((i["name"], i["kwds"]) for i in json.loads(scratch.to_json())["instructions"])
+
+    def _prerender(self, steps: Iterable[st.Step], pkg_manager: str, install_opts: str | None) -> None:
+        """Render the plan's template methods not rendered yet in one worker (a fork each
+        was most of their cost); `_render_block` takes each result or error in order and
+        checks it as before. One whose template or arguments are invalid, or whose
+        outcome the batch cannot tell, is left to `_render_block` to render alone."""
+        from neurodocker_nd.render import template_sandbox as sandbox
+
+        keys: list[tuple] = []
+        methods = []
+        for step in steps:
+            if not isinstance(step, st.Template):
+                continue
+            key = (step.key, step.method, step.args, pkg_manager, install_opts)
+            if key in self._blocks or key in keys:
+                continue
+            try:
+                bound = getattr(self._template(step), step.method)
+                bound.validate_kwds()
+            except Exception:  # noqa: BLE001 - raised again, in order, by _render_block
+                continue
+            keys.append(key)
+            methods.append((bound, pkg_manager, install_opts))
+        if len(methods) < 2:
+            return  # one is rendered by _render_block in its own worker anyway
+        for key, result in zip(keys, sandbox.render_methods(methods), strict=True):
+            if result is not None:
+                self._prerendered[key] = result
 
     def _template(self, step: st.Template):
         """One neurodocker Template per (template, arguments), shared by apt and yum.
@@ -314,6 +346,7 @@ class RecipeRenderer:
         if fmt == "docker" and cache_stage and plan.cache_mounts:
             r._parts.extend([f"FROM scratch AS {CACHE_STAGE}", f'COPY ["{CACHE_DIR}/", "/"]', ""])
         r.from_(plan.target.base_image)
+        self._prerender(plan.steps, pm, plan.target.install_opts)
         for step in plan.steps:
             self._apply(r, step, fmt, pm, plan.target.install_opts)
         if fmt == "singularity" and (r.staged_copies or plan.cache_mounts):

@@ -24,6 +24,7 @@ checks.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -116,18 +117,67 @@ def render_method(
     """(env, instructions) of a neurodocker installation method, rendered safely
     in a bounded worker (`bound`: a BoundMethod of one's own, e.g. the export's)."""
     bound = bound if bound is not None else BoundMethod(method, pkg_manager, install_opts)
+    _compile_strings(method)
+    env, command = isolated(lambda: _render_method_here(method, bound))
+    return _as_result(env, command)
+
+
+Rendered = tuple[Mapping[str, str], str]
+
+
+def render_methods(methods: list[tuple[Any, str, str | None]]) -> list[Rendered | BaseException | None]:
+    """`render_method` of several (method, pkg_manager, install_opts) in one worker (one fork
+    for a whole recipe): for each, its result or the error `render_method` would raise.
+
+    None where the outcome could depend on the others: from the first method over a bound
+    (time and memory are the whole worker's) on, or for all when the worker itself failed.
+    The caller renders those alone with `render_method`. Rendering is a pure function of
+    the method, so every other outcome is the one it would have had alone."""
+    for method, _pm, _opts in methods:
+        _compile_strings(method)
+
+    def work() -> list:
+        out: list[dict] = []
+        for i, (method, pkg_manager, install_opts) in enumerate(methods):
+            try:
+                out.append({"ok": _render_method_here(method, BoundMethod(method, pkg_manager, install_opts))})
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back as data
+                error = _error_payload(exc)
+                if error["error"] == "limit" and i:
+                    break  # it may have had less time or memory than alone
+                out.append(error)
+                if error["error"] == "limit":
+                    break
+        return out
+
+    try:
+        payloads = isolated(work)
+    except Exception:  # noqa: BLE001 - each is rendered alone, with its own error
+        payloads = []
+    outcomes: list[Rendered | BaseException | None] = [None] * len(methods)
+    for i, payload in enumerate(payloads):
+        try:
+            outcomes[i] = _as_result(*_from_payload(payload))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, raised in its order
+            outcomes[i] = exc
+    return outcomes
+
+
+def _compile_strings(method: Any) -> None:
     strings = [*(method.env or {}).keys(), *(method.env or {}).values(), method.instructions or ""]
     with deadline():
         for source in strings:  # compiled here, so the cache serves every later worker
             if "{{" in source:
                 _compile_here(source.replace("self.", "template."))
 
-    def work() -> list:
-        with deadline():
-            env = [[render_string(k, bound), render_string(v, bound)] for k, v in (method.env or {}).items()]
-            return [env, render_string(method.instructions, bound) if method.instructions else ""]
 
-    env, command = isolated(work)
+def _render_method_here(method: Any, bound: BoundMethod) -> list:
+    with deadline():
+        env = [[render_string(k, bound), render_string(v, bound)] for k, v in (method.env or {}).items()]
+        return [env, render_string(method.instructions, bound) if method.instructions else ""]
+
+
+def _as_result(env: Any, command: Any) -> tuple[Mapping[str, str], str]:
     return {str(k): str(v) for k, v in env}, str(command)
 
 
@@ -174,6 +224,8 @@ def isolated(work: Callable[[], Any], seconds: float = RENDER_SECONDS) -> Any:
     if not hasattr(os, "fork"):  # Windows: the in-process bounds only
         with deadline(seconds):
             return work()
+    import resource  # noqa: F401 - loaded once here rather than in every worker
+
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child (coverage does not follow a fork)
@@ -191,12 +243,16 @@ def isolated(work: Callable[[], Any], seconds: float = RENDER_SECONDS) -> Any:
 
 
 def _child(work: Callable[[], Any], fd: int, seconds: float) -> None:
+    # The worker collects its own garbage (a template's cycles count against its memory limit),
+    # never the parent's objects: frozen, they are not scanned, so their pages stay shared.
+    gc.freeze()
+    gc.enable()
     _limit_resources(seconds)
     try:
         with deadline(seconds):
             payload = {"ok": work()}
     except BaseException as exc:  # noqa: BLE001 - every failure goes back as data
-        payload = {"error": _error_kind(exc), "message": f"{exc}" or type(exc).__name__, "type": type(exc).__name__}
+        payload = _error_payload(exc)
     try:
         data = json.dumps(payload).encode()
     except (TypeError, ValueError) as exc:
@@ -209,12 +265,15 @@ def _child(work: Callable[[], Any], fd: int, seconds: float) -> None:
 
 
 def _limit_resources(seconds: float) -> None:
-    import resource
+    import resource  # loaded by isolated() before forking
 
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
+    try:  # read raw: a text file would import its codec in every worker
+        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            current = int(os.read(fd, 4096).split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, IndexError):
         current = None
     limits = [(resource.RLIMIT_CPU, int(seconds) + 2)]
     if current is not None:
@@ -223,6 +282,10 @@ def _limit_resources(seconds: float) -> None:
         _cur, hard = resource.getrlimit(which)
         if hard == resource.RLIM_INFINITY or soft <= hard:
             resource.setrlimit(which, (soft, hard))
+
+
+def _error_payload(exc: BaseException) -> dict:
+    return {"error": _error_kind(exc), "message": f"{exc}" or type(exc).__name__, "type": type(exc).__name__}
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -270,11 +333,14 @@ def _collect(fd: int, pid: int, end: float, seconds: float) -> bytes:
 
 
 def _result(data: bytes) -> Any:
+    return _from_payload(json.loads(data))
+
+
+def _from_payload(payload: dict) -> Any:
     import jinja2
 
     RendererError = reproenv.module("reproenv.exceptions").RendererError
 
-    payload = json.loads(data)
     if "ok" in payload:
         return payload["ok"]
     kind, message, name = payload["error"], str(payload["message"]), str(payload["type"])

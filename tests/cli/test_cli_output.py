@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from neurodocker_nd.cli.options import recipe_dir_options
 from neurodocker_nd.cli.output import package_notes, write_or_print
-from neurodocker_nd.maintain.lint import dead_download_notes
+from neurodocker_nd.maintain.gone import dead_download_notes
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render.renderer import render_recipe
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from neurodocker_nd.maintain.lint import gone_instruction_notes
+from neurodocker_nd.maintain.gone import gone_instruction_notes
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render.renderer import render_recipe
 from support import confirmed_versions, run_ndgen

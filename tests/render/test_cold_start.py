@@ -49,8 +49,8 @@ print(json.dumps({
     "checked": checked,
     "registered": sorted(registered_templates()),
     "jsonschema": "jsonschema.validators" in sys.modules,
-    "modules": sorted(m for m in ("docker", "requests", "rich", "reprozip", "dockerfile_parse", "spython")
-                      if m in sys.modules),
+    "modules": sorted(m for m in ("docker", "requests", "rich", "reprozip", "dockerfile_parse", "spython",
+                                  "neurodocker_nd.maintain.lint") if m in sys.modules),
 }))
 """
 
@@ -67,7 +67,7 @@ def test_a_render_checks_only_the_templates_it_uses(tmp_path):
     # templates and `_default`; a render of ants needs ants and ndgen's `_default` only.
     assert seen["registered"] == []
     assert sorted(seen["checked"]) == ["_default", "ants"]  # once each (registry/ants, then Template() of _default)
-    assert seen["modules"] == []  # nor the Docker SDK, HTTP or terminal libraries
+    assert seen["modules"] == []  # nor the Docker SDK, HTTP or terminal libraries, nor the registry's lint rules
 
 
 def test_templates_that_passed_before_are_not_checked_again(tmp_path):
