@@ -119,6 +119,32 @@ def base_image(docker_client, tmp_path_factory) -> str:
     return BASE_IMAGE
 
 
+ARM64_BASE_IMAGE = "arm64v8/" + BASE_IMAGE  # core.arch.arch_ref's name for the aarch64 base
+
+
+@pytest.fixture(scope="session")
+def arm64_base_image(docker_client, tmp_path_factory) -> str:
+    """The aarch64 Debian base (`ndgen base … --arch arm64`, ≈5 min under qemu), built by one
+    worker when missing while the other keeps going; kept by tag across runs like base_image.
+
+    debootstrap fetches through scripts/test.sh's apt cache when there is one (http_proxy).
+    """
+    import docker.errors
+
+    with _shared_lock(tmp_path_factory, "arm64-base-image"):
+        try:
+            docker_client.images.get(ARM64_BASE_IMAGE)
+            return ARM64_BASE_IMAGE
+        except docker.errors.ImageNotFound:
+            pass
+        proxy = apt_proxy()
+        proc = run_ndgen("base", BASE_IMAGE, "--arch", "arm64", env={"http_proxy": proxy.url if proxy else None})
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}, no message"]
+            pytest.fail(f"`ndgen base {BASE_IMAGE} --arch arm64` failed: {lines[-1]}", pytrace=False)
+    return ARM64_BASE_IMAGE
+
+
 @pytest.fixture(scope="session")
 def profile_image(docker_client, base_image, tmp_path_factory):
     """`profile_image(NAME)` → (profile, tag): a minify profile's reference image, once per run.

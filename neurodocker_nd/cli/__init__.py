@@ -30,6 +30,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "recipe": "neurodocker_nd.cli.commands.recipe:recipe_cmd",
     "test": "neurodocker_nd.cli.commands.test:test_cmd",
     "minify": "neurodocker_nd.cli.commands.minify:minify_cmd",
+    "setup-emulation": "neurodocker_nd.cli.commands.setup_emulation:setup_emulation_cmd",
     "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
     "generate": "neurodocker_nd.cli.commands.generate:generate_group",
 }

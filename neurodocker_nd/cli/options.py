@@ -138,6 +138,20 @@ def recipe_options(func: F) -> F:
     return func
 
 
+def _normalise_arch(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Either spelling (aarch64/arm64, x86_64/amd64) → core.arch's; anything else: one error line."""
+    from neurodocker_nd.core.arch import normalise
+
+    return normalise(value)
+
+
+def arch_option(help_text: str) -> Callable[[F], F]:
+    """`--arch`, normalised in core.arch (`mips`: one `ndgen: error:` line naming the supported ones)."""
+    return click.option(
+        "--arch", default="x86_64", show_default=True, metavar="ARCH", callback=_normalise_arch, help=help_text
+    )
+
+
 def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
     """Add --arch/--option/--templates (a build.yaml's inputs); `scope` prefixes each help text."""
 
@@ -145,13 +159,7 @@ def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
         return f"{scope}: {text[0].lower()}{text[1:]}" if scope else text
 
     decorators = [
-        click.option(
-            "--arch",
-            type=click.Choice(["x86_64", "aarch64"]),
-            default="x86_64",
-            show_default=True,
-            help=helped("Architecture."),
-        ),
+        arch_option(helped("Architecture: x86_64 (amd64) or aarch64 (arm64, emulated on an x86_64 host).")),
         click.option(
             "--option", "options", multiple=True, metavar="KEY=VALUE", help=helped("Set a recipe option (repeat).")
         ),

@@ -13,13 +13,20 @@ from neurodocker_nd.errors import ChecksFailed, NdgenError
 
 if TYPE_CHECKING:
     from neurodocker_nd.build.docker_build import AptProxy
+    from neurodocker_nd.core.arch import Arch
     from neurodocker_nd.render.renderer import Format
 
 
 @click.command("build")
 @click.argument("recipe_dir", required=False, type=click.Path(path_type=Path))
 @recipe_options
-@click.option("-t", "--tag", required=True, metavar="NAME[:TAG]", help="Tag of the image to build.")
+@click.option(
+    "-t",
+    "--tag",
+    metavar="NAME[:TAG]",
+    help="Tag of the image to build (RECIPE_DIR: default NAME:VERSION, NAME_arm64:VERSION for aarch64, "
+    "as neurocontainers names them).",
+)
 @click.option("--no-test", is_flag=True, help="Build only; do not run the packages' test commands.")
 @click.option("--no-cache", is_flag=True, help="Rebuild even when an identical build exists.")
 @click.option(
@@ -63,14 +70,14 @@ def build_cmd(
     base_image: str | None,
     pkg_manager: str | None,
     fmt: Format,
-    tag: str,
+    tag: str | None,
     no_test: bool,
     no_cache: bool,
     network: str,
     apt_proxy: str | None,
     test_timeout: float,
     log_path: Path | None,
-    arch: str,
+    arch: Arch,
     options: tuple[str, ...],
     templates: tuple[str, ...],
 ) -> None:
@@ -94,6 +101,8 @@ def build_cmd(
         return
     if not pkgs:
         raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
+    if tag is None:
+        raise NdgenError("ndgen build --pkg needs -t NAME[:TAG], the tag of the image to build")
     from neurodocker_nd.build.docker_build import build_recipe, check_tag
     from neurodocker_nd.registry.entries import Registry
     from neurodocker_nd.render.renderer import render_recipe
@@ -111,6 +120,7 @@ def build_cmd(
         test_timeout=test_timeout,
         network=network,
         apt_proxy=proxy,
+        arch=arch,
     )
     output.build_report(outcome)
     if outcome.failures:
@@ -142,8 +152,8 @@ def _apt_proxy(value: str | None, network: str) -> AptProxy | None:
 def _build_recipe_dir(
     recipe_dir: Path,
     fmt: Format,
-    tag: str,
-    arch: str,
+    tag: str | None,
+    arch: Arch,
     options: tuple[str, ...],
     templates: tuple[str, ...],
     test: bool,
@@ -170,6 +180,6 @@ def _build_recipe_dir(
     )
     output.build_report(built.outcome)
     if test:
-        tested = run_image_tests(tag, built.suite, output.suite_report)
+        tested = run_image_tests(built.outcome.tag, built.suite, output.suite_report)
         output.image_test_files(tested)
         check_passed(tested.run)
