@@ -43,6 +43,12 @@ def normalise(value: str) -> Arch:
     return arch
 
 
+def canonical(value: str) -> str:
+    """`normalise` for a name in a list someone else keeps (a recipe's `architectures:`):
+    one ndgen does not build for stays as written."""
+    return _ALIASES.get(value.strip().lower(), value)
+
+
 def docker_arch(arch: Arch) -> str:
     """Docker's name: what `docker inspect` shows as Architecture (amd64, arm64)."""
     return _DOCKER[arch]
