@@ -37,6 +37,9 @@ DEFAULT_MIRRORS: dict[Distro, str] = {
     "debian": "http://deb.debian.org/debian",
     "ubuntu": "http://archive.ubuntu.com/ubuntu",
 }
+# Ubuntu's other architectures live on its ports archive (debootstrap's scripts/gutsy: every
+# architecture but amd64 and i386 defaults to it).
+UBUNTU_PORTS = "http://ports.ubuntu.com/ubuntu-ports"
 # What the official images set (docker inspect debian:bookworm / ubuntu:24.04).
 OFFICIAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OFFICIAL_CMD: dict[Distro, str] = {"debian": '["bash"]', "ubuntu": '["/bin/bash"]'}
@@ -128,10 +131,14 @@ def plan_base(
         ref=arch_ref(f"{repo}:{tag}", arch),
         distro=distro,
         suite=chosen,
-        mirror=(mirror or DEFAULT_MIRRORS[distro]).rstrip("/"),
+        mirror=(mirror or _default_mirror(distro, arch)).rstrip("/"),
         keyring=Path(keyring) if keyring else None,
         arch=arch,
     )
+
+
+def _default_mirror(distro: Distro, arch: Arch) -> str:
+    return UBUNTU_PORTS if distro == "ubuntu" and arch != "x86_64" else DEFAULT_MIRRORS[distro]
 
 
 def _guess_distro(name: str, mirror: str | None, tag_or_suite: str) -> Distro:

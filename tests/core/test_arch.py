@@ -124,3 +124,29 @@ def test_setup_emulation_is_idempotent():
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert emulation.problem("aarch64") is None
     assert "F" in emulation.read_handler(emulation.BINFMT_DIR / "qemu-aarch64").flags
+
+
+def test_an_images_own_architecture_decides(tmp_path):
+    """`ndgen test` and `ndgen minify` ask for emulation by the image's Architecture, not a flag."""
+    unmounted = tmp_path / "nowhere"
+    emulation.check_image({"Architecture": "amd64"}, "testing a:1", unmounted)  # native: nothing needed
+    with pytest.raises(emulation.EmulationMissing, match="^testing b:1 for aarch64 needs qemu-user emulation"):
+        emulation.check_image({"Architecture": "arm64"}, "testing b:1", unmounted)
+    with pytest.raises(arch.UnsupportedArch, match="unsupported architecture 'ppc64le'"):
+        emulation.check_image({"Architecture": "ppc64le"}, "testing c:1", unmounted)
+
+
+def test_arm64_base_plan_names_its_tag_and_mirror():
+    from neurodocker_nd.build.base_image import UBUNTU_PORTS, debootstrap_argv, plan_base
+
+    spec = plan_base("debian:bookworm", arch="aarch64")
+    assert (spec.ref, spec.suite, spec.mirror) == (
+        "arm64v8/debian:bookworm",
+        "bookworm",
+        "http://deb.debian.org/debian",
+    )
+    argv = debootstrap_argv(spec, Path("/t"))
+    assert "--foreign" in argv and "--arch=arm64" in argv
+    assert "--foreign" not in debootstrap_argv(plan_base("debian:bookworm"), Path("/t"))
+    assert plan_base("ubuntu:24.04", arch="aarch64").mirror == UBUNTU_PORTS
+    assert plan_base("ubuntu:24.04").mirror == "http://archive.ubuntu.com/ubuntu"
