@@ -148,8 +148,21 @@ def _normalise_arch(ctx: click.Context, param: click.Parameter, value: str) -> s
 def arch_option(help_text: str) -> Callable[[F], F]:
     """`--arch`, normalised in core.arch (`mips`: one `ndgen: error:` line naming the supported ones)."""
     return click.option(
-        "--arch", default="x86_64", show_default=True, metavar="ARCH", callback=_normalise_arch, help=help_text
+        "--arch",
+        default="x86_64",
+        show_default=True,
+        metavar="ARCH",
+        callback=_normalise_arch,
+        shell_complete=_complete_arch,
+        help=help_text,
     )
+
+
+def _complete_arch(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """What a Choice would complete: every spelling `--arch` takes."""
+    from neurodocker_nd.core.arch import SPELLINGS
+
+    return [name for name in SPELLINGS if name.startswith(incomplete)]
 
 
 def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
@@ -159,7 +172,11 @@ def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
         return f"{scope}: {text[0].lower()}{text[1:]}" if scope else text
 
     decorators = [
-        arch_option(helped("Architecture: x86_64 (amd64) or aarch64 (arm64, emulated on an x86_64 host).")),
+        # Not scoped: `ndgen build --pkg` takes it too.
+        arch_option(
+            "Architecture: x86_64 (amd64) or aarch64 (arm64): a recipe's variant, and the image's platform "
+            "when built (under qemu on an x86_64 host, docs/arch.md)."
+        ),
         click.option(
             "--option", "options", multiple=True, metavar="KEY=VALUE", help=helped("Set a recipe option (repeat).")
         ),

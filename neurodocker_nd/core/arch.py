@@ -25,6 +25,7 @@ Arch = Literal["x86_64", "aarch64"]
 ARCHES: tuple[Arch, ...] = ("x86_64", "aarch64")
 
 _ALIASES: dict[str, Arch] = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+SPELLINGS = tuple(_ALIASES)  # every value `--arch` takes (shell completion)
 # Arch → Docker's (and Debian's) name: the image config's Architecture, `--platform linux/NAME`.
 _DOCKER: dict[Arch, str] = {"x86_64": "amd64", "aarch64": "arm64"}
 # Arch → Docker Hub's namespace for the official images built for it.

@@ -150,3 +150,9 @@ def test_arm64_base_plan_names_its_tag_and_mirror():
     assert "--foreign" not in debootstrap_argv(plan_base("debian:bookworm"), Path("/t"))
     assert plan_base("ubuntu:24.04", arch="aarch64").mirror == UBUNTU_PORTS
     assert plan_base("ubuntu:24.04").mirror == "http://archive.ubuntu.com/ubuntu"
+
+
+def test_arch_completes_every_spelling():
+    words = {"_NDGEN_COMPLETE": "bash_complete", "COMP_WORDS": "ndgen build --arch a", "COMP_CWORD": "3"}
+    proc = run_ndgen(env=words)
+    assert proc.stdout.split() == ["plain,amd64", "plain,aarch64", "plain,arm64"]
