@@ -17,6 +17,7 @@ command -v xz >/dev/null || need_apt+=(xz-utils)
 [ -f /usr/share/distro-info/debian.csv ] || need_apt+=(distro-info-data)  # `ndgen base` suite names
 [ -f /usr/share/lmod/lmod/init/bash ] || need_apt+=(lmod)  # `ndgen modules`' tests load the modules with Lmod
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)  # fleet tests' OCI registry (distribution 2.8)
+[ -x /usr/bin/qemu-aarch64-static ] || need_apt+=(qemu-user-static)  # aarch64 images under emulation (issue 20)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   apt-get update -qq
@@ -73,6 +74,10 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "test.sh: no Docker engine answers (see /tmp/ndgen-dockerd.log)" >&2; exit 1; }
 fi
 
+# aarch64 images run here under qemu-user (docs/arch.md): binfmt_misc mounted and qemu-aarch64
+# registered with the F flag, by the one command that does it (idempotent; a handler already
+# registered with F is left alone).  The arm64 base is built by the first test that needs it.
+"$py" -m neurodocker_nd.cli setup-emulation
 # The base image is cached by tag: `ndgen base` does nothing when it exists.
 "$py" -m neurodocker_nd.cli base "${NDGEN_TEST_BASE:-debian:bookworm}"
 

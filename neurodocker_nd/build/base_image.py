@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 import attrs
 
-from neurodocker_nd.core import engine, scratchdir
+from neurodocker_nd.core import emulation, engine, scratchdir
+from neurodocker_nd.core.arch import Arch, arch_ref, docker_arch, emulated, platform
 from neurodocker_nd.errors import EngineError, NdgenError
 
 Distro = Literal["debian", "ubuntu"]
@@ -36,6 +37,9 @@ DEFAULT_MIRRORS: dict[Distro, str] = {
     "debian": "http://deb.debian.org/debian",
     "ubuntu": "http://archive.ubuntu.com/ubuntu",
 }
+# Ubuntu's other architectures live on its ports archive (debootstrap's scripts/gutsy: every
+# architecture but amd64 and i386 defaults to it).
+UBUNTU_PORTS = "http://ports.ubuntu.com/ubuntu-ports"
 # What the official images set (docker inspect debian:bookworm / ubuntu:24.04).
 OFFICIAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OFFICIAL_CMD: dict[Distro, str] = {"debian": '["bash"]', "ubuntu": '["/bin/bash"]'}
@@ -83,6 +87,7 @@ class BaseSpec:
     suite: str  # debootstrap suite (codename), e.g. bookworm, noble
     mirror: str  # apt mirror URL, no trailing slash
     keyring: Path | None = None  # archive keyring; None: the distro's usual one
+    arch: Arch = "x86_64"  # core.arch's name; an emulated one is bootstrapped in two stages
 
     @property
     def archive_keyring(self) -> Path | None:
@@ -102,8 +107,18 @@ class BaseResult:
 # --------------------------------------------------------------------------- plan
 
 
-def plan_base(image: str, mirror: str | None = None, suite: str | None = None, keyring: Path | None = None) -> BaseSpec:
-    """Work out distro, suite and mirror for `image` (pure: no engine, no network)."""
+def plan_base(
+    image: str,
+    mirror: str | None = None,
+    suite: str | None = None,
+    keyring: Path | None = None,
+    arch: Arch = "x86_64",
+) -> BaseSpec:
+    """Work out distro, suite, mirror and tag for `image` (pure: no engine, no network).
+
+    A non-native `arch` is tagged with its official namespace (core.arch.arch_ref):
+    `debian:bookworm` for aarch64 becomes `arm64v8/debian:bookworm`.
+    """
     if not image or any(c.isspace() for c in image):
         raise NdgenError(f"bad image reference {image!r}: expected NAME[:TAG], e.g. debian:bookworm")
     repo, tag = engine.split_ref(image)
@@ -113,12 +128,17 @@ def plan_base(image: str, mirror: str | None = None, suite: str | None = None, k
     if chosen is None:
         raise NdgenError(f"cannot tell the {distro} suite from tag {tag!r} of {image}; pass --suite CODENAME")
     return BaseSpec(
-        ref=f"{repo}:{tag}",
+        ref=arch_ref(f"{repo}:{tag}", arch),
         distro=distro,
         suite=chosen,
-        mirror=(mirror or DEFAULT_MIRRORS[distro]).rstrip("/"),
+        mirror=(mirror or _default_mirror(distro, arch)).rstrip("/"),
         keyring=Path(keyring) if keyring else None,
+        arch=arch,
     )
+
+
+def _default_mirror(distro: Distro, arch: Arch) -> str:
+    return UBUNTU_PORTS if distro == "ubuntu" and arch != "x86_64" else DEFAULT_MIRRORS[distro]
 
 
 def _guess_distro(name: str, mirror: str | None, tag_or_suite: str) -> Distro:
@@ -220,6 +240,7 @@ def check_mirror(mirror: str, suite: str, timeout: float = 15.0) -> None:
 def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
     """Create the image `spec.ref` unless it exists (or `force`); never touch other tags."""
     check_host(spec)
+    emulation.check(spec.arch, f"ndgen base {spec.ref}")
     client = engine.connect()
     existing = engine.find_image(client, spec.ref)
     if existing is not None and not force:
@@ -227,14 +248,19 @@ def build_base(spec: BaseSpec, force: bool = False) -> BaseResult:
     check_mirror(spec.mirror, spec.suite)
     started = time.monotonic()
     log_path = engine.new_log_path("base", spec.ref)
-    with engine.step_log(log_path, f"debootstrap {spec.suite} from {spec.mirror}") as log:
+    with engine.step_log(log_path, f"debootstrap {spec.suite} ({spec.arch}) from {spec.mirror}") as log:
         # debootstrap mounts /proc and /sys in its target: never delete through them.
         with scratchdir.directory("ndgen-base-", scratch_parent()) as scratch:
             rootfs = scratch / "rootfs"
             _debootstrap(spec, rootfs, log)
+            if emulated(spec.arch):
+                _second_stage(spec, rootfs, log)
             _containerize(rootfs)
-            log.status(f"docker import → {spec.ref}")
-            image_id = _import_rootfs(client, rootfs, spec, log)
+            log.status(f"import → {spec.ref}")
+            if emulated(spec.arch):
+                image_id = _build_from_rootfs(client, rootfs, scratch / "import", spec, log)
+            else:
+                image_id = _import_rootfs(client, rootfs, spec, log)
     return BaseResult(spec.ref, image_id, created=True, seconds=time.monotonic() - started, log_path=log_path)
 
 
@@ -249,6 +275,9 @@ def scratch_parent() -> str:
 
 def debootstrap_argv(spec: BaseSpec, target: Path) -> list[str]:
     argv = ["debootstrap", "--variant=minbase", "--components=main"]
+    if emulated(spec.arch):
+        # The foreign arch's maintainer scripts run in the second stage, under qemu (F handler).
+        argv += ["--foreign", f"--arch={docker_arch(spec.arch)}"]
     if spec.archive_keyring is not None:
         argv.append(f"--keyring={spec.archive_keyring}")
     script = debootstrap_script(spec)
@@ -256,18 +285,32 @@ def debootstrap_argv(spec: BaseSpec, target: Path) -> list[str]:
 
 
 def _debootstrap(spec: BaseSpec, rootfs: Path, log: engine.StepLog) -> None:
-    argv = debootstrap_argv(spec, rootfs)
+    _run_logged(debootstrap_argv(spec, rootfs), spec, log, "debootstrap")
+
+
+def _second_stage(spec: BaseSpec, rootfs: Path, log: engine.StepLog) -> None:
+    """`chroot ROOTFS /debootstrap/debootstrap --second-stage`: the target's own binaries, emulated.
+
+    The target is ndgen's fresh scratch rootfs, made by the first stage from
+    the signed archive; the chroot runs its packages' maintainer scripts.
+    """
+    _run_logged(["chroot", str(rootfs), "/debootstrap/debootstrap", "--second-stage"], spec, log, "second stage")
+
+
+def _run_logged(
+    argv: list[str], spec: BaseSpec, log: engine.StepLog, what: str, env: dict[str, str] | None = None
+) -> None:
     log.write("$ " + " ".join(argv) + "\n")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     last = ""
     for line in proc.stdout:
         log.write(line)
         if line.strip():
             last = line.strip()
-            log.status(f"debootstrap {spec.suite}: {last}")
+            log.status(f"{what} {spec.suite}: {last}")
     if proc.wait() != 0:
-        raise NdgenError(f"debootstrap {spec.suite} failed (exit {proc.returncode}): {last}; log: {log.path}")
+        raise NdgenError(f"{what} {spec.suite} failed (exit {proc.returncode}): {last}; log: {log.path}")
 
 
 def _containerize(rootfs: Path) -> None:
@@ -317,6 +360,35 @@ def _import_rootfs(client: Any, rootfs: Path, spec: BaseSpec, log: engine.StepLo
     repo, tag = engine.split_ref(spec.ref)
     client.api.tag(image_id, repo, tag, force=True)
     log.write(f"imported {image_id} as {spec.ref}\n")
+    return image_id
+
+
+def _build_from_rootfs(client: Any, rootfs: Path, context: Path, spec: BaseSpec, log: engine.StepLog) -> str:
+    """`FROM scratch` + `ADD rootfs.tar /` built by BuildKit with `--platform`: the image's
+    Architecture is the rootfs's (Debian's docker 20.10 ignores `docker import --platform`)."""
+    from neurodocker_nd.build.docker_build import BUILDKIT_CLI
+
+    context.mkdir(mode=0o700)
+    tar = ["tar", "--numeric-owner", "--one-file-system", "--xattrs", "-C", str(rootfs)]
+    _run_logged([*tar, "-cf", str(context / "rootfs.tar"), "."], spec, log, "tar")
+    lines = [
+        "FROM scratch",
+        "ADD rootfs.tar /",
+        f"ENV PATH={OFFICIAL_PATH}",
+        f"CMD {OFFICIAL_CMD[spec.distro]}",
+        f"LABEL org.ndgen.base.suite={spec.suite} org.ndgen.base.mirror={spec.mirror}",
+    ]
+    (context / "Dockerfile").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    iidfile = context.parent / "iid"
+    argv = [BUILDKIT_CLI, "build", "--platform", platform(spec.arch), "--progress", "plain"]
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    _run_logged([*argv, "--iidfile", str(iidfile), str(context)], spec, log, "BuildKit import", env)
+    image_id = iidfile.read_text(encoding="ascii").strip() if iidfile.is_file() else ""
+    if not image_id:
+        raise EngineError(f"the import of {spec.ref} gave no image; log: {log.path}")
+    repo, tag = engine.split_ref(spec.ref)
+    client.api.tag(image_id, repo, tag, force=True)  # untagged until complete, as docker import
+    log.write(f"built {image_id} ({platform(spec.arch)}) as {spec.ref}\n")
     return image_id
 
 

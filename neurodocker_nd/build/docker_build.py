@@ -32,7 +32,8 @@ from typing import Any, Protocol
 import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
-from neurodocker_nd.core import engine, outfile
+from neurodocker_nd.core import emulation, engine, outfile, scratchdir
+from neurodocker_nd.core.arch import Arch, arch_ref, emulated, platform
 from neurodocker_nd.core.engine import BuildContext
 from neurodocker_nd.errors import EngineError, NdgenError
 
@@ -266,6 +267,7 @@ class _Job:
     no_cache: bool
     network: str  # one of NETWORKS: what RUN steps run on
     proxy: AptProxy | None  # as apt_proxy_for returned it: None when RUN steps get none
+    arch: Arch = "x86_64"  # a non-native one builds with BuildKit's --platform, under qemu
 
     def start(self, header: str, proxy_note: str) -> None:
         """The log's first lines: what is built from what, the network, the apt proxy."""
@@ -292,32 +294,36 @@ def build_recipe(
     test_timeout: float = TEST_TIMEOUT_S,
     network: str = "default",
     apt_proxy: AptProxy | None = None,
+    arch: Arch = "x86_64",
 ) -> BuildOutcome:
     """Build `recipe` as `tag` on `network` (one of NETWORKS), then (unless `run_tests` is False) run its tests.
 
     `apt_proxy`: given to RUN steps that can reach it (see `apt_proxy_for`), never kept in the image.
+    `arch` (core.arch's name): a non-native one is built FROM the base's per-arch tag
+    (`arch_ref`) by BuildKit with `--platform`, its RUN steps and tests under qemu.
     """
     proxy, proxy_note = _preflight(tag, network, apt_proxy)
+    base_ref, text = retarget(recipe.text, recipe.base_image, recipe.fmt, arch, f"ndgen build {tag}")
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     recipe_path = log_path.with_suffix(".def" if recipe.fmt == "singularity" else ".Dockerfile")
-    outfile.write_text(recipe_path, recipe.text, mkdir=True)
-    plan = _plan(recipe, recipe_path)
+    outfile.write_text(recipe_path, text, mkdir=True)
+    plan = _plan(recipe.fmt, text, recipe_path)
 
     client = engine.connect()
-    base = engine.require_image(client, recipe.base_image)
+    base = engine.require_image(client, base_ref)
     context_tar = plan.context.tar()
     digest = hashlib.sha256(context_tar.getvalue() + base.id.encode()).hexdigest()
     labels = {**plan.labels, HASH_LABEL: digest, "org.ndgen.format": recipe.fmt}
 
     started = time.monotonic()
     with engine.step_log(log_path, f"building {tag}") as log:
-        job = _Job(tag, log, no_cache, network, proxy)
+        job = _Job(tag, log, no_cache, network, proxy, arch)
         job.start(
-            f"# ndgen build {tag} ({recipe.fmt}) from {recipe.base_image} ({base.id})\n# recipe: {recipe_path}\n",
+            f"# ndgen build {tag} ({recipe.fmt}, {arch}) from {base_ref} ({base.id})\n# recipe: {recipe_path}\n",
             proxy_note,
         )
         image_id, reused = job.reuse_or(
-            client, digest, lambda: _stream_build(client, job, context_tar, labels, recipe.fmt)
+            client, digest, lambda: _build_tar(client, job, context_tar, labels, recipe.fmt)
         )
         build_seconds = time.monotonic() - started
         tests = _run_tests(client, image_id, recipe, plan, log, test_timeout) if run_tests else []
@@ -345,6 +351,7 @@ def build_context_dir(
     log_path: Path | None = None,
     network: str = "default",
     apt_proxy: AptProxy | None = None,
+    arch: Arch = "x86_64",
 ) -> BuildOutcome:
     """Build a complete build context (`ndgen recipe --out`: the recipe plus its files) as `tag`.
 
@@ -353,25 +360,32 @@ def build_context_dir(
     build API is the legacy builder, which has no RUN --mount. The cache is a
     named stage of the same Dockerfile (no buildx `--build-context` here).
     Singularity: the stand-in, with `%files` relative to the context.
-    RUN steps run on `network` (one of NETWORKS), with `apt_proxy` as for `build_recipe`.
+    RUN steps run on `network` (one of NETWORKS), with `apt_proxy` as for `build_recipe`;
+    `arch` as for `build_recipe` (the context's Dockerfile is left as it is: the retargeted
+    copy is built from beside it).
     """
     proxy, proxy_note = _preflight(tag, network, apt_proxy)
     context_dir = Path(context_dir)
     recipe_name = "Singularity.def" if fmt == "singularity" else "Dockerfile"
     recipe_path = context_dir / recipe_name
+    base_ref, text = retarget(recipe_path.read_text(encoding="utf-8"), base_image, fmt, arch, f"ndgen build {tag}")
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     client = engine.connect()
-    base = engine.require_image(client, base_image)
-    digest = hashlib.sha256(_tree_digest(context_dir).encode() + base.id.encode()).hexdigest()
+    base = engine.require_image(client, base_ref)
+    tree = _tree_digest(context_dir) + hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(tree.encode() + base.id.encode()).hexdigest()
     started = time.monotonic()
-    with engine.step_log(log_path, f"building {tag}") as log:
-        job = _Job(tag, log, no_cache, network, proxy)
-        job.start(f"# ndgen build {tag} ({fmt}) from {base_image} ({base.id})\n# context: {context_dir}\n", proxy_note)
-        image_id, reused = job.reuse_or(
-            client, digest, lambda: _build_dir(client, job, context_dir, recipe_path, fmt, digest)
-        )
     saved = log_path.with_suffix(".def" if fmt == "singularity" else ".Dockerfile")
-    outfile.write_text(saved, recipe_path.read_text(encoding="utf-8"), mkdir=True)
+    outfile.write_text(saved, text, mkdir=True)
+    with engine.step_log(log_path, f"building {tag}") as log:
+        job = _Job(tag, log, no_cache, network, proxy, arch)
+        job.start(
+            f"# ndgen build {tag} ({fmt}, {arch}) from {base_ref} ({base.id})\n# context: {context_dir}\n", proxy_note
+        )
+        built = saved if emulated(arch) else recipe_path
+        image_id, reused = job.reuse_or(
+            client, digest, lambda: _build_dir(client, job, context_dir, built, fmt, digest)
+        )
     return BuildOutcome(
         tag=tag,
         image_id=image_id,
@@ -384,6 +398,37 @@ def build_context_dir(
         packages=(),
         network=network,
     )
+
+
+def retarget(text: str, base_image: str, fmt: str, arch: Arch, what: str) -> tuple[str, str]:
+    """(the base image to build on, the Dockerfile text) for `arch`.
+
+    Native: unchanged.  Emulated: the emulation check (one line when qemu's F
+    handler is missing, before any engine work), then every `FROM BASE` line
+    points at the base's per-arch tag (`arm64v8/debian:bookworm`, core.arch):
+    the classic store has one architecture per tag.
+    """
+    if not emulated(arch):
+        return base_image, text
+    if fmt != "docker":
+        raise NdgenError(f"{what}: --arch {arch} builds Docker images only (the Apptainer stand-in has no --platform)")
+    emulation.check(arch, what)
+    base_ref = arch_ref(base_image, arch)
+    line = re.compile(rf"^(FROM\s+(?:--platform=\S+\s+)?){re.escape(base_image)}(?=\s|$)", re.MULTILINE | re.IGNORECASE)
+    return base_ref, line.sub(lambda m: m.group(1) + base_ref, text)
+
+
+def _build_tar(client: Any, job: _Job, context_tar: Any, labels: dict[str, str], fmt: str) -> str:
+    """The SDK's legacy builder natively; BuildKit (the only one with --platform) for an emulated arch."""
+    if not emulated(job.arch):
+        return _stream_build(client, job, context_tar, labels, fmt)
+    import tarfile
+
+    with scratchdir.directory("ndgen-build-", "/var/tmp") as scratch:
+        with tarfile.open(fileobj=context_tar, mode="r") as archive:
+            archive.extractall(scratch, filter="data")  # ndgen's own in-memory context
+        network = _buildkit_network(client, job.network, job.log)
+        return _buildkit_build(job, scratch, scratch / "Dockerfile", labels, network)
 
 
 def _preflight(tag: str, network: str, apt_proxy: AptProxy | None) -> tuple[AptProxy | None, str]:
@@ -431,14 +476,14 @@ def check_tag(tag: str) -> None:
 # --------------------------------------------------------------------------- plan
 
 
-def _plan(recipe: RecipeLike, recipe_path: Path) -> _Plan:
-    if recipe.fmt == "docker":
-        return _Plan(BuildContext(recipe.text), {}, None, has_def_test=False)
-    if recipe.fmt == "singularity":
-        definition = defbuild.parse_definition(recipe.text, source=str(recipe_path))
+def _plan(fmt: str, text: str, recipe_path: Path) -> _Plan:
+    if fmt == "docker":
+        return _Plan(BuildContext(text), {}, None, has_def_test=False)
+    if fmt == "singularity":
+        definition = defbuild.parse_definition(text, source=str(recipe_path))
         standin = defbuild.translate(definition, source=str(recipe_path))
         return _Plan(standin.context, dict(standin.labels), [defbuild.EXEC_ENTRYPOINT], standin.has_test)
-    raise NdgenError(f"unknown format {recipe.fmt!r}; choose docker or singularity")
+    raise NdgenError(f"unknown format {fmt!r}; choose docker or singularity")
 
 
 def _reuse(client: Any, digest: str, tag: str, no_cache: bool, log: engine.StepLog) -> str | None:
@@ -516,6 +561,7 @@ def _buildkit_argv(
 ) -> list[str]:
     argv = [BUILDKIT_CLI, "build", "--network", network, "--progress", "plain", "--pull=false"]
     argv += ["-f", str(dockerfile), "-t", job.tag, "--iidfile", str(iidfile)]
+    argv += ["--platform", platform(job.arch)] if emulated(job.arch) else []
     argv += [f"--label={k}={v}" for k, v in labels.items()] + (["--no-cache"] if job.no_cache else [])
     argv += [f"--build-arg={k}={v}" for k, v in (job.proxy.build_args() if job.proxy else {}).items()]
     argv.append(str(context_dir))

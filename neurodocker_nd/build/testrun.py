@@ -41,7 +41,7 @@ import attrs
 
 from neurodocker_nd.build import apptainer as defbuild
 from neurodocker_nd.build.suite import SCRIPT_PREFIX, SETUP_TIMEOUT_S, PlannedTest, SuitePlan
-from neurodocker_nd.core import engine, outfile, paths, runcapture, safefs
+from neurodocker_nd.core import emulation, engine, outfile, paths, runcapture, safefs
 from neurodocker_nd.errors import NdgenError
 
 PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"
@@ -98,6 +98,7 @@ def run_suite(
     found = engine.find_image(client, image)
     if found is None:
         raise NdgenError(f"image {image} is not on this engine (ndgen never pulls): build it or `docker load` it")
+    emulation.check_image(found.attrs, f"testing {image}")  # an arm64 image runs only under qemu's F handler
     work_dir = plan.work_dir if plan else None
     log_path = Path(log_path) if log_path else engine.new_log_path("test", image)
     runner = _Runner(client, found.id, _exec_prefix(found), f"{os.getuid()}:{os.getgid()}", work_dir)

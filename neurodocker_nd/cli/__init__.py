@@ -33,6 +33,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "minify": "neurodocker_nd.cli.commands.minify:minify_cmd",
     "modules": "neurodocker_nd.cli.commands.modules:modules_cmd",
     "sif": "neurodocker_nd.cli.commands.sif:sif_cmd",
+    "setup-emulation": "neurodocker_nd.cli.commands.setup_emulation:setup_emulation_cmd",
     "upstream": "neurodocker_nd.cli.commands.upstream:upstream_group",
     "fleet": "neurodocker_nd.cli.commands.fleet:fleet_group",
     "generate": "neurodocker_nd.cli.commands.generate:generate_group",

@@ -159,6 +159,33 @@ def _recipe_options(func: F, fmt_option: Any) -> F:
     return func
 
 
+def _normalise_arch(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Either spelling (aarch64/arm64, x86_64/amd64) → core.arch's; anything else: one error line."""
+    from neurodocker_nd.core.arch import normalise
+
+    return normalise(value)
+
+
+def arch_option(help_text: str) -> Callable[[F], F]:
+    """`--arch`, normalised in core.arch (`mips`: one `ndgen: error:` line naming the supported ones)."""
+    return click.option(
+        "--arch",
+        default="x86_64",
+        show_default=True,
+        metavar="ARCH",
+        callback=_normalise_arch,
+        shell_complete=_complete_arch,
+        help=help_text,
+    )
+
+
+def _complete_arch(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """What a Choice would complete: every spelling `--arch` takes."""
+    from neurodocker_nd.core.arch import SPELLINGS
+
+    return [name for name in SPELLINGS if name.startswith(incomplete)]
+
+
 def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
     """Add --arch/--option/--templates (a build.yaml's inputs); `scope` prefixes each help text."""
 
@@ -166,12 +193,10 @@ def recipe_dir_options(scope: str = "") -> Callable[[F], F]:
         return f"{scope}: {text[0].lower()}{text[1:]}" if scope else text
 
     decorators = [
-        click.option(
-            "--arch",
-            type=click.Choice(["x86_64", "aarch64"]),
-            default="x86_64",
-            show_default=True,
-            help=helped("Architecture."),
+        # Not scoped: `ndgen build --pkg` takes it too.
+        arch_option(
+            "Architecture: x86_64 (amd64) or aarch64 (arm64): a recipe's variant, and the image's platform "
+            "when built (under qemu on an x86_64 host, docs/arch.md)."
         ),
         click.option(
             "--option", "options", multiple=True, metavar="KEY=VALUE", help=helped("Set a recipe option (repeat).")

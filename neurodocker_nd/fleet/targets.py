@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 
 from neurodocker_nd.core import paths, yamlfile
+from neurodocker_nd.core.arch import Arch, normalise
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.fleet.oci import TAG
 from neurodocker_nd.render.recipe import ARCHES
@@ -33,7 +34,7 @@ ARCH_SUFFIX = {"x86_64": "", "aarch64": "_arm64"}
 class Target:
     name: str
     version: str
-    arch: str
+    arch: Arch
     recipe_dir: Path
     problem: str | None = None  # why it cannot be planned: it fails at `problem_stage` without any work
     problem_stage: str = "render"
@@ -58,9 +59,7 @@ def find_targets(directory: Path, arches: Sequence[str] = (), only: Sequence[str
     `arches`/`only` select; an architecture no recipe declares, or an `--only` name no
     recipe has, is an error (a typo would otherwise plan nothing and pass).
     """
-    for arch in arches:
-        if arch not in ARCHES:
-            raise NdgenError(f"--arch {arch!r}: choose one of {', '.join(ARCHES)}")
+    arches = [normalise(a) for a in arches]  # arm64/amd64 too, as everywhere; `mips` is one line
     recipes = _recipe_dirs(directory)
     targets = [t for recipe_dir in recipes for t in _recipe_targets(recipe_dir)]
     targets = _mark_duplicates(targets)
@@ -113,7 +112,7 @@ def _recipe_targets(recipe_dir: Path) -> list[Target]:
         problem = f"{shown}: version {version[:80]!r} is not a valid image tag"
     if problem is not None:
         name, version = _shown(name), _shown(version)
-    return [Target(name, version, str(a), recipe_dir, problem) for a in dict.fromkeys(arches)]
+    return [Target(name, version, normalise(a), recipe_dir, problem) for a in dict.fromkeys(arches)]
 
 
 def _shown(text: str) -> str:

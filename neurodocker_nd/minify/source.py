@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neurodocker_nd.core import engine, scratchdir
+from neurodocker_nd.core import emulation, engine, scratchdir
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.minify import stale
 from neurodocker_nd.minify.model import ImageConfig
@@ -98,6 +98,7 @@ def inspect_image(client: Any, name: str) -> tuple[Any, ImageConfig]:
     image = engine.find_image(client, name)
     if image is None:
         raise NdgenError(f"image not found: {name} (no pull is attempted; build or load it first)")
+    emulation.check_image(image.attrs, f"minifying {name}")  # an arm64 workload runs only under qemu's F handler
     return image, ImageConfig.from_inspect(name, image.attrs)
 
 

@@ -47,6 +47,7 @@ from typing import IO, Any
 import attrs
 
 from neurodocker_nd import __version__
+from neurodocker_nd.build.docker_build import HASH_LABEL
 from neurodocker_nd.core import engine, outfile, paths
 from neurodocker_nd.errors import EngineError, NdgenError
 from neurodocker_nd.minify import imagefs
@@ -397,7 +398,10 @@ def image_config(config: ImageConfig, commands: list[str], diff_ids: list[str]) 
             Volumes={volume: {} for volume in config.volumes} or None,
             Labels=dict(config.labels),
         )
-    inner["Labels"] = {**(inner.get("Labels") or {}), **minified_labels(config, commands)}
+    # Not the build's recipe-hash: `ndgen build` reuses an image carrying it as that build,
+    # and would tag this minified one as a fresh build of the recipe.
+    labels = {k: v for k, v in (inner.get("Labels") or {}).items() if k != HASH_LABEL}
+    inner["Labels"] = {**labels, **minified_labels(config, commands)}
     inner.pop("Image", None)  # the parent image of a build step: there is none
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {

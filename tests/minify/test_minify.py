@@ -151,7 +151,8 @@ def test_image_config_carries_the_source_config_whole():
         "Env": ["PATH=/opt/bin:/usr/bin", 'MSG=cost $5 "now"', "CAFE=café ☕"],
         "Entrypoint": ["/bin/tini", "--"], "Cmd": ["mrinfo"], "WorkingDir": "/work", "User": "neuro",
         "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 5000000000}, "StopSignal": "SIGINT",
-        "Shell": ["/bin/bash", "-c"], "OnBuild": ["RUN echo hi"], "Labels": {"org.example": "café ☕"},
+        "Shell": ["/bin/bash", "-c"], "OnBuild": ["RUN echo hi"],
+        "Labels": {"org.example": "café ☕", "org.ndgen.recipe-hash": "abc"},
         "ExposedPorts": {"8080/tcp": {}}, "Volumes": {"/data": {}}, "Image": "sha256:parent",
     }  # fmt: skip
     config = _config(image_json=json.dumps({"architecture": "amd64", "os": "linux", "config": source}))
@@ -160,6 +161,7 @@ def test_image_config_carries_the_source_config_whole():
     assert {k: v for k, v in inner.items() if k != "Labels"} == {
         k: v for k, v in source.items() if k not in ("Labels", "Image")
     }
+    assert "org.ndgen.recipe-hash" not in inner["Labels"]  # `ndgen build` must never reuse it as its build
     assert inner["Labels"]["org.example"] == "café ☕" and json.loads(inner["Labels"]["org.ndgen.minify.commands"]) == [
         "mrinfo x"
     ]

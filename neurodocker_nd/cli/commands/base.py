@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from neurodocker_nd.cli.options import arch_option
+
+if TYPE_CHECKING:
+    from neurodocker_nd.core.arch import Arch
 
 
 @click.command("base")
@@ -17,7 +23,11 @@ import click
     help="Archive keyring to verify the mirror with (default: the distribution's installed keyring).",
 )
 @click.option("--force", is_flag=True, help="Rebuild even when the tag already exists.")
-def base_cmd(image: str, mirror: str | None, suite: str | None, keyring: Path | None, force: bool) -> None:
+@arch_option(
+    "Architecture of the image: x86_64 (amd64) or aarch64 (arm64: bootstrapped under qemu, "
+    "tagged arm64v8/NAME:TAG, see docs/arch.md)."
+)
+def base_cmd(image: str, mirror: str | None, suite: str | None, keyring: Path | None, force: bool, arch: Arch) -> None:
     """Build IMAGE with debootstrap --variant=minbase and docker import.
 
     The image gets the official image's ENV and CMD, e.g. `ndgen base
@@ -26,12 +36,12 @@ def base_cmd(image: str, mirror: str | None, suite: str | None, keyring: Path | 
     """
     from neurodocker_nd.build.base_image import build_base, plan_base
 
-    spec = plan_base(image, mirror=mirror, suite=suite, keyring=keyring)
+    spec = plan_base(image, mirror=mirror, suite=suite, keyring=keyring, arch=arch)
     result = build_base(spec, force=force)
     if not result.created:
         click.echo(f"{result.ref} exists ({result.image_id[:19]}); nothing to do (--force rebuilds it)")
         return
     click.echo(
-        f"built {result.ref} ({result.image_id[:19]}) from {spec.distro} {spec.suite} "
+        f"built {result.ref} ({result.image_id[:19]}, {spec.arch}) from {spec.distro} {spec.suite} "
         f"at {spec.mirror} in {result.seconds:.0f} s; log: {result.log_path}"
     )

@@ -13,13 +13,20 @@ from neurodocker_nd.errors import ChecksFailed, NdgenError
 
 if TYPE_CHECKING:
     from neurodocker_nd.build.docker_build import AptProxy
+    from neurodocker_nd.core.arch import Arch
     from neurodocker_nd.render.renderer import Format
 
 
 @click.command("build")
 @click.argument("recipe_dir", required=False, type=click.Path(path_type=Path))
 @build_recipe_options
-@click.option("-t", "--tag", required=True, metavar="NAME[:TAG]", help="Tag of the image to build.")
+@click.option(
+    "-t",
+    "--tag",
+    metavar="NAME[:TAG]",
+    help="Tag of the image to build (RECIPE_DIR: default NAME:VERSION, NAME_arm64:VERSION for aarch64, "
+    "as neurocontainers names them).",
+)
 @click.option(
     "-o",
     "--output",
@@ -52,7 +59,7 @@ def build_cmd(
     base_image: str | None,
     pkg_manager: str | None,
     fmt: str,
-    tag: str,
+    tag: str | None,
     sif_path: Path | None,
     no_test: bool,
     no_cache: bool,
@@ -60,7 +67,7 @@ def build_cmd(
     apt_proxy: str | None,
     test_timeout: float,
     log_path: Path | None,
-    arch: str,
+    arch: Arch,
     options: tuple[str, ...],
     templates: tuple[str, ...],
 ) -> None:
@@ -82,13 +89,15 @@ def build_cmd(
     if recipe_dir is not None:
         if pkgs or any(v is not None for v in (os_name, base_image, pkg_manager)):  # `--os ""` too
             raise NdgenError("give a RECIPE_DIR or --pkg/--os/--base-image, not both")
-        _build_recipe_dir(
+        built_tag = _build_recipe_dir(
             recipe_dir, recipe_fmt, tag, arch, options, templates, not no_test, no_cache, log_path, network, proxy
         )
-        _deliver_sif(fmt, tag, sif_path)
+        _deliver_sif(fmt, built_tag, sif_path)
         return
     if not pkgs:
         raise NdgenError("ndgen build needs a RECIPE_DIR or at least one --pkg")
+    if tag is None:
+        raise NdgenError("ndgen build --pkg needs -t NAME[:TAG], the tag of the image to build")
     from neurodocker_nd.build.docker_build import build_recipe, check_tag
     from neurodocker_nd.registry.entries import Registry
     from neurodocker_nd.render.renderer import render_recipe
@@ -106,6 +115,7 @@ def build_cmd(
         test_timeout=test_timeout,
         network=network,
         apt_proxy=proxy,
+        arch=arch,
     )
     output.build_report(outcome)
     if outcome.failures:
@@ -132,8 +142,8 @@ def _deliver_sif(fmt: str, tag: str, sif_path: Path | None) -> None:
 def _build_recipe_dir(
     recipe_dir: Path,
     fmt: Format,
-    tag: str,
-    arch: str,
+    tag: str | None,
+    arch: Arch,
     options: tuple[str, ...],
     templates: tuple[str, ...],
     test: bool,
@@ -141,7 +151,8 @@ def _build_recipe_dir(
     log_path: Path | None,
     network: str,
     proxy: AptProxy | None,
-) -> None:
+) -> str:
+    """Build and test RECIPE_DIR; the tag of the image it built."""
     from neurodocker_nd.build.imagetest import check_passed, run_image_tests
     from neurodocker_nd.build.recipe_dir import build_recipe_dir
 
@@ -160,6 +171,7 @@ def _build_recipe_dir(
     )
     output.build_report(built.outcome)
     if test:
-        tested = run_image_tests(tag, built.suite, output.suite_report)
+        tested = run_image_tests(built.outcome.tag, built.suite, output.suite_report)
         output.image_test_files(tested)
         check_passed(tested.run)
+    return built.outcome.tag

@@ -22,10 +22,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from neurodocker_nd.core.arch import ARCHES
 from neurodocker_nd.registry.entries import Registry
 from neurodocker_nd.render import steps as st
 from neurodocker_nd.render.recipe.jinja import RecipeError
-from neurodocker_nd.render.recipe.loader import ARCHES, Loader
+from neurodocker_nd.render.recipe.loader import Loader
 
 __all__ = ["ARCHES", "RecipeError", "find_recipe", "load_recipe"]
 

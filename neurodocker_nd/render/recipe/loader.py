@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from neurodocker_nd.core import paths
+from neurodocker_nd.core.arch import canonical, normalise
 from neurodocker_nd.core.yamlfile import parse_yaml
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.registry.entries import Registry
@@ -30,8 +31,6 @@ from neurodocker_nd.render.recipe.jinja import Context, RecipeError, Where
 from neurodocker_nd.render.recipe.templates import TemplateSource
 from neurodocker_nd.render.target import Target, check_image, resolve_target
 
-ARCHES = ("x86_64", "aarch64")
-_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _TRUE = {"1", "true", "yes", "y", "on"}
 
 # neurocontainers' base layer (their builder's defaults, as data): a `ll`
@@ -111,9 +110,7 @@ class Loader:
     ) -> None:
         self.path = path
         self.dir = path.parent.resolve()
-        if arch not in _ARCH_ALIASES:
-            raise RecipeError(f"unknown architecture {arch!r}; choose x86_64 or aarch64")
-        self.arch = _ARCH_ALIASES[arch]
+        self.arch = normalise(arch)  # either spelling; anything else is one error line
         self.option_args = options
         self.templates = TemplateSource([Path(t) for t in templates], registry)
         self.registry = self.templates.registry
@@ -162,7 +159,7 @@ class Loader:
                 raise RecipeError(f"{self.path}: missing required key {key!r}")
         if not isinstance(data["build"], Mapping):
             raise RecipeError(f"{top.child('build').line()}: build must be a mapping")
-        archs = [str(a) for a in (data.get("architectures") or ["x86_64"])]
+        archs = [canonical(str(a)) for a in (data.get("architectures") or ["x86_64"])]
         if self.arch not in archs:
             raise RecipeError(
                 f"{self.path}: {data['name']} does not support {self.arch} (architectures: {', '.join(archs)})"
