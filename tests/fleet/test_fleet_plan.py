@@ -272,3 +272,14 @@ def test_workflow_has_a_matrix_job_per_256_targets(tmp_path, base_image):
     flow = _workflow(root, tmp_path / "wf")
     assert [j for j in flow["jobs"] if j.startswith("build-")] == ["build-0", "build-1"]
     assert set(flow["jobs"]["plan"]["outputs"]) == {"chunk0", "chunk1"}
+
+
+@pytest.mark.parametrize(("args", "extras"), [((), "build"), (("--minify",), "build,minify")])
+def test_workflow_installs_the_extras_its_jobs_need(fleet, tmp_path, args, extras):
+    """`fleet run --minify` on a runner needs the minify extra (cli/extras.py): the default install says so."""
+    jobs = _workflow(fleet, tmp_path / "wf", *args)["jobs"]
+    install = next(s for s in jobs["build-0"]["steps"] if s.get("name") == "install ndgen")
+    assert install["run"] == f"pip install 'neurodocker-nd[{extras}]'"
+    assert (
+        "--minify" in next(s for s in jobs["build-0"]["steps"] if s.get("name") == "build, test, push, promote")["run"]
+    ) == bool(args)

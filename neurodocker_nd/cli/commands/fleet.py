@@ -181,9 +181,8 @@ def run_cmd(
 @click.option("--branch", metavar="NAME", help="Only pushes to this branch run the workflow (default: any push).")
 @click.option(
     "--install",
-    default="pip install 'neurodocker-nd[build]'",
-    show_default=True,
-    help="The shell command that installs ndgen on a runner.",
+    help="The shell command that installs ndgen on a runner "
+    "(default: pip install 'neurodocker-nd[build]', with --minify 'neurodocker-nd[build,minify]').",
 )
 @click.option(
     "--environment",
@@ -199,7 +198,7 @@ def workflow_cmd(
     registry: str,
     recipes_path: str | None,
     branch: str | None,
-    install: str,
+    install: str | None,
     environment: str,
     minify: bool,
     runners: tuple[str, ...],
@@ -209,5 +208,7 @@ def workflow_cmd(
 
     options = _options(directory, registry, (), (), (), runners)
     where = recipes_path or str(directory)
+    if install is None:  # `fleet run --minify` needs the minify extra (cli/extras.py) on the runner too
+        install = f"pip install 'neurodocker-nd[{'build,minify' if minify else 'build'}]'"
     data = workflow(directory, where, str(options.registry), options.runners, install, branch, environment, minify)
     click.echo(f"workflow: {write_workflow(data, out_dir)}")
