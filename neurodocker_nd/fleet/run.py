@@ -28,6 +28,7 @@ import attrs
 
 from neurodocker_nd import __version__
 from neurodocker_nd.core import engine
+from neurodocker_nd.core.arch import Arch, docker_arch
 from neurodocker_nd.errors import NdgenError
 from neurodocker_nd.fleet import plan as planning
 from neurodocker_nd.fleet.oci import Manifest, Registry
@@ -273,15 +274,12 @@ def _work(
     return Result(target, "promoted", "promote", planned.reason, planned.fingerprint, digest, size=size, tests=summary)
 
 
-_PLATFORM_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # the image config's `architecture`
-
-
-def _check_arch(image_id: str, arch: str, log: Path) -> None:
+def _check_arch(image_id: str, arch: Arch, log: Path) -> None:
     """The image is for the target's architecture: a `_arm64` tag never holds an amd64 image
     (an engine that builds for its own platform only, before `ndgen build --arch` can emulate)."""
     found = engine.connect().images.get(image_id).attrs.get("Architecture")
-    if found != _PLATFORM_ARCH[arch]:
-        raise _Failed("build", f"the image is for {found}, not {_PLATFORM_ARCH[arch]} ({arch})", log)
+    if found != docker_arch(arch):
+        raise _Failed("build", f"the image is for {found}, not {docker_arch(arch)} ({arch})", log)
 
 
 def _minify(local: str, suite: Any, test_log: Path) -> tuple[str, str]:
