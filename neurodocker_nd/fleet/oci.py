@@ -8,8 +8,14 @@ parsed only from capped bodies, and a manifest's digest is checked against its b
 
 Plain HTTP is used for loopback hosts (Docker pushes to them over HTTP without
 configuration, `insecure-registries` defaults to 127.0.0.0/8), HTTPS for every
-other host.  Credentials: `$NDGEN_REGISTRY_USER` / `$NDGEN_REGISTRY_PASSWORD` as basic
-auth (the workflow passes them from secrets); token auth is not implemented.
+other host.  Credentials: `$NDGEN_REGISTRY_USER` / `$NDGEN_REGISTRY_PASSWORD` (the
+workflow passes them from secrets), sent as basic auth, or to the registry's token server
+when it answers 401 with a `Bearer` challenge (distribution's token auth: ghcr.io, Docker
+Hub, and their anonymous pulls too).  The challenge comes from the registry, so its realm
+is checked first: HTTPS, or plain HTTP to a loopback host only, so credentials never
+cross a network in the clear.  Blob reads follow a registry's redirect to its storage
+(ghcr.io and Docker Hub send blobs from a CDN) at most MAX_REDIRECTS times, HTTPS only
+(loopback excepted), and never carry the registry's Authorization to another host.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ DEADLINE_S = 120.0  # one whole request: a server dripping a byte at a time ends
 MAX_MANIFEST = 4 << 20  # the distribution spec's own recommended manifest limit
 MAX_CONFIG = 8 << 20  # an image config: labels, history, env
 MAX_ERROR = 4096
+MAX_TOKEN = 64 << 10  # a token server's JSON answer (a JWT is a few kB)
+MAX_CHALLENGE = 4096  # a WWW-Authenticate header worth parsing
+MAX_REDIRECTS = 3
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z]+)="([^"]{0,2048})"')
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -74,6 +85,8 @@ class Registry:
     host: str
     port: int | None
     namespace: str
+    # Bearer tokens from the registry's token server, by the scope its challenge named.
+    tokens: dict[str, str] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> Registry:
@@ -104,13 +117,7 @@ class Registry:
 
     @property
     def plain_http(self) -> bool:
-        host = self.host.strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return _loopback(self.host)
 
     # ------------------------------------------------------------------ requests
 
@@ -192,24 +199,139 @@ class Registry:
         limit: int = MAX_ERROR,
         ok: tuple[int, ...] = (200,),
     ) -> tuple[int, bytes, dict[str, str]]:
-        conn_type = http.client.HTTPConnection if self.plain_http else http.client.HTTPSConnection
-        conn = conn_type(self.host.strip("[]"), self.port, timeout=TIMEOUT_S)
-        sent = {"User-Agent": f"ndgen/{__version__}", **(headers or {}), **_auth()}
-        try:
-            conn.request(method, path, body=body, headers=sent)
-            response = conn.getresponse()
-            data = _read(response, limit + 1, time.monotonic() + DEADLINE_S, f"{method} {path[:80]}")
-            reply = {k.lower(): v for k, v in response.getheaders()}
-        except (OSError, http.client.HTTPException) as exc:
-            raise RegistryError(f"registry {self} does not answer ({method} {path[:80]}): {exc}") from None
-        finally:
-            conn.close()
-        if response.status not in ok:
+        """One request to the registry: authenticated as it asks (once), redirects followed for reads."""
+        url = _Url(not self.plain_http, self.host.strip("[]"), self.port, path)
+        sent = {"User-Agent": f"ndgen/{__version__}", **(headers or {})}
+        scope = _scope(path, method)
+        auth = {"Authorization": f"Bearer {self.tokens[scope]}"} if scope in self.tokens else _basic()
+        status, data, reply = self._exchange(url, method, body, {**sent, **auth}, limit)
+        # A caller that takes a 401 as an answer (ping) gets it; others authenticate as the registry asks.
+        challenge = _bearer_challenge(reply.get("www-authenticate", "")) if status == 401 and 401 not in ok else None
+        if challenge is not None:
+            auth = {"Authorization": f"Bearer {self._token(challenge)}"}
+            status, data, reply = self._exchange(url, method, body, {**sent, **auth}, limit)
+        for _ in range(MAX_REDIRECTS):
+            if status not in _REDIRECTS or method not in ("GET", "HEAD"):
+                break
+            url = self._redirected(url, reply.get("location", ""))
+            same_host = (url.host, url.port) == (self.host.strip("[]"), self.port)
+            status, data, reply = self._exchange(url, method, None, {**sent, **(auth if same_host else {})}, limit)
+        if status in _REDIRECTS and method in ("GET", "HEAD"):
+            raise RegistryError(f"registry {self}: {method} {path[:80]} redirected more than {MAX_REDIRECTS} times")
+        if status not in ok:
             detail = " ".join(data[:200].decode("utf-8", "replace").split())
-            raise RegistryError(f"registry {self} refused {method} {path[:80]}: HTTP {response.status} {detail}")
+            hint = f" (set {USER_ENV} and {PASSWORD_ENV})" if status == 401 and not _basic() else ""
+            raise RegistryError(f"registry {self} refused {method} {path[:80]}: HTTP {status} {detail}{hint}")
         if len(data) > limit:
             raise RegistryError(f"registry {self}: {method} {path[:80]} answered more than {limit} bytes")
+        return status, data, reply
+
+    def _exchange(
+        self, url: _Url, method: str, body: bytes | None, headers: dict[str, str], limit: int
+    ) -> tuple[int, bytes, dict[str, str]]:
+        conn_type = http.client.HTTPSConnection if url.https else http.client.HTTPConnection
+        conn = conn_type(url.host, url.port, timeout=TIMEOUT_S)
+        what = f"{method} {url.path[:80]}"
+        try:
+            conn.request(method, url.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = _read(response, limit + 1, time.monotonic() + DEADLINE_S, what)
+            reply = {k.lower(): v for k, v in response.getheaders()}
+        except (OSError, http.client.HTTPException) as exc:
+            where = f"registry {self}" if url.host == self.host.strip("[]") else f"{url.host} (from registry {self})"
+            raise RegistryError(f"{where} does not answer ({what}): {exc}") from None
+        finally:
+            conn.close()
         return response.status, data, reply
+
+    def _token(self, challenge: dict[str, str]) -> str:
+        """A bearer token for the challenge's scope from its realm (with the credentials, if set)."""
+        realm = _realm(challenge.get("realm", ""), str(self))
+        query = urllib.parse.urlencode({k: challenge[k] for k in ("service", "scope") if challenge.get(k)})
+        path = realm.path + ("&" if "?" in realm.path else "?") + query if query else realm.path
+        headers = {"User-Agent": f"ndgen/{__version__}", **_basic()}
+        status, data, _ = self._exchange(attrs.evolve(realm, path=path), "GET", None, headers, MAX_TOKEN)
+        if status != 200:
+            detail = " ".join(data[:200].decode("utf-8", "replace").split())
+            hint = "" if _basic() else f" (set {USER_ENV} and {PASSWORD_ENV})"
+            raise RegistryError(f"registry {self}: its token server {realm.host} refused: HTTP {status} {detail}{hint}")
+        if len(data) > MAX_TOKEN:
+            raise RegistryError(f"registry {self}: its token server answered more than {MAX_TOKEN} bytes")
+        answer = _json(data, "token answer")
+        token = answer.get("token") or answer.get("access_token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN or not token.isascii():
+            raise RegistryError(f"registry {self}: its token server's answer holds no token")
+        self.tokens[challenge.get("scope", "")] = token
+        return token
+
+    def _redirected(self, url: _Url, location: str) -> _Url:
+        """Where a redirect points: HTTPS (plain HTTP only from and to loopback), a real host."""
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(url.text, location))
+        https = target.scheme == "https"
+        if not https and not (target.scheme == "http" and _loopback(target.hostname or "") and not url.https):
+            raise RegistryError(f"registry {self} redirected to {location[:120]!r}: only HTTPS is followed")
+        try:
+            port = target.port
+        except ValueError:
+            port = -1
+        if not target.hostname or port == -1:
+            raise RegistryError(f"registry {self} redirected to a malformed address {location[:120]!r}")
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        return _Url(https, target.hostname, port, path)
+
+
+@attrs.frozen
+class _Url:
+    https: bool
+    host: str
+    port: int | None
+    path: str  # with its query
+
+    @property
+    def text(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.https else 'http'}://{host}{f':{self.port}' if self.port else ''}{self.path}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _scope(path: str, method: str) -> str:
+    """The scope a token for this request has (the one distribution's challenge names)."""
+    m = re.match(r"^/v2/(.+?)/(?:manifests|blobs|tags)/", path)
+    if not m:
+        return ""
+    return f"repository:{m[1]}:" + ("pull" if method in ("GET", "HEAD") else "pull,push")
+
+
+def _bearer_challenge(header: str) -> dict[str, str] | None:
+    """The parameters of a `Bearer` WWW-Authenticate challenge; None for any other scheme."""
+    header = header[:MAX_CHALLENGE]
+    if header[:7].lower() != "bearer ":
+        return None
+    return {k.lower(): v for k, v in _CHALLENGE_PARAM.findall(header[7:])}
+
+
+def _realm(text: str, registry: str) -> _Url:
+    """The token server a challenge names: an absolute HTTPS URL (HTTP to loopback only)."""
+    url = urllib.parse.urlsplit(text)
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    https = url.scheme == "https"
+    if not url.hostname or port == -1 or not (https or url.scheme == "http" and _loopback(url.hostname)):
+        raise RegistryError(
+            f"registry {registry} names token server {text[:120]!r}: expected an https:// URL "
+            "(credentials are never sent in the clear)"
+        )
+    return _Url(https, url.hostname, port, (url.path or "/") + (f"?{url.query}" if url.query else ""))
 
 
 def _read(response: http.client.HTTPResponse, limit: int, deadline: float, what: str) -> bytes:
@@ -242,7 +364,7 @@ def _json(body: bytes, what: str) -> dict[str, Any]:
     return data
 
 
-def _auth() -> dict[str, str]:
+def _basic() -> dict[str, str]:
     user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
     if not user or password is None:
         return {}

@@ -3,7 +3,8 @@
 Started with a config file in a temp directory (its storage beside it, a free port), ready when
 /v2/ answers, stopped at the end.  Docker pushes to a loopback registry over plain HTTP without
 configuration; no bridge network is involved.  `readonly=True` starts one in distribution's
-read-only maintenance mode: it serves what it has and refuses every push.
+read-only maintenance mode: it serves what it has and refuses every push.  With `token=` (a
+tests/support/tokenserver.TokenServer) it asks for that server's bearer tokens, as ghcr.io does.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from support.tokenserver import TokenServer
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"  # Debian's package (scripts/test.sh installs it)
 
@@ -29,7 +34,7 @@ def _free_port() -> int:
 
 
 class LocalRegistry:
-    def __init__(self, root: Path, readonly: bool = False) -> None:
+    def __init__(self, root: Path, readonly: bool = False, token: TokenServer | None = None) -> None:
         self.root = root
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -38,7 +43,7 @@ class LocalRegistry:
         (root / "config.yml").write_text(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true{maintenance}\n"
-            f"http:\n  addr: {self.address}\n"
+            f"http:\n  addr: {self.address}\n" + (token.config() if token else "")
         )
         self.log = (root / "registry.log").open("w")
         self.proc = subprocess.Popen(
@@ -48,6 +53,9 @@ class LocalRegistry:
         while True:
             try:
                 urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2).close()
+                return
+            except urllib.error.HTTPError as exc:  # 401 with token auth: it answers
+                exc.close()
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -96,7 +104,7 @@ class LocalRegistry:
         self.log.close()
 
 
-def start(root: Path, readonly: bool = False) -> LocalRegistry:
+def start(root: Path, readonly: bool = False, token: TokenServer | None = None) -> LocalRegistry:
     if not shutil.which(DOCKER_REGISTRY):
         pytest.fail(f"{DOCKER_REGISTRY} is missing: apt-get install docker-registry (scripts/test.sh does)")
-    return LocalRegistry(root, readonly)
+    return LocalRegistry(root, readonly, token)
