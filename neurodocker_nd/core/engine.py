@@ -63,13 +63,21 @@ def find_image(client: Any, ref: str) -> Any | None:
         raise EngineError(f"cannot inspect image {ref}: {first_line(exc)}") from exc
 
 
-def require_image(client: Any, ref: str) -> Any:
-    """The local image `ref`, or an NdgenError saying how to make it (never pulls)."""
+def local_image(client: Any, ref: str, *, base: bool = False) -> Any:
+    """The image `ref` on this engine, or the one error every command gives when it is not there
+    (ndgen never pulls); a base image's says how to create it."""
     image = find_image(client, ref)
     if image is None:
-        hint = f"ndgen base {ref}" if _is_debootstrappable(ref) else f"docker load -i {slug(ref)}.tar"
-        raise NdgenError(f"base image {ref} is not on this engine (no registry is used); create it with: {hint}")
+        if base:
+            hint = f"ndgen base {ref}" if _is_debootstrappable(ref) else f"docker load -i {slug(ref)}.tar"
+            raise NdgenError(f"base image {ref} is not on this engine (ndgen never pulls): create it with: {hint}")
+        raise NdgenError(f"image {ref} is not on this engine (ndgen never pulls): build it or `docker load` it")
     return image
+
+
+def require_image(client: Any, ref: str) -> Any:
+    """The local base image `ref`, or an NdgenError saying how to create it."""
+    return local_image(client, ref, base=True)
 
 
 def _is_debootstrappable(ref: str) -> bool:

@@ -128,9 +128,7 @@ def _split(value: str) -> list[str]:
 
 def read_deploy(client: Any, ref: str) -> Deploy:
     """The deploy contract of local image `ref` (never pulled)."""
-    image = engine.find_image(client, ref)
-    if image is None:
-        raise NdgenError(f"image {ref} is not on this engine (ndgen never pulls): build or load it first")
+    image = engine.local_image(client, ref)
     config = image.attrs.get("Config") or {}
     env = image_env(config.get("Env"))
     bins, dirs = _split(env.get("DEPLOY_BINS", "")), _split(env.get("DEPLOY_PATH", ""))

@@ -95,9 +95,7 @@ class Source:
 
 
 def inspect_image(client: Any, name: str) -> tuple[Any, ImageConfig]:
-    image = engine.find_image(client, name)
-    if image is None:
-        raise NdgenError(f"image not found: {name} (no pull is attempted; build or load it first)")
+    image = engine.local_image(client, name)
     emulation.check_image(image.attrs, f"minifying {name}")  # an arm64 workload runs only under qemu's F handler
     return image, ImageConfig.from_inspect(name, image.attrs)
 

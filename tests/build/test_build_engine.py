@@ -204,7 +204,7 @@ def test_a_missing_base_image_is_named_and_never_pulled(ndgen_cli, failing_regis
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "ndgen: error: base image ndgen-test-build-absent:1 is not on this engine (no registry is used); "
+        "ndgen: error: base image ndgen-test-build-absent:1 is not on this engine (ndgen never pulls): "
         "create it with: docker load -i ndgen-test-build-absent_1.tar"
     )
 

@@ -234,7 +234,7 @@ def test_same_image_and_epoch_give_the_same_bytes(sif_file, sif_image, tmp_path)
 def test_bad_inputs_one_line_nothing_written(sif_image, tmp_path):
     out = str(tmp_path / "x.sif")
     cases = [
-        ([f"{PREFIX}-no-such-image:1", "-o", out], {}, "image not found"),
+        ([f"{PREFIX}-no-such-image:1", "-o", out], {}, "is not on this engine (ndgen never pulls)"),
         ([sif_image, "-o", out, "--arch", "s390x"], {}, "does not match the image"),
         ([sif_image, "-o", out, "--comp", "xz", "--level", "3"], {}, "has no level"),
         ([sif_image, "-o", str(tmp_path / "missing" / "x.sif")], {}, "does not exist"),

@@ -256,7 +256,14 @@ def test_failing_command_stops_the_trace_and_allow_fail_accepts(docker_client, a
 def test_bad_inputs_one_line(docker_client, app_image, new_tag, scratch, tmp_path):
     source_id = _image_id(docker_client, app_image)
     cases = {
-        "image not found": ("minify", f"{PREFIX}-no-such-image:1", "-t", new_tag, "-c", "true"),
+        "is not on this engine (ndgen never pulls)": (
+            "minify",
+            f"{PREFIX}-no-such-image:1",
+            "-t",
+            new_tag,
+            "-c",
+            "true",
+        ),
         "does not exist": ("minify", app_image, "-t", new_tag, "-c", "true", "-v", f"{tmp_path}/nope:/x"),
         "names the source image": ("minify", app_image, "-t", app_image, "-c", "true"),
         "bad -v": ("minify", app_image, "-t", new_tag, "-c", "true", "-v", "/tmp:/x:rx"),
