@@ -276,19 +276,23 @@ def _body(r: NcRecipe, kind: str, evidence: list[str], digest: str) -> str:
 
 
 def _prove(repo: Path, rel: Path, r: NcRecipe) -> list[str]:
-    """Their validator (when the checkout has it) and `ndgen recipe` accept the recipe."""
+    """Their validator (when the checkout has it) and `ndgen recipe` accept the recipe.
+
+    The validator is the checkout's code: it runs in upstream's sandbox (no network, no
+    environment, nothing of the host writable), as upstream neurodocker's renders do."""
     import subprocess
     import sys
 
+    from neurodocker_nd.upstream.proof import sandboxed
+
     done = []
     if (repo / "builder" / "validation.py").is_file():
-        proc = subprocess.run(
-            [sys.executable, "-m", "builder.validation", str(rel / "build.yaml")],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        # -B: the checkout is read-only in there; the cwd stays on sys.path (it holds `builder`).
+        validate = [sys.executable, "-B", "-m", "builder.validation", str(rel / "build.yaml")]
+        try:
+            proc = subprocess.run(sandboxed(validate, repo), cwd=repo, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise NdgenError(f"{r.name}: neurocontainers' validation did not finish in 120 s") from None
         if proc.returncode != 0:
             last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise NdgenError(f"{r.name}: neurocontainers' validation rejects the recipe: {last}")

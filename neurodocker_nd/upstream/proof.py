@@ -156,14 +156,15 @@ _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc
            "/etc/ld.so.conf.d", "/etc/alternatives")  # fmt: skip
 
 
-def _sandboxed(cmd: list[str], tree: Path) -> list[str]:
-    """`cmd` inside bubblewrap: upstream renders templates with plain Jinja (no sandbox), so a
-    template under test could run Python; here it sees no network, no writable host path, no
-    environment, and of the host only what the interpreter needs — not $HOME, /root, /work,
-    tokens or keys."""
+def sandboxed(cmd: list[str], tree: Path) -> list[str]:
+    """`cmd` (upstream's code, run in checkout `tree`) inside bubblewrap: upstream renders
+    templates with plain Jinja (no sandbox), so a template under test could run Python, and a
+    checkout's own scripts (neurocontainers' validator) are its repository's code; here they
+    see no network, no writable host path, no environment, and of the host only what the
+    interpreter needs and `tree`, read-only — not $HOME, /root, /work, tokens or keys."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        raise NdgenError("rendering with upstream neurodocker runs in bubblewrap, which is not installed: "
+        raise NdgenError("upstream code runs in bubblewrap, which is not installed: "
                          "apt-get install bubblewrap")  # fmt: skip
     # --clearenv: a GITHUB_TOKEN in the environment would otherwise reach the template, and
     # through an error message the log.
@@ -182,7 +183,7 @@ def _run_probe(tree: Path, name: str) -> dict:
     # only neurodocker on the path ahead of the installed one is the tree's.
     cmd = [sys.executable, "-I", "-m", "neurodocker_nd.upstream.probe", str(tree), name]
     try:
-        proc = subprocess.run(_sandboxed(cmd, tree), capture_output=True, text=True, timeout=300, cwd=tree)
+        proc = subprocess.run(sandboxed(cmd, tree), capture_output=True, text=True, timeout=300, cwd=tree)
     except subprocess.TimeoutExpired as exc:
         raise NdgenError(f"{name}: rendering with upstream neurodocker timed out") from exc
     try:

@@ -331,7 +331,7 @@ def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_
 
     import jinja2
 
-    from neurodocker_nd.upstream.proof import _sandboxed
+    from neurodocker_nd.upstream.proof import sandboxed
 
     # Why: in an unsandboxed Jinja environment a template reaches `os`.
     ssti = "{{ cycler.__init__.__globals__.os.getpid() }}"
@@ -358,7 +358,7 @@ def test_upstream_probe_runs_sandboxed_without_host_files_network_or_writes(tmp_
         bare = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=60, env=env)
         assert bare.stdout.splitlines() == ["True", "ghp_ndgen_test_token", "wrote", "connected"], bare.stderr
         (tree / "x").unlink()
-        boxed = subprocess.run(_sandboxed(cmd, tree), capture_output=True, text=True, cwd=tree, timeout=60, env=env)
+        boxed = subprocess.run(sandboxed(cmd, tree), capture_output=True, text=True, cwd=tree, timeout=60, env=env)
         assert boxed.stdout.splitlines() == ["False", "no token", "read-only", "no network"], boxed.stderr
         assert not (tree / "x").exists()
     finally:

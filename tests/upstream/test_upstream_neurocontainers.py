@@ -195,3 +195,52 @@ def test_a_failed_export_leaves_the_previous_one_whole(tmp_path, monkeypatch, fa
     ]
     assert (out / "recipes" / "old" / "build.yaml").read_text() == "previous export\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging or set-aside directory is left"
+
+
+_HOSTILE_VALIDATOR = """
+import os, socket, sys
+
+escaped = []
+try:  # a host path outside the checkout (in the sandbox, a path in its own /tmp): the test looks on the host
+    with open(MARKER, "w") as f:
+        f.write(os.environ.get("GITHUB_TOKEN", "no token"))
+except OSError:
+    pass
+if os.environ.get("GITHUB_TOKEN"):
+    escaped.append("read GITHUB_TOKEN")
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
+    escaped.append("reached the host's network")
+except OSError:
+    pass
+if escaped or "reject" in open(sys.argv[1]).read():
+    print("rejected:", ", ".join(escaped) or "as asked")
+    sys.exit(1)
+print(sys.argv[1], "is valid")
+"""
+
+
+def test_their_validator_is_the_checkouts_code_and_runs_sandboxed(exported, tmp_path, monkeypatch):
+    """A neurocontainers checkout's `builder/validation.py` runs with no host file, secret or network."""
+    import shutil
+    import socket
+    from types import SimpleNamespace
+
+    from neurodocker_nd.errors import NdgenError
+    from neurodocker_nd.upstream.neurocontainers import _prove
+
+    checkout, rel, marker = tmp_path / "nc", Path("recipes") / "elastix", tmp_path / "escaped"
+    shutil.copytree(exported / "elastix", checkout / rel)
+    (checkout / "builder").mkdir()
+    (checkout / "builder" / "__init__.py").write_text("")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        code = _HOSTILE_VALIDATOR.replace("MARKER", repr(str(marker))).replace("PORT", str(listener.getsockname()[1]))
+        (checkout / "builder" / "validation.py").write_text(code)
+        evidence = _prove(checkout, rel, SimpleNamespace(name="elastix"))
+    assert not marker.exists()
+    assert evidence[0].startswith("neurocontainers' own `python -m builder.validation` accepts")
+    # Control: what the validator says is still what decides (so the run above did run it).
+    (checkout / rel / "build.yaml").write_text((checkout / rel / "build.yaml").read_text() + "# reject\n")
+    with pytest.raises(NdgenError, match="neurocontainers' validation rejects the recipe: rejected: as asked"):
+        _prove(checkout, rel, SimpleNamespace(name="elastix"))
