@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import stat
 import subprocess
 import time
 import uuid
@@ -130,22 +131,47 @@ def _epoch() -> int:
 
 
 def _pseudo_definitions(meta: singularityd.SingularityD, scratch: Path, root: Path, when: int) -> Path:
-    """mksquashfs -pf lines for /.singularity.d and the root symlinks the image lacks.
+    """mksquashfs -pf lines for /.singularity.d, and the root symlinks, mount points and empty
+    /etc files the image lacks.
 
     The files' content comes from copies in ndgen's 0700 scratch (pseudo `F` runs a command)."""
     content = scratch / "singularity.d"
     content.mkdir(mode=0o700)
     lines = [f"{d} D {when} 755 0 0" for d in meta.directories]
+    empty = content / "empty"
+    empty.touch(mode=0o600)
     for index, item in enumerate(meta.files):
         copy = content / str(index)
         copy.write_bytes(item.content)
         lines.append(f"{item.path} F {when} {item.mode:o} 0 0 cat {shlex.quote(str(copy))}")
     for name, target in singularityd.ROOT_SYMLINKS.items():
-        if not os.path.lexists(root / name):  # lstat of a fixed name: nothing in the image is followed
+        if _absent(root, name, set()):
             lines.append(f"{name} S {when} 777 0 0 {target}")
+    added: set[str] = set()
+    for name in singularityd.ROOT_DIRECTORIES:
+        if _absent(root, name, added):
+            added.add(name)
+            lines.append(f"{name} D {when} 755 0 0")
+    for name in singularityd.ROOT_FILES:
+        if _absent(root, name, added):
+            lines.append(f"{name} F {when} 644 0 0 cat {shlex.quote(str(empty))}")
     pseudo = scratch / "pseudo"
     pseudo.write_text("\n".join(lines) + "\n")
     return pseudo
+
+
+def _absent(root: Path, name: str, added: set[str]) -> bool:
+    """`name` (a fixed path at most two deep) is not in the image, and its parent is a real
+    directory there or one added here.  The parent is lstat'ed first, so no symlink of the image
+    is followed (an image's `var -> /` gets no `var/tmp`, and the host's /tmp is never looked at)."""
+    parent, _, _ = name.rpartition("/")
+    if parent and parent not in added:
+        try:
+            if not stat.S_ISDIR(os.lstat(root / parent).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+    return not os.path.lexists(root / name)
 
 
 def _mksquashfs(

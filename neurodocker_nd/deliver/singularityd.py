@@ -7,8 +7,10 @@ Formats reproduced from apptainer/apptainer at 917d66577963ca297352a22e13c86f174
   combination rule of ENTRYPOINT, CMD and arguments), `insertOCILabels` (labels.json);
 - internal/pkg/util/shell/escape.go: the quoting those files use;
 - internal/pkg/build/sources/base_environment.go: the base files (actions/, env/01-base.sh,
-  90-environment.sh, 99-base.sh, libs/) and the root symlinks /singularity, /environment, /.run,
-  /.exec, /.shell, /.test.
+  90-environment.sh, 99-base.sh, libs/, startscript), the root symlinks /singularity, /environment,
+  /.run, /.exec, /.shell, /.test (makeSymlinks), the mount points the runtime binds onto (makeDirs:
+  /dev, /proc, /sys, /tmp, /var/tmp, /root, /home, /etc) and the empty /etc/hosts and
+  /etc/resolv.conf it binds the host's over (makeFiles), each only where the image has no such name.
 The base scripts here are ndgen's own, shorter ones with the same behaviour for an OCI image (no
 SCIF apps): source env/*.sh in order, then exec.  The deffile is what apptainer records for a
 `docker-daemon://` build ("bootstrap: docker-daemon", "from: IMAGE"), as neurodesk/neurocontainers'
@@ -41,6 +43,9 @@ _ACTIONS = {
     'SHELL=/bin/sh\nexport SHELL\nexec /bin/sh "$@"\n',
     "test": f"#!/bin/sh\n{_SOURCE_ENV}\nif [ -x /.singularity.d/test ]; then\n"
     '    exec /.singularity.d/test "$@"\nfi\nexec /bin/sh -c true\n',
+    # `apptainer instance start`: PID 1 waits for SIGCONT before it goes on (start.sh).
+    "start": f"#!/bin/sh\nkill -CONT 1\n\n{_SOURCE_ENV}\nif test -x /.singularity.d/startscript; then\n"
+    "    exec /.singularity.d/startscript\nfi\n",
 }
 
 _ENV_BASE = {
@@ -50,6 +55,12 @@ _ENV_BASE = {
     "99-base.sh": '#!/bin/sh\nif [ -z "${LD_LIBRARY_PATH:-}" ]; then\n    LD_LIBRARY_PATH=/.singularity.d/libs\n'
     'else\n    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/.singularity.d/libs"\nfi\nexport LD_LIBRARY_PATH\n',
 }
+
+# makeDirs' mount points (parents first: "var" for "var/tmp") and makeFiles' empty files the
+# runtime binds the host's /etc/hosts and /etc/resolv.conf over; only where the image has no such
+# name (a FROM-scratch or minified image lacks most of them).
+ROOT_DIRECTORIES = ("dev", "proc", "root", "var", "var/tmp", "tmp", "etc", "sys", "home")
+ROOT_FILES = ("etc/hosts", "etc/resolv.conf")
 
 # The root symlinks apptainer's makeSymlinks adds (name -> target), when the image has no such name.
 ROOT_SYMLINKS = {
@@ -209,6 +220,7 @@ def build(config: ImageConfig, arch: str) -> SingularityD:
     files += [MetaFile(f".singularity.d/env/{name}", 0o755, text.encode()) for name, text in sorted(env.items())]
     files += [
         MetaFile(".singularity.d/runscript", 0o755, runscript(config.entrypoint, config.cmd).encode()),
+        MetaFile(".singularity.d/startscript", 0o755, b"#!/bin/sh\n"),
         MetaFile(".singularity.d/Singularity", 0o644, definition),
         MetaFile(".singularity.d/labels.json", 0o644, labels),
     ]

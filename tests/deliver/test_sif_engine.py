@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import subprocess
 import tarfile
@@ -265,3 +266,40 @@ def test_build_format_sif_writes_the_built_image(tmp_path, docker_client, base_i
     # -o names the SIF file: without --format sif it would be ignored, so it is refused
     proc = run_ndgen("build", str(recipe), "-t", f"{name}:2", "-o", str(tmp_path / "x.sif"))
     one_error_line(proc, "needs --format sif")
+
+
+def test_an_image_without_mount_points_gets_apptainers(docker_client, tmp_path):
+    """A FROM-scratch (or minified) image has no /proc, /dev, /etc/hosts … for the runtime to bind
+    onto: the SIF gets apptainer's makeDirs/makeFiles set, where the image has no such name. Its
+    own /etc/hosts stays, and its `var -> /` symlink is neither followed nor given a var/tmp."""
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        _tar_add(tar, "hello", b"#!/bin/sh\necho hello\n", mode=0o755)
+        _tar_add(tar, "etc/hosts", b"127.0.0.1 kept\n", mode=0o644)
+        _tar_add(tar, "var", b"", type=tarfile.SYMTYPE, linkname="/")
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        _tar_add(tar, "Dockerfile", b"FROM scratch\nADD payload.tar /\n")
+        _tar_add(tar, "payload.tar", payload.getvalue())
+    context.seek(0)
+    tag = f"{PREFIX}-scratch:{uuid.uuid4().hex[:8]}"
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="none")
+    try:
+        sif = tmp_path / "scratch.sif"
+        proc = run_ndgen("sif", tag, "-o", str(sif), env={"SOURCE_DATE_EPOCH": EPOCH})
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        remove_images(docker_client, [tag])
+    part = parse_sif(sif)["descriptors"][2]
+    root = tmp_path / "root"
+    unsquash = ["unsquashfs", "-no-progress", "-o", str(part["offset"]), "-d", str(root), str(sif)]
+    assert subprocess.run(unsquash, capture_output=True, text=True).returncode == 0
+    for name in ("dev", "proc", "sys", "tmp", "root", "home", "etc"):
+        st = os.lstat(root / name)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755, name
+    assert (root / "etc" / "hosts").read_bytes() == b"127.0.0.1 kept\n"
+    resolv = os.lstat(root / "etc" / "resolv.conf")
+    assert stat.S_ISREG(resolv.st_mode) and resolv.st_size == 0 and stat.S_IMODE(resolv.st_mode) == 0o644
+    assert os.readlink(root / "var") == "/"
+    assert os.access(root / ".singularity.d" / "actions" / "start", os.X_OK)
+    assert os.access(root / ".singularity.d" / "startscript", os.X_OK)
