@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,11 @@ from typing import Any
 from neurodocker_nd.errors import NdgenError
 
 PACKAGE = "neurodocker"
+# One import of neurodocker's modules at a time.  reproenv's modules import each other, and two
+# threads importing two of them at once take CPython's per-module import locks in opposite orders
+# (_DeadlockError, or a half-made module: `cannot import name … from partially initialized module`);
+# the stand-in package below must not be seen, or removed, by another thread's import either.
+_IMPORTING = threading.RLock()
 
 
 def _spec():
@@ -85,18 +91,25 @@ def module(name: str) -> ModuleType:
     unless something imported `neurodocker` itself already."""
     full = f"{PACKAGE}.{name}"
     loaded = sys.modules.get(full)
-    if loaded is not None:
+    if loaded is not None and not _initialising(loaded):
         return loaded
-    if PACKAGE in sys.modules:
-        return importlib.import_module(full)
-    _defer_jsonschema()
-    stand_in = importlib.util.module_from_spec(_spec())  # __path__, __file__, __spec__; nothing executed
-    sys.modules[PACKAGE] = stand_in
-    try:
-        return importlib.import_module(full)
-    finally:
-        if sys.modules.get(PACKAGE) is stand_in:
-            del sys.modules[PACKAGE]
+    with _IMPORTING:
+        if PACKAGE in sys.modules:
+            return importlib.import_module(full)
+        _defer_jsonschema()
+        stand_in = importlib.util.module_from_spec(_spec())  # __path__, __file__, __spec__; nothing executed
+        sys.modules[PACKAGE] = stand_in
+        try:
+            return importlib.import_module(full)
+        finally:
+            if sys.modules.get(PACKAGE) is stand_in:
+                del sys.modules[PACKAGE]
+
+
+def _initialising(module: ModuleType) -> bool:
+    """Another thread is still running this module's code (it is in sys.modules from the start)."""
+    spec = getattr(module, "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
 
 
 def version() -> str:
@@ -138,7 +151,8 @@ def register(templates: Iterable[Path | tuple[str, Mapping[str, Any]]]) -> tuple
 def import_all() -> ModuleType:
     """neurodocker as `import neurodocker` makes it: its `__init__` run, every template registered
     (into the reproenv modules already loaded, which stay the ones in use)."""
-    return importlib.import_module(PACKAGE)
+    with _IMPORTING:
+        return importlib.import_module(PACKAGE)
 
 
 def deferred() -> bool:

@@ -90,3 +90,39 @@ def test_a_later_plain_import_of_neurodocker_is_neurodockers_own():
         "print(json.dumps({'n': len(registered_templates()), 'same': neurodocker.reproenv.state is state}))\n"
     )
     assert out == {"n": 21, "same": True}
+
+
+_RACE = """
+import json, sys, threading
+from neurodocker_nd.core import reproenv
+
+names = ["reproenv.renderers", "reproenv.state", "reproenv.template", "reproenv.exceptions"]
+barrier = threading.Barrier(len(names))
+errors = []
+
+def load(name):
+    barrier.wait()  # all at once
+    try:
+        module = reproenv.module(name)
+        getattr(module, "__file__")
+    except BaseException as exc:
+        errors.append(f"{name}: {exc!r}")
+
+threads = [threading.Thread(target=load, args=(name,)) for name in names]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+renderers = reproenv.module("reproenv.renderers")
+print(json.dumps({"errors": errors, "complete": hasattr(renderers, "DockerRenderer"),
+                  "stand_in_left": "neurodocker" in sys.modules}))
+"""
+
+
+def test_threads_importing_neurodocker_at_once_get_whole_modules():
+    """Four threads asking for four of reproenv's modules at once (as `ndgen fleet run`'s workers
+    render): without the lock in reproenv.module, every such run here failed (a _DeadlockError
+    from CPython's module locks, or `cannot import name … from partially initialized module`)."""
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(out.stdout) == {"errors": [], "complete": True, "stand_in_left": False}
