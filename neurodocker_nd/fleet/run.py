@@ -112,9 +112,9 @@ def run(options: RunOptions, progress: Progress) -> list[Result]:
         with lock:  # whole lines, never two halves
             progress(line)
 
-    # Planned here, one after the other, before any thread starts: the fingerprints are cheap, and a
-    # plan that cannot be made (a bad recipe) ends the run before any build. (Workers that render at
-    # once are safe: core.reproenv imports neurodocker's modules one thread at a time.)
+    # Planned first, one after the other: a plan is a render and a registry read per target, cheap
+    # next to the builds. (Workers rendering at once are safe too: core.reproenv imports
+    # neurodocker's modules one thread at a time.)
     bases: dict[str, str] = {}
     planned = [planning.plan_target(t, options.plan, bases) for t in targets]
     results: dict[str, Result] = {}
