@@ -5,14 +5,13 @@ RegistryError line, never a hang, never more than the cap read."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 import time
 
 import pytest
 
 from neurodocker_nd.fleet import oci
+from support import httpstub
 
 MANIFEST = json.dumps(
     {
@@ -25,32 +24,21 @@ MANIFEST = json.dumps(
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
+class _Hostile(httpstub.Handler):
     sent = {"endless": 0}
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         name = self.path.rsplit("/", 1)[-1]
         if self.path == "/v2/":
-            return self._send(200, b"{}")
+            return self.send(200, b"{}")
         if name == "good":
-            return self._send(200, MANIFEST, {"Content-Type": oci.MANIFEST_TYPES[0], "Docker-Content-Digest": DIGEST})
+            return self.send(200, MANIFEST, {"Content-Type": oci.MANIFEST_TYPES[0], "Docker-Content-Digest": DIGEST})
         if name == "lie":  # the bytes are not what the digest header says
-            return self._send(
+            return self.send(
                 200, MANIFEST, {"Content-Type": oci.MANIFEST_TYPES[0], "Docker-Content-Digest": "sha256:" + "1" * 64}
             )
         if name == "html":
-            return self._send(200, b"<html>", {"Content-Type": "text/html"})
+            return self.send(200, b"<html>", {"Content-Type": "text/html"})
         if name == "endless":  # no length, zeros until the client hangs up (bounded here at 64 MiB)
             self.send_response(200)
             self.send_header("Content-Type", oci.MANIFEST_TYPES[0])
@@ -75,20 +63,16 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return None
-        return self._send(404, b"{}")
+        return self.send(404, b"{}")
 
     def do_POST(self):  # an upload whose location is another host
-        self._send(202, b"", {"Location": "http://169.254.169.254/v2/x/blobs/uploads/1"})
+        self.send(202, b"", {"Location": "http://169.254.169.254/v2/x/blobs/uploads/1"})
 
 
 @pytest.fixture(scope="module")
 def hostile():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield oci.Registry.parse(f"127.0.0.1:{server.server_address[1]}")
-    server.shutdown()
+    with httpstub.serving(_Hostile) as port:
+        yield oci.Registry.parse(f"127.0.0.1:{port}")
 
 
 def test_a_good_manifest(hostile):

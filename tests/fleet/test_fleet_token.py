@@ -6,15 +6,13 @@ whose token server would get credentials in the clear, and a registry's redirect
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 import urllib.error
 
 import pytest
 
 from neurodocker_nd.fleet import oci
-from support import ociregistry
+from support import httpstub, ociregistry
 from support.tokenserver import TokenServer
 
 USER, PASSWORD = "alice", "s3cret"
@@ -113,47 +111,32 @@ MANIFEST = json.dumps(
 ).encode()
 
 
-class _Server(http.server.BaseHTTPRequestHandler):
+class _Server(httpstub.Handler):
     """Both ends of the hostile cases: a registry (`/v2/…`) and the storage it redirects to (`/storage/…`)."""
 
     seen: list[tuple[str, str | None]] = []  # (path, Authorization) of each request
     realm = ""
     redirect_to = ""
 
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_GET(self):
         self.seen.append((self.path, self.headers.get("Authorization")))
         repo = self.path.split("/")[2] if self.path.startswith("/v2/") else ""
         if self.path.startswith("/storage/"):
-            return self._send(200, CONFIG)
+            return self.send(200, CONFIG)
         if repo == "challenged":
-            return self._send(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{self.realm}",service="x"'})
+            return self.send(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{self.realm}",service="x"'})
         if "/manifests/" in self.path:
-            return self._send(200, MANIFEST, {"Content-Type": oci.MANIFEST_TYPES[0]})
+            return self.send(200, MANIFEST, {"Content-Type": oci.MANIFEST_TYPES[0]})
         if repo == "loop":
-            return self._send(307, b"", {"Location": self.path})
-        return self._send(307, b"", {"Location": self.redirect_to})
+            return self.send(307, b"", {"Location": self.path})
+        return self.send(307, b"", {"Location": self.redirect_to})
 
 
 @pytest.fixture
 def hostile():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     _Server.seen = []
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with httpstub.serving(_Server) as port:
+        yield port
 
 
 def test_credentials_go_to_a_token_server_over_https_only(hostile, monkeypatch):
@@ -168,14 +151,9 @@ def test_credentials_go_to_a_token_server_over_https_only(hostile, monkeypatch):
 
 def test_a_blob_redirect_is_followed_without_the_registrys_credentials(hostile, monkeypatch):
     _as(monkeypatch, USER, PASSWORD)
-    storage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)  # another host:port
-    threading.Thread(target=storage.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(_Server, "redirect_to", f"http://127.0.0.1:{storage.server_address[1]}/storage/c")
+    with httpstub.serving(_Server) as storage:  # another host:port
+        monkeypatch.setattr(_Server, "redirect_to", f"http://127.0.0.1:{storage}/storage/c")
         assert oci.Registry.parse(f"127.0.0.1:{hostile}").labels("tool", "1.0") == LABELS
-    finally:
-        storage.shutdown()
-        storage.server_close()
     auth = dict(_Server.seen)
     assert auth["/v2/tool/manifests/1.0"] is not None  # the registry got them ...
     assert auth["/storage/c"] is None  # ... its storage did not

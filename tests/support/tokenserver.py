@@ -11,10 +11,9 @@ Each request is recorded (user or None, scopes asked) for the tests to read.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
-import http.server
 import json
-import threading
 import time
 import urllib.parse
 import uuid
@@ -25,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from support import httpstub
 
 SERVICE = "ndgen-test-registry"
 ISSUER = "ndgen-test-token-server"
@@ -63,25 +64,15 @@ class TokenServer:
         self.requests: list[tuple[str | None, list[str]]] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Handler(httpstub.Handler):
             def do_GET(self):
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
                 status, body = server.answer(url.path, query, self.headers.get("Authorization", ""))
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self._stack = contextlib.ExitStack()
+        self.realm = f"http://127.0.0.1:{self._stack.enter_context(httpstub.serving(Handler))}/token"
 
     def answer(self, path: str, query: dict[str, list[str]], authorization: str) -> tuple[int, dict]:
         if path != "/token" or query.get("service") != [SERVICE]:
@@ -123,5 +114,4 @@ class TokenServer:
         )
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._stack.close()
