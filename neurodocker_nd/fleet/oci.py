@@ -46,6 +46,7 @@ MAX_CHALLENGE = 4096  # a WWW-Authenticate header worth parsing
 MAX_REDIRECTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z]+)="([^"]{0,2048})"')
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]{1,65536}=*$")  # RFC 6750's b64token
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -259,25 +260,17 @@ class Registry:
             raise RegistryError(f"registry {self}: its token server answered more than {MAX_TOKEN} bytes")
         answer = _json(data, "token answer")
         token = answer.get("token") or answer.get("access_token")
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN or not token.isascii():
+        if not isinstance(token, str) or not _TOKEN.match(token):  # it goes into a header line as is
             raise RegistryError(f"registry {self}: its token server's answer holds no token")
         self.tokens[challenge.get("scope", "")] = token
         return token
 
     def _redirected(self, url: _Url, location: str) -> _Url:
-        """Where a redirect points: HTTPS (plain HTTP only from and to loopback), a real host."""
-        target = urllib.parse.urlsplit(urllib.parse.urljoin(url.text, location))
-        https = target.scheme == "https"
-        if not https and not (target.scheme == "http" and _loopback(target.hostname or "") and not url.https):
-            raise RegistryError(f"registry {self} redirected to {location[:120]!r}: only HTTPS is followed")
-        try:
-            port = target.port
-        except ValueError:
-            port = -1
-        if not target.hostname or port == -1:
-            raise RegistryError(f"registry {self} redirected to a malformed address {location[:120]!r}")
-        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
-        return _Url(https, target.hostname, port, path)
+        """Where a redirect points: an HTTPS URL (plain HTTP only from and to loopback)."""
+        target = _url(urllib.parse.urljoin(url.text, location))
+        if target is None or not (target.https or _loopback(target.host) and not url.https):
+            raise RegistryError(f"registry {self} redirected to {location[:120]!r}: only HTTPS URLs are followed")
+        return target
 
 
 @attrs.frozen
@@ -320,18 +313,27 @@ def _bearer_challenge(header: str) -> dict[str, str] | None:
 
 def _realm(text: str, registry: str) -> _Url:
     """The token server a challenge names: an absolute HTTPS URL (HTTP to loopback only)."""
-    url = urllib.parse.urlsplit(text)
-    try:
-        port = url.port
-    except ValueError:
-        port = -1
-    https = url.scheme == "https"
-    if not url.hostname or port == -1 or not (https or url.scheme == "http" and _loopback(url.hostname)):
+    url = _url(text)
+    if url is None or not (url.https or _loopback(url.host)):
         raise RegistryError(
             f"registry {registry} names token server {text[:120]!r}: expected an https:// URL "
             "(credentials are never sent in the clear)"
         )
-    return _Url(https, url.hostname, port, (url.path or "/") + (f"?{url.query}" if url.query else ""))
+    return url
+
+
+def _url(text: str) -> _Url | None:
+    """An absolute http(s) URL with a host and a valid port, as parts; None for anything else."""
+    parts = urllib.parse.urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return _Url(
+        parts.scheme == "https", parts.hostname, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    )
 
 
 def _read(response: http.client.HTTPResponse, limit: int, deadline: float, what: str) -> bytes:

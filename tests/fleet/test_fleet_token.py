@@ -117,12 +117,15 @@ class _Server(httpstub.Handler):
     seen: list[tuple[str, str | None]] = []  # (path, Authorization) of each request
     realm = ""
     redirect_to = ""
+    token: object = None  # what /token answers
 
     def do_GET(self):
         self.seen.append((self.path, self.headers.get("Authorization")))
         repo = self.path.split("/")[2] if self.path.startswith("/v2/") else ""
         if self.path.startswith("/storage/"):
             return self.send(200, CONFIG)
+        if self.path.startswith("/token"):
+            return self.send(200, json.dumps({"token": self.token}).encode())
         if repo == "challenged":
             return self.send(401, b"{}", {"WWW-Authenticate": f'Bearer realm="{self.realm}",service="x"'})
         if "/manifests/" in self.path:
@@ -149,6 +152,15 @@ def test_credentials_go_to_a_token_server_over_https_only(hostile, monkeypatch):
     assert [path for path, _ in _Server.seen if "token" in path] == []
 
 
+@pytest.mark.parametrize("token", ["a\r\nX-Injected: 1", "two words", "", 7, None, "x" * 70000])
+def test_a_token_that_is_not_one_is_refused_before_it_reaches_a_header(hostile, monkeypatch, token):
+    monkeypatch.setattr(_Server, "realm", f"http://127.0.0.1:{hostile}/token")
+    monkeypatch.setattr(_Server, "token", token)
+    with pytest.raises(oci.RegistryError, match="token server's answer holds no token|answered more than"):
+        oci.Registry.parse(f"127.0.0.1:{hostile}").manifest("challenged", "1.0")
+    assert all(auth is None or "Injected" not in auth for _, auth in _Server.seen)
+
+
 def test_a_blob_redirect_is_followed_without_the_registrys_credentials(hostile, monkeypatch):
     _as(monkeypatch, USER, PASSWORD)
     with httpstub.serving(_Server) as storage:  # another host:port
@@ -163,9 +175,9 @@ def test_a_blob_redirect_is_followed_without_the_registrys_credentials(hostile, 
     ("repo", "location", "error"),
     [
         ("loop", "", "redirected more than 3 times"),
-        ("tool", "http://198.51.100.1/storage/c", "only HTTPS is followed"),
-        ("tool", "file:///etc/passwd", "only HTTPS is followed"),
-        ("tool", "https://127.0.0.1:99999/x", "malformed address"),
+        ("tool", "http://198.51.100.1/storage/c", "only HTTPS URLs are followed"),
+        ("tool", "file:///etc/passwd", "only HTTPS URLs are followed"),
+        ("tool", "https://127.0.0.1:99999/x", "only HTTPS URLs are followed"),
     ],
 )
 def test_bad_redirects_end_in_one_line(hostile, monkeypatch, repo, location, error):
