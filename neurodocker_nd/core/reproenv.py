@@ -63,9 +63,12 @@ class _DeferredModule(ModuleType):
     """
 
     def __getattr__(self, name: str) -> Any:
-        real = sys.modules.get(self.__name__)
-        if real is self or real is None:
-            del sys.modules[self.__name__]
+        # One thread at a time, and always through import_module, which waits while another
+        # thread's import of the real module runs: `fleet run`'s workers reading through this
+        # object at once got a half-made jsonschema ("has no attribute 'validators'").
+        with _IMPORTING:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
             real = importlib.import_module(self.__name__)
         return getattr(real, name)
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,16 @@ def _run_target(planned: planning.Planned, options: RunOptions, stop: threading.
             seconds=time.monotonic() - started,
             log_tail=tail,
             log_path=str(exc.log) if exc.log else None,
+        )
+    except Exception as exc:  # noqa: BLE001 - ndgen's own bug: this target fails, the others and the report go on
+        first = " ".join(str(exc).split())[:300]
+        message = f"internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)"
+        if os.environ.get("NDGEN_DEBUG"):
+            traceback.print_exc()
+        say(f"{label}: failed at {state['stage']}: {message}")
+        # Not recorded in the registry: "failed before" would skip a target that did nothing wrong.
+        return Result(
+            target, "failed", state["stage"], message, planned.fingerprint, seconds=time.monotonic() - started
         )
     ended = time.monotonic()
     marks = [*state["marks"], ("", ended)]

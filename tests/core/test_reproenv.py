@@ -126,3 +126,38 @@ def test_threads_importing_neurodocker_at_once_get_whole_modules():
     for _ in range(5):
         out = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=60, check=True)
         assert json.loads(out.stdout) == {"errors": [], "complete": True, "stand_in_left": False}
+
+
+_DEFERRED_RACE = """
+import json, threading
+from neurodocker_nd.core import reproenv
+
+stand_in = reproenv.module("reproenv.state").jsonschema  # reproenv/state.py's `jsonschema`, deferred
+deferred = type(stand_in).__name__ == "_DeferredModule"
+barrier = threading.Barrier(4)
+errors = []
+
+def use():
+    barrier.wait()  # all at once, as fleet run's workers checking templates
+    try:
+        stand_in.validators.validator_for
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=use) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"deferred": deferred, "errors": errors}))
+"""
+
+
+def test_threads_using_the_deferred_jsonschema_at_once_get_the_whole_module():
+    """Before the lock, every run here failed: a half-made jsonschema ("has no attribute
+    'validators'", what `ndgen fleet run` reported with a cold schema memo) or a KeyError."""
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", _DEFERRED_RACE], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert json.loads(out.stdout) == {"deferred": True, "errors": []}

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -283,3 +284,27 @@ def test_workflow_installs_the_extras_its_jobs_need(fleet, tmp_path, args, extra
     assert (
         "--minify" in next(s for s in jobs["build-0"]["steps"] if s.get("name") == "build, test, push, promote")["run"]
     ) == bool(args)
+
+
+def test_an_internal_error_fails_its_target_and_the_run_goes_on(tmp_path, monkeypatch):
+    """ndgen's own bug in one target (an exception that is no NdgenError) is that target's failure,
+    as one line; it is not recorded in the registry as the recipe's ("failed before" would skip it)."""
+    from neurodocker_nd.fleet import oci, run
+    from neurodocker_nd.fleet import plan as planning
+    from neurodocker_nd.fleet.targets import Target
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug\nin ndgen")
+
+    recorded: list[tuple] = []
+    monkeypatch.setattr(run, "_work", crash)
+    monkeypatch.setattr(run, "_record_failure", lambda *args: recorded.append(args))
+    target = Target("tool", "1.0", "x86_64", tmp_path)
+    planned = planning.Planned(target, "f" * 64, {}, "new", "ubuntu-24.04")
+    options = run.RunOptions(planning.Options(tmp_path, oci.Registry.parse("127.0.0.1:5000")))
+    lines: list[str] = []
+    result = run._run_target(planned, options, threading.Event(), lines.append)
+    assert (result.status, result.stage) == ("failed", "build")
+    assert result.reason == "internal error: RuntimeError: a bug in ndgen (set NDGEN_DEBUG=1 for a traceback)"
+    assert lines[-1] == f"tool 1.0 x86_64: failed at build: {result.reason}"
+    assert recorded == []
