@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,17 @@ PACKAGE = "neurodocker"
 # (_DeadlockError, or a half-made module: `cannot import name … from partially initialized module`);
 # the stand-in package below must not be seen, or removed, by another thread's import either.
 _IMPORTING = threading.RLock()
+
+
+def _new_lock_after_fork() -> None:
+    # A forked child (render.template_sandbox's workers, forked from fleet run's threads) has one
+    # thread: a lock another thread held at the fork would never be released there.
+    global _IMPORTING
+    _IMPORTING = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def _spec():

@@ -161,3 +161,39 @@ def test_threads_using_the_deferred_jsonschema_at_once_get_the_whole_module():
             [sys.executable, "-c", _DEFERRED_RACE], capture_output=True, text=True, timeout=60, check=True
         )
         assert json.loads(out.stdout) == {"deferred": True, "errors": []}
+
+
+_FORK_WHILE_HELD = """
+import os, sys, threading, time
+from neurodocker_nd.core import reproenv
+
+held, release = threading.Event(), threading.Event()
+
+def hold():
+    with reproenv._IMPORTING:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()  # as a template worker forked while another thread imports
+if pid == 0:
+    reproenv.module("reproenv.exceptions")  # needs the lock: the holder does not exist in here
+    os._exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("child hung")
+release.set()
+"""
+
+
+def test_a_child_forked_while_another_thread_imports_is_not_stuck():
+    out = subprocess.run([sys.executable, "-c", _FORK_WHILE_HELD], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "child exit 0", out.stdout + out.stderr
