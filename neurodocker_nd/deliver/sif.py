@@ -43,8 +43,12 @@ LEVELS = {"gzip": range(1, 10), "zstd": range(1, 23)}
 # layer on this machine: zstd 15 46.5 s / 43.7 MB, zstd 8 3.8 s / 46.6 MB; gzip 9 16.9 s of CPU /
 # 47.7 MB, gzip 6 (zlib's default) 5.7 s / 47.9 MB.
 DEFAULT_LEVEL = {"zstd": 8, "gzip": 6}
-# A bound on the one loop over the image's files (a sparse multi-TB file would otherwise run for
-# hours): mksquashfs is stopped after this long.
+# Bounds on the one loop over the image's files, mksquashfs's: the files' apparent sizes must add
+# up to at most --max-size (a sparse file counts whole: mksquashfs reads its holes, so a hostile
+# image's 100 TB of nothing would otherwise take hours), counted first over at most MAX_ENTRIES
+# names; and mksquashfs is stopped after MKSQUASHFS_TIMEOUT_S whatever happens.
+DEFAULT_MAX_GIB = 256
+MAX_ENTRIES = 20_000_000
 MKSQUASHFS_TIMEOUT_S = 3 * 3600
 # The aliases `uname -m` prints, for --arch; the image's own value is a Go name already.
 ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386", "armv7l": "arm"}
@@ -75,6 +79,7 @@ def write_sif(
     compressor: str = DEFAULT_COMPRESSOR,
     level: int | None = None,
     processors: int | None = None,
+    max_gib: int = DEFAULT_MAX_GIB,
 ) -> SifResult:
     """Write `image`'s SIF to `output`, whole or not at all."""
     started = time.monotonic()
@@ -85,6 +90,7 @@ def write_sif(
     image_arch = image_architecture(image_obj.attrs, arch)
     meta = singularityd.build(config, image_arch)
     with source.interrupts_as_exceptions(), source.open_source(client, image) as src:
+        _check_size(src.pristine, image, max_gib)
         with outfile.replacing(output) as tmp:
             small = [(sifformat.DATA_DEFFILE, meta.deffile), (sifformat.DATA_LABELS, meta.labels)]
             _, start = sifformat.layout(small, 0, image_arch)
@@ -158,6 +164,35 @@ def _pseudo_definitions(meta: singularityd.SingularityD, scratch: Path, root: Pa
     pseudo = scratch / "pseudo"
     pseudo.write_text("\n".join(lines) + "\n")
     return pseudo
+
+
+def _check_size(root: Path, image: str, max_gib: int) -> None:
+    """The image's regular files (each hard-linked one once) add up to at most `max_gib` GiB.
+
+    Walked by names below real directories only (no symlink followed; the tree is the image's
+    read-only view), at most MAX_ENTRIES of them."""
+    limit, total, entries, stack = max_gib << 30, 0, 0, [str(root)]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        with os.scandir(stack.pop()) as listing:
+            for entry in listing:
+                entries += 1
+                if entries > MAX_ENTRIES:
+                    raise NdgenError(f"{image} holds more than {MAX_ENTRIES} files; not converted")
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_nlink > 1:
+                        if (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+                    if total > limit:
+                        raise NdgenError(
+                            f"{image}: its files add up to more than --max-size {max_gib} GiB "
+                            f"(a sparse file counts whole: mksquashfs reads it); raise --max-size to convert it"
+                        )
 
 
 def _absent(root: Path, name: str, added: set[str]) -> bool:

@@ -303,3 +303,24 @@ def test_an_image_without_mount_points_gets_apptainers(docker_client, tmp_path):
     assert os.readlink(root / "var") == "/"
     assert os.access(root / ".singularity.d" / "actions" / "start", os.X_OK)
     assert os.access(root / ".singularity.d" / "startscript", os.X_OK)
+
+
+def test_an_image_over_max_size_is_refused_before_mksquashfs(docker_client, base_image, tmp_path):
+    """A sparse file counts whole (mksquashfs reads its holes): a hostile image's 100 TB of nothing
+    would take hours. 1.1 GB of holes against --max-size 1: one line, nothing written, at once."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        _tar_add(tar, "Dockerfile", f"FROM {base_image}\nRUN truncate -s 1100M /holes\n".encode())
+    context.seek(0)
+    tag = f"{PREFIX}-sparse:{uuid.uuid4().hex[:8]}"
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, network_mode="none")
+    try:
+        out = tmp_path / "x.sif"
+        one_error_line(run_ndgen("sif", tag, "-o", str(out), "--max-size", "1"), "more than --max-size 1 GiB")
+        assert os.listdir(tmp_path) == []
+        # Control: with room for it the same image converts (its holes squash to little).
+        proc = run_ndgen("sif", tag, "-o", str(out), "--max-size", "2")
+        assert proc.returncode == 0, proc.stderr
+        assert out.stat().st_size < 200 << 20
+    finally:
+        remove_images(docker_client, [tag])

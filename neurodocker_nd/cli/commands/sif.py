@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from neurodocker_nd.deliver.sif import ARCH_ALIASES, COMPRESSORS, DEFAULT_COMPRESSOR, write_sif
+from neurodocker_nd.deliver.sif import ARCH_ALIASES, COMPRESSORS, DEFAULT_COMPRESSOR, DEFAULT_MAX_GIB, write_sif
 from neurodocker_nd.deliver.sifformat import ARCH_CODES
 
 
@@ -35,8 +35,22 @@ from neurodocker_nd.deliver.sifformat import ARCH_CODES
     help="Compression level: gzip 1..9 (default 6), zstd 1..22 (default 8); xz and lz4 take none.",
 )
 @click.option("--processors", type=click.IntRange(min=1), help="mksquashfs threads (default: every CPU).")
+@click.option(
+    "--max-size",
+    "max_gib",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_GIB,
+    show_default=True,
+    help="GiB: refuse an image whose files add up to more (apparent sizes: mksquashfs reads a sparse file whole).",
+)
 def sif_cmd(
-    image: str, output: Path, arch: str | None, compressor: str, level: int | None, processors: int | None
+    image: str,
+    output: Path,
+    arch: str | None,
+    compressor: str,
+    level: int | None,
+    processors: int | None,
+    max_gib: int,
 ) -> None:
     """Write IMAGE's root filesystem and /.singularity.d as a SIF file, without Apptainer.
 
@@ -44,4 +58,7 @@ def sif_cmd(
     mksquashfs and wrapped as apptainer/sif specifies. With SOURCE_DATE_EPOCH
     set, the same image gives the same bytes.
     """
-    click.echo(write_sif(image, output, arch=arch, compressor=compressor, level=level, processors=processors).summary())
+    result = write_sif(
+        image, output, arch=arch, compressor=compressor, level=level, processors=processors, max_gib=max_gib
+    )
+    click.echo(result.summary())
