@@ -310,7 +310,7 @@ def build_recipe(
     plan = _plan(recipe.fmt, text, recipe_path)
 
     client = engine.connect()
-    base = engine.require_image(client, base_ref)
+    base = engine.local_image(client, base_ref, base=True)
     context_tar = plan.context.tar()
     digest = hashlib.sha256(context_tar.getvalue() + base.id.encode()).hexdigest()
     labels = {**plan.labels, HASH_LABEL: digest, "org.ndgen.format": recipe.fmt}
@@ -371,7 +371,7 @@ def build_context_dir(
     base_ref, text = retarget(recipe_path.read_text(encoding="utf-8"), base_image, fmt, arch, f"ndgen build {tag}")
     log_path = Path(log_path) if log_path else engine.new_log_path("build", tag)
     client = engine.connect()
-    base = engine.require_image(client, base_ref)
+    base = engine.local_image(client, base_ref, base=True)
     tree = _tree_digest(context_dir) + hashlib.sha256(text.encode()).hexdigest()
     digest = hashlib.sha256(tree.encode() + base.id.encode()).hexdigest()
     started = time.monotonic()

@@ -75,11 +75,6 @@ def local_image(client: Any, ref: str, *, base: bool = False) -> Any:
     return image
 
 
-def require_image(client: Any, ref: str) -> Any:
-    """The local base image `ref`, or an NdgenError saying how to create it."""
-    return local_image(client, ref, base=True)
-
-
 def _is_debootstrappable(ref: str) -> bool:
     return ref.split("/")[-1].split(":")[0] in {"debian", "ubuntu"}
 
