@@ -76,3 +76,11 @@ def _clip_word(word: str) -> str:
     prefix = head.group() if head else ""
     suffix = tail.group() if tail else ""
     return prefix + clip(word[len(prefix) : len(word) - len(suffix)]) + suffix
+
+
+def internal_error_line(exc: BaseException) -> str:
+    """The one line for an error of ndgen's own (an exception that is no NdgenError):
+    its type and its message's first line, bounded."""
+    text = str(exc)
+    first = bounded(text.splitlines()[0]) if text else ""
+    return f"internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)"

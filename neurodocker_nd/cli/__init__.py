@@ -17,7 +17,7 @@ import click
 
 from neurodocker_nd import __version__
 from neurodocker_nd.cli.options import OrderedGroup, directive_options, ordered_items, output_option, recipe_options
-from neurodocker_nd.errors import NdgenError, bounded, clip
+from neurodocker_nd.errors import NdgenError, bounded, clip, internal_error_line
 
 # subcommand name -> "module:attribute"; imported only when invoked (or listed by --help).
 _SUBCOMMANDS: dict[str, str] = {
@@ -295,11 +295,7 @@ def _maybe_complete() -> None:
 def _internal_error(exc: Exception) -> None:
     if os.environ.get("NDGEN_DEBUG"):
         raise exc
-    first = bounded(str(exc).splitlines()[0]) if str(exc) else ""
-    click.echo(
-        f"ndgen: internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)",
-        err=True,
-    )
+    click.echo(f"ndgen: {internal_error_line(exc)}", err=True)
     sys.exit(70)
 
 

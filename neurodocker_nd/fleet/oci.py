@@ -52,6 +52,7 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 USER_ENV, PASSWORD_ENV = "NDGEN_REGISTRY_USER", "NDGEN_REGISTRY_PASSWORD"
+_CREDENTIALS_HINT = f" (set {USER_ENV} and {PASSWORD_ENV})"
 # host[:port][/path]: a registry plus an optional namespace the fleet's repositories go under.
 _REGISTRY = re.compile(
     r"^(?P<host>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:]{2,45}\])(?::(?P<port>[0-9]{1,5}))?"
@@ -220,9 +221,8 @@ class Registry:
         if status in _REDIRECTS and method in ("GET", "HEAD"):
             raise RegistryError(f"registry {self}: {method} {path[:80]} redirected more than {MAX_REDIRECTS} times")
         if status not in ok:
-            detail = " ".join(data[:200].decode("utf-8", "replace").split())
-            hint = f" (set {USER_ENV} and {PASSWORD_ENV})" if status == 401 and not _basic() else ""
-            raise RegistryError(f"registry {self} refused {method} {path[:80]}: HTTP {status} {detail}{hint}")
+            hint = _CREDENTIALS_HINT if status == 401 and not _basic() else ""
+            raise RegistryError(f"registry {self} refused {method} {path[:80]}: HTTP {status} {_detail(data)}{hint}")
         if len(data) > limit:
             raise RegistryError(f"registry {self}: {method} {path[:80]} answered more than {limit} bytes")
         return status, data, reply
@@ -253,9 +253,10 @@ class Registry:
         headers = {"User-Agent": f"ndgen/{__version__}", **_basic()}
         status, data, _ = self._exchange(attrs.evolve(realm, path=path), "GET", None, headers, MAX_TOKEN)
         if status != 200:
-            detail = " ".join(data[:200].decode("utf-8", "replace").split())
-            hint = "" if _basic() else f" (set {USER_ENV} and {PASSWORD_ENV})"
-            raise RegistryError(f"registry {self}: its token server {realm.host} refused: HTTP {status} {detail}{hint}")
+            hint = "" if _basic() else _CREDENTIALS_HINT
+            raise RegistryError(
+                f"registry {self}: its token server {realm.host} refused: HTTP {status} {_detail(data)}{hint}"
+            )
         if len(data) > MAX_TOKEN:
             raise RegistryError(f"registry {self}: its token server answered more than {MAX_TOKEN} bytes")
         answer = _json(data, "token answer")
@@ -364,6 +365,11 @@ def _json(body: bytes, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RegistryError(f"the registry's {what} is not a JSON object")
     return data
+
+
+def _detail(body: bytes) -> str:
+    """The start of an error answer, on one line."""
+    return " ".join(body[:200].decode("utf-8", "replace").split())
 
 
 def _basic() -> dict[str, str]:

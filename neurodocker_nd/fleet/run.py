@@ -31,7 +31,7 @@ import attrs
 from neurodocker_nd import __version__
 from neurodocker_nd.core import engine
 from neurodocker_nd.core.arch import Arch, docker_arch
-from neurodocker_nd.errors import NdgenError
+from neurodocker_nd.errors import NdgenError, internal_error_line
 from neurodocker_nd.fleet import plan as planning
 from neurodocker_nd.fleet.oci import Manifest, Registry
 from neurodocker_nd.fleet.targets import Target
@@ -176,8 +176,7 @@ def _run_target(planned: planning.Planned, options: RunOptions, stop: threading.
             log_path=str(exc.log) if exc.log else None,
         )
     except Exception as exc:  # noqa: BLE001 - ndgen's own bug: this target fails, the others and the report go on
-        first = " ".join(str(exc).split())[:300]
-        message = f"internal error: {type(exc).__name__}: {first} (set NDGEN_DEBUG=1 for a traceback)"
+        message = internal_error_line(exc)
         if os.environ.get("NDGEN_DEBUG"):
             traceback.print_exc()
         say(f"{label}: failed at {state['stage']}: {message}")

@@ -305,6 +305,6 @@ def test_an_internal_error_fails_its_target_and_the_run_goes_on(tmp_path, monkey
     lines: list[str] = []
     result = run._run_target(planned, options, threading.Event(), lines.append)
     assert (result.status, result.stage) == ("failed", "build")
-    assert result.reason == "internal error: RuntimeError: a bug in ndgen (set NDGEN_DEBUG=1 for a traceback)"
+    assert result.reason == "internal error: RuntimeError: a bug (set NDGEN_DEBUG=1 for a traceback)"
     assert lines[-1] == f"tool 1.0 x86_64: failed at build: {result.reason}"
     assert recorded == []
