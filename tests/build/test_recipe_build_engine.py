@@ -112,10 +112,11 @@ def test_a_failing_run_step_is_one_line_naming_it(tmp_path, base_image, docker_c
     recipe = tmp_path / "broken"
     shutil.copytree(RECIPE, recipe)
     text = (recipe / "build.yaml").read_text()
-    # Fails before apt runs (cheap): the first directive.
+    # Fails before apt runs (cheap): the first directive. Both lines go to stderr: on two pipes
+    # BuildKit may log the echo after ls's error (seen once in CI), and the message quotes the last line.
     text = text.replace(
         "    - install: jq\n",
-        "    - run:\n        - echo about to fail\n        - ls /ndgen-no-such-dir\n    - install: jq\n",
+        "    - run:\n        - echo about to fail >&2\n        - ls /ndgen-no-such-dir\n    - install: jq\n",
     )
     (recipe / "build.yaml").write_text(
         text.replace("pkg-manager: apt\n", "pkg-manager: apt\n  add-default-template: false\n")
